@@ -1,0 +1,50 @@
+# mobilesign: `make demo` and `make test` are the two commands a newcomer needs; both set up first.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BUF := .tools/node_modules/.bin/buf
+PROTOS := $(wildcard protos/mobilesign/v1/*.proto)
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: setup proto lint test demo run bench clean
+
+setup: $(VENV)/.installed $(BUF) .softhsm2
+
+# Debian's softhsm2 provides the PKCS#11 module the HSM proxy loads (installed when missing).
+.softhsm2:
+	@scripts/ensure-debian-packages.sh softhsm2 openssl
+	@touch $@
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+$(BUF): .tools/package.json
+	cd .tools && npm ci --silent --no-fund --no-audit
+	@touch $@
+
+proto: $(VENV)/.installed
+	$(PY) -m scripts.gen_protos
+
+lint: setup
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy .
+	$(BUF) lint protos
+
+test: setup lint
+	$(PY) -m pytest -q
+
+demo: setup
+	$(PY) -m scripts.demo
+
+run: setup
+	$(PY) -m scripts.run_all
+
+bench: setup
+	$(PY) -m scripts.bench
+
+clean:
+	rm -rf $(VENV) .tools/node_modules .softhsm2 var demo-out .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,27 @@
+"""Client channels: mutual TLS for internal calls, server-authenticated TLS for the public edge."""
+
+from __future__ import annotations
+
+import grpc
+
+from grpc_host import devpki
+from grpc_host.serve import server_options
+
+
+def mutual_tls(
+    address: str, credential: devpki.Credential, max_message_bytes: int = 4 * 1024 * 1024
+) -> grpc.aio.Channel:
+    """A channel presenting ``credential`` and trusting only the internal CA."""
+    cert, key, ca = credential.read()
+    creds = grpc.ssl_channel_credentials(
+        root_certificates=ca, private_key=key, certificate_chain=cert
+    )
+    return grpc.aio.secure_channel(address, creds, options=server_options(max_message_bytes))
+
+
+def server_tls(
+    address: str, ca_pem: bytes, max_message_bytes: int = 4 * 1024 * 1024
+) -> grpc.aio.Channel:
+    """A channel that authenticates the server against ``ca_pem`` and presents no certificate."""
+    creds = grpc.ssl_channel_credentials(root_certificates=ca_pem)
+    return grpc.aio.secure_channel(address, creds, options=server_options(max_message_bytes))

@@ -1,0 +1,125 @@
+"""One server interceptor for every mobilesign service: request ids, access control, logging and
+the translation of :class:`ServiceError` into a status with details.
+
+Only the service's own methods are wrapped; health and reflection pass through untouched.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any, cast
+
+import grpc
+
+from grpc_host import access, errors, logs
+
+_log = logging.getLogger("mobilesign.rpc")
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+Behavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
+
+
+def _request_id(context: grpc.aio.ServicerContext[Any, Any]) -> str:
+    for key, value in context.invocation_metadata() or ():
+        if key == "x-request-id" and isinstance(value, str) and _REQUEST_ID.match(value):
+            return value
+    return uuid.uuid4().hex
+
+
+class ServiceInterceptor(grpc.aio.ServerInterceptor):
+    """Wraps the unary and streaming handlers of one gRPC service (``package.Service``)."""
+
+    def __init__(self, service: str, policy: access.AccessPolicy) -> None:
+        self._prefix = f"/{service}/"
+        self._policy = policy
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = await continuation(handler_call_details)
+        full = handler_call_details.method
+        if handler is None or not full.startswith(self._prefix):
+            return handler
+        method = full[len(self._prefix) :]
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._wrap(method, cast(Behavior, handler.unary_unary)),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        if handler.stream_stream is not None:
+            return grpc.stream_stream_rpc_method_handler(
+                self._wrap(method, cast(Behavior, handler.stream_stream)),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        raise TypeError(f"{full}: only unary and bidirectional-streaming RPCs are served")
+
+    def _wrap(self, method: str, behavior: Behavior) -> Behavior:
+        if inspect.isasyncgenfunction(behavior):
+            raise TypeError(f"{method}: streaming handlers must use context.read()/write()")
+
+        async def wrapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            rid = _request_id(context)
+            logs.request_id.set(rid)
+            identity = access.peer_identity(context)
+            access.caller.set(identity)
+            started = time.perf_counter()
+            outcome = "OK"
+            reason = ""
+            try:
+                await context.send_initial_metadata((("x-request-id", rid),))
+                if not self._policy.allows(method, identity):
+                    raise errors.ServiceError(
+                        grpc.StatusCode.PERMISSION_DENIED
+                        if identity
+                        else grpc.StatusCode.UNAUTHENTICATED,
+                        "CALLER_NOT_AUTHORISED",
+                        f"{identity or 'a caller without a client certificate'} may not call "
+                        f"{method}",
+                    )
+                return await behavior(request, context)
+            except errors.ServiceError as exc:
+                outcome, reason = exc.code.name, exc.reason
+                await context.abort(
+                    exc.code,
+                    exc.message,
+                    trailing_metadata=errors.status_metadata(exc.code, exc.reason, exc.message),
+                )
+            except grpc.aio.AbortError:
+                outcome = "ABORTED_BY_HANDLER"
+                raise
+            except Exception:
+                outcome, reason = "INTERNAL", "INTERNAL"
+                _log.exception("unexpected failure", extra={"fields": {"method": method}})
+                await context.abort(
+                    grpc.StatusCode.INTERNAL,
+                    "internal error",
+                    trailing_metadata=errors.status_metadata(
+                        grpc.StatusCode.INTERNAL, "INTERNAL", "internal error"
+                    ),
+                )
+            finally:
+                _log.info(
+                    "rpc",
+                    extra={
+                        "fields": {
+                            "method": method,
+                            "caller": identity,
+                            "code": outcome,
+                            "reason": reason,
+                            "ms": round((time.perf_counter() - started) * 1000, 2),
+                        }
+                    },
+                )
+
+        return wrapped

@@ -1,0 +1,131 @@
+"""Server lifecycle shared by the services: TLS listeners, limits, health, reflection, shutdown.
+
+A service is served on one or two listeners: ``internal`` requires a client certificate from the
+internal CA (mutual TLS); ``public`` (the phone-facing edge) authenticates the server only.
+Once bound, the actual addresses are written to ``<state_dir>/run/<name>.json`` so that a
+supervisor (or the test harness) that asked for port 0 learns the ports without racing.
+On SIGTERM or SIGINT, health turns NOT_SERVING, then in-flight calls get ``grace`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+from grpc_host import access, devpki
+from grpc_host.interceptor import ServiceInterceptor
+
+_log = logging.getLogger("mobilesign.serve")
+
+
+@dataclass(frozen=True)
+class Listener:
+    """One address to serve on; ``mutual`` requires and verifies a client certificate."""
+
+    name: str
+    address: str
+    mutual: bool
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds that keep one service from being overwhelmed by a caller."""
+
+    max_message_bytes: int
+    max_concurrent_rpcs: int
+    grace_seconds: float
+
+
+def server_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    """Channel options bounding message sizes and keeping idle connections healthy."""
+    return [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.keepalive_time_ms", 30_000),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+
+
+def _credentials(credential: devpki.Credential, mutual: bool) -> grpc.ServerCredentials:
+    cert, key, ca = credential.read()
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=ca if mutual else None, require_client_auth=mutual
+    )
+
+
+def _write_run_file(state_dir: Path, name: str, addresses: dict[str, str]) -> Path:
+    run = state_dir / "run"
+    run.mkdir(parents=True, exist_ok=True)
+    path = run / f"{name}.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"pid": os.getpid(), "listeners": addresses}))
+    os.replace(tmp, path)
+    return path
+
+
+async def serve(
+    *,
+    name: str,
+    service: str,
+    register: Callable[[grpc.aio.Server], None],
+    policy: access.AccessPolicy,
+    listeners: Sequence[Listener],
+    credential: devpki.Credential,
+    limits: Limits,
+    state_dir: Path,
+    on_stop: Callable[[], Awaitable[None]] | None = None,
+) -> None:
+    """Serve ``service`` until SIGTERM/SIGINT, then shut down gracefully."""
+    server = grpc.aio.server(
+        interceptors=[ServiceInterceptor(service, policy)],
+        options=server_options(limits.max_message_bytes),
+        maximum_concurrent_rpcs=limits.max_concurrent_rpcs,
+    )
+    register(server)
+    health = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    reflection.enable_server_reflection(
+        (
+            service,
+            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+            reflection.SERVICE_NAME,
+        ),
+        server,
+    )
+    bound: dict[str, str] = {}
+    for listener in listeners:
+        host = listener.address.rsplit(":", 1)[0]
+        port = server.add_secure_port(listener.address, _credentials(credential, listener.mutual))
+        if port == 0:
+            raise OSError(f"cannot listen on {listener.address}")
+        bound[listener.name] = f"{host}:{port}"
+    await server.start()
+    for svc in ("", service):
+        await health.set(svc, health_pb2.HealthCheckResponse.SERVING)
+    run_file = _write_run_file(state_dir, name, bound)
+    _log.info("serving", extra={"fields": {"listeners": bound}})
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+    _log.info("stopping", extra={"fields": {"grace_seconds": limits.grace_seconds}})
+    await health.enter_graceful_shutdown()
+    await server.stop(limits.grace_seconds)
+    if on_stop is not None:
+        await on_stop()
+    run_file.unlink(missing_ok=True)
+    _log.info("stopped")

@@ -1,0 +1,1 @@
+"""The HSM proxy: the only mobilesign process that loads the PKCS#11 module."""

@@ -1,0 +1,55 @@
+"""``python -m hsm_proxy [--config FILE]``: run the HSM proxy until SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from pathlib import Path
+
+from grpc_host import config, devpki, logs, serve
+from hsm_proxy import config as hsm_config
+from hsm_proxy import servicer, token
+from mobilesign.v1 import hsm_pb2_grpc
+
+
+async def _main(args: argparse.Namespace) -> None:
+    document = config.load_file(args.config)
+    state = config.state_dir(document)
+    cfg = hsm_config.load(document)
+    logs.configure("hsm-proxy", cfg.log_level)
+    hsm_dir = state / "hsm"
+    hsm_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    pin_file = Path(cfg.user_pin_file) if cfg.user_pin_file else hsm_dir / "user.pin"
+    if cfg.init_softhsm_token:
+        token.ensure_softhsm_token(hsm_dir, cfg.token_label, pin_file)
+    pool = token.SessionPool(
+        cfg.module_path(), cfg.token_label, token.read_pin(pin_file), cfg.workers, cfg.queue_size
+    )
+
+    async def close_pool() -> None:
+        await asyncio.to_thread(pool.close)
+
+    await serve.serve(
+        name="hsm-proxy",
+        service=servicer.SERVICE,
+        register=lambda server: hsm_pb2_grpc.add_HsmServiceServicer_to_server(
+            servicer.HsmServicer(pool), server
+        ),
+        policy=servicer.POLICY,
+        listeners=[serve.Listener("internal", cfg.listen, mutual=True)],
+        credential=devpki.credential(state, "hsm-proxy"),
+        limits=serve.Limits(cfg.max_message_bytes, cfg.max_concurrent_rpcs, cfg.grace_seconds),
+        state_dir=state,
+        on_stop=close_pool,
+    )
+
+
+def main() -> None:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(prog="hsm_proxy", description=__doc__)
+    parser.add_argument("--config", help="TOML configuration file (or MOBILESIGN_CONFIG)")
+    asyncio.run(_main(parser.parse_args()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""Configuration of the HSM proxy (section ``[hsm_proxy]``, env ``MOBILESIGN_HSM_PROXY_*``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from grpc_host import config
+
+_SOFTHSM_CANDIDATES = (
+    "/usr/lib/softhsm/libsofthsm2.so",
+    "/usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so",
+    "/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so",
+    "/usr/local/lib/softhsm/libsofthsm2.so",
+)
+
+
+@dataclass(frozen=True)
+class HsmProxyConfig:
+    """Settings of the HSM proxy; defaults suit one machine with a SoftHSM2 token."""
+
+    listen: str = "127.0.0.1:50051"
+    #: PKCS#11 module; empty means SoftHSM2 at its usual Debian paths.
+    module: str = ""
+    token_label: str = "mobilesign"  # noqa: S105 (a token name, not a secret)
+    #: File holding the token user PIN; empty means ``<state>/hsm/user.pin`` (created with a
+    #: random PIN when the proxy initialises a SoftHSM2 token itself).
+    user_pin_file: str = ""
+    #: Initialise a SoftHSM2 token under ``<state>/hsm`` when none has the label.
+    init_softhsm_token: bool = True
+    workers: int = 4
+    queue_size: int = 256
+    max_message_bytes: int = 64 * 1024
+    max_concurrent_rpcs: int = 1024
+    grace_seconds: float = 5.0
+    log_level: str = "info"
+
+    def module_path(self) -> str:
+        """The PKCS#11 module to load."""
+        if self.module:
+            return self.module
+        for candidate in _SOFTHSM_CANDIDATES:
+            if Path(candidate).exists():
+                return candidate
+        raise config.ConfigError("no PKCS#11 module: install softhsm2 or set [hsm_proxy] module")
+
+
+def load(document: dict[str, Any]) -> HsmProxyConfig:
+    """Read ``[hsm_proxy]`` from the configuration document and the environment."""
+    return config.load_section(HsmProxyConfig, "hsm_proxy", document)

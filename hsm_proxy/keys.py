@@ -1,0 +1,384 @@
+"""Key operations inside the token. Every function here blocks and takes a PKCS#11 session:
+they run on the session pool's worker threads only.
+
+Key objects carry ``CKA_LABEL = "<purpose>:<label>"`` and ``CKA_ID`` = 16 random bytes shared by
+the public and private halves, so purpose and label live in the token itself and survive restarts
+without a second store to keep consistent.
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TypeVar
+
+import grpc
+import pkcs11
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from pkcs11 import MGF, Attribute, KeyType, Mechanism, MechanismFlag, ObjectClass
+from pkcs11 import exceptions as p11e
+from pkcs11.types import DecryptMixin, EncryptMixin, PublicKey, SecretKey, SignMixin
+from pkcs11.util.ec import encode_ec_public_key, encode_named_curve_parameters
+
+from grpc_host.errors import ServiceError
+from hsm_proxy import oaep
+
+_LABEL = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_KEY_ID_BYTES = 16
+DIGEST_BYTES = 32
+MAX_SEAL_BYTES = 4096
+_SEAL_VERSION = b"\x01"
+_GCM_IV_BYTES = 12
+_GCM_TAG_BYTES = 16
+# DER DigestInfo header for SHA-256 (RFC 8017 section 9.2, note 1).
+_SHA256_DIGEST_INFO = bytes.fromhex("3031300d060960864801650304020105000420")
+
+
+class Purpose(enum.Enum):
+    """What a key pair is for."""
+
+    ORGANISATION = "organisation"
+    CA = "ca"
+    SERVICE = "service"
+
+
+class Algorithm(enum.Enum):
+    """Type and size of a key pair."""
+
+    EC_P256 = "ec-p256"
+    RSA_2048 = "rsa-2048"
+    RSA_3072 = "rsa-3072"
+
+
+class SignMechanism(enum.Enum):
+    """Signature schemes over a SHA-256 digest."""
+
+    ECDSA_SHA256 = "ecdsa-sha256"
+    RSA_PKCS1V15_SHA256 = "rsa-pkcs1v15-sha256"
+    RSA_PSS_SHA256 = "rsa-pss-sha256"
+
+
+@dataclass(frozen=True)
+class KeyRecord:
+    """A key pair held in the token, as callers see it."""
+
+    key_id: bytes
+    label: str
+    purpose: Purpose
+    algorithm: Algorithm
+    spki: bytes
+
+
+def _invalid(reason: str, message: str) -> ServiceError:
+    return ServiceError(grpc.StatusCode.INVALID_ARGUMENT, reason, message)
+
+
+def parse_key_id(text: str) -> bytes:
+    """Decode a key id (32 hex digits) or refuse it."""
+    if len(text) != 2 * _KEY_ID_BYTES:
+        raise _invalid("MALFORMED_KEY_ID", "a key id is 32 hexadecimal digits")
+    try:
+        return bytes.fromhex(text)
+    except ValueError:
+        raise _invalid("MALFORMED_KEY_ID", "a key id is 32 hexadecimal digits") from None
+
+
+def check_label(label: str) -> None:
+    """Refuse labels outside 1 to 64 characters of ``[A-Za-z0-9._-]``."""
+    if not _LABEL.match(label):
+        raise _invalid("MALFORMED_LABEL", "a label is 1 to 64 characters of [A-Za-z0-9._-]")
+
+
+def _public_spki(public: PublicKey) -> tuple[Algorithm, bytes]:
+    if public.key_type == KeyType.EC:
+        spki = encode_ec_public_key(public)
+        key = serialization.load_der_public_key(spki)
+        if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
+            raise ServiceError(grpc.StatusCode.INTERNAL, "UNSUPPORTED_KEY", "unexpected curve")
+        return Algorithm.EC_P256, spki
+    if public.key_type == KeyType.RSA:
+        n = int.from_bytes(public[Attribute.MODULUS], "big")
+        e = int.from_bytes(public[Attribute.PUBLIC_EXPONENT], "big")
+        rsa_key = rsa.RSAPublicNumbers(e, n).public_key()
+        algorithm = {2048: Algorithm.RSA_2048, 3072: Algorithm.RSA_3072}.get(rsa_key.key_size)
+        if algorithm is None:
+            raise ServiceError(grpc.StatusCode.INTERNAL, "UNSUPPORTED_KEY", "unexpected size")
+        return algorithm, rsa_key.public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    raise ServiceError(grpc.StatusCode.INTERNAL, "UNSUPPORTED_KEY", "unexpected key type")
+
+
+def _record(public: PublicKey) -> KeyRecord | None:
+    purpose_text, _, label = str(public[Attribute.LABEL]).partition(":")
+    try:
+        purpose = Purpose(purpose_text)
+    except ValueError:
+        return None  # not one of ours (e.g. a sealing key or a foreign object)
+    algorithm, spki = _public_spki(public)
+    return KeyRecord(bytes(public[Attribute.ID]), label, purpose, algorithm, spki)
+
+
+def generate(
+    session: pkcs11.Session, label: str, purpose: Purpose, algorithm: Algorithm
+) -> KeyRecord:
+    """Generate a non-extractable key pair in the token; labels are unique per purpose."""
+    check_label(label)
+    token_label = f"{purpose.value}:{label}"
+    if any(True for _ in session.get_objects({Attribute.LABEL: token_label})):
+        raise ServiceError(
+            grpc.StatusCode.ALREADY_EXISTS,
+            "LABEL_IN_USE",
+            f"a {purpose.value} key is labelled {label}",
+        )
+    if purpose is not Purpose.ORGANISATION or algorithm is Algorithm.EC_P256:
+        capabilities = MechanismFlag.SIGN | MechanismFlag.VERIFY
+    else:
+        capabilities = (
+            MechanismFlag.SIGN
+            | MechanismFlag.VERIFY
+            | MechanismFlag.DECRYPT
+            | MechanismFlag.ENCRYPT
+        )
+    key_id = os.urandom(_KEY_ID_BYTES)
+    private_template = {
+        Attribute.TOKEN: True,
+        Attribute.PRIVATE: True,
+        Attribute.SENSITIVE: True,
+        Attribute.EXTRACTABLE: False,
+    }
+    if algorithm is Algorithm.EC_P256:
+        params = session.create_domain_parameters(
+            KeyType.EC,
+            {Attribute.EC_PARAMS: encode_named_curve_parameters("secp256r1")},
+            local=True,
+        )
+        public, _ = params.generate_keypair(
+            id=key_id,
+            label=token_label,
+            store=True,
+            capabilities=capabilities,
+            private_template=private_template,
+        )
+    else:
+        bits = 2048 if algorithm is Algorithm.RSA_2048 else 3072
+        public, _ = session.generate_keypair(
+            KeyType.RSA,
+            bits,
+            id=key_id,
+            label=token_label,
+            store=True,
+            capabilities=capabilities,
+            private_template=private_template,
+            public_template={Attribute.PUBLIC_EXPONENT: b"\x01\x00\x01"},
+        )
+    record = _record(public)
+    assert record is not None
+    return record
+
+
+def list_keys(session: pkcs11.Session, purpose: Purpose | None) -> list[KeyRecord]:
+    """Every key pair of ours in the token, optionally of one purpose, by purpose and label."""
+    records = [
+        r
+        for obj in session.get_objects({Attribute.CLASS: ObjectClass.PUBLIC_KEY})
+        if isinstance(obj, PublicKey)
+        and (r := _record(obj)) is not None
+        and (purpose is None or r.purpose is purpose)
+    ]
+    return sorted(records, key=lambda r: (r.purpose.value, r.label))
+
+
+_M = TypeVar("_M")
+
+
+def _find(session: pkcs11.Session, key_id: bytes, cls: ObjectClass, kind: type[_M]) -> _M:
+    try:
+        key = session.get_key(object_class=cls, id=key_id)
+    except (p11e.NoSuchKey, p11e.MultipleObjectsReturned):
+        raise ServiceError(grpc.StatusCode.NOT_FOUND, "KEY_NOT_FOUND", "no such key") from None
+    if not isinstance(key, kind):
+        raise ServiceError(grpc.StatusCode.NOT_FOUND, "KEY_NOT_FOUND", "no such key")
+    return key
+
+
+def describe(session: pkcs11.Session, key_id: bytes) -> KeyRecord:
+    """The record of one key pair."""
+    record = _record(_find(session, key_id, ObjectClass.PUBLIC_KEY, PublicKey))
+    if record is None:
+        raise ServiceError(grpc.StatusCode.NOT_FOUND, "KEY_NOT_FOUND", "no such key")
+    return record
+
+
+def sign_digest(
+    session: pkcs11.Session, key_id: bytes, mechanism: SignMechanism, digest: bytes
+) -> bytes:
+    """Sign a SHA-256 digest; the mechanism must suit the key (checked before the token is)."""
+    if len(digest) != DIGEST_BYTES:
+        raise _invalid("DIGEST_LENGTH", f"a SHA-256 digest is {DIGEST_BYTES} bytes")
+    record = describe(session, key_id)
+    is_ec = record.algorithm is Algorithm.EC_P256
+    if is_ec != (mechanism is SignMechanism.ECDSA_SHA256):
+        raise ServiceError(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "MECHANISM_NOT_ALLOWED",
+            f"{mechanism.value} cannot be used with a {record.algorithm.value} key",
+        )
+    private = _find(session, key_id, ObjectClass.PRIVATE_KEY, SignMixin)
+    if mechanism is SignMechanism.ECDSA_SHA256:
+        raw = private.sign(digest, mechanism=Mechanism.ECDSA)
+        half = len(raw) // 2
+        return encode_dss_signature(
+            int.from_bytes(raw[:half], "big"), int.from_bytes(raw[half:], "big")
+        )
+    if mechanism is SignMechanism.RSA_PKCS1V15_SHA256:
+        return bytes(private.sign(_SHA256_DIGEST_INFO + digest, mechanism=Mechanism.RSA_PKCS))
+    return bytes(
+        private.sign(
+            digest,
+            mechanism=Mechanism.RSA_PKCS_PSS,
+            mechanism_param=(Mechanism.SHA256, MGF.SHA256, DIGEST_BYTES),
+        )
+    )
+
+
+def decrypt_oaep(session: pkcs11.Session, key_id: bytes, ciphertext: bytes) -> bytes:
+    """Decrypt RSA-OAEP (SHA-256) with an organisation key."""
+    record = describe(session, key_id)
+    if record.algorithm is Algorithm.EC_P256 or record.purpose is not Purpose.ORGANISATION:
+        raise ServiceError(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "MECHANISM_NOT_ALLOWED",
+            "only RSA organisation keys decrypt",
+        )
+    size = 256 if record.algorithm is Algorithm.RSA_2048 else 384
+    if len(ciphertext) != size:
+        raise _invalid("CIPHERTEXT_LENGTH", f"the ciphertext must be {size} bytes for this key")
+    private = _find(session, key_id, ObjectClass.PRIVATE_KEY, DecryptMixin)
+    failed = _invalid("DECRYPTION_FAILED", "the ciphertext does not decrypt")
+    if _native_oaep_sha256:
+        try:
+            return _output(
+                private.decrypt(
+                    ciphertext,
+                    mechanism=Mechanism.RSA_PKCS_OAEP,
+                    mechanism_param=(Mechanism.SHA256, MGF.SHA256, None),
+                )
+            )
+        except (p11e.ArgumentsBad, p11e.MechanismParamInvalid):
+            _disable_native_oaep()
+        except (p11e.EncryptedDataInvalid, p11e.EncryptedDataLenRange, p11e.DataInvalid):
+            raise failed from None
+    try:
+        raw = _output(private.decrypt(ciphertext, mechanism=Mechanism.RSA_X_509))
+        return oaep.decode(raw.rjust(size, b"\x00"), size)
+    except (
+        p11e.EncryptedDataInvalid,
+        p11e.EncryptedDataLenRange,
+        p11e.DataInvalid,
+        oaep.OaepError,
+    ):
+        raise failed from None
+
+
+# The module's OAEP is tried first; SoftHSM 2.6 refuses SHA-256 parameters, and then the token
+# does raw RSA and the padding is removed by `oaep` (the key still never leaves the token).
+_native_oaep_sha256 = True
+
+
+def _disable_native_oaep() -> None:
+    global _native_oaep_sha256
+    _native_oaep_sha256 = False
+
+
+def _sealing_key(session: pkcs11.Session, caller: str, create: bool) -> SecretKey | None:
+    label = f"seal:{caller}"
+    found = list(
+        session.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.LABEL: label})
+    )
+    if found and isinstance(found[0], SecretKey):
+        return found[0]
+    if not create:
+        return None
+    return session.generate_key(
+        KeyType.AES,
+        256,
+        id=os.urandom(_KEY_ID_BYTES),
+        label=label,
+        store=True,
+        capabilities=MechanismFlag.ENCRYPT | MechanismFlag.DECRYPT,
+        template={Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: False, Attribute.PRIVATE: True},
+    )
+
+
+def _capable(key: object, capability: type[_M]) -> _M:
+    # python-pkcs11 builds key classes at run time from the key's capabilities.
+    if not isinstance(key, capability):
+        raise ServiceError(grpc.StatusCode.INTERNAL, "UNSUPPORTED_KEY", "sealing key unusable")
+    return key
+
+
+def _output(result: bytes | Iterator[bytes]) -> bytes:
+    # python-pkcs11 returns an iterator only for iterator input, which is never passed here.
+    if not isinstance(result, bytes):
+        raise TypeError("unexpected streaming result")
+    return result
+
+
+def _seal_aad(caller: str, associated_data: bytes) -> bytes:
+    # Binds the blob to its owner as well as to the caller's context.
+    return b"mobilesign-seal-v1\x00" + caller.encode() + b"\x00" + associated_data
+
+
+def seal(session: pkcs11.Session, caller: str, plaintext: bytes, associated_data: bytes) -> bytes:
+    """AES-256-GCM under the caller's sealing key: version || key id || IV || ciphertext+tag."""
+    if not plaintext or len(plaintext) > MAX_SEAL_BYTES:
+        raise _invalid("PLAINTEXT_LENGTH", f"a sealed secret is 1 to {MAX_SEAL_BYTES} bytes")
+    key = _sealing_key(session, caller, create=True)
+    if key is None:
+        raise ServiceError(grpc.StatusCode.INTERNAL, "UNSUPPORTED_KEY", "no sealing key")
+    encryptor = _capable(key, EncryptMixin)
+    iv = os.urandom(_GCM_IV_BYTES)
+    ciphertext = encryptor.encrypt(
+        plaintext,
+        mechanism=Mechanism.AES_GCM,
+        mechanism_param=pkcs11.GCMParams(iv, _seal_aad(caller, associated_data), 128),
+    )
+    return _SEAL_VERSION + bytes(key[Attribute.ID]) + iv + _output(ciphertext)
+
+
+def unseal(session: pkcs11.Session, caller: str, sealed: bytes, associated_data: bytes) -> bytes:
+    """Open a blob made by :func:`seal` for the same caller and associated data."""
+    header = 1 + _KEY_ID_BYTES + _GCM_IV_BYTES
+    refused = _invalid("SEALED_BLOB_INVALID", "the sealed blob does not open")
+    if len(sealed) < header + _GCM_TAG_BYTES + 1 or sealed[:1] != _SEAL_VERSION:
+        raise refused
+    if len(sealed) > header + _GCM_TAG_BYTES + MAX_SEAL_BYTES:
+        raise refused
+    key = _sealing_key(session, caller, create=False)
+    if key is None or bytes(key[Attribute.ID]) != sealed[1 : 1 + _KEY_ID_BYTES]:
+        raise refused
+    iv = sealed[1 + _KEY_ID_BYTES : header]
+    decryptor = _capable(key, DecryptMixin)
+    try:
+        return _output(
+            decryptor.decrypt(
+                sealed[header:],
+                mechanism=Mechanism.AES_GCM,
+                mechanism_param=pkcs11.GCMParams(iv, _seal_aad(caller, associated_data), 128),
+            )
+        )
+    except (
+        p11e.EncryptedDataInvalid,
+        p11e.EncryptedDataLenRange,
+        p11e.DataInvalid,
+        p11e.FunctionFailed,
+        p11e.GeneralError,
+    ):
+        # SoftHSM reports a GCM tag mismatch as CKR_GENERAL_ERROR.
+        raise refused from None

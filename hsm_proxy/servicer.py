@@ -1,0 +1,201 @@
+"""gRPC servicer of the HSM proxy: checks requests, moves them to the token's worker threads,
+and maps PKCS#11 failures to status codes with stable reasons."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+
+import grpc
+import pkcs11
+from pkcs11 import exceptions as p11e
+
+from grpc_host import access
+from grpc_host.errors import ServiceError
+from hsm_proxy import keys
+from hsm_proxy.token import PoolFull, SessionPool
+from mobilesign.v1 import hsm_pb2, hsm_pb2_grpc
+
+T = TypeVar("T")
+_Context = grpc.aio.ServicerContext[Any, Any]
+_log = logging.getLogger("mobilesign.hsm")
+
+SERVICE = "mobilesign.v1.HsmService"
+
+#: Which caller identity may call which RPC. The cosigner may only seal and unseal.
+POLICY = access.AccessPolicy(
+    {
+        "GenerateKeyPair": frozenset({"gateway", "admin"}),
+        "ListKeys": frozenset({"gateway", "admin"}),
+        "GetPublicKey": frozenset({"gateway", "admin"}),
+        "SignDigest": frozenset({"gateway", "admin"}),
+        "Decrypt": frozenset({"gateway", "admin"}),
+        "Seal": frozenset({"cosigner"}),
+        "Unseal": frozenset({"cosigner"}),
+    }
+)
+
+_PURPOSES = {
+    hsm_pb2.KEY_PURPOSE_ORGANISATION: keys.Purpose.ORGANISATION,
+    hsm_pb2.KEY_PURPOSE_CA: keys.Purpose.CA,
+    hsm_pb2.KEY_PURPOSE_SERVICE: keys.Purpose.SERVICE,
+}
+_ALGORITHMS = {
+    hsm_pb2.KEY_ALGORITHM_EC_P256: keys.Algorithm.EC_P256,
+    hsm_pb2.KEY_ALGORITHM_RSA_2048: keys.Algorithm.RSA_2048,
+    hsm_pb2.KEY_ALGORITHM_RSA_3072: keys.Algorithm.RSA_3072,
+}
+_MECHANISMS = {
+    hsm_pb2.SIGNATURE_MECHANISM_ECDSA_SHA256: keys.SignMechanism.ECDSA_SHA256,
+    hsm_pb2.SIGNATURE_MECHANISM_RSA_PKCS1V15_SHA256: keys.SignMechanism.RSA_PKCS1V15_SHA256,
+    hsm_pb2.SIGNATURE_MECHANISM_RSA_PSS_SHA256: keys.SignMechanism.RSA_PSS_SHA256,
+}
+_PURPOSE_VALUES = {v: k for k, v in _PURPOSES.items()}
+_ALGORITHM_VALUES = {v: k for k, v in _ALGORITHMS.items()}
+
+
+def _enum(table: Mapping[Any, T], value: int, reason: str, what: str) -> T:
+    try:
+        return table[value]
+    except KeyError:
+        raise ServiceError(
+            grpc.StatusCode.INVALID_ARGUMENT, reason, f"{what} is required"
+        ) from None
+
+
+def _key_info(record: keys.KeyRecord) -> hsm_pb2.KeyInfo:
+    return hsm_pb2.KeyInfo(
+        key_id=record.key_id.hex(),
+        label=record.label,
+        purpose=_PURPOSE_VALUES[record.purpose],
+        algorithm=_ALGORITHM_VALUES[record.algorithm],
+        public_key_spki=record.spki,
+    )
+
+
+def _caller() -> str:
+    identity = access.caller.get()
+    assert identity is not None  # the access policy admits authenticated callers only
+    return identity
+
+
+class HsmServicer(hsm_pb2_grpc.HsmServiceServicer):
+    """Implements ``mobilesign.v1.HsmService`` over a :class:`SessionPool`."""
+
+    def __init__(self, pool: SessionPool) -> None:
+        self._pool = pool
+        # Serialises key generation so that the label check and the creation are atomic.
+        self._generate_lock = asyncio.Lock()
+
+    async def _run(self, operation: Callable[[pkcs11.Session], T]) -> T:
+        try:
+            return await self._pool.run(operation)
+        except PoolFull:
+            raise ServiceError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, "HSM_QUEUE_FULL", "the HSM queue is full"
+            ) from None
+        except (p11e.MechanismInvalid, p11e.KeyTypeInconsistent, p11e.KeyHandleInvalid):
+            raise ServiceError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "MECHANISM_NOT_ALLOWED",
+                "the token refuses this mechanism for this key",
+            ) from None
+        except (p11e.DataLenRange, p11e.DataInvalid):
+            raise ServiceError(
+                grpc.StatusCode.INVALID_ARGUMENT, "DATA_INVALID", "the token refuses the input"
+            ) from None
+        except (
+            p11e.UserNotLoggedIn,
+            p11e.SessionClosed,
+            p11e.SessionHandleInvalid,
+            p11e.DeviceRemoved,
+            p11e.TokenNotPresent,
+            p11e.DeviceError,
+            p11e.DeviceMemory,
+        ):
+            _log.error("token unavailable")
+            raise ServiceError(
+                grpc.StatusCode.UNAVAILABLE, "HSM_UNAVAILABLE", "the HSM is unavailable"
+            ) from None
+        except p11e.PKCS11Error as exc:
+            _log.error("PKCS#11 failure", extra={"fields": {"error": type(exc).__name__}})
+            raise ServiceError(grpc.StatusCode.INTERNAL, "HSM_ERROR", "the HSM failed") from None
+
+    async def GenerateKeyPair(
+        self, request: hsm_pb2.GenerateKeyPairRequest, context: _Context
+    ) -> hsm_pb2.GenerateKeyPairResponse:
+        keys.check_label(request.label)
+        purpose = _enum(_PURPOSES, request.purpose, "PURPOSE_REQUIRED", "a key purpose")
+        algorithm = _enum(_ALGORITHMS, request.algorithm, "ALGORITHM_REQUIRED", "a key algorithm")
+        async with self._generate_lock:
+            record = await self._run(lambda s: keys.generate(s, request.label, purpose, algorithm))
+        _log.info(
+            "key generated",
+            extra={
+                "fields": {
+                    "key_id": record.key_id.hex(),
+                    "purpose": purpose.value,
+                    "algorithm": algorithm.value,
+                }
+            },
+        )
+        return hsm_pb2.GenerateKeyPairResponse(key=_key_info(record))
+
+    async def ListKeys(
+        self, request: hsm_pb2.ListKeysRequest, context: _Context
+    ) -> hsm_pb2.ListKeysResponse:
+        purpose = None
+        if request.purpose != hsm_pb2.KEY_PURPOSE_UNSPECIFIED:
+            purpose = _enum(_PURPOSES, request.purpose, "PURPOSE_INVALID", "a known purpose")
+        records = await self._run(lambda s: keys.list_keys(s, purpose))
+        return hsm_pb2.ListKeysResponse(keys=[_key_info(r) for r in records])
+
+    async def GetPublicKey(
+        self, request: hsm_pb2.GetPublicKeyRequest, context: _Context
+    ) -> hsm_pb2.GetPublicKeyResponse:
+        key_id = keys.parse_key_id(request.key_id)
+        record = await self._run(lambda s: keys.describe(s, key_id))
+        return hsm_pb2.GetPublicKeyResponse(key=_key_info(record))
+
+    async def SignDigest(
+        self, request: hsm_pb2.SignDigestRequest, context: _Context
+    ) -> hsm_pb2.SignDigestResponse:
+        key_id = keys.parse_key_id(request.key_id)
+        mechanism = _enum(_MECHANISMS, request.mechanism, "MECHANISM_REQUIRED", "a mechanism")
+        if len(request.digest) != keys.DIGEST_BYTES:
+            raise ServiceError(
+                grpc.StatusCode.INVALID_ARGUMENT, "DIGEST_LENGTH", "a SHA-256 digest is 32 bytes"
+            )
+        signature = await self._run(
+            lambda s: keys.sign_digest(s, key_id, mechanism, request.digest)
+        )
+        return hsm_pb2.SignDigestResponse(signature=signature)
+
+    async def Decrypt(
+        self, request: hsm_pb2.DecryptRequest, context: _Context
+    ) -> hsm_pb2.DecryptResponse:
+        key_id = keys.parse_key_id(request.key_id)
+        if request.mechanism != hsm_pb2.DECRYPT_MECHANISM_RSA_OAEP_SHA256:
+            raise ServiceError(
+                grpc.StatusCode.INVALID_ARGUMENT, "MECHANISM_REQUIRED", "a mechanism is required"
+            )
+        plaintext = await self._run(lambda s: keys.decrypt_oaep(s, key_id, request.ciphertext))
+        return hsm_pb2.DecryptResponse(plaintext=plaintext)
+
+    async def Seal(self, request: hsm_pb2.SealRequest, context: _Context) -> hsm_pb2.SealResponse:
+        caller = _caller()
+        sealed = await self._run(
+            lambda s: keys.seal(s, caller, request.plaintext, request.associated_data)
+        )
+        return hsm_pb2.SealResponse(sealed=sealed)
+
+    async def Unseal(
+        self, request: hsm_pb2.UnsealRequest, context: _Context
+    ) -> hsm_pb2.UnsealResponse:
+        caller = _caller()
+        plaintext = await self._run(
+            lambda s: keys.unseal(s, caller, request.sealed, request.associated_data)
+        )
+        return hsm_pb2.UnsealResponse(plaintext=plaintext)

@@ -1,0 +1,1 @@
+"""Generated gRPC and protobuf modules of the mobilesign API."""

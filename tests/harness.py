@@ -1,0 +1,146 @@
+"""Starts mobilesign services as separate processes on free loopback ports, with mutual TLS.
+
+Every service gets port 0 and reports the ports it bound in ``<state>/run/<name>.json``; the
+harness waits for that file and for health SERVING. A restarted service keeps its ports so that
+the other services' configured addresses stay valid.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from grpc_host import channels, devpki
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: Module to run and listeners of each service.
+SERVICES: dict[str, tuple[str, tuple[str, ...]]] = {
+    "hsm-proxy": ("hsm_proxy", ("internal",)),
+    "cosigner": ("cosigner", ("internal", "public")),
+    "gateway": ("server", ("internal", "public")),
+}
+_ENV_SECTION = {"hsm-proxy": "HSM_PROXY", "cosigner": "COSIGNER", "gateway": "GATEWAY"}
+
+
+@dataclass
+class Service:
+    """A running (or stopped) service process and the addresses it bound."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    addresses: dict[str, str]
+    log: Path
+
+
+@dataclass
+class Deployment:
+    """The services of one test deployment, all under one state directory."""
+
+    state_dir: Path
+    extra_env: dict[str, str] = field(default_factory=dict)
+    services: dict[str, Service] = field(default_factory=dict)
+
+    def _env(self, name: str) -> dict[str, str]:
+        env = dict(os.environ)
+        env["MOBILESIGN_STATE_DIR"] = str(self.state_dir)
+        env["PYTHONPATH"] = str(ROOT)
+        section = _ENV_SECTION[name]
+        previous = self.services.get(name)
+        for listener in SERVICES[name][1]:
+            address = previous.addresses[listener] if previous else "127.0.0.1:0"
+            key = "LISTEN" if listener == "internal" else "PUBLIC_LISTEN"
+            env[f"MOBILESIGN_{section}_{key}"] = address
+        if "hsm-proxy" in self.services:
+            env["MOBILESIGN_COSIGNER_HSM_PROXY"] = self.address("hsm-proxy")
+            env["MOBILESIGN_GATEWAY_HSM_PROXY"] = self.address("hsm-proxy")
+        if "cosigner" in self.services:
+            env["MOBILESIGN_GATEWAY_COSIGNER"] = self.address("cosigner")
+        env.update(self.extra_env)
+        return env
+
+    def start(self, name: str, timeout: float = 30.0) -> Service:
+        """Start ``name`` (again) and wait until it reports SERVING."""
+        module = SERVICES[name][0]
+        run_file = self.state_dir / "run" / f"{name}.json"
+        run_file.unlink(missing_ok=True)
+        log = self.state_dir / f"{name}.log"
+        with open(log, "ab") as out:
+            process = subprocess.Popen(
+                [sys.executable, "-m", module],
+                cwd=ROOT,
+                env=self._env(name),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + timeout
+        while not run_file.exists():
+            if process.poll() is not None:
+                raise RuntimeError(f"{name} exited with {process.returncode}: {log.read_text()}")
+            if time.monotonic() > deadline:
+                process.kill()
+                raise TimeoutError(f"{name} did not start: {log.read_text()}")
+            time.sleep(0.05)
+        addresses = json.loads(run_file.read_text())["listeners"]
+        service = Service(name, process, addresses, log)
+        self.services[name] = service
+        self._wait_serving(name, deadline)
+        return service
+
+    def _wait_serving(self, name: str, deadline: float) -> None:
+        # Synchronous gRPC: start() is also called from inside async tests.
+        cert, key, ca = self.credential("admin").read()
+        creds = grpc.ssl_channel_credentials(ca, key, cert)
+        with grpc.secure_channel(self.address(name), creds) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while True:
+                try:
+                    reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=2)
+                    if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.RpcError:
+                    if time.monotonic() > deadline:
+                        raise
+                time.sleep(0.05)
+
+    def address(self, name: str, listener: str = "internal") -> str:
+        """The bound address of one listener of a service."""
+        return self.services[name].addresses[listener]
+
+    def credential(self, identity: str) -> devpki.Credential:
+        """A client credential from the deployment's development PKI."""
+        return devpki.credential(self.state_dir, identity)
+
+    def channel(self, name: str, identity: str = "admin") -> grpc.aio.Channel:
+        """A mutual-TLS channel to the internal listener of ``name``, as ``identity``."""
+        return channels.mutual_tls(self.address(name), self.credential(identity))
+
+    def public_channel(self, name: str) -> grpc.aio.Channel:
+        """A server-authenticated TLS channel to the public listener of ``name``."""
+        ca = (devpki.ensure(self.state_dir) / "ca.pem").read_bytes()
+        return channels.server_tls(self.address(name, "public"), ca)
+
+    def stop(self, name: str, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        """Signal ``name`` and wait for it to exit; return its exit status."""
+        process = self.services[name].process
+        if process.poll() is None:
+            process.send_signal(sig)
+        return process.wait(timeout)
+
+    def stop_all(self) -> None:
+        """Stop every service, the callers before the HSM proxy."""
+        for name in ("gateway", "cosigner", "hsm-proxy"):
+            if name in self.services and self.services[name].process.poll() is None:
+                try:
+                    self.stop(name)
+                except subprocess.TimeoutExpired:
+                    self.services[name].process.kill()

@@ -1,0 +1,434 @@
+"""The HSM proxy as a real process over a real SoftHSM2 token, called over mutual TLS."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import signal
+import time
+
+import grpc
+import pytest
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
+
+from grpc_host import channels, devpki
+from grpc_host.errors import reason_of
+from mobilesign.v1 import hsm_pb2, hsm_pb2_grpc
+from tests.harness import Deployment
+
+pytestmark = pytest.mark.integration
+
+DIGEST = hashlib.sha256(b"a business document").digest()
+
+
+def _stub(channel: grpc.aio.Channel) -> hsm_pb2_grpc.HsmServiceStub:
+    return hsm_pb2_grpc.HsmServiceStub(channel)
+
+
+async def _generate(
+    deployment: Deployment,
+    label: str,
+    algorithm: int,
+    purpose: int = hsm_pb2.KEY_PURPOSE_ORGANISATION,
+) -> hsm_pb2.KeyInfo:
+    async with deployment.channel("hsm-proxy") as channel:
+        reply = await _stub(channel).GenerateKeyPair(
+            hsm_pb2.GenerateKeyPairRequest(label=label, purpose=purpose, algorithm=algorithm)
+        )
+    return reply.key
+
+
+def _verify(key: hsm_pb2.KeyInfo, mechanism: int, signature: bytes, digest: bytes) -> None:
+    public = serialization.load_der_public_key(key.public_key_spki)
+    prehashed = utils.Prehashed(hashes.SHA256())
+    if mechanism == hsm_pb2.SIGNATURE_MECHANISM_ECDSA_SHA256:
+        assert isinstance(public, ec.EllipticCurvePublicKey)
+        public.verify(signature, digest, ec.ECDSA(prehashed))
+    else:
+        assert isinstance(public, rsa.RSAPublicKey)
+        pad: padding.AsymmetricPadding = (
+            padding.PKCS1v15()
+            if mechanism == hsm_pb2.SIGNATURE_MECHANISM_RSA_PKCS1V15_SHA256
+            else padding.PSS(padding.MGF1(hashes.SHA256()), 32)
+        )
+        public.verify(signature, digest, pad, prehashed)
+
+
+async def _expect_error(call: object, code: grpc.StatusCode, reason: str) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await call  # type: ignore[misc]
+    assert info.value.code() == code, info.value.details()
+    assert reason_of(info.value) == reason
+
+
+@pytest.mark.parametrize(
+    ("algorithm", "mechanisms", "size"),
+    [
+        (hsm_pb2.KEY_ALGORITHM_EC_P256, [hsm_pb2.SIGNATURE_MECHANISM_ECDSA_SHA256], 256),
+        (
+            hsm_pb2.KEY_ALGORITHM_RSA_2048,
+            [
+                hsm_pb2.SIGNATURE_MECHANISM_RSA_PKCS1V15_SHA256,
+                hsm_pb2.SIGNATURE_MECHANISM_RSA_PSS_SHA256,
+            ],
+            2048,
+        ),
+        (
+            hsm_pb2.KEY_ALGORITHM_RSA_3072,
+            [
+                hsm_pb2.SIGNATURE_MECHANISM_RSA_PKCS1V15_SHA256,
+                hsm_pb2.SIGNATURE_MECHANISM_RSA_PSS_SHA256,
+            ],
+            3072,
+        ),
+    ],
+)
+async def test_generate_describe_and_sign(
+    hsm_deployment: Deployment, algorithm: int, mechanisms: list[int], size: int
+) -> None:
+    key = await _generate(hsm_deployment, f"sign-{algorithm}", algorithm)
+    assert len(key.key_id) == 32
+    assert serialization.load_der_public_key(key.public_key_spki).key_size == size  # type: ignore[union-attr]
+    async with hsm_deployment.channel("hsm-proxy", "gateway") as channel:
+        stub = _stub(channel)
+        described = await stub.GetPublicKey(hsm_pb2.GetPublicKeyRequest(key_id=key.key_id))
+        assert described.key == key
+        listed = await stub.ListKeys(
+            hsm_pb2.ListKeysRequest(purpose=hsm_pb2.KEY_PURPOSE_ORGANISATION)
+        )
+        assert key in listed.keys
+        for mechanism in mechanisms:
+            digest = hashlib.sha256(os.urandom(16)).digest()
+            reply = await stub.SignDigest(
+                hsm_pb2.SignDigestRequest(key_id=key.key_id, mechanism=mechanism, digest=digest)
+            )
+            _verify(key, mechanism, reply.signature, digest)
+
+
+async def test_200_concurrent_signatures_all_verify(hsm_deployment: Deployment) -> None:
+    key = await _generate(hsm_deployment, "concurrent", hsm_pb2.KEY_ALGORITHM_EC_P256)
+    digests = [hashlib.sha256(i.to_bytes(4, "big")).digest() for i in range(200)]
+    async with hsm_deployment.channel("hsm-proxy", "gateway") as channel:
+        stub = _stub(channel)
+        replies = await asyncio.gather(
+            *(
+                stub.SignDigest(
+                    hsm_pb2.SignDigestRequest(
+                        key_id=key.key_id,
+                        mechanism=hsm_pb2.SIGNATURE_MECHANISM_ECDSA_SHA256,
+                        digest=digest,
+                    )
+                )
+                for digest in digests
+            )
+        )
+    for digest, reply in zip(digests, replies, strict=True):
+        _verify(key, hsm_pb2.SIGNATURE_MECHANISM_ECDSA_SHA256, reply.signature, digest)
+
+
+async def test_decrypt_round_trips_oaep(hsm_deployment: Deployment) -> None:
+    key = await _generate(hsm_deployment, "decrypt", hsm_pb2.KEY_ALGORITHM_RSA_2048)
+    public = serialization.load_der_public_key(key.public_key_spki)
+    assert isinstance(public, rsa.RSAPublicKey)
+    oaep = padding.OAEP(padding.MGF1(hashes.SHA256()), hashes.SHA256(), None)
+    async with hsm_deployment.channel("hsm-proxy", "gateway") as channel:
+        stub = _stub(channel)
+        for message in (b"", b"a short secret", os.urandom(190)):
+            reply = await stub.Decrypt(
+                hsm_pb2.DecryptRequest(
+                    key_id=key.key_id,
+                    mechanism=hsm_pb2.DECRYPT_MECHANISM_RSA_OAEP_SHA256,
+                    ciphertext=public.encrypt(message, oaep),
+                )
+            )
+            assert reply.plaintext == message
+        # A ciphertext with the wrong padding (PKCS#1 v1.5) is refused, not decrypted.
+        await _expect_error(
+            stub.Decrypt(
+                hsm_pb2.DecryptRequest(
+                    key_id=key.key_id,
+                    mechanism=hsm_pb2.DECRYPT_MECHANISM_RSA_OAEP_SHA256,
+                    ciphertext=public.encrypt(b"x", padding.PKCS1v15()),
+                )
+            ),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "DECRYPTION_FAILED",
+        )
+
+
+async def test_seal_unseal_round_trip_and_tamper(hsm_deployment: Deployment) -> None:
+    async with hsm_deployment.channel("hsm-proxy", "cosigner") as channel:
+        stub = _stub(channel)
+        secret = os.urandom(64)
+        sealed = (
+            await stub.Seal(hsm_pb2.SealRequest(plaintext=secret, associated_data=b"user-1"))
+        ).sealed
+        assert secret not in sealed
+        opened = await stub.Unseal(hsm_pb2.UnsealRequest(sealed=sealed, associated_data=b"user-1"))
+        assert opened.plaintext == secret
+        for index in (0, 5, 20, len(sealed) - 1):
+            tampered = bytearray(sealed)
+            tampered[index] ^= 0x01
+            await _expect_error(
+                stub.Unseal(
+                    hsm_pb2.UnsealRequest(sealed=bytes(tampered), associated_data=b"user-1")
+                ),
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "SEALED_BLOB_INVALID",
+            )
+        await _expect_error(
+            stub.Unseal(hsm_pb2.UnsealRequest(sealed=sealed, associated_data=b"user-2")),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "SEALED_BLOB_INVALID",
+        )
+        await _expect_error(
+            stub.Unseal(hsm_pb2.UnsealRequest(sealed=sealed[:10], associated_data=b"user-1")),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "SEALED_BLOB_INVALID",
+        )
+        await _expect_error(
+            stub.Seal(hsm_pb2.SealRequest(plaintext=b"")),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "PLAINTEXT_LENGTH",
+        )
+
+
+async def test_bad_input_is_refused_and_changes_nothing(hsm_deployment: Deployment) -> None:
+    ec_key = await _generate(hsm_deployment, "bad-input-ec", hsm_pb2.KEY_ALGORITHM_EC_P256)
+    rsa_key = await _generate(hsm_deployment, "bad-input-rsa", hsm_pb2.KEY_ALGORITHM_RSA_2048)
+    async with hsm_deployment.channel("hsm-proxy", "gateway") as channel:
+        stub = _stub(channel)
+        before = await stub.ListKeys(hsm_pb2.ListKeysRequest())
+        ecdsa = hsm_pb2.SIGNATURE_MECHANISM_ECDSA_SHA256
+        cases = [
+            (
+                stub.SignDigest(
+                    hsm_pb2.SignDigestRequest(key_id="00" * 16, mechanism=ecdsa, digest=DIGEST)
+                ),
+                grpc.StatusCode.NOT_FOUND,
+                "KEY_NOT_FOUND",
+            ),
+            (
+                stub.SignDigest(
+                    hsm_pb2.SignDigestRequest(key_id="not-hex", mechanism=ecdsa, digest=DIGEST)
+                ),
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "MALFORMED_KEY_ID",
+            ),
+            (
+                stub.SignDigest(
+                    hsm_pb2.SignDigestRequest(key_id=rsa_key.key_id, mechanism=ecdsa, digest=DIGEST)
+                ),
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "MECHANISM_NOT_ALLOWED",
+            ),
+            (
+                stub.SignDigest(
+                    hsm_pb2.SignDigestRequest(
+                        key_id=ec_key.key_id,
+                        mechanism=hsm_pb2.SIGNATURE_MECHANISM_RSA_PSS_SHA256,
+                        digest=DIGEST,
+                    )
+                ),
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "MECHANISM_NOT_ALLOWED",
+            ),
+            (
+                stub.SignDigest(hsm_pb2.SignDigestRequest(key_id=ec_key.key_id, digest=DIGEST)),
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "MECHANISM_REQUIRED",
+            ),
+            (
+                stub.SignDigest(
+                    hsm_pb2.SignDigestRequest(
+                        key_id=ec_key.key_id, mechanism=ecdsa, digest=DIGEST[:31]
+                    )
+                ),
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "DIGEST_LENGTH",
+            ),
+            (
+                stub.SignDigest(
+                    hsm_pb2.SignDigestRequest(
+                        key_id=ec_key.key_id, mechanism=ecdsa, digest=DIGEST + b"\0"
+                    )
+                ),
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "DIGEST_LENGTH",
+            ),
+            (
+                stub.Decrypt(
+                    hsm_pb2.DecryptRequest(
+                        key_id=ec_key.key_id,
+                        mechanism=hsm_pb2.DECRYPT_MECHANISM_RSA_OAEP_SHA256,
+                        ciphertext=b"x" * 256,
+                    )
+                ),
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "MECHANISM_NOT_ALLOWED",
+            ),
+            (
+                stub.Decrypt(
+                    hsm_pb2.DecryptRequest(
+                        key_id=rsa_key.key_id,
+                        mechanism=hsm_pb2.DECRYPT_MECHANISM_RSA_OAEP_SHA256,
+                        ciphertext=b"x" * 10,
+                    )
+                ),
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "CIPHERTEXT_LENGTH",
+            ),
+            (
+                stub.GenerateKeyPair(
+                    hsm_pb2.GenerateKeyPairRequest(
+                        label="bad-input-ec",
+                        purpose=hsm_pb2.KEY_PURPOSE_ORGANISATION,
+                        algorithm=hsm_pb2.KEY_ALGORITHM_EC_P256,
+                    )
+                ),
+                grpc.StatusCode.ALREADY_EXISTS,
+                "LABEL_IN_USE",
+            ),
+            (
+                stub.GenerateKeyPair(
+                    hsm_pb2.GenerateKeyPairRequest(
+                        label="no spaces/allowed",
+                        purpose=hsm_pb2.KEY_PURPOSE_ORGANISATION,
+                        algorithm=hsm_pb2.KEY_ALGORITHM_EC_P256,
+                    )
+                ),
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "MALFORMED_LABEL",
+            ),
+            (
+                stub.GenerateKeyPair(
+                    hsm_pb2.GenerateKeyPairRequest(
+                        label="no-algorithm", purpose=hsm_pb2.KEY_PURPOSE_ORGANISATION
+                    )
+                ),
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "ALGORITHM_REQUIRED",
+            ),
+            (
+                stub.GenerateKeyPair(
+                    hsm_pb2.GenerateKeyPairRequest(
+                        label="no-purpose", algorithm=hsm_pb2.KEY_ALGORITHM_EC_P256
+                    )
+                ),
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "PURPOSE_REQUIRED",
+            ),
+            # The gateway may not use the cosigner's sealing service.
+            (
+                stub.Seal(hsm_pb2.SealRequest(plaintext=b"x")),
+                grpc.StatusCode.PERMISSION_DENIED,
+                "CALLER_NOT_AUTHORISED",
+            ),
+        ]
+        for call, code, reason in cases:
+            await _expect_error(call, code, reason)
+        # Oversized: over the proxy's 64 KiB message bound.
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.Seal(hsm_pb2.SealRequest(plaintext=b"x" * 100_000))
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        after = await stub.ListKeys(hsm_pb2.ListKeysRequest())
+        assert after == before
+
+
+async def test_callers_are_authorised_by_certificate_identity(
+    hsm_deployment: Deployment, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    request = hsm_pb2.ListKeysRequest()
+    # The cosigner's certificate is valid, but it may only seal and unseal.
+    async with hsm_deployment.channel("hsm-proxy", "cosigner") as channel:
+        await _expect_error(
+            _stub(channel).ListKeys(request),
+            grpc.StatusCode.PERMISSION_DENIED,
+            "CALLER_NOT_AUTHORISED",
+        )
+    # No client certificate: the TLS handshake itself fails.
+    ca = (devpki.ensure(hsm_deployment.state_dir) / "ca.pem").read_bytes()
+    async with channels.server_tls(hsm_deployment.address("hsm-proxy"), ca) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await _stub(channel).ListKeys(request, timeout=5)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    # A certificate named "gateway" but issued by another CA is not trusted.
+    foreign = devpki.credential(tmp_path_factory.mktemp("foreign"), "gateway")
+    foreign_with_our_ca = devpki.Credential(
+        "gateway", foreign.cert, foreign.key, devpki.ensure(hsm_deployment.state_dir) / "ca.pem"
+    )
+    async with channels.mutual_tls(
+        hsm_deployment.address("hsm-proxy"), foreign_with_our_ca
+    ) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await _stub(channel).ListKeys(request, timeout=5)
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_full_queue_answers_resource_exhausted(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    deployment = Deployment(
+        tmp_path_factory.mktemp("small-queue"),
+        extra_env={"MOBILESIGN_HSM_PROXY_WORKERS": "1", "MOBILESIGN_HSM_PROXY_QUEUE_SIZE": "1"},
+    )
+    deployment.start("hsm-proxy")
+    try:
+        key = await _generate(deployment, "queue", hsm_pb2.KEY_ALGORITHM_RSA_3072)
+        async with deployment.channel("hsm-proxy", "gateway") as channel:
+            stub = _stub(channel)
+            calls = [
+                stub.SignDigest(
+                    hsm_pb2.SignDigestRequest(
+                        key_id=key.key_id,
+                        mechanism=hsm_pb2.SIGNATURE_MECHANISM_RSA_PSS_SHA256,
+                        digest=DIGEST,
+                    )
+                )
+                for _ in range(40)
+            ]
+            results = await asyncio.gather(*calls, return_exceptions=True)
+        refused = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+        signed = [r for r in results if isinstance(r, hsm_pb2.SignDigestResponse)]
+        assert refused
+        assert signed
+        assert len(refused) + len(signed) == 40
+        for error in refused:
+            assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert reason_of(error) == "HSM_QUEUE_FULL"
+        for reply in signed:
+            _verify(key, hsm_pb2.SIGNATURE_MECHANISM_RSA_PSS_SHA256, reply.signature, DIGEST)
+    finally:
+        deployment.stop_all()
+
+
+async def test_keys_survive_restart_and_sigterm_is_clean(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    deployment = Deployment(tmp_path_factory.mktemp("restart"))
+    deployment.start("hsm-proxy")
+    try:
+        key = await _generate(deployment, "survivor", hsm_pb2.KEY_ALGORITHM_EC_P256)
+        started = time.monotonic()
+        assert deployment.stop("hsm-proxy", signal.SIGTERM, timeout=10) == 0
+        assert time.monotonic() - started < 10
+        log = deployment.services["hsm-proxy"].log.read_text()
+        assert '"msg": "stopping"' in log
+        assert '"msg": "stopped"' in log
+        deployment.start("hsm-proxy")
+        async with deployment.channel("hsm-proxy", "gateway") as channel:
+            stub = _stub(channel)
+            listed = await stub.ListKeys(hsm_pb2.ListKeysRequest())
+            assert [k for k in listed.keys if k.label == "survivor"] == [key]
+            reply = await stub.SignDigest(
+                hsm_pb2.SignDigestRequest(
+                    key_id=key.key_id,
+                    mechanism=hsm_pb2.SIGNATURE_MECHANISM_ECDSA_SHA256,
+                    digest=DIGEST,
+                )
+            )
+        _verify(key, hsm_pb2.SIGNATURE_MECHANISM_ECDSA_SHA256, reply.signature, DIGEST)
+    finally:
+        deployment.stop_all()
