@@ -11,7 +11,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, cast
 
 import grpc
@@ -32,11 +32,10 @@ def _request_id(context: grpc.aio.ServicerContext[Any, Any]) -> str:
 
 
 class ServiceInterceptor(grpc.aio.ServerInterceptor):
-    """Wraps the unary and streaming handlers of one gRPC service (``package.Service``)."""
+    """Wraps the unary and streaming handlers of the given services (``package.Service``)."""
 
-    def __init__(self, service: str, policy: access.AccessPolicy) -> None:
-        self._prefix = f"/{service}/"
-        self._policy = policy
+    def __init__(self, policies: Mapping[str, access.AccessPolicy]) -> None:
+        self._policies = dict(policies)
 
     async def intercept_service(
         self,
@@ -47,24 +46,25 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
         full = handler_call_details.method
-        if handler is None or not full.startswith(self._prefix):
+        service, _, method = full.lstrip("/").partition("/")
+        policy = self._policies.get(service)
+        if handler is None or policy is None:
             return handler
-        method = full[len(self._prefix) :]
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                self._wrap(method, cast(Behavior, handler.unary_unary)),
+                self._wrap(method, policy, cast(Behavior, handler.unary_unary)),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_stream is not None:
             return grpc.stream_stream_rpc_method_handler(
-                self._wrap(method, cast(Behavior, handler.stream_stream)),
+                self._wrap(method, policy, cast(Behavior, handler.stream_stream)),
                 request_deserializer=handler.request_deserializer,
                 response_serializer=handler.response_serializer,
             )
         raise TypeError(f"{full}: only unary and bidirectional-streaming RPCs are served")
 
-    def _wrap(self, method: str, behavior: Behavior) -> Behavior:
+    def _wrap(self, method: str, policy: access.AccessPolicy, behavior: Behavior) -> Behavior:
         if inspect.isasyncgenfunction(behavior):
             raise TypeError(f"{method}: streaming handlers must use context.read()/write()")
 
@@ -78,7 +78,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             reason = ""
             try:
                 await context.send_initial_metadata((("x-request-id", rid),))
-                if not self._policy.allows(method, identity):
+                if not policy.allows(method, identity):
                     raise errors.ServiceError(
                         grpc.StatusCode.PERMISSION_DENIED
                         if identity

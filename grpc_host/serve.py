@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import signal
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,32 +77,25 @@ def _write_run_file(state_dir: Path, name: str, addresses: dict[str, str]) -> Pa
 async def serve(
     *,
     name: str,
-    service: str,
+    services: Mapping[str, access.AccessPolicy],
     register: Callable[[grpc.aio.Server], None],
-    policy: access.AccessPolicy,
     listeners: Sequence[Listener],
     credential: devpki.Credential,
     limits: Limits,
     state_dir: Path,
     on_stop: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
-    """Serve ``service`` until SIGTERM/SIGINT, then shut down gracefully."""
+    """Serve ``services`` (name: access policy) until SIGTERM/SIGINT, then shut down gracefully."""
     server = grpc.aio.server(
-        interceptors=[ServiceInterceptor(service, policy)],
+        interceptors=[ServiceInterceptor(services)],
         options=server_options(limits.max_message_bytes),
         maximum_concurrent_rpcs=limits.max_concurrent_rpcs,
     )
     register(server)
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    reflection.enable_server_reflection(
-        (
-            service,
-            health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-            reflection.SERVICE_NAME,
-        ),
-        server,
-    )
+    health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+    reflection.enable_server_reflection((*services, health_name, reflection.SERVICE_NAME), server)
     bound: dict[str, str] = {}
     for listener in listeners:
         host = listener.address.rsplit(":", 1)[0]
@@ -111,7 +104,7 @@ async def serve(
             raise OSError(f"cannot listen on {listener.address}")
         bound[listener.name] = f"{host}:{port}"
     await server.start()
-    for svc in ("", service):
+    for svc in ("", *services):
         await health.set(svc, health_pb2.HealthCheckResponse.SERVING)
     run_file = _write_run_file(state_dir, name, bound)
     _log.info("serving", extra={"fields": {"listeners": bound}})

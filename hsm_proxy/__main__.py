@@ -31,11 +31,10 @@ async def _main(args: argparse.Namespace) -> None:
 
     await serve.serve(
         name="hsm-proxy",
-        service=servicer.SERVICE,
+        services={servicer.SERVICE: servicer.POLICY},
         register=lambda server: hsm_pb2_grpc.add_HsmServiceServicer_to_server(
             servicer.HsmServicer(pool), server
         ),
-        policy=servicer.POLICY,
         listeners=[serve.Listener("internal", cfg.listen, mutual=True)],
         credential=devpki.credential(state, "hsm-proxy"),
         limits=serve.Limits(cfg.max_message_bytes, cfg.max_concurrent_rpcs, cfg.grace_seconds),

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import Deployment
+from launcher import Deployment
 
 VECTORS = Path(__file__).resolve().parent.parent.parent / "shared" / "vectors"
 

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 from grpc_host import channels, devpki
 from grpc_host.errors import reason_of
 from mobilesign.v1 import hsm_pb2, hsm_pb2_grpc
-from tests.harness import Deployment
+from launcher import Deployment
 
 pytestmark = pytest.mark.integration
 
@@ -360,7 +360,7 @@ async def test_callers_are_authorised_by_certificate_identity(
         "gateway", foreign.cert, foreign.key, devpki.ensure(hsm_deployment.state_dir) / "ca.pem"
     )
     async with channels.mutual_tls(
-        hsm_deployment.address("hsm-proxy"), foreign_with_our_ca
+        hsm_deployment.address("hsm-proxy"), foreign_with_our_ca, "hsm-proxy"
     ) as channel:
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await _stub(channel).ListKeys(request, timeout=5)

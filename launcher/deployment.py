@@ -1,8 +1,9 @@
 """Starts mobilesign services as separate processes on free loopback ports, with mutual TLS.
 
-Every service gets port 0 and reports the ports it bound in ``<state>/run/<name>.json``; the
-harness waits for that file and for health SERVING. A restarted service keeps its ports so that
-the other services' configured addresses stay valid.
+Ports are chosen once per deployment (free loopback ports), so every service knows the others'
+addresses whatever the start order, and a restarted service comes back on the same ports. Each
+service reports the addresses it bound in ``<state>/run/<name>.json``; the harness waits for that
+file and for health SERVING.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -22,6 +24,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_host import channels, devpki
 
 ROOT = Path(__file__).resolve().parent.parent
+#: Order in which services start (and, reversed, stop): callees before callers.
+START_ORDER = ("hsm-proxy", "gateway", "cosigner")
 
 #: Module to run and listeners of each service.
 SERVICES: dict[str, tuple[str, tuple[str, ...]]] = {
@@ -30,6 +34,12 @@ SERVICES: dict[str, tuple[str, tuple[str, ...]]] = {
     "gateway": ("server", ("internal", "public")),
 }
 _ENV_SECTION = {"hsm-proxy": "HSM_PROXY", "cosigner": "COSIGNER", "gateway": "GATEWAY"}
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -49,22 +59,25 @@ class Deployment:
     state_dir: Path
     extra_env: dict[str, str] = field(default_factory=dict)
     services: dict[str, Service] = field(default_factory=dict)
+    ports: dict[tuple[str, str], int] = field(default_factory=dict)
 
-    def _env(self, name: str) -> dict[str, str]:
+    def __post_init__(self) -> None:
+        for name, (_, listeners) in SERVICES.items():
+            for listener in listeners:
+                self.ports[(name, listener)] = _free_port()
+
+    def _env(self) -> dict[str, str]:
         env = dict(os.environ)
         env["MOBILESIGN_STATE_DIR"] = str(self.state_dir)
         env["PYTHONPATH"] = str(ROOT)
-        section = _ENV_SECTION[name]
-        previous = self.services.get(name)
-        for listener in SERVICES[name][1]:
-            address = previous.addresses[listener] if previous else "127.0.0.1:0"
+        for (name, listener), port in self.ports.items():
             key = "LISTEN" if listener == "internal" else "PUBLIC_LISTEN"
-            env[f"MOBILESIGN_{section}_{key}"] = address
-        if "hsm-proxy" in self.services:
-            env["MOBILESIGN_COSIGNER_HSM_PROXY"] = self.address("hsm-proxy")
-            env["MOBILESIGN_GATEWAY_HSM_PROXY"] = self.address("hsm-proxy")
-        if "cosigner" in self.services:
-            env["MOBILESIGN_GATEWAY_COSIGNER"] = self.address("cosigner")
+            env[f"MOBILESIGN_{_ENV_SECTION[name]}_{key}"] = f"127.0.0.1:{port}"
+        internal = {name: f"127.0.0.1:{self.ports[(name, 'internal')]}" for name in SERVICES}
+        env["MOBILESIGN_COSIGNER_HSM_PROXY"] = internal["hsm-proxy"]
+        env["MOBILESIGN_COSIGNER_GATEWAY"] = internal["gateway"]
+        env["MOBILESIGN_GATEWAY_HSM_PROXY"] = internal["hsm-proxy"]
+        env["MOBILESIGN_GATEWAY_COSIGNER"] = internal["cosigner"]
         env.update(self.extra_env)
         return env
 
@@ -78,7 +91,7 @@ class Deployment:
             process = subprocess.Popen(
                 [sys.executable, "-m", module],
                 cwd=ROOT,
-                env=self._env(name),
+                env=self._env(),
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
@@ -100,7 +113,8 @@ class Deployment:
         # Synchronous gRPC: start() is also called from inside async tests.
         cert, key, ca = self.credential("admin").read()
         creds = grpc.ssl_channel_credentials(ca, key, cert)
-        with grpc.secure_channel(self.address(name), creds) as channel:
+        options = [("grpc.ssl_target_name_override", name)]
+        with grpc.secure_channel(self.address(name), creds, options=options) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             while True:
                 try:
@@ -122,7 +136,7 @@ class Deployment:
 
     def channel(self, name: str, identity: str = "admin") -> grpc.aio.Channel:
         """A mutual-TLS channel to the internal listener of ``name``, as ``identity``."""
-        return channels.mutual_tls(self.address(name), self.credential(identity))
+        return channels.mutual_tls(self.address(name), self.credential(identity), name)
 
     def public_channel(self, name: str) -> grpc.aio.Channel:
         """A server-authenticated TLS channel to the public listener of ``name``."""
@@ -136,9 +150,14 @@ class Deployment:
             process.send_signal(sig)
         return process.wait(timeout)
 
+    def start_all(self) -> None:
+        """Start every service."""
+        for name in START_ORDER:
+            self.start(name)
+
     def stop_all(self) -> None:
         """Stop every service, the callers before the HSM proxy."""
-        for name in ("gateway", "cosigner", "hsm-proxy"):
+        for name in reversed(START_ORDER):
             if name in self.services and self.services[name].process.poll() is None:
                 try:
                     self.stop(name)

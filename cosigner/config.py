@@ -1,0 +1,34 @@
+"""Configuration of the cosigner (section ``[cosigner]``, env ``MOBILESIGN_COSIGNER_*``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from grpc_host import config
+
+
+@dataclass(frozen=True)
+class CosignerConfig:
+    """Settings of the cosigner."""
+
+    #: Internal listener (mutual TLS): gateway and administrators.
+    listen: str = "127.0.0.1:50052"
+    #: Public listener (server TLS): phones.
+    public_listen: str = "127.0.0.1:9443"
+    hsm_proxy: str = "127.0.0.1:50051"
+    #: The gateway, asked for the public key that verifies enrolment tickets.
+    gateway: str = "127.0.0.1:50053"
+    #: Seconds the cosigner waits for each protocol step before ending the stream.
+    step_timeout_seconds: float = 30.0
+    #: Consecutive wrong PIN proofs after which a key is locked until an operator unlocks it.
+    max_pin_attempts: int = 5
+    max_message_bytes: int = 128 * 1024
+    max_concurrent_rpcs: int = 1024
+    grace_seconds: float = 5.0
+    log_level: str = "info"
+
+
+def load(document: dict[str, Any]) -> CosignerConfig:
+    """Read ``[cosigner]`` from the configuration document and the environment."""
+    return config.load_section(CosignerConfig, "cosigner", document)

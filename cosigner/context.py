@@ -1,0 +1,30 @@
+"""What the cosigner's protocol handlers share: storage, the HSM, the ticket key, settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from cosigner.hsm import Sealer
+from cosigner.store import KeyStore
+from cosigner.ticket_key import TicketKey
+
+
+@dataclass(frozen=True)
+class Cosigner:
+    """The cosigner's dependencies and limits."""
+
+    store: KeyStore
+    sealer: Sealer
+    ticket_key: TicketKey
+    step_timeout: float
+    max_pin_attempts: int
+
+
+def key_package_aad(key_id: str) -> bytes:
+    """Associated data binding a sealed key package to its key."""
+    return b"mobilesign/v1 key-package\x00" + key_id.encode()
+
+
+def pin_verifier_aad(key_id: str) -> bytes:
+    """Associated data binding a sealed PIN verifier to its key."""
+    return b"mobilesign/v1 pin-verifier\x00" + key_id.encode()

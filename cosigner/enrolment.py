@@ -1,0 +1,117 @@
+"""Enrolment (``KeyGen`` stream): ticket check, two-party DKG, device binding, durable storage.
+
+Nothing is stored until every check has passed; the ticket is consumed in the same statement
+that stores the key, so a ticket enrols at most one key even under concurrent attempts.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import grpc
+
+import deviceauth
+import tickets
+import twoparty
+import wire
+from cosigner.context import Cosigner, key_package_aad, pin_verifier_aad
+from cosigner.store import StoredKey, TicketAlreadyUsed
+from cosigner.stream import StepStream
+from grpc_host.errors import ServiceError
+from mobilesign.v1 import cosigner_pb2 as pb
+
+_log = logging.getLogger("mobilesign.cosigner.enrol")
+
+_TICKET_CODES = {
+    "TICKET_MALFORMED": grpc.StatusCode.INVALID_ARGUMENT,
+    "TICKET_FORGED": grpc.StatusCode.PERMISSION_DENIED,
+    "TICKET_EXPIRED": grpc.StatusCode.PERMISSION_DENIED,
+}
+
+
+def _ticket_used() -> ServiceError:
+    return ServiceError(
+        grpc.StatusCode.PERMISSION_DENIED, "TICKET_USED", "the enrolment ticket was already used"
+    )
+
+
+async def enrol(
+    cosigner: Cosigner, stream: StepStream[pb.KeyGenRequest, pb.KeyGenResponse]
+) -> None:
+    """Run one enrolment to completion, or fail it having stored nothing."""
+    _, request = await stream.read("start")
+    start = request.start
+    scheme = wire.scheme_from_proto(start.scheme)
+    try:
+        claims = tickets.verify(start.ticket, await cosigner.ticket_key.get(), int(time.time()))
+    except tickets.TicketError as exc:
+        raise ServiceError(_TICKET_CODES[exc.reason], exc.reason, str(exc)) from None
+    if await cosigner.store.ticket_used(claims.ticket_id):
+        raise _ticket_used()
+    try:
+        device_key = deviceauth.load_device_key(start.device_public_key)
+    except deviceauth.DeviceKeyError as exc:
+        raise ServiceError(
+            grpc.StatusCode.INVALID_ARGUMENT, "DEVICE_KEY_INVALID", str(exc)
+        ) from None
+    if len(start.pin_verifier) != deviceauth.PIN_VERIFIER_BYTES:
+        raise ServiceError(
+            grpc.StatusCode.INVALID_ARGUMENT, "PIN_VERIFIER_INVALID", "a PIN verifier is 32 bytes"
+        )
+
+    machine = twoparty.CosignerKeyGen(scheme=scheme)
+    try:
+        own_round1 = machine.receive_round1(wire.commitment_from_proto(start.commitment))
+        await stream.write(pb.KeyGenResponse(commitment=wire.commitment_to_proto(own_round1)))
+        _, request = await stream.read("secret_share")
+        own_round2 = machine.receive_round2(
+            twoparty.DkgRound2(secret_share=request.secret_share.secret_share)
+        )
+        await stream.write(
+            pb.KeyGenResponse(
+                secret_share=pb.KeyGenCosignerShare(
+                    secret_share=own_round2.secret_share,
+                    group_public_key=own_round2.group_public_key,
+                )
+            )
+        )
+        _, request = await stream.read("confirm")
+        package = machine.receive_confirm(
+            twoparty.DkgConfirm(group_public_key=request.confirm.group_public_key)
+        )
+    except twoparty.ProtocolError as exc:
+        raise wire.protocol_failure(exc) from None
+    finally:
+        machine.abort()
+
+    transcript = deviceauth.enrol_transcript(
+        start.ticket, package.group_public_key, start.device_public_key
+    )
+    if not deviceauth.verify(device_key, request.confirm.device_signature, transcript):
+        raise ServiceError(
+            grpc.StatusCode.PERMISSION_DENIED,
+            "DEVICE_PROOF_INVALID",
+            "the device key did not sign the enrolment",
+        )
+    key_id = package.group_public_key.hex()
+    stored = StoredKey(
+        key_id=key_id,
+        user_id=claims.user_id,
+        scheme=scheme.value,
+        sealed_key_package=await cosigner.sealer.seal(package.to_bytes(), key_package_aad(key_id)),
+        sealed_pin_verifier=await cosigner.sealer.seal(
+            start.pin_verifier, pin_verifier_aad(key_id)
+        ),
+        device_public_key=start.device_public_key,
+        failed_pin_attempts=0,
+        locked=False,
+        ticket_id=claims.ticket_id,
+        created_at=int(time.time()),
+    )
+    try:
+        await cosigner.store.add(stored)
+    except TicketAlreadyUsed:
+        raise _ticket_used() from None
+    _log.info("key enrolled", extra={"fields": {"key_id": key_id, "user_id": claims.user_id}})
+    await stream.write(pb.KeyGenResponse(done=pb.KeyGenDone(key_id=key_id, user_id=claims.user_id)))

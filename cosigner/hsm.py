@@ -1,0 +1,48 @@
+"""The cosigner's use of the HSM proxy: sealing and unsealing secrets with a key in the token.
+
+The cosigner's identity only allows Seal and Unseal; its key shares and PIN verifiers exist in
+plaintext only in memory, for the length of a protocol run."""
+
+from __future__ import annotations
+
+import grpc
+
+from grpc_host.errors import ServiceError, reason_of
+from mobilesign.v1 import hsm_pb2, hsm_pb2_grpc
+
+
+class Sealer:
+    """Seals and unseals small secrets through the HSM proxy."""
+
+    def __init__(self, channel: grpc.aio.Channel) -> None:
+        self._stub = hsm_pb2_grpc.HsmServiceStub(channel)
+
+    async def seal(self, secret: bytes, associated_data: bytes) -> bytes:
+        """The sealed blob of ``secret``, bound to ``associated_data``."""
+        try:
+            reply = await self._stub.Seal(
+                hsm_pb2.SealRequest(plaintext=secret, associated_data=associated_data), timeout=10
+            )
+        except grpc.aio.AioRpcError:
+            raise _unavailable() from None
+        return reply.sealed
+
+    async def unseal(self, sealed: bytes, associated_data: bytes) -> bytes:
+        """The secret inside ``sealed``; INTERNAL when the stored blob no longer opens."""
+        try:
+            reply = await self._stub.Unseal(
+                hsm_pb2.UnsealRequest(sealed=sealed, associated_data=associated_data), timeout=10
+            )
+        except grpc.aio.AioRpcError as exc:
+            if reason_of(exc) == "SEALED_BLOB_INVALID":
+                raise ServiceError(
+                    grpc.StatusCode.INTERNAL, "STORED_SECRET_INVALID", "a stored secret is damaged"
+                ) from None
+            raise _unavailable() from None
+        return reply.plaintext
+
+
+def _unavailable() -> ServiceError:
+    return ServiceError(
+        grpc.StatusCode.UNAVAILABLE, "HSM_UNAVAILABLE", "the HSM proxy cannot be reached"
+    )

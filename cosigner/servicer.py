@@ -1,0 +1,76 @@
+"""gRPC servicer of the cosigner: moves stream messages to the protocol handlers."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+import grpc
+
+import wire
+from cosigner import enrolment, signing
+from cosigner.context import Cosigner
+from cosigner.stream import StepStream
+from grpc_host import access
+from grpc_host.errors import ServiceError
+from mobilesign.v1 import cosigner_pb2 as pb
+from mobilesign.v1 import cosigner_pb2_grpc
+
+SERVICE = "mobilesign.v1.CosignerService"
+
+POLICY = access.AccessPolicy(
+    {
+        # Phones have no client certificate: they prove themselves inside the protocol.
+        "KeyGen": access.ANYONE,
+        "Sign": access.ANYONE,
+        "GetKey": frozenset({"gateway", "admin"}),
+        "UnlockKey": frozenset({"admin"}),
+    }
+)
+
+_KEY_ID = re.compile(r"^[0-9a-f]{64}$")
+_Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def _check_key_id(key_id: str) -> None:
+    if not _KEY_ID.match(key_id):
+        raise ServiceError(
+            grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_KEY_ID", "a key id is 64 hex digits"
+        )
+
+
+class CosignerServicer(cosigner_pb2_grpc.CosignerServiceServicer):
+    """Implements ``mobilesign.v1.CosignerService``."""
+
+    def __init__(self, cosigner: Cosigner) -> None:
+        self._cosigner = cosigner
+
+    # Streams use explicit context.read()/write(), which grpc.aio supports; the generated base
+    # class only knows iterator-returning handlers, hence the ignores.
+    async def KeyGen(self, request_iterator: Any, context: _Context) -> None:  # type: ignore[override]
+        await enrolment.enrol(self._cosigner, StepStream(context, self._cosigner.step_timeout))
+
+    async def Sign(self, request_iterator: Any, context: _Context) -> None:  # type: ignore[override]
+        await signing.sign(self._cosigner, StepStream(context, self._cosigner.step_timeout))
+
+    async def GetKey(self, request: pb.GetKeyRequest, context: _Context) -> pb.GetKeyResponse:
+        _check_key_id(request.key_id)
+        key = await self._cosigner.store.get(request.key_id)
+        if key is None:
+            raise ServiceError(grpc.StatusCode.NOT_FOUND, "KEY_NOT_FOUND", "no such key")
+        return pb.GetKeyResponse(
+            key_id=key.key_id,
+            user_id=key.user_id,
+            scheme=wire.scheme_to_proto(wire.scheme_from_name(key.scheme)),
+            locked=key.locked,
+            failed_pin_attempts=key.failed_pin_attempts,
+            device_public_key=key.device_public_key,
+        )
+
+    async def UnlockKey(
+        self, request: pb.UnlockKeyRequest, context: _Context
+    ) -> pb.UnlockKeyResponse:
+        _check_key_id(request.key_id)
+        if not await self._cosigner.store.unlock(request.key_id):
+            raise ServiceError(grpc.StatusCode.NOT_FOUND, "KEY_NOT_FOUND", "no such key")
+        return pb.UnlockKeyResponse()

@@ -1,0 +1,144 @@
+"""Signing sessions (``Sign`` stream): device and PIN proof on a fresh challenge, then one round
+trip per signature.
+
+Before the cosigner releases a signature share it records the signing durably (key, message
+digest, both parties' commitments); the phone's report later attaches the final signature. So
+every share that ever left the cosigner is accounted for, even if the phone never reports.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import secrets
+import time
+
+import grpc
+
+import deviceauth
+import twoparty
+import wire
+from cosigner.context import Cosigner, key_package_aad, pin_verifier_aad
+from cosigner.store import StoredKey
+from cosigner.stream import StepStream
+from grpc_host.errors import ServiceError
+from mobilesign.v1 import cosigner_pb2 as pb
+
+_log = logging.getLogger("mobilesign.cosigner.sign")
+_KEY_ID = re.compile(r"^[0-9a-f]{64}$")
+MAX_MESSAGE_BYTES = 65_536
+
+
+def _denied(reason: str, message: str) -> ServiceError:
+    return ServiceError(grpc.StatusCode.PERMISSION_DENIED, reason, message)
+
+
+async def _key(cosigner: Cosigner, key_id: str, scheme: twoparty.Scheme) -> StoredKey:
+    if not _KEY_ID.match(key_id):
+        raise ServiceError(
+            grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_KEY_ID", "a key id is 64 hex digits"
+        )
+    key = await cosigner.store.get(key_id)
+    if key is None:
+        raise ServiceError(grpc.StatusCode.NOT_FOUND, "KEY_NOT_FOUND", "no such key")
+    if key.scheme != scheme.value:
+        raise ServiceError(
+            grpc.StatusCode.INVALID_ARGUMENT, "SCHEME_MISMATCH", "the key has another scheme"
+        )
+    if key.locked:
+        raise _denied("KEY_LOCKED", "the key is locked after repeated wrong PINs")
+    return key
+
+
+async def _authenticate(
+    cosigner: Cosigner, key: StoredKey, stream: StepStream[pb.SignRequest, pb.SignResponse]
+) -> None:
+    challenge = secrets.token_bytes(deviceauth.CHALLENGE_BYTES)
+    await stream.write(pb.SignResponse(challenge=pb.SignChallenge(challenge=challenge)))
+    _, request = await stream.read("proof")
+    transcript = deviceauth.session_transcript(bytes.fromhex(key.key_id), challenge)
+    device_key = deviceauth.load_device_key(key.device_public_key)
+    # The device proof comes first: only the enrolled device may even try a PIN.
+    if not deviceauth.verify(device_key, request.proof.device_signature, transcript):
+        raise _denied("DEVICE_PROOF_INVALID", "the device key did not sign the challenge")
+    verifier = await cosigner.sealer.unseal(key.sealed_pin_verifier, pin_verifier_aad(key.key_id))
+    if not deviceauth.check_pin_proof(verifier, transcript, request.proof.pin_proof):
+        failures, locked = await cosigner.store.record_pin_failure(
+            key.key_id, cosigner.max_pin_attempts
+        )
+        _log.warning("wrong PIN", extra={"fields": {"key_id": key.key_id, "failures": failures}})
+        if locked:
+            raise _denied("KEY_LOCKED", "wrong PIN; the key is now locked")
+        left = cosigner.max_pin_attempts - failures
+        raise _denied("WRONG_PIN", f"wrong PIN; {left} attempts left before the key locks")
+    await cosigner.store.reset_pin_failures(key.key_id)
+    # A concurrent session may have locked the key while this proof was checked.
+    current = await cosigner.store.get(key.key_id)
+    if current is None or current.locked:
+        raise _denied("KEY_LOCKED", "the key is locked after repeated wrong PINs")
+
+
+async def sign(cosigner: Cosigner, stream: StepStream[pb.SignRequest, pb.SignResponse]) -> None:
+    """Run one signing session until the phone closes it."""
+    _, request = await stream.read("open")
+    scheme = wire.scheme_from_proto(request.open.scheme)
+    key = await _key(cosigner, request.open.key_id, scheme)
+    await _authenticate(cosigner, key, stream)
+    try:
+        package = twoparty.KeyPackage.from_bytes(
+            await cosigner.sealer.unseal(key.sealed_key_package, key_package_aad(key.key_id))
+        )
+    except twoparty.ProtocolError as exc:
+        raise wire.protocol_failure(exc) from None
+    signer = twoparty.CosignerSigner(package)
+    await stream.write(pb.SignResponse(ready=pb.SignReady(user_id=key.user_id)))
+    recorded = 0
+    signing_id: int | None = None
+    try:
+        while True:
+            step, request = await stream.read("commit", "report", "close")
+            if step == "close":
+                if signer.pending:
+                    raise ServiceError(
+                        grpc.StatusCode.FAILED_PRECONDITION,
+                        "REPORT_MISSING",
+                        "the last signature was not reported",
+                    )
+                await stream.write(
+                    pb.SignResponse(closed=pb.SignClosed(signatures_recorded=recorded))
+                )
+                return
+            if step == "commit":
+                commit = request.commit
+                if len(commit.message) > MAX_MESSAGE_BYTES:
+                    raise ServiceError(
+                        grpc.StatusCode.INVALID_ARGUMENT,
+                        "MESSAGE_TOO_LARGE",
+                        f"a message is at most {MAX_MESSAGE_BYTES} bytes",
+                    )
+                response = signer.receive_request(wire.sign_commit_from_proto(commit))
+                signing_id = await cosigner.store.begin_signing(
+                    key.key_id,
+                    hashlib.sha256(commit.message).digest(),
+                    commit.hiding_commitment
+                    + commit.binding_commitment
+                    + response.hiding_commitment
+                    + response.binding_commitment,
+                    int(time.time()),
+                )
+                await stream.write(pb.SignResponse(share=wire.sign_share_to_proto(response)))
+            else:
+                cosigned = signer.receive_report(
+                    twoparty.SignatureReport(signature=request.report.signature)
+                )
+                assert signing_id is not None
+                await cosigner.store.complete_signing(
+                    signing_id, cosigned.signature, int(time.time())
+                )
+                recorded += 1
+    except twoparty.ProtocolError as exc:
+        raise wire.protocol_failure(exc) from None
+    finally:
+        signer.abort()
+        _log.info("session ended", extra={"fields": {"key_id": key.key_id, "recorded": recorded}})

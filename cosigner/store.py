@@ -1,0 +1,203 @@
+"""The cosigner's repository: enrolled keys (shares sealed by the HSM), PIN failure counts,
+consumed tickets, and every signing the cosigner took part in. SQLite, durable commits."""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiosqlite
+
+from storage.sqlite import open_database
+
+_MIGRATIONS = (
+    """
+    CREATE TABLE keys (
+        key_id TEXT PRIMARY KEY,
+        user_id TEXT NOT NULL,
+        scheme TEXT NOT NULL,
+        sealed_key_package BLOB NOT NULL,
+        sealed_pin_verifier BLOB NOT NULL,
+        device_public_key BLOB NOT NULL,
+        failed_pin_attempts INTEGER NOT NULL DEFAULT 0,
+        locked INTEGER NOT NULL DEFAULT 0,
+        ticket_id TEXT NOT NULL UNIQUE,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE signings (
+        signing_id INTEGER PRIMARY KEY AUTOINCREMENT,
+        key_id TEXT NOT NULL REFERENCES keys(key_id),
+        message_sha256 BLOB NOT NULL,
+        group_commitment BLOB NOT NULL,
+        signature BLOB,
+        created_at INTEGER NOT NULL,
+        completed_at INTEGER
+    );
+    CREATE INDEX signings_by_key ON signings(key_id)
+    """,
+)
+
+
+class TicketAlreadyUsed(Exception):
+    """A key was already enrolled with this ticket."""
+
+
+@dataclass(frozen=True)
+class StoredKey:
+    """A key as the cosigner keeps it; secret parts are sealed blobs."""
+
+    key_id: str
+    user_id: str
+    scheme: str
+    sealed_key_package: bytes
+    sealed_pin_verifier: bytes
+    device_public_key: bytes
+    failed_pin_attempts: int
+    locked: bool
+    ticket_id: str
+    created_at: int
+
+
+@dataclass(frozen=True)
+class Signing:
+    """One signing the cosigner took part in."""
+
+    signing_id: int
+    key_id: str
+    message_sha256: bytes
+    group_commitment: bytes
+    signature: bytes | None
+    created_at: int
+
+
+class KeyStore:
+    """Queries over the cosigner database. Every write is one statement or one transaction."""
+
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self._db = db
+
+    @classmethod
+    async def open(cls, path: Path) -> KeyStore:
+        """Open (creating) the database at ``path``."""
+        return cls(await open_database(path, _MIGRATIONS))
+
+    async def close(self) -> None:
+        """Close the database."""
+        await self._db.close()
+
+    async def add(self, key: StoredKey) -> None:
+        """Store a new key, consuming its ticket; :class:`TicketAlreadyUsed` if consumed."""
+        try:
+            await self._db.execute(
+                "INSERT INTO keys (key_id, user_id, scheme, sealed_key_package,"
+                " sealed_pin_verifier, device_public_key, failed_pin_attempts, locked,"
+                " ticket_id, created_at) VALUES (?, ?, ?, ?, ?, ?, 0, 0, ?, ?)",
+                (
+                    key.key_id,
+                    key.user_id,
+                    key.scheme,
+                    key.sealed_key_package,
+                    key.sealed_pin_verifier,
+                    key.device_public_key,
+                    key.ticket_id,
+                    key.created_at,
+                ),
+            )
+        except sqlite3.IntegrityError:
+            raise TicketAlreadyUsed from None
+
+    async def ticket_used(self, ticket_id: str) -> bool:
+        """True when a key was enrolled with ``ticket_id``."""
+        async with self._db.execute(
+            "SELECT 1 FROM keys WHERE ticket_id = ?", (ticket_id,)
+        ) as cursor:
+            return await cursor.fetchone() is not None
+
+    async def get(self, key_id: str) -> StoredKey | None:
+        """The key with this id, or None."""
+        async with self._db.execute("SELECT * FROM keys WHERE key_id = ?", (key_id,)) as cursor:
+            row = await cursor.fetchone()
+        if row is None:
+            return None
+        return StoredKey(
+            key_id=row["key_id"],
+            user_id=row["user_id"],
+            scheme=row["scheme"],
+            sealed_key_package=bytes(row["sealed_key_package"]),
+            sealed_pin_verifier=bytes(row["sealed_pin_verifier"]),
+            device_public_key=bytes(row["device_public_key"]),
+            failed_pin_attempts=row["failed_pin_attempts"],
+            locked=bool(row["locked"]),
+            ticket_id=row["ticket_id"],
+            created_at=row["created_at"],
+        )
+
+    async def record_pin_failure(self, key_id: str, max_attempts: int) -> tuple[int, bool]:
+        """Count one wrong PIN proof (durably, before the phone hears of it); lock the key at
+        ``max_attempts`` consecutive failures. Returns (failures, locked)."""
+        async with self._db.execute(
+            "UPDATE keys SET failed_pin_attempts = failed_pin_attempts + 1,"
+            " locked = (failed_pin_attempts + 1 >= ?) OR locked"
+            " WHERE key_id = ? RETURNING failed_pin_attempts, locked",
+            (max_attempts, key_id),
+        ) as cursor:
+            row = await cursor.fetchone()
+        assert row is not None
+        return int(row[0]), bool(row[1])
+
+    async def reset_pin_failures(self, key_id: str) -> None:
+        """A correct PIN proof ends the run of consecutive failures."""
+        await self._db.execute(
+            "UPDATE keys SET failed_pin_attempts = 0 WHERE key_id = ? AND failed_pin_attempts > 0"
+            " AND NOT locked",
+            (key_id,),
+        )
+
+    async def unlock(self, key_id: str) -> bool:
+        """Clear a lockout; False when there is no such key."""
+        async with self._db.execute(
+            "UPDATE keys SET failed_pin_attempts = 0, locked = 0 WHERE key_id = ? RETURNING 1",
+            (key_id,),
+        ) as cursor:
+            return await cursor.fetchone() is not None
+
+    async def begin_signing(
+        self, key_id: str, message_sha256: bytes, group_commitment: bytes, now: int
+    ) -> int:
+        """Record a signing before the cosigner releases its share; returns its id."""
+        async with self._db.execute(
+            "INSERT INTO signings (key_id, message_sha256, group_commitment, created_at)"
+            " VALUES (?, ?, ?, ?) RETURNING signing_id",
+            (key_id, message_sha256, group_commitment, now),
+        ) as cursor:
+            row = await cursor.fetchone()
+        assert row is not None
+        return int(row[0])
+
+    async def complete_signing(self, signing_id: int, signature: bytes, now: int) -> None:
+        """Attach the final signature the phone reported."""
+        await self._db.execute(
+            "UPDATE signings SET signature = ?, completed_at = ? WHERE signing_id = ?",
+            (signature, now, signing_id),
+        )
+
+    async def signings(self, key_id: str) -> list[Signing]:
+        """Every signing recorded for a key, oldest first."""
+        async with self._db.execute(
+            "SELECT signing_id, key_id, message_sha256, group_commitment, signature, created_at"
+            " FROM signings WHERE key_id = ? ORDER BY signing_id",
+            (key_id,),
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return [
+            Signing(
+                r["signing_id"],
+                r["key_id"],
+                bytes(r["message_sha256"]),
+                bytes(r["group_commitment"]),
+                bytes(r["signature"]) if r["signature"] is not None else None,
+                r["created_at"],
+            )
+            for r in rows
+        ]

@@ -1,0 +1,53 @@
+"""Reading protocol steps from a bidirectional stream: one timeout per step, the expected step
+checked before anything else looks at the message."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Generic, TypeVar
+
+import grpc
+from google.protobuf.message import Message
+
+from grpc_host.errors import ServiceError
+
+Req = TypeVar("Req", bound=Message)
+Resp = TypeVar("Resp", bound=Message)
+
+
+class StepStream(Generic[Req, Resp]):
+    """Explicit ``read()``/``write()`` over one RPC's stream, with a deadline per step."""
+
+    def __init__(self, context: grpc.aio.ServicerContext[Any, Any], timeout: float) -> None:
+        self._context = context
+        self._timeout = timeout
+
+    async def read(self, *expected: str) -> tuple[str, Req]:
+        """The next message and its step (the ``oneof step`` case), which must be expected."""
+        try:
+            message = await asyncio.wait_for(self._context.read(), self._timeout)
+        except TimeoutError:
+            raise ServiceError(
+                grpc.StatusCode.DEADLINE_EXCEEDED,
+                "STEP_TIMEOUT",
+                f"no {' or '.join(expected)} step within {self._timeout:g} s",
+            ) from None
+        if message is grpc.aio.EOF:
+            raise ServiceError(
+                grpc.StatusCode.ABORTED,
+                "STREAM_ENDED",
+                f"the stream ended where a {' or '.join(expected)} step was expected",
+            )
+        assert isinstance(message, Message)
+        step = message.WhichOneof("step")
+        if step not in expected:
+            raise ServiceError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "UNEXPECTED_STEP",
+                f"expected a {' or '.join(expected)} step, got {step or 'no step'}",
+            )
+        return step, message  # type: ignore[return-value]
+
+    async def write(self, message: Resp) -> None:
+        """Send one message."""
+        await self._context.write(message)

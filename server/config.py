@@ -1,0 +1,32 @@
+"""Configuration of the gateway (section ``[gateway]``, env ``MOBILESIGN_GATEWAY_*``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from grpc_host import config
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    """Settings of the signing gateway."""
+
+    #: Internal listener (mutual TLS): administrators and internal services.
+    listen: str = "127.0.0.1:50053"
+    #: Public listener (server TLS): phones.
+    public_listen: str = "127.0.0.1:8443"
+    hsm_proxy: str = "127.0.0.1:50051"
+    cosigner: str = "127.0.0.1:50052"
+    #: Label of the gateway's ticket-signing key (a service key in the HSM).
+    ticket_key_label: str = "gateway-tickets"
+    default_ticket_ttl_seconds: int = 86_400
+    max_message_bytes: int = 256 * 1024
+    max_concurrent_rpcs: int = 1024
+    grace_seconds: float = 5.0
+    log_level: str = "info"
+
+
+def load(document: dict[str, Any]) -> GatewayConfig:
+    """Read ``[gateway]`` from the configuration document and the environment."""
+    return config.load_section(GatewayConfig, "gateway", document)
