@@ -36,6 +36,16 @@ SERVICES: dict[str, tuple[str, tuple[str, ...]]] = {
 _ENV_SECTION = {"hsm-proxy": "HSM_PROXY", "cosigner": "COSIGNER", "gateway": "GATEWAY"}
 
 
+#: The ports in each service's built-in configuration (``make run`` uses them).
+DEFAULT_PORTS = {
+    ("hsm-proxy", "internal"): 50051,
+    ("cosigner", "internal"): 50052,
+    ("cosigner", "public"): 9443,
+    ("gateway", "internal"): 50053,
+    ("gateway", "public"): 8443,
+}
+
+
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
@@ -64,7 +74,7 @@ class Deployment:
     def __post_init__(self) -> None:
         for name, (_, listeners) in SERVICES.items():
             for listener in listeners:
-                self.ports[(name, listener)] = _free_port()
+                self.ports.setdefault((name, listener), _free_port())
 
     def _env(self) -> dict[str, str]:
         env = dict(os.environ)
