@@ -8,9 +8,9 @@ import asyncio
 from cosigner import config as cosigner_config
 from cosigner import servicer
 from cosigner.context import Cosigner
+from cosigner.gateway import Gateway
 from cosigner.hsm import Sealer
 from cosigner.store import KeyStore
-from cosigner.ticket_key import TicketKey
 from grpc_host import channels, config, devpki, logs, serve
 from mobilesign.v1 import cosigner_pb2_grpc
 
@@ -27,7 +27,7 @@ async def _main(args: argparse.Namespace) -> None:
     cosigner = Cosigner(
         store=store,
         sealer=Sealer(hsm_channel),
-        ticket_key=TicketKey(gateway_channel),
+        gateway=Gateway(gateway_channel),
         step_timeout=cfg.step_timeout_seconds,
         max_pin_attempts=cfg.max_pin_attempts,
     )

@@ -1,12 +1,12 @@
-"""What the cosigner's protocol handlers share: storage, the HSM, the ticket key, settings."""
+"""What the cosigner's protocol handlers share: storage, the HSM, the gateway, settings."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from cosigner.gateway import Gateway
 from cosigner.hsm import Sealer
 from cosigner.store import KeyStore
-from cosigner.ticket_key import TicketKey
 
 
 @dataclass(frozen=True)
@@ -15,7 +15,7 @@ class Cosigner:
 
     store: KeyStore
     sealer: Sealer
-    ticket_key: TicketKey
+    gateway: Gateway
     step_timeout: float
     max_pin_attempts: int
 

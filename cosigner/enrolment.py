@@ -44,7 +44,7 @@ async def enrol(
     start = request.start
     scheme = wire.scheme_from_proto(start.scheme)
     try:
-        claims = tickets.verify(start.ticket, await cosigner.ticket_key.get(), int(time.time()))
+        claims = tickets.verify(start.ticket, await cosigner.gateway.ticket_key(), int(time.time()))
     except tickets.TicketError as exc:
         raise ServiceError(_TICKET_CODES[exc.reason], exc.reason, str(exc)) from None
     if await cosigner.store.ticket_used(claims.ticket_id):

@@ -65,6 +65,7 @@ class CosignerServicer(cosigner_pb2_grpc.CosignerServiceServicer):
             locked=key.locked,
             failed_pin_attempts=key.failed_pin_attempts,
             device_public_key=key.device_public_key,
+            enrollment_ticket_id=key.ticket_id,
         )
 
     async def UnlockKey(

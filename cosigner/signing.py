@@ -48,6 +48,8 @@ async def _key(cosigner: Cosigner, key_id: str, scheme: twoparty.Scheme) -> Stor
         )
     if key.locked:
         raise _denied("KEY_LOCKED", "the key is locked after repeated wrong PINs")
+    if await cosigner.gateway.key_revoked(key.key_id):
+        raise _denied("CERTIFICATE_REVOKED", "the key's certificate has been revoked")
     return key
 
 

@@ -2,10 +2,14 @@
 
 Starts the three services as separate processes (mutual TLS between them), then:
 
-1. creates an organisation key in the SoftHSM2 token and signs a document's digest with it
-   through the HSM proxy (``document.txt``, ``document.sig``, ``org-key.pub.pem``);
-2. registers a user, issues an enrolment ticket, enrols the user's phone with the cosigner
-   (two-party DKG) and signs a message jointly (``joint.pub.pem``, ``hello.txt``, ``hello.sig``).
+1. S1: creates an organisation and an organisation key in the SoftHSM2 token; the HSM signs its
+   CSR and the CA (key also in the HSM) issues the organisation certificate (``org.pem``,
+   ``ca.pem``); the key signs a document's digest through the HSM proxy (``document.txt``,
+   ``document.sig``, ``org-key.pub.pem``);
+2. S2: registers a user, issues an enrolment ticket, enrols the user's phone with the cosigner
+   (two-party DKG), signs a message jointly (``joint.pub.pem``, ``hello.txt``, ``hello.sig``),
+   and gets the personal certificate for the joint key with a co-signed CSR (``user-csr.pem``,
+   ``user.pem``); the current CRL is written to ``crl.pem``.
 
 Each artefact is verified with the ``openssl`` command. Output goes to ``demo-out/`` (or
 ``DEMO_OUT``); service state to ``var/demo`` (or ``MOBILESIGN_STATE_DIR``), started afresh.
@@ -14,12 +18,14 @@ Each artefact is verified with the ``openssl`` command. Output goes to ``demo-ou
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import os
 import shutil
 import subprocess
 from pathlib import Path
 
+from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -56,25 +62,48 @@ def _openssl(*args: str) -> None:
         raise SystemExit(f"openssl {args[0]} failed")
 
 
-async def organisation_signature(deployment: Deployment, out: Path) -> None:
-    """S1 groundwork: an organisation key in the token signs a document's digest."""
-    _step("Organisation key in the HSM signs a document (HSM proxy, mutual TLS)")
-    document = b"Purchase order 2026-117: 40 units at EUR 125.00, delivery by 2026-12-15.\n"
-    async with deployment.channel("hsm-proxy", "admin") as channel:
-        hsm = hsm_pb2_grpc.HsmServiceStub(channel)
-        key = (
-            await hsm.GenerateKeyPair(
-                hsm_pb2.GenerateKeyPairRequest(
-                    label="demo-org",
-                    purpose=hsm_pb2.KEY_PURPOSE_ORGANISATION,
-                    algorithm=hsm_pb2.KEY_ALGORITHM_EC_P256,
-                )
+def _pem(kind: str, der: bytes) -> bytes:
+    body = base64.encodebytes(der).replace(b"\n", b"")
+    lines = [body[i : i + 64] for i in range(0, len(body), 64)]
+    return b"\n".join(
+        [f"-----BEGIN {kind}-----".encode(), *lines, f"-----END {kind}-----\n".encode()]
+    )
+
+
+async def organisation_certificate(deployment: Deployment, out: Path) -> None:
+    """S1: organisation key in the HSM, its CSR signed inside the HSM, the certificate, and a
+    document signature made with the key through the HSM proxy."""
+    _step("S1: organisation key in the HSM and its organisation certificate (gateway RA/CA)")
+    async with deployment.channel("gateway", "admin") as channel:
+        admin = gateway_pb2_grpc.AdminServiceStub(channel)
+        await admin.CreateOrganisation(
+            gateway_pb2.CreateOrganisationRequest(organisation_id="acme", name="ACME Trading Ltd")
+        )
+        created = await admin.CreateOrganisationKey(
+            gateway_pb2.CreateOrganisationKeyRequest(
+                organisation_id="acme",
+                label="acme-seal",
+                algorithm=gateway_pb2.ORGANISATION_KEY_ALGORITHM_EC_P256,
             )
-        ).key
-        print(f"organisation key {key.key_id} generated in the token (non-extractable)")
-        digest = hashlib.sha256(document).digest()
+        )
+        ca_der = (
+            await gateway_pb2_grpc.GatewayServiceStub(channel).GetCaCertificate(
+                gateway_pb2.GetCaCertificateRequest()
+            )
+        ).certificate
+    key = created.key
+    print(f"organisation key {key.key_id} generated in the token (non-extractable)")
+    print(f"organisation certificate serial {key.certificate_serial}")
+    (out / "ca.pem").write_bytes(_pem("CERTIFICATE", ca_der))
+    (out / "org.pem").write_bytes(_pem("CERTIFICATE", key.certificate))
+    _openssl("verify", "-CAfile", str(out / "ca.pem"), str(out / "org.pem"))
+
+    _step("The organisation key signs a document inside the HSM (HSM proxy, mutual TLS)")
+    document = b"Purchase order 2026-117: 40 units at EUR 125.00, delivery by 2026-12-15.\n"
+    digest = hashlib.sha256(document).digest()
+    async with deployment.channel("hsm-proxy", "admin") as channel:
         signature = (
-            await hsm.SignDigest(
+            await hsm_pb2_grpc.HsmServiceStub(channel).SignDigest(
                 hsm_pb2.SignDigestRequest(
                     key_id=key.key_id,
                     mechanism=hsm_pb2.SIGNATURE_MECHANISM_ECDSA_SHA256,
@@ -82,7 +111,7 @@ async def organisation_signature(deployment: Deployment, out: Path) -> None:
                 )
             )
         ).signature
-    public = serialization.load_der_public_key(key.public_key_spki)
+    public = x509.load_der_x509_certificate(key.certificate).public_key()
     assert isinstance(public, ec.EllipticCurvePublicKey)
     public.verify(signature, digest, ec.ECDSA(utils.Prehashed(hashes.SHA256())))
     (out / "document.txt").write_bytes(document)
@@ -122,13 +151,24 @@ async def joint_signature(deployment: Deployment, out: Path) -> client.Keystore:
         message = b"hello from alice's phone\n"
         async with client.SigningSession(channel, keystore, DEMO_PIN) as session:
             signature = await session.sign(message)
+            _step(
+                "S2: personal certificate for the joint key (CSR co-signed by phone and cosigner)"
+            )
+            async with deployment.public_channel("gateway") as gateway:
+                certificates, csr = await client.request_personal_certificate(
+                    gateway, session, keystore, ticket.ticket
+                )
+                crl = (
+                    await gateway_pb2_grpc.GatewayServiceStub(gateway).GetCrl(
+                        gateway_pb2.GetCrlRequest()
+                    )
+                ).crl
     joint = Ed25519PublicKey.from_public_bytes(keystore.group_public_key)
     joint.verify(signature, message)
-    (out / "joint.pub.pem").write_bytes(
-        joint.public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
+    joint_pem = joint.public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
     )
+    (out / "joint.pub.pem").write_bytes(joint_pem)
     (out / "hello.txt").write_bytes(message)
     (out / "hello.sig").write_bytes(signature)
     _openssl(
@@ -143,11 +183,27 @@ async def joint_signature(deployment: Deployment, out: Path) -> client.Keystore:
         "-sigfile",
         str(out / "hello.sig"),
     )
+    (out / "user-csr.pem").write_bytes(_pem("CERTIFICATE REQUEST", csr))
+    (out / "user.pem").write_bytes(_pem("CERTIFICATE", certificates.certificate))
+    (out / "crl.pem").write_bytes(_pem("X509 CRL", crl))
+    print(f"personal certificate for alice, verified on the phone against {out / 'ca.pem'}")
+    _openssl("req", "-verify", "-in", str(out / "user-csr.pem"), "-noout")
+    _openssl("verify", "-CAfile", str(out / "ca.pem"), str(out / "org.pem"), str(out / "user.pem"))
+    _openssl("crl", "-in", str(out / "crl.pem"), "-CAfile", str(out / "ca.pem"), "-noout")
+    user_key = x509.load_der_x509_certificate(certificates.certificate).public_key()
+    if (
+        user_key.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        != joint_pem
+    ):
+        raise SystemExit("the personal certificate is not for the joint key")
+    print("the public key in user.pem is the joint key in joint.pub.pem")
     return keystore
 
 
 async def _flow(deployment: Deployment, out: Path) -> None:
-    await organisation_signature(deployment, out)
+    await organisation_certificate(deployment, out)
     await joint_signature(deployment, out)
 
 

@@ -5,11 +5,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 
+import grpc
+
+from ca import CaSettings, CaStore, CertificateAuthority
 from grpc_host import channels, config, devpki, logs, serve
-from mobilesign.v1 import gateway_pb2_grpc
-from server import admin
+from mobilesign.v1 import gateway_pb2_grpc, hsm_pb2
+from server import admin, public
 from server import config as gateway_config
-from server.hsm import HsmClient
+from server.cosigner_client import CosignerClient
+from server.db import open_gateway_db
+from server.hsm import HsmClient, HsmSigner
+from server.organisations import OrganisationStore
+from server.registration import RegistrationAuthority
 from server.users import UserStore
 
 
@@ -19,22 +26,59 @@ async def _main(args: argparse.Namespace) -> None:
     cfg = gateway_config.load(document)
     logs.configure("gateway", cfg.log_level)
     credential = devpki.credential(state, "gateway")
-    users = await UserStore.open(state / "gateway" / "gateway.db")
+    db = await open_gateway_db(state / "gateway" / "gateway.db")
+    ca_store = await CaStore.open(state / "gateway" / "ca.db")
     hsm_channel = channels.mutual_tls(cfg.hsm_proxy, credential, "hsm-proxy")
-    servicer = admin.AdminServicer(
-        users, HsmClient(hsm_channel), cfg.ticket_key_label, cfg.default_ticket_ttl_seconds
+    cosigner_channel = channels.mutual_tls(cfg.cosigner, credential, "cosigner")
+    hsm = HsmClient(hsm_channel)
+    ca_key = await hsm.ensure_key(cfg.ca_key_label, hsm_pb2.KEY_PURPOSE_CA)
+    ca = await CertificateAuthority.start(
+        HsmSigner(hsm, ca_key),
+        ca_key.key_id,
+        ca_key.public_key_spki,
+        ca_store,
+        CaSettings(
+            organisation=cfg.ca_organisation,
+            certificate_validity_days=cfg.certificate_validity_days,
+            crl_url=cfg.crl_url,
+        ),
     )
+    (state / "gateway" / "ca.der").write_bytes(ca.root_der)
+    users = UserStore(db)
+    organisations = OrganisationStore(db)
+    ra = RegistrationAuthority(
+        ca=ca,
+        users=users,
+        organisations=organisations,
+        hsm=hsm,
+        cosigner=CosignerClient(cosigner_channel),
+        ticket_key_label=cfg.ticket_key_label,
+    )
+    admin_servicer = admin.AdminServicer(
+        users=users,
+        organisations=organisations,
+        hsm=hsm,
+        ca=ca,
+        ra=ra,
+        ticket_key_label=cfg.ticket_key_label,
+        default_ttl=cfg.default_ticket_ttl_seconds,
+    )
+    public_servicer = public.GatewayServicer(ca, ra)
+
+    def register(server: grpc.aio.Server) -> None:
+        gateway_pb2_grpc.add_AdminServiceServicer_to_server(admin_servicer, server)
+        gateway_pb2_grpc.add_GatewayServiceServicer_to_server(public_servicer, server)
 
     async def close() -> None:
         await hsm_channel.close()
-        await users.close()
+        await cosigner_channel.close()
+        await ca_store.close()
+        await db.close()
 
     await serve.serve(
         name="gateway",
-        services={admin.SERVICE: admin.POLICY},
-        register=lambda server: gateway_pb2_grpc.add_AdminServiceServicer_to_server(
-            servicer, server
-        ),
+        services={admin.SERVICE: admin.POLICY, public.SERVICE: public.POLICY},
+        register=register,
         listeners=[
             serve.Listener("internal", cfg.listen, mutual=True),
             serve.Listener("public", cfg.public_listen, mutual=False),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import secrets
 import time
 from typing import Any
@@ -9,10 +10,14 @@ from typing import Any
 import grpc
 
 import tickets
+from ca import CertificateAuthority
 from grpc_host import access
 from grpc_host.errors import ServiceError
-from mobilesign.v1 import gateway_pb2, gateway_pb2_grpc
+from hsm_proxy.keys import check_label
+from mobilesign.v1 import gateway_pb2, gateway_pb2_grpc, hsm_pb2
 from server.hsm import HsmClient
+from server.organisations import OrganisationKey, OrganisationStore
+from server.registration import RegistrationAuthority
 from server.users import User, UserStore
 
 SERVICE = "mobilesign.v1.AdminService"
@@ -24,8 +29,40 @@ POLICY = access.AccessPolicy(
         "IssueEnrollmentTicket": frozenset({"admin"}),
         # The cosigner verifies tickets with this key.
         "GetTicketKey": frozenset({"admin", "cosigner"}),
+        "CreateOrganisation": frozenset({"admin"}),
+        "CreateOrganisationKey": frozenset({"admin"}),
+        "ListOrganisationKeys": frozenset({"admin"}),
+        "RevokeCertificate": frozenset({"admin"}),
+        # The cosigner asks before every signing session.
+        "GetKeyStatus": frozenset({"admin", "cosigner"}),
     }
 )
+
+_ALGORITHMS = {
+    gateway_pb2.ORGANISATION_KEY_ALGORITHM_EC_P256: hsm_pb2.KEY_ALGORITHM_EC_P256,
+    gateway_pb2.ORGANISATION_KEY_ALGORITHM_RSA_2048: hsm_pb2.KEY_ALGORITHM_RSA_2048,
+    gateway_pb2.ORGANISATION_KEY_ALGORITHM_RSA_3072: hsm_pb2.KEY_ALGORITHM_RSA_3072,
+}
+_REASONS = {
+    gateway_pb2.REVOCATION_REASON_KEY_COMPROMISE: "key_compromise",
+    gateway_pb2.REVOCATION_REASON_CA_COMPROMISE: "ca_compromise",
+    gateway_pb2.REVOCATION_REASON_AFFILIATION_CHANGED: "affiliation_changed",
+    gateway_pb2.REVOCATION_REASON_SUPERSEDED: "superseded",
+    gateway_pb2.REVOCATION_REASON_CESSATION_OF_OPERATION: "cessation_of_operation",
+    gateway_pb2.REVOCATION_REASON_PRIVILEGE_WITHDRAWN: "privilege_withdrawn",
+}
+_SERIAL = re.compile(r"^[0-9a-f]{1,40}$")
+
+
+def check_serial(serial: str) -> None:
+    """Refuse serials that are not lowercase hex of at most 20 octets."""
+    if not _SERIAL.match(serial):
+        raise ServiceError(
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "MALFORMED_SERIAL",
+            "a serial is lowercase hex, at most 40 digits",
+        )
+
 
 _MIN_TTL = 60
 _MAX_TTL = 7 * 86_400
@@ -39,13 +76,24 @@ def _user(user: User) -> gateway_pb2.User:
 
 
 class AdminServicer(gateway_pb2_grpc.AdminServiceServicer):
-    """User registry and enrolment tickets."""
+    """User registry, enrolment tickets, organisations and their keys, revocation."""
 
     def __init__(
-        self, users: UserStore, hsm: HsmClient, ticket_key_label: str, default_ttl: int
+        self,
+        *,
+        users: UserStore,
+        organisations: OrganisationStore,
+        hsm: HsmClient,
+        ca: CertificateAuthority,
+        ra: RegistrationAuthority,
+        ticket_key_label: str,
+        default_ttl: int,
     ) -> None:
         self._users = users
+        self._organisations = organisations
         self._hsm = hsm
+        self._ca = ca
+        self._ra = ra
         self._ticket_key_label = ticket_key_label
         self._default_ttl = default_ttl
 
@@ -74,8 +122,10 @@ class AdminServicer(gateway_pb2_grpc.AdminServiceServicer):
         now = int(time.time())
         claims = tickets.Claims(secrets.token_hex(16), user.user_id, now, now + ttl)
         encoded = tickets.encode(claims)
-        key = await self._hsm.service_key(self._ticket_key_label)
-        signature = await self._hsm.sign_ecdsa(key.key_id, tickets.signing_digest(encoded))
+        key = await self._hsm.ensure_key(self._ticket_key_label, hsm_pb2.KEY_PURPOSE_SERVICE)
+        signature = await self._hsm.sign_digest(
+            key.key_id, hsm_pb2.SIGNATURE_MECHANISM_ECDSA_SHA256, tickets.signing_digest(encoded)
+        )
         await self._users.record_ticket(
             claims.ticket_id, claims.user_id, claims.issued_at, claims.expires_at
         )
@@ -88,5 +138,85 @@ class AdminServicer(gateway_pb2_grpc.AdminServiceServicer):
     async def GetTicketKey(
         self, request: gateway_pb2.GetTicketKeyRequest, context: _Context
     ) -> gateway_pb2.GetTicketKeyResponse:
-        key = await self._hsm.service_key(self._ticket_key_label)
+        key = await self._hsm.ensure_key(self._ticket_key_label, hsm_pb2.KEY_PURPOSE_SERVICE)
         return gateway_pb2.GetTicketKeyResponse(public_key_spki=key.public_key_spki)
+
+    async def CreateOrganisation(
+        self, request: gateway_pb2.CreateOrganisationRequest, context: _Context
+    ) -> gateway_pb2.CreateOrganisationResponse:
+        organisation = await self._organisations.create(
+            request.organisation_id, request.name, int(time.time())
+        )
+        return gateway_pb2.CreateOrganisationResponse(
+            organisation=gateway_pb2.Organisation(
+                organisation_id=organisation.organisation_id, name=organisation.name
+            )
+        )
+
+    async def CreateOrganisationKey(
+        self, request: gateway_pb2.CreateOrganisationKeyRequest, context: _Context
+    ) -> gateway_pb2.CreateOrganisationKeyResponse:
+        algorithm = _ALGORITHMS.get(request.algorithm)
+        if algorithm is None:
+            raise ServiceError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "ALGORITHM_REQUIRED",
+                "a key algorithm is required",
+            )
+        check_label(request.label)
+        key, issued, csr = await self._ra.create_organisation_key(
+            request.organisation_id, request.label, algorithm
+        )
+        return gateway_pb2.CreateOrganisationKeyResponse(
+            key=_organisation_key(key, issued.der, issued.serial), csr=csr
+        )
+
+    async def ListOrganisationKeys(
+        self, request: gateway_pb2.ListOrganisationKeysRequest, context: _Context
+    ) -> gateway_pb2.ListOrganisationKeysResponse:
+        await self._organisations.get(request.organisation_id)
+        listed = []
+        for key in await self._organisations.keys(request.organisation_id):
+            record = await self._ca.current_for_key(key.key_id)
+            listed.append(
+                _organisation_key(
+                    key, record.der if record else b"", record.serial if record else ""
+                )
+            )
+        return gateway_pb2.ListOrganisationKeysResponse(keys=listed)
+
+    async def RevokeCertificate(
+        self, request: gateway_pb2.RevokeCertificateRequest, context: _Context
+    ) -> gateway_pb2.RevokeCertificateResponse:
+        check_serial(request.serial)
+        reason = _REASONS.get(request.reason)
+        if reason is None:
+            raise ServiceError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "REASON_REQUIRED",
+                "a revocation reason is required",
+            )
+        await self._ca.revoke(request.serial, reason)
+        return gateway_pb2.RevokeCertificateResponse()
+
+    async def GetKeyStatus(
+        self, request: gateway_pb2.GetKeyStatusRequest, context: _Context
+    ) -> gateway_pb2.GetKeyStatusResponse:
+        current = await self._ca.current_for_key(request.key_id)
+        return gateway_pb2.GetKeyStatusResponse(
+            revoked=await self._ca.key_revoked(request.key_id),
+            certificate_serial=current.serial if current else "",
+        )
+
+
+def _organisation_key(
+    key: OrganisationKey, certificate: bytes, serial: str
+) -> gateway_pb2.OrganisationKey:
+    return gateway_pb2.OrganisationKey(
+        key_id=key.key_id,
+        organisation_id=key.organisation_id,
+        label=key.label,
+        algorithm=gateway_pb2.OrganisationKeyAlgorithm.ValueType(key.algorithm),
+        certificate=certificate,
+        certificate_serial=serial,
+    )

@@ -1,13 +1,29 @@
-"""The gateway's client of the HSM proxy: service keys and digest signatures."""
+"""The gateway's client of the HSM proxy: service, CA and organisation keys, and signatures."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 
 import grpc
 
-from grpc_host.errors import ServiceError
+import pkix
+from grpc_host.errors import ServiceError, reason_of
 from mobilesign.v1 import hsm_pb2, hsm_pb2_grpc
+
+_MECHANISMS = {
+    pkix.SignatureAlgorithm.ECDSA_SHA256: hsm_pb2.SIGNATURE_MECHANISM_ECDSA_SHA256,
+    pkix.SignatureAlgorithm.RSA_PKCS1_SHA256: hsm_pb2.SIGNATURE_MECHANISM_RSA_PKCS1V15_SHA256,
+}
+
+
+def _failed(error: grpc.aio.AioRpcError) -> ServiceError:
+    if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        return ServiceError(
+            grpc.StatusCode.UNAVAILABLE, "HSM_UNAVAILABLE", "the HSM proxy cannot be reached"
+        )
+    # The proxy's own refusal (e.g. LABEL_IN_USE) is passed on as it came.
+    return ServiceError(error.code(), reason_of(error) or "HSM_ERROR", error.details() or "")
 
 
 class HsmClient:
@@ -17,45 +33,79 @@ class HsmClient:
         self._stub = hsm_pb2_grpc.HsmServiceStub(channel)
         self._lock = asyncio.Lock()
 
-    async def service_key(self, label: str) -> hsm_pb2.KeyInfo:
-        """The EC P-256 service key labelled ``label``, generated in the token on first use."""
+    async def ensure_key(
+        self,
+        label: str,
+        purpose: hsm_pb2.KeyPurpose.ValueType,
+        algorithm: hsm_pb2.KeyAlgorithm.ValueType = hsm_pb2.KEY_ALGORITHM_EC_P256,
+    ) -> hsm_pb2.KeyInfo:
+        """The key of ``purpose`` labelled ``label``, generated in the token on first use."""
         async with self._lock:
             try:
                 listed = await self._stub.ListKeys(
-                    hsm_pb2.ListKeysRequest(purpose=hsm_pb2.KEY_PURPOSE_SERVICE), timeout=10
+                    hsm_pb2.ListKeysRequest(purpose=purpose), timeout=10
                 )
                 for key in listed.keys:
                     if key.label == label:
                         return key
                 reply = await self._stub.GenerateKeyPair(
                     hsm_pb2.GenerateKeyPairRequest(
-                        label=label,
-                        purpose=hsm_pb2.KEY_PURPOSE_SERVICE,
-                        algorithm=hsm_pb2.KEY_ALGORITHM_EC_P256,
+                        label=label, purpose=purpose, algorithm=algorithm
                     ),
-                    timeout=30,
+                    timeout=60,
                 )
-            except grpc.aio.AioRpcError:
-                raise _unavailable() from None
+            except grpc.aio.AioRpcError as exc:
+                raise _failed(exc) from None
             return reply.key
 
-    async def sign_ecdsa(self, key_id: str, digest: bytes) -> bytes:
-        """A DER ECDSA signature over a SHA-256 digest."""
+    async def generate(
+        self,
+        label: str,
+        purpose: hsm_pb2.KeyPurpose.ValueType,
+        algorithm: hsm_pb2.KeyAlgorithm.ValueType,
+    ) -> hsm_pb2.KeyInfo:
+        """A new key pair in the token."""
+        try:
+            reply = await self._stub.GenerateKeyPair(
+                hsm_pb2.GenerateKeyPairRequest(label=label, purpose=purpose, algorithm=algorithm),
+                timeout=60,
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise _failed(exc) from None
+        return reply.key
+
+    async def sign_digest(
+        self, key_id: str, mechanism: hsm_pb2.SignatureMechanism.ValueType, digest: bytes
+    ) -> bytes:
+        """A signature over a SHA-256 digest (DER for ECDSA)."""
         try:
             reply = await self._stub.SignDigest(
-                hsm_pb2.SignDigestRequest(
-                    key_id=key_id,
-                    mechanism=hsm_pb2.SIGNATURE_MECHANISM_ECDSA_SHA256,
-                    digest=digest,
-                ),
+                hsm_pb2.SignDigestRequest(key_id=key_id, mechanism=mechanism, digest=digest),
                 timeout=10,
             )
-        except grpc.aio.AioRpcError:
-            raise _unavailable() from None
+        except grpc.aio.AioRpcError as exc:
+            raise _failed(exc) from None
         return reply.signature
 
 
-def _unavailable() -> ServiceError:
-    return ServiceError(
-        grpc.StatusCode.UNAVAILABLE, "HSM_UNAVAILABLE", "the HSM proxy cannot be reached"
-    )
+class HsmSigner:
+    """A :class:`pkix.Signer` whose key is in the HSM."""
+
+    def __init__(self, hsm: HsmClient, key: hsm_pb2.KeyInfo) -> None:
+        self._hsm = hsm
+        self._key_id = key.key_id
+        if key.algorithm == hsm_pb2.KEY_ALGORITHM_EC_P256:
+            self._algorithm = pkix.SignatureAlgorithm.ECDSA_SHA256
+        else:
+            self._algorithm = pkix.SignatureAlgorithm.RSA_PKCS1_SHA256
+
+    @property
+    def algorithm(self) -> pkix.SignatureAlgorithm:
+        """ECDSA with SHA-256 for EC keys, RSA PKCS#1 v1.5 with SHA-256 for RSA keys."""
+        return self._algorithm
+
+    async def sign(self, data: bytes) -> bytes:
+        """Hash ``data`` here and have the token sign the digest."""
+        return await self._hsm.sign_digest(
+            self._key_id, _MECHANISMS[self._algorithm], hashlib.sha256(data).digest()
+        )

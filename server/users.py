@@ -1,36 +1,18 @@
-"""The gateway's user registry and issued enrolment tickets, in SQLite."""
+"""The gateway's user registry and the enrolment tickets issued to users."""
 
 from __future__ import annotations
 
 import re
 import sqlite3
 from dataclasses import dataclass
-from pathlib import Path
 
 import aiosqlite
 import grpc
 
 from grpc_host.errors import ServiceError
-from storage.sqlite import open_database
 
 _USER_ID = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
 _MAX_DISPLAY_NAME = 200
-
-_MIGRATIONS = (
-    """
-    CREATE TABLE users (
-        user_id TEXT PRIMARY KEY,
-        display_name TEXT NOT NULL,
-        created_at INTEGER NOT NULL
-    );
-    CREATE TABLE tickets (
-        ticket_id TEXT PRIMARY KEY,
-        user_id TEXT NOT NULL REFERENCES users(user_id),
-        issued_at INTEGER NOT NULL,
-        expires_at INTEGER NOT NULL
-    )
-    """,
-)
 
 
 @dataclass(frozen=True)
@@ -57,15 +39,6 @@ class UserStore:
 
     def __init__(self, db: aiosqlite.Connection) -> None:
         self._db = db
-
-    @classmethod
-    async def open(cls, path: Path) -> UserStore:
-        """Open (creating) the registry database at ``path``."""
-        return cls(await open_database(path, _MIGRATIONS))
-
-    async def close(self) -> None:
-        """Close the database."""
-        await self._db.close()
 
     async def create(self, user_id: str, display_name: str, now: int) -> User:
         """Register a user; ALREADY_EXISTS if the id is taken."""
@@ -99,8 +72,25 @@ class UserStore:
     async def record_ticket(
         self, ticket_id: str, user_id: str, issued_at: int, expires_at: int
     ) -> None:
-        """Remember an issued ticket (for audit; the cosigner enforces single use)."""
+        """Remember an issued ticket (the cosigner enforces its single use for enrolment)."""
         await self._db.execute(
             "INSERT INTO tickets (ticket_id, user_id, issued_at, expires_at) VALUES (?, ?, ?, ?)",
             (ticket_id, user_id, issued_at, expires_at),
         )
+
+    async def ticket_certified(self, ticket_id: str) -> bool:
+        """True when a personal certificate was already issued against this ticket."""
+        async with self._db.execute(
+            "SELECT certificate_serial FROM tickets WHERE ticket_id = ?", (ticket_id,)
+        ) as cursor:
+            row = await cursor.fetchone()
+        return row is not None and row["certificate_serial"] is not None
+
+    async def mark_ticket_certified(self, ticket_id: str, serial: str) -> bool:
+        """Record the certificate issued against a ticket; False if one already was."""
+        async with self._db.execute(
+            "UPDATE tickets SET certificate_serial = ? WHERE ticket_id = ?"
+            " AND certificate_serial IS NULL RETURNING 1",
+            (serial, ticket_id),
+        ) as cursor:
+            return await cursor.fetchone() is not None

@@ -3,8 +3,11 @@
 isort:skip_file
 """
 
+from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -15,6 +18,589 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _RevocationReason:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _RevocationReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RevocationReason.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    REVOCATION_REASON_UNSPECIFIED: _RevocationReason.ValueType  # 0
+    REVOCATION_REASON_KEY_COMPROMISE: _RevocationReason.ValueType  # 1
+    REVOCATION_REASON_CA_COMPROMISE: _RevocationReason.ValueType  # 2
+    REVOCATION_REASON_AFFILIATION_CHANGED: _RevocationReason.ValueType  # 3
+    REVOCATION_REASON_SUPERSEDED: _RevocationReason.ValueType  # 4
+    REVOCATION_REASON_CESSATION_OF_OPERATION: _RevocationReason.ValueType  # 5
+    REVOCATION_REASON_PRIVILEGE_WITHDRAWN: _RevocationReason.ValueType  # 9
+
+class RevocationReason(_RevocationReason, metaclass=_RevocationReasonEnumTypeWrapper):
+    """RevocationReason is an RFC 5280 CRLReason."""
+
+REVOCATION_REASON_UNSPECIFIED: RevocationReason.ValueType  # 0
+REVOCATION_REASON_KEY_COMPROMISE: RevocationReason.ValueType  # 1
+REVOCATION_REASON_CA_COMPROMISE: RevocationReason.ValueType  # 2
+REVOCATION_REASON_AFFILIATION_CHANGED: RevocationReason.ValueType  # 3
+REVOCATION_REASON_SUPERSEDED: RevocationReason.ValueType  # 4
+REVOCATION_REASON_CESSATION_OF_OPERATION: RevocationReason.ValueType  # 5
+REVOCATION_REASON_PRIVILEGE_WITHDRAWN: RevocationReason.ValueType  # 9
+Global___RevocationReason: _TypeAlias = RevocationReason  # noqa: Y015
+
+class _CertificateStatus:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CertificateStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CertificateStatus.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CERTIFICATE_STATUS_UNSPECIFIED: _CertificateStatus.ValueType  # 0
+    CERTIFICATE_STATUS_GOOD: _CertificateStatus.ValueType  # 1
+    CERTIFICATE_STATUS_REVOKED: _CertificateStatus.ValueType  # 2
+    CERTIFICATE_STATUS_UNKNOWN: _CertificateStatus.ValueType  # 3
+
+class CertificateStatus(_CertificateStatus, metaclass=_CertificateStatusEnumTypeWrapper):
+    """CertificateStatus is the state of a serial number at the CA."""
+
+CERTIFICATE_STATUS_UNSPECIFIED: CertificateStatus.ValueType  # 0
+CERTIFICATE_STATUS_GOOD: CertificateStatus.ValueType  # 1
+CERTIFICATE_STATUS_REVOKED: CertificateStatus.ValueType  # 2
+CERTIFICATE_STATUS_UNKNOWN: CertificateStatus.ValueType  # 3
+Global___CertificateStatus: _TypeAlias = CertificateStatus  # noqa: Y015
+
+class _OrganisationKeyAlgorithm:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _OrganisationKeyAlgorithmEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_OrganisationKeyAlgorithm.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ORGANISATION_KEY_ALGORITHM_UNSPECIFIED: _OrganisationKeyAlgorithm.ValueType  # 0
+    ORGANISATION_KEY_ALGORITHM_EC_P256: _OrganisationKeyAlgorithm.ValueType  # 1
+    ORGANISATION_KEY_ALGORITHM_RSA_2048: _OrganisationKeyAlgorithm.ValueType  # 2
+    ORGANISATION_KEY_ALGORITHM_RSA_3072: _OrganisationKeyAlgorithm.ValueType  # 3
+
+class OrganisationKeyAlgorithm(_OrganisationKeyAlgorithm, metaclass=_OrganisationKeyAlgorithmEnumTypeWrapper):
+    """OrganisationKeyAlgorithm is the type and size of an organisation key."""
+
+ORGANISATION_KEY_ALGORITHM_UNSPECIFIED: OrganisationKeyAlgorithm.ValueType  # 0
+ORGANISATION_KEY_ALGORITHM_EC_P256: OrganisationKeyAlgorithm.ValueType  # 1
+ORGANISATION_KEY_ALGORITHM_RSA_2048: OrganisationKeyAlgorithm.ValueType  # 2
+ORGANISATION_KEY_ALGORITHM_RSA_3072: OrganisationKeyAlgorithm.ValueType  # 3
+Global___OrganisationKeyAlgorithm: _TypeAlias = OrganisationKeyAlgorithm  # noqa: Y015
+
+@_typing.final
+class Organisation(_message.Message):
+    """Organisation is a registered organisation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORGANISATION_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    organisation_id: _builtins.str
+    """1 to 64 characters from [A-Za-z0-9._-]."""
+    name: _builtins.str
+    """The organisation's name, as it appears in O= of its certificates."""
+    def __init__(
+        self,
+        *,
+        organisation_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "organisation_id", b"organisation_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Organisation: _TypeAlias = Organisation  # noqa: Y015
+
+@_typing.final
+class CreateOrganisationRequest(_message.Message):
+    """CreateOrganisationRequest registers an organisation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORGANISATION_ID_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
+    organisation_id: _builtins.str
+    name: _builtins.str
+    def __init__(
+        self,
+        *,
+        organisation_id: _builtins.str = ...,
+        name: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "organisation_id", b"organisation_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateOrganisationRequest: _TypeAlias = CreateOrganisationRequest  # noqa: Y015
+
+@_typing.final
+class CreateOrganisationResponse(_message.Message):
+    """CreateOrganisationResponse returns the organisation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORGANISATION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def organisation(self) -> Global___Organisation: ...
+    def __init__(
+        self,
+        *,
+        organisation: Global___Organisation | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["organisation", b"organisation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["organisation", b"organisation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateOrganisationResponse: _TypeAlias = CreateOrganisationResponse  # noqa: Y015
+
+@_typing.final
+class OrganisationKey(_message.Message):
+    """OrganisationKey is an organisation key in the HSM and its certificate."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    ORGANISATION_ID_FIELD_NUMBER: _builtins.int
+    LABEL_FIELD_NUMBER: _builtins.int
+    ALGORITHM_FIELD_NUMBER: _builtins.int
+    CERTIFICATE_FIELD_NUMBER: _builtins.int
+    CERTIFICATE_SERIAL_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    """The HSM key id (32 hex digits)."""
+    organisation_id: _builtins.str
+    label: _builtins.str
+    algorithm: Global___OrganisationKeyAlgorithm.ValueType
+    certificate: _builtins.bytes
+    """DER X.509 organisation certificate."""
+    certificate_serial: _builtins.str
+    """Lowercase hex of the certificate serial number."""
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.str = ...,
+        organisation_id: _builtins.str = ...,
+        label: _builtins.str = ...,
+        algorithm: Global___OrganisationKeyAlgorithm.ValueType = ...,
+        certificate: _builtins.bytes = ...,
+        certificate_serial: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithm", b"algorithm", "certificate", b"certificate", "certificate_serial", b"certificate_serial", "key_id", b"key_id", "label", b"label", "organisation_id", b"organisation_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OrganisationKey: _TypeAlias = OrganisationKey  # noqa: Y015
+
+@_typing.final
+class CreateOrganisationKeyRequest(_message.Message):
+    """CreateOrganisationKeyRequest asks for a new organisation key and certificate."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORGANISATION_ID_FIELD_NUMBER: _builtins.int
+    LABEL_FIELD_NUMBER: _builtins.int
+    ALGORITHM_FIELD_NUMBER: _builtins.int
+    organisation_id: _builtins.str
+    label: _builtins.str
+    """1 to 64 characters from [A-Za-z0-9._-]; unique among organisation keys."""
+    algorithm: Global___OrganisationKeyAlgorithm.ValueType
+    def __init__(
+        self,
+        *,
+        organisation_id: _builtins.str = ...,
+        label: _builtins.str = ...,
+        algorithm: Global___OrganisationKeyAlgorithm.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithm", b"algorithm", "label", b"label", "organisation_id", b"organisation_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateOrganisationKeyRequest: _TypeAlias = CreateOrganisationKeyRequest  # noqa: Y015
+
+@_typing.final
+class CreateOrganisationKeyResponse(_message.Message):
+    """CreateOrganisationKeyResponse returns the key with its certificate."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    CSR_FIELD_NUMBER: _builtins.int
+    csr: _builtins.bytes
+    """DER PKCS#10 request the HSM signed for the key (kept for audit)."""
+    @_builtins.property
+    def key(self) -> Global___OrganisationKey: ...
+    def __init__(
+        self,
+        *,
+        key: Global___OrganisationKey | None = ...,
+        csr: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["key", b"key"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["csr", b"csr", "key", b"key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateOrganisationKeyResponse: _TypeAlias = CreateOrganisationKeyResponse  # noqa: Y015
+
+@_typing.final
+class ListOrganisationKeysRequest(_message.Message):
+    """ListOrganisationKeysRequest names an organisation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ORGANISATION_ID_FIELD_NUMBER: _builtins.int
+    organisation_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        organisation_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["organisation_id", b"organisation_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListOrganisationKeysRequest: _TypeAlias = ListOrganisationKeysRequest  # noqa: Y015
+
+@_typing.final
+class ListOrganisationKeysResponse(_message.Message):
+    """ListOrganisationKeysResponse lists its keys, by label."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEYS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def keys(self) -> _containers.RepeatedCompositeFieldContainer[Global___OrganisationKey]: ...
+    def __init__(
+        self,
+        *,
+        keys: _abc.Iterable[Global___OrganisationKey] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keys", b"keys"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListOrganisationKeysResponse: _TypeAlias = ListOrganisationKeysResponse  # noqa: Y015
+
+@_typing.final
+class RevokeCertificateRequest(_message.Message):
+    """RevokeCertificateRequest names the certificate and the reason."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERIAL_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    serial: _builtins.str
+    """Lowercase hex of the serial number."""
+    reason: Global___RevocationReason.ValueType
+    def __init__(
+        self,
+        *,
+        serial: _builtins.str = ...,
+        reason: Global___RevocationReason.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "serial", b"serial"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeCertificateRequest: _TypeAlias = RevokeCertificateRequest  # noqa: Y015
+
+@_typing.final
+class RevokeCertificateResponse(_message.Message):
+    """RevokeCertificateResponse is empty: the certificate is revoked and the CRL reissued."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeCertificateResponse: _TypeAlias = RevokeCertificateResponse  # noqa: Y015
+
+@_typing.final
+class GetKeyStatusRequest(_message.Message):
+    """GetKeyStatusRequest names a user key (hex of the joint public key)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetKeyStatusRequest: _TypeAlias = GetKeyStatusRequest  # noqa: Y015
+
+@_typing.final
+class GetKeyStatusResponse(_message.Message):
+    """GetKeyStatusResponse says whether the key's certificate was revoked."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REVOKED_FIELD_NUMBER: _builtins.int
+    CERTIFICATE_SERIAL_FIELD_NUMBER: _builtins.int
+    revoked: _builtins.bool
+    """True when a personal certificate for this key is revoked."""
+    certificate_serial: _builtins.str
+    """Serial of the key's current certificate, empty when none was issued."""
+    def __init__(
+        self,
+        *,
+        revoked: _builtins.bool = ...,
+        certificate_serial: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate_serial", b"certificate_serial", "revoked", b"revoked"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetKeyStatusResponse: _TypeAlias = GetKeyStatusResponse  # noqa: Y015
+
+@_typing.final
+class RequestPersonalCertificateRequest(_message.Message):
+    """RequestPersonalCertificateRequest carries the ticket and the jointly signed PKCS#10 request."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TICKET_FIELD_NUMBER: _builtins.int
+    CSR_FIELD_NUMBER: _builtins.int
+    ticket: _builtins.bytes
+    """The enrolment ticket the key was enrolled with; it yields one certificate."""
+    csr: _builtins.bytes
+    """DER PKCS#10 request: subject CN=<user id>, Ed25519 public key = the joint key."""
+    def __init__(
+        self,
+        *,
+        ticket: _builtins.bytes = ...,
+        csr: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["csr", b"csr", "ticket", b"ticket"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RequestPersonalCertificateRequest: _TypeAlias = RequestPersonalCertificateRequest  # noqa: Y015
+
+@_typing.final
+class RequestPersonalCertificateResponse(_message.Message):
+    """RequestPersonalCertificateResponse carries the certificate and its issuer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CERTIFICATE_FIELD_NUMBER: _builtins.int
+    CA_CERTIFICATE_FIELD_NUMBER: _builtins.int
+    certificate: _builtins.bytes
+    ca_certificate: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        certificate: _builtins.bytes = ...,
+        ca_certificate: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ca_certificate", b"ca_certificate", "certificate", b"certificate"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RequestPersonalCertificateResponse: _TypeAlias = RequestPersonalCertificateResponse  # noqa: Y015
+
+@_typing.final
+class GetPersonalCertificateRequest(_message.Message):
+    """GetPersonalCertificateRequest names a user key."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPersonalCertificateRequest: _TypeAlias = GetPersonalCertificateRequest  # noqa: Y015
+
+@_typing.final
+class GetPersonalCertificateResponse(_message.Message):
+    """GetPersonalCertificateResponse carries the certificate and its issuer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CERTIFICATE_FIELD_NUMBER: _builtins.int
+    CA_CERTIFICATE_FIELD_NUMBER: _builtins.int
+    certificate: _builtins.bytes
+    ca_certificate: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        certificate: _builtins.bytes = ...,
+        ca_certificate: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ca_certificate", b"ca_certificate", "certificate", b"certificate"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetPersonalCertificateResponse: _TypeAlias = GetPersonalCertificateResponse  # noqa: Y015
+
+@_typing.final
+class GetCaCertificateRequest(_message.Message):
+    """GetCaCertificateRequest is empty."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCaCertificateRequest: _TypeAlias = GetCaCertificateRequest  # noqa: Y015
+
+@_typing.final
+class GetCaCertificateResponse(_message.Message):
+    """GetCaCertificateResponse carries the CA certificate (DER)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CERTIFICATE_FIELD_NUMBER: _builtins.int
+    certificate: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        certificate: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate", b"certificate"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCaCertificateResponse: _TypeAlias = GetCaCertificateResponse  # noqa: Y015
+
+@_typing.final
+class GetCrlRequest(_message.Message):
+    """GetCrlRequest is empty."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCrlRequest: _TypeAlias = GetCrlRequest  # noqa: Y015
+
+@_typing.final
+class GetCrlResponse(_message.Message):
+    """GetCrlResponse carries the current CRL (DER)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CRL_FIELD_NUMBER: _builtins.int
+    crl: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        crl: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["crl", b"crl"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCrlResponse: _TypeAlias = GetCrlResponse  # noqa: Y015
+
+@_typing.final
+class GetCertificateStatusRequest(_message.Message):
+    """GetCertificateStatusRequest names a serial number."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERIAL_FIELD_NUMBER: _builtins.int
+    serial: _builtins.str
+    """Lowercase hex of the serial number."""
+    def __init__(
+        self,
+        *,
+        serial: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["serial", b"serial"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCertificateStatusRequest: _TypeAlias = GetCertificateStatusRequest  # noqa: Y015
+
+@_typing.final
+class GetCertificateStatusResponse(_message.Message):
+    """GetCertificateStatusResponse answers for the serial."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    REVOKED_AT_UNIX_FIELD_NUMBER: _builtins.int
+    status: Global___CertificateStatus.ValueType
+    reason: Global___RevocationReason.ValueType
+    revoked_at_unix: _builtins.int
+    def __init__(
+        self,
+        *,
+        status: Global___CertificateStatus.ValueType = ...,
+        reason: Global___RevocationReason.ValueType = ...,
+        revoked_at_unix: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "revoked_at_unix", b"revoked_at_unix", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCertificateStatusResponse: _TypeAlias = GetCertificateStatusResponse  # noqa: Y015
 
 @_typing.final
 class User(_message.Message):

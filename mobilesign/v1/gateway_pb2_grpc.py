@@ -56,6 +56,31 @@ class AdminServiceStub:
                 request_serializer=mobilesign_dot_v1_dot_gateway__pb2.GetTicketKeyRequest.SerializeToString,
                 response_deserializer=mobilesign_dot_v1_dot_gateway__pb2.GetTicketKeyResponse.FromString,
                 _registered_method=True)
+        self.CreateOrganisation = channel.unary_unary(
+                '/mobilesign.v1.AdminService/CreateOrganisation',
+                request_serializer=mobilesign_dot_v1_dot_gateway__pb2.CreateOrganisationRequest.SerializeToString,
+                response_deserializer=mobilesign_dot_v1_dot_gateway__pb2.CreateOrganisationResponse.FromString,
+                _registered_method=True)
+        self.CreateOrganisationKey = channel.unary_unary(
+                '/mobilesign.v1.AdminService/CreateOrganisationKey',
+                request_serializer=mobilesign_dot_v1_dot_gateway__pb2.CreateOrganisationKeyRequest.SerializeToString,
+                response_deserializer=mobilesign_dot_v1_dot_gateway__pb2.CreateOrganisationKeyResponse.FromString,
+                _registered_method=True)
+        self.ListOrganisationKeys = channel.unary_unary(
+                '/mobilesign.v1.AdminService/ListOrganisationKeys',
+                request_serializer=mobilesign_dot_v1_dot_gateway__pb2.ListOrganisationKeysRequest.SerializeToString,
+                response_deserializer=mobilesign_dot_v1_dot_gateway__pb2.ListOrganisationKeysResponse.FromString,
+                _registered_method=True)
+        self.RevokeCertificate = channel.unary_unary(
+                '/mobilesign.v1.AdminService/RevokeCertificate',
+                request_serializer=mobilesign_dot_v1_dot_gateway__pb2.RevokeCertificateRequest.SerializeToString,
+                response_deserializer=mobilesign_dot_v1_dot_gateway__pb2.RevokeCertificateResponse.FromString,
+                _registered_method=True)
+        self.GetKeyStatus = channel.unary_unary(
+                '/mobilesign.v1.AdminService/GetKeyStatus',
+                request_serializer=mobilesign_dot_v1_dot_gateway__pb2.GetKeyStatusRequest.SerializeToString,
+                response_deserializer=mobilesign_dot_v1_dot_gateway__pb2.GetKeyStatusResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -92,6 +117,43 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateOrganisation(self, request, context):
+        """CreateOrganisation registers an organisation. Organisation ids are unique.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateOrganisationKey(self, request, context):
+        """CreateOrganisationKey generates an organisation key in the HSM, has the HSM sign a PKCS#10
+        request for it, and issues its organisation certificate (flow S1).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListOrganisationKeys(self, request, context):
+        """ListOrganisationKeys lists an organisation's keys with their certificates.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeCertificate(self, request, context):
+        """RevokeCertificate revokes a personal or organisation certificate and reissues the CRL.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetKeyStatus(self, request, context):
+        """GetKeyStatus says whether a user key's personal certificate is revoked (internal: the
+        cosigner asks before every signing session).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -114,6 +176,31 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.GetTicketKey,
                     request_deserializer=mobilesign_dot_v1_dot_gateway__pb2.GetTicketKeyRequest.FromString,
                     response_serializer=mobilesign_dot_v1_dot_gateway__pb2.GetTicketKeyResponse.SerializeToString,
+            ),
+            'CreateOrganisation': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateOrganisation,
+                    request_deserializer=mobilesign_dot_v1_dot_gateway__pb2.CreateOrganisationRequest.FromString,
+                    response_serializer=mobilesign_dot_v1_dot_gateway__pb2.CreateOrganisationResponse.SerializeToString,
+            ),
+            'CreateOrganisationKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateOrganisationKey,
+                    request_deserializer=mobilesign_dot_v1_dot_gateway__pb2.CreateOrganisationKeyRequest.FromString,
+                    response_serializer=mobilesign_dot_v1_dot_gateway__pb2.CreateOrganisationKeyResponse.SerializeToString,
+            ),
+            'ListOrganisationKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListOrganisationKeys,
+                    request_deserializer=mobilesign_dot_v1_dot_gateway__pb2.ListOrganisationKeysRequest.FromString,
+                    response_serializer=mobilesign_dot_v1_dot_gateway__pb2.ListOrganisationKeysResponse.SerializeToString,
+            ),
+            'RevokeCertificate': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeCertificate,
+                    request_deserializer=mobilesign_dot_v1_dot_gateway__pb2.RevokeCertificateRequest.FromString,
+                    response_serializer=mobilesign_dot_v1_dot_gateway__pb2.RevokeCertificateResponse.SerializeToString,
+            ),
+            'GetKeyStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetKeyStatus,
+                    request_deserializer=mobilesign_dot_v1_dot_gateway__pb2.GetKeyStatusRequest.FromString,
+                    response_serializer=mobilesign_dot_v1_dot_gateway__pb2.GetKeyStatusResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -226,6 +313,397 @@ class AdminService:
             '/mobilesign.v1.AdminService/GetTicketKey',
             mobilesign_dot_v1_dot_gateway__pb2.GetTicketKeyRequest.SerializeToString,
             mobilesign_dot_v1_dot_gateway__pb2.GetTicketKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateOrganisation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mobilesign.v1.AdminService/CreateOrganisation',
+            mobilesign_dot_v1_dot_gateway__pb2.CreateOrganisationRequest.SerializeToString,
+            mobilesign_dot_v1_dot_gateway__pb2.CreateOrganisationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateOrganisationKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mobilesign.v1.AdminService/CreateOrganisationKey',
+            mobilesign_dot_v1_dot_gateway__pb2.CreateOrganisationKeyRequest.SerializeToString,
+            mobilesign_dot_v1_dot_gateway__pb2.CreateOrganisationKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListOrganisationKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mobilesign.v1.AdminService/ListOrganisationKeys',
+            mobilesign_dot_v1_dot_gateway__pb2.ListOrganisationKeysRequest.SerializeToString,
+            mobilesign_dot_v1_dot_gateway__pb2.ListOrganisationKeysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeCertificate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mobilesign.v1.AdminService/RevokeCertificate',
+            mobilesign_dot_v1_dot_gateway__pb2.RevokeCertificateRequest.SerializeToString,
+            mobilesign_dot_v1_dot_gateway__pb2.RevokeCertificateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetKeyStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mobilesign.v1.AdminService/GetKeyStatus',
+            mobilesign_dot_v1_dot_gateway__pb2.GetKeyStatusRequest.SerializeToString,
+            mobilesign_dot_v1_dot_gateway__pb2.GetKeyStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class GatewayServiceStub:
+    """GatewayService is the gateway's public interface for phones and relying parties (public
+    listener, server-authenticated TLS).
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.RequestPersonalCertificate = channel.unary_unary(
+                '/mobilesign.v1.GatewayService/RequestPersonalCertificate',
+                request_serializer=mobilesign_dot_v1_dot_gateway__pb2.RequestPersonalCertificateRequest.SerializeToString,
+                response_deserializer=mobilesign_dot_v1_dot_gateway__pb2.RequestPersonalCertificateResponse.FromString,
+                _registered_method=True)
+        self.GetPersonalCertificate = channel.unary_unary(
+                '/mobilesign.v1.GatewayService/GetPersonalCertificate',
+                request_serializer=mobilesign_dot_v1_dot_gateway__pb2.GetPersonalCertificateRequest.SerializeToString,
+                response_deserializer=mobilesign_dot_v1_dot_gateway__pb2.GetPersonalCertificateResponse.FromString,
+                _registered_method=True)
+        self.GetCaCertificate = channel.unary_unary(
+                '/mobilesign.v1.GatewayService/GetCaCertificate',
+                request_serializer=mobilesign_dot_v1_dot_gateway__pb2.GetCaCertificateRequest.SerializeToString,
+                response_deserializer=mobilesign_dot_v1_dot_gateway__pb2.GetCaCertificateResponse.FromString,
+                _registered_method=True)
+        self.GetCrl = channel.unary_unary(
+                '/mobilesign.v1.GatewayService/GetCrl',
+                request_serializer=mobilesign_dot_v1_dot_gateway__pb2.GetCrlRequest.SerializeToString,
+                response_deserializer=mobilesign_dot_v1_dot_gateway__pb2.GetCrlResponse.FromString,
+                _registered_method=True)
+        self.GetCertificateStatus = channel.unary_unary(
+                '/mobilesign.v1.GatewayService/GetCertificateStatus',
+                request_serializer=mobilesign_dot_v1_dot_gateway__pb2.GetCertificateStatusRequest.SerializeToString,
+                response_deserializer=mobilesign_dot_v1_dot_gateway__pb2.GetCertificateStatusResponse.FromString,
+                _registered_method=True)
+
+
+class GatewayServiceServicer:
+    """GatewayService is the gateway's public interface for phones and relying parties (public
+    listener, server-authenticated TLS).
+    """
+
+    def RequestPersonalCertificate(self, request, context):
+        """RequestPersonalCertificate submits the PKCS#10 request for an enrolled joint key, signed
+        jointly by phone and cosigner (the proof of possession), with the enrolment ticket.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetPersonalCertificate(self, request, context):
+        """GetPersonalCertificate returns the current personal certificate of a user key.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCaCertificate(self, request, context):
+        """GetCaCertificate returns the CA certificate (the trust anchor of every certificate issued).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCrl(self, request, context):
+        """GetCrl returns the current CRL, signed through the HSM.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCertificateStatus(self, request, context):
+        """GetCertificateStatus answers good, revoked or unknown for a serial number.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_GatewayServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'RequestPersonalCertificate': grpc.unary_unary_rpc_method_handler(
+                    servicer.RequestPersonalCertificate,
+                    request_deserializer=mobilesign_dot_v1_dot_gateway__pb2.RequestPersonalCertificateRequest.FromString,
+                    response_serializer=mobilesign_dot_v1_dot_gateway__pb2.RequestPersonalCertificateResponse.SerializeToString,
+            ),
+            'GetPersonalCertificate': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPersonalCertificate,
+                    request_deserializer=mobilesign_dot_v1_dot_gateway__pb2.GetPersonalCertificateRequest.FromString,
+                    response_serializer=mobilesign_dot_v1_dot_gateway__pb2.GetPersonalCertificateResponse.SerializeToString,
+            ),
+            'GetCaCertificate': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCaCertificate,
+                    request_deserializer=mobilesign_dot_v1_dot_gateway__pb2.GetCaCertificateRequest.FromString,
+                    response_serializer=mobilesign_dot_v1_dot_gateway__pb2.GetCaCertificateResponse.SerializeToString,
+            ),
+            'GetCrl': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCrl,
+                    request_deserializer=mobilesign_dot_v1_dot_gateway__pb2.GetCrlRequest.FromString,
+                    response_serializer=mobilesign_dot_v1_dot_gateway__pb2.GetCrlResponse.SerializeToString,
+            ),
+            'GetCertificateStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCertificateStatus,
+                    request_deserializer=mobilesign_dot_v1_dot_gateway__pb2.GetCertificateStatusRequest.FromString,
+                    response_serializer=mobilesign_dot_v1_dot_gateway__pb2.GetCertificateStatusResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'mobilesign.v1.GatewayService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('mobilesign.v1.GatewayService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class GatewayService:
+    """GatewayService is the gateway's public interface for phones and relying parties (public
+    listener, server-authenticated TLS).
+    """
+
+    @staticmethod
+    def RequestPersonalCertificate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mobilesign.v1.GatewayService/RequestPersonalCertificate',
+            mobilesign_dot_v1_dot_gateway__pb2.RequestPersonalCertificateRequest.SerializeToString,
+            mobilesign_dot_v1_dot_gateway__pb2.RequestPersonalCertificateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPersonalCertificate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mobilesign.v1.GatewayService/GetPersonalCertificate',
+            mobilesign_dot_v1_dot_gateway__pb2.GetPersonalCertificateRequest.SerializeToString,
+            mobilesign_dot_v1_dot_gateway__pb2.GetPersonalCertificateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCaCertificate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mobilesign.v1.GatewayService/GetCaCertificate',
+            mobilesign_dot_v1_dot_gateway__pb2.GetCaCertificateRequest.SerializeToString,
+            mobilesign_dot_v1_dot_gateway__pb2.GetCaCertificateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCrl(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mobilesign.v1.GatewayService/GetCrl',
+            mobilesign_dot_v1_dot_gateway__pb2.GetCrlRequest.SerializeToString,
+            mobilesign_dot_v1_dot_gateway__pb2.GetCrlResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCertificateStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mobilesign.v1.GatewayService/GetCertificateStatus',
+            mobilesign_dot_v1_dot_gateway__pb2.GetCertificateStatusRequest.SerializeToString,
+            mobilesign_dot_v1_dot_gateway__pb2.GetCertificateStatusResponse.FromString,
             options,
             channel_credentials,
             insecure,

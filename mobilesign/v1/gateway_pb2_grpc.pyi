@@ -45,6 +45,20 @@ class AdminServiceStub:
     """
     GetTicketKey: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.GetTicketKeyRequest, _gateway_pb2.GetTicketKeyResponse]
     """GetTicketKey returns the public key that verifies enrolment tickets."""
+    CreateOrganisation: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.CreateOrganisationRequest, _gateway_pb2.CreateOrganisationResponse]
+    """CreateOrganisation registers an organisation. Organisation ids are unique."""
+    CreateOrganisationKey: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.CreateOrganisationKeyRequest, _gateway_pb2.CreateOrganisationKeyResponse]
+    """CreateOrganisationKey generates an organisation key in the HSM, has the HSM sign a PKCS#10
+    request for it, and issues its organisation certificate (flow S1).
+    """
+    ListOrganisationKeys: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ListOrganisationKeysRequest, _gateway_pb2.ListOrganisationKeysResponse]
+    """ListOrganisationKeys lists an organisation's keys with their certificates."""
+    RevokeCertificate: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.RevokeCertificateRequest, _gateway_pb2.RevokeCertificateResponse]
+    """RevokeCertificate revokes a personal or organisation certificate and reissues the CRL."""
+    GetKeyStatus: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.GetKeyStatusRequest, _gateway_pb2.GetKeyStatusResponse]
+    """GetKeyStatus says whether a user key's personal certificate is revoked (internal: the
+    cosigner asks before every signing session).
+    """
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -63,6 +77,20 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """
     GetTicketKey: _aio.UnaryUnaryMultiCallable[_gateway_pb2.GetTicketKeyRequest, _gateway_pb2.GetTicketKeyResponse]  # type: ignore[assignment]
     """GetTicketKey returns the public key that verifies enrolment tickets."""
+    CreateOrganisation: _aio.UnaryUnaryMultiCallable[_gateway_pb2.CreateOrganisationRequest, _gateway_pb2.CreateOrganisationResponse]  # type: ignore[assignment]
+    """CreateOrganisation registers an organisation. Organisation ids are unique."""
+    CreateOrganisationKey: _aio.UnaryUnaryMultiCallable[_gateway_pb2.CreateOrganisationKeyRequest, _gateway_pb2.CreateOrganisationKeyResponse]  # type: ignore[assignment]
+    """CreateOrganisationKey generates an organisation key in the HSM, has the HSM sign a PKCS#10
+    request for it, and issues its organisation certificate (flow S1).
+    """
+    ListOrganisationKeys: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ListOrganisationKeysRequest, _gateway_pb2.ListOrganisationKeysResponse]  # type: ignore[assignment]
+    """ListOrganisationKeys lists an organisation's keys with their certificates."""
+    RevokeCertificate: _aio.UnaryUnaryMultiCallable[_gateway_pb2.RevokeCertificateRequest, _gateway_pb2.RevokeCertificateResponse]  # type: ignore[assignment]
+    """RevokeCertificate revokes a personal or organisation certificate and reissues the CRL."""
+    GetKeyStatus: _aio.UnaryUnaryMultiCallable[_gateway_pb2.GetKeyStatusRequest, _gateway_pb2.GetKeyStatusResponse]  # type: ignore[assignment]
+    """GetKeyStatus says whether a user key's personal certificate is revoked (internal: the
+    cosigner asks before every signing session).
+    """
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """AdminService is the gateway's administrator interface (internal listener, mutual TLS, callers
@@ -103,4 +131,139 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_gateway_pb2.GetTicketKeyResponse, _abc.Awaitable[_gateway_pb2.GetTicketKeyResponse]]:
         """GetTicketKey returns the public key that verifies enrolment tickets."""
 
+    @_abc_1.abstractmethod
+    def CreateOrganisation(
+        self,
+        request: _gateway_pb2.CreateOrganisationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.CreateOrganisationResponse, _abc.Awaitable[_gateway_pb2.CreateOrganisationResponse]]:
+        """CreateOrganisation registers an organisation. Organisation ids are unique."""
+
+    @_abc_1.abstractmethod
+    def CreateOrganisationKey(
+        self,
+        request: _gateway_pb2.CreateOrganisationKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.CreateOrganisationKeyResponse, _abc.Awaitable[_gateway_pb2.CreateOrganisationKeyResponse]]:
+        """CreateOrganisationKey generates an organisation key in the HSM, has the HSM sign a PKCS#10
+        request for it, and issues its organisation certificate (flow S1).
+        """
+
+    @_abc_1.abstractmethod
+    def ListOrganisationKeys(
+        self,
+        request: _gateway_pb2.ListOrganisationKeysRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.ListOrganisationKeysResponse, _abc.Awaitable[_gateway_pb2.ListOrganisationKeysResponse]]:
+        """ListOrganisationKeys lists an organisation's keys with their certificates."""
+
+    @_abc_1.abstractmethod
+    def RevokeCertificate(
+        self,
+        request: _gateway_pb2.RevokeCertificateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.RevokeCertificateResponse, _abc.Awaitable[_gateway_pb2.RevokeCertificateResponse]]:
+        """RevokeCertificate revokes a personal or organisation certificate and reissues the CRL."""
+
+    @_abc_1.abstractmethod
+    def GetKeyStatus(
+        self,
+        request: _gateway_pb2.GetKeyStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.GetKeyStatusResponse, _abc.Awaitable[_gateway_pb2.GetKeyStatusResponse]]:
+        """GetKeyStatus says whether a user key's personal certificate is revoked (internal: the
+        cosigner asks before every signing session).
+        """
+
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
+
+class GatewayServiceStub:
+    """GatewayService is the gateway's public interface for phones and relying parties (public
+    listener, server-authenticated TLS).
+    """
+
+    @_typing.overload
+    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
+    @_typing.overload
+    def __new__(cls, channel: _aio.Channel) -> GatewayServiceAsyncStub: ...
+    RequestPersonalCertificate: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.RequestPersonalCertificateRequest, _gateway_pb2.RequestPersonalCertificateResponse]
+    """RequestPersonalCertificate submits the PKCS#10 request for an enrolled joint key, signed
+    jointly by phone and cosigner (the proof of possession), with the enrolment ticket.
+    """
+    GetPersonalCertificate: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.GetPersonalCertificateRequest, _gateway_pb2.GetPersonalCertificateResponse]
+    """GetPersonalCertificate returns the current personal certificate of a user key."""
+    GetCaCertificate: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.GetCaCertificateRequest, _gateway_pb2.GetCaCertificateResponse]
+    """GetCaCertificate returns the CA certificate (the trust anchor of every certificate issued)."""
+    GetCrl: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.GetCrlRequest, _gateway_pb2.GetCrlResponse]
+    """GetCrl returns the current CRL, signed through the HSM."""
+    GetCertificateStatus: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.GetCertificateStatusRequest, _gateway_pb2.GetCertificateStatusResponse]
+    """GetCertificateStatus answers good, revoked or unknown for a serial number."""
+
+@_typing.type_check_only
+class GatewayServiceAsyncStub(GatewayServiceStub):
+    """GatewayService is the gateway's public interface for phones and relying parties (public
+    listener, server-authenticated TLS).
+    """
+
+    def __init__(self, channel: _aio.Channel) -> None: ...
+    RequestPersonalCertificate: _aio.UnaryUnaryMultiCallable[_gateway_pb2.RequestPersonalCertificateRequest, _gateway_pb2.RequestPersonalCertificateResponse]  # type: ignore[assignment]
+    """RequestPersonalCertificate submits the PKCS#10 request for an enrolled joint key, signed
+    jointly by phone and cosigner (the proof of possession), with the enrolment ticket.
+    """
+    GetPersonalCertificate: _aio.UnaryUnaryMultiCallable[_gateway_pb2.GetPersonalCertificateRequest, _gateway_pb2.GetPersonalCertificateResponse]  # type: ignore[assignment]
+    """GetPersonalCertificate returns the current personal certificate of a user key."""
+    GetCaCertificate: _aio.UnaryUnaryMultiCallable[_gateway_pb2.GetCaCertificateRequest, _gateway_pb2.GetCaCertificateResponse]  # type: ignore[assignment]
+    """GetCaCertificate returns the CA certificate (the trust anchor of every certificate issued)."""
+    GetCrl: _aio.UnaryUnaryMultiCallable[_gateway_pb2.GetCrlRequest, _gateway_pb2.GetCrlResponse]  # type: ignore[assignment]
+    """GetCrl returns the current CRL, signed through the HSM."""
+    GetCertificateStatus: _aio.UnaryUnaryMultiCallable[_gateway_pb2.GetCertificateStatusRequest, _gateway_pb2.GetCertificateStatusResponse]  # type: ignore[assignment]
+    """GetCertificateStatus answers good, revoked or unknown for a serial number."""
+
+class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
+    """GatewayService is the gateway's public interface for phones and relying parties (public
+    listener, server-authenticated TLS).
+    """
+
+    @_abc_1.abstractmethod
+    def RequestPersonalCertificate(
+        self,
+        request: _gateway_pb2.RequestPersonalCertificateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.RequestPersonalCertificateResponse, _abc.Awaitable[_gateway_pb2.RequestPersonalCertificateResponse]]:
+        """RequestPersonalCertificate submits the PKCS#10 request for an enrolled joint key, signed
+        jointly by phone and cosigner (the proof of possession), with the enrolment ticket.
+        """
+
+    @_abc_1.abstractmethod
+    def GetPersonalCertificate(
+        self,
+        request: _gateway_pb2.GetPersonalCertificateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.GetPersonalCertificateResponse, _abc.Awaitable[_gateway_pb2.GetPersonalCertificateResponse]]:
+        """GetPersonalCertificate returns the current personal certificate of a user key."""
+
+    @_abc_1.abstractmethod
+    def GetCaCertificate(
+        self,
+        request: _gateway_pb2.GetCaCertificateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.GetCaCertificateResponse, _abc.Awaitable[_gateway_pb2.GetCaCertificateResponse]]:
+        """GetCaCertificate returns the CA certificate (the trust anchor of every certificate issued)."""
+
+    @_abc_1.abstractmethod
+    def GetCrl(
+        self,
+        request: _gateway_pb2.GetCrlRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.GetCrlResponse, _abc.Awaitable[_gateway_pb2.GetCrlResponse]]:
+        """GetCrl returns the current CRL, signed through the HSM."""
+
+    @_abc_1.abstractmethod
+    def GetCertificateStatus(
+        self,
+        request: _gateway_pb2.GetCertificateStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.GetCertificateStatusResponse, _abc.Awaitable[_gateway_pb2.GetCertificateStatusResponse]]:
+        """GetCertificateStatus answers good, revoked or unknown for a serial number."""
+
+def add_GatewayServiceServicer_to_server(servicer: GatewayServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,139 @@
+"""The personal certificate: requested with a jointly signed CSR, checked before it is trusted."""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass
+
+import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.x509.oid import NameOID
+from cryptography.x509.verification import (
+    ExtensionPolicy,
+    PolicyBuilder,
+    Store,
+    VerificationError,
+)
+
+import pkix
+from client.errors import ClientError
+from client.keystore import Keystore
+from client.sdk import SigningSession
+from mobilesign.v1 import gateway_pb2, gateway_pb2_grpc
+
+
+@dataclass(frozen=True)
+class Certificates:
+    """A verified personal certificate and the CA certificate it chains to (DER)."""
+
+    certificate: bytes
+    ca_certificate: bytes
+
+
+class _JointSigner:
+    """Signs a CSR with the two-party key: the signature is the proof of possession."""
+
+    def __init__(self, session: SigningSession) -> None:
+        self._session = session
+
+    @property
+    def algorithm(self) -> pkix.SignatureAlgorithm:
+        return pkix.SignatureAlgorithm.ED25519
+
+    async def sign(self, data: bytes) -> bytes:
+        return await self._session.sign(data)
+
+
+def joint_public_key_spki(keystore: Keystore) -> bytes:
+    """The joint key as DER SubjectPublicKeyInfo (RFC 8410)."""
+    return ed25519.Ed25519PublicKey.from_public_bytes(keystore.group_public_key).public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+
+
+async def build_personal_csr(session: SigningSession, keystore: Keystore) -> bytes:
+    """PKCS#10 for the joint key, subject CN=<user id>, co-signed with the cosigner."""
+    return await pkix.build_csr(
+        signer=_JointSigner(session),
+        subject=pkix.name({"common_name": keystore.user_id}),
+        subject_public_key_info=joint_public_key_spki(keystore),
+    )
+
+
+def verify_personal_certificate(
+    keystore: Keystore,
+    certificate: bytes,
+    ca_certificate: bytes,
+    trust_anchor: bytes | None = None,
+    now: datetime.datetime | None = None,
+) -> x509.Certificate:
+    """Check a personal certificate before trusting it: it chains to the CA (which must equal
+    ``trust_anchor`` when one is pinned), is valid now, certifies the joint key of
+    ``keystore`` for ``CN=<user id>``, and allows digitalSignature and nonRepudiation."""
+    if trust_anchor is not None and trust_anchor != ca_certificate:
+        raise ClientError("UNTRUSTED_CA", "the CA certificate is not the pinned one")
+    try:
+        ca = x509.load_der_x509_certificate(ca_certificate)
+        leaf = x509.load_der_x509_certificate(certificate)
+    except ValueError:
+        raise ClientError("CERTIFICATE_MALFORMED", "a certificate is not DER X.509") from None
+    verifier = (
+        PolicyBuilder()
+        .store(Store([ca]))
+        .time(now or datetime.datetime.now(datetime.UTC))
+        .extension_policies(
+            ca_policy=ExtensionPolicy.webpki_defaults_ca(),
+            ee_policy=ExtensionPolicy.permit_all(),
+        )
+        .build_client_verifier()
+    )
+    try:
+        verifier.verify(leaf, [])
+    except VerificationError as exc:
+        raise ClientError("CHAIN_INVALID", f"the certificate does not chain: {exc}") from None
+    spki = leaf.public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    if spki != joint_public_key_spki(keystore):
+        raise ClientError("KEY_MISMATCH", "the certificate is for another key")
+    names = leaf.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if [n.value for n in names] != [keystore.user_id]:
+        raise ClientError("SUBJECT_MISMATCH", "the certificate names another user")
+    usage = leaf.extensions.get_extension_for_class(x509.KeyUsage).value
+    if not (usage.digital_signature and usage.content_commitment):
+        raise ClientError("KEY_USAGE_INVALID", "the certificate does not allow signing")
+    return leaf
+
+
+async def request_personal_certificate(
+    gateway: grpc.aio.Channel, session: SigningSession, keystore: Keystore, ticket: bytes
+) -> tuple[Certificates, bytes]:
+    """Build and co-sign the CSR, submit it with the enrolment ticket, verify the answer.
+
+    Returns the verified certificates and the CSR that was submitted.
+    """
+    csr = await build_personal_csr(session, keystore)
+    try:
+        reply = await gateway_pb2_grpc.GatewayServiceStub(gateway).RequestPersonalCertificate(
+            gateway_pb2.RequestPersonalCertificateRequest(ticket=ticket, csr=csr), timeout=30
+        )
+    except grpc.aio.AioRpcError as exc:
+        raise ClientError.from_rpc(exc) from None
+    verify_personal_certificate(keystore, reply.certificate, reply.ca_certificate)
+    return Certificates(reply.certificate, reply.ca_certificate), csr
+
+
+async def fetch_personal_certificate(
+    gateway: grpc.aio.Channel, keystore: Keystore, trust_anchor: bytes | None = None
+) -> Certificates:
+    """Fetch the key's current certificate and the CA certificate; verify before returning."""
+    try:
+        reply = await gateway_pb2_grpc.GatewayServiceStub(gateway).GetPersonalCertificate(
+            gateway_pb2.GetPersonalCertificateRequest(key_id=keystore.key_id), timeout=30
+        )
+    except grpc.aio.AioRpcError as exc:
+        raise ClientError.from_rpc(exc) from None
+    verify_personal_certificate(keystore, reply.certificate, reply.ca_certificate, trust_anchor)
+    return Certificates(reply.certificate, reply.ca_certificate)

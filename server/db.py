@@ -1,0 +1,45 @@
+"""The gateway's database: one SQLite file, one schema history, several repositories."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import aiosqlite
+
+from storage.sqlite import open_database
+
+MIGRATIONS = (
+    """
+    CREATE TABLE users (
+        user_id TEXT PRIMARY KEY,
+        display_name TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE tickets (
+        ticket_id TEXT PRIMARY KEY,
+        user_id TEXT NOT NULL REFERENCES users(user_id),
+        issued_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL
+    )
+    """,
+    """
+    ALTER TABLE tickets ADD COLUMN certificate_serial TEXT;
+    CREATE TABLE organisations (
+        organisation_id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE organisation_keys (
+        key_id TEXT PRIMARY KEY,
+        organisation_id TEXT NOT NULL REFERENCES organisations(organisation_id),
+        label TEXT NOT NULL UNIQUE,
+        algorithm INTEGER NOT NULL,
+        created_at INTEGER NOT NULL
+    )
+    """,
+)
+
+
+async def open_gateway_db(path: Path) -> aiosqlite.Connection:
+    """Open (creating or upgrading) the gateway database."""
+    return await open_database(path, MIGRATIONS)
