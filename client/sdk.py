@@ -26,6 +26,13 @@ SCHEME = twoparty.Scheme.FROST_ED25519_SHA512
 _STEP_TIMEOUT = 30.0
 
 
+def _pin_verifier(pin: str, device_spki: bytes) -> bytes:
+    try:
+        return deviceauth.pin_verifier(pin, device_spki)
+    except ValueError as exc:
+        raise ClientError("PIN_INVALID", str(exc)) from None
+
+
 async def _read(call: Any, expected: str) -> Any:
     """The next response, which must be the ``expected`` step."""
     try:
@@ -86,7 +93,7 @@ async def enroll(
                     scheme=wire.scheme_to_proto(SCHEME),
                     ticket=ticket,
                     device_public_key=device_spki,
-                    pin_verifier=deviceauth.pin_verifier(pin, device_spki),
+                    pin_verifier=_pin_verifier(pin, device_spki),
                     commitment=wire.commitment_to_proto(machine.start()),
                 )
             ),
@@ -175,7 +182,7 @@ class SigningSession:
             raise ClientError("MALFORMED_CHALLENGE", "the challenge is not 32 bytes")
         transcript = deviceauth.session_transcript(bytes.fromhex(keystore.key_id), challenge)
         device_spki = deviceauth.device_key_spki(keystore.device_key)
-        verifier = deviceauth.pin_verifier(self._pin, device_spki)
+        verifier = _pin_verifier(self._pin, device_spki)
         await _write(
             self._call,
             pb.SignRequest(
@@ -199,14 +206,16 @@ class SigningSession:
             await _write(self._call, pb.SignRequest(commit=wire.sign_commit_to_proto(request)))
             share = await _read(self._call, "share")
             report = signer.receive_response(wire.sign_share_from_proto(share))
+            # The report needs no answer: the next commit follows it on the same stream.
+            await _write(
+                self._call, pb.SignRequest(report=pb.SignReport(signature=report.signature))
+            )
         except twoparty.ProtocolError as exc:
             self.abort()
             raise ClientError(exc.reason.value, str(exc)) from None
         except ClientError:
             self.abort()
             raise
-        # The report needs no answer: the next commit follows it on the same stream.
-        await _write(self._call, pb.SignRequest(report=pb.SignReport(signature=report.signature)))
         self.signed += 1
         return report.signature
 

@@ -22,9 +22,9 @@ class Cosigner:
 
 def key_package_aad(key_id: str) -> bytes:
     """Associated data binding a sealed key package to its key."""
-    return b"mobilesign/v1 key-package\x00" + key_id.encode()
+    return b"mobilesign/v1 sealed-key-package\x00" + key_id.encode()
 
 
 def pin_verifier_aad(key_id: str) -> bytes:
     """Associated data binding a sealed PIN verifier to its key."""
-    return b"mobilesign/v1 pin-verifier\x00" + key_id.encode()
+    return b"mobilesign/v1 sealed-pin-verifier\x00" + key_id.encode()

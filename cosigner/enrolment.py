@@ -16,7 +16,7 @@ import tickets
 import twoparty
 import wire
 from cosigner.context import Cosigner, key_package_aad, pin_verifier_aad
-from cosigner.store import StoredKey, TicketAlreadyUsed
+from cosigner.store import KeyExists, StoredKey, TicketAlreadyUsed
 from cosigner.stream import StepStream
 from grpc_host.errors import ServiceError
 from mobilesign.v1 import cosigner_pb2 as pb
@@ -113,5 +113,9 @@ async def enrol(
         await cosigner.store.add(stored)
     except TicketAlreadyUsed:
         raise _ticket_used() from None
+    except KeyExists:
+        raise ServiceError(
+            grpc.StatusCode.ALREADY_EXISTS, "KEY_EXISTS", "this key is enrolled already"
+        ) from None
     _log.info("key enrolled", extra={"fields": {"key_id": key_id, "user_id": claims.user_id}})
     await stream.write(pb.KeyGenResponse(done=pb.KeyGenDone(key_id=key_id, user_id=claims.user_id)))

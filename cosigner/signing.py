@@ -20,7 +20,7 @@ import deviceauth
 import twoparty
 import wire
 from cosigner.context import Cosigner, key_package_aad, pin_verifier_aad
-from cosigner.store import StoredKey
+from cosigner.store import CommitmentReplayed, StoredKey
 from cosigner.stream import StepStream
 from grpc_host.errors import ServiceError
 from mobilesign.v1 import cosigner_pb2 as pb
@@ -28,6 +28,14 @@ from mobilesign.v1 import cosigner_pb2 as pb
 _log = logging.getLogger("mobilesign.cosigner.sign")
 _KEY_ID = re.compile(r"^[0-9a-f]{64}$")
 MAX_MESSAGE_BYTES = 65_536
+
+
+def _replayed() -> ServiceError:
+    return ServiceError(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "REPLAYED_MESSAGE",
+        "this nonce commitment was used in an earlier signing",
+    )
 
 
 def _denied(reason: str, message: str) -> ServiceError:
@@ -73,7 +81,7 @@ async def _authenticate(
         if locked:
             raise _denied("KEY_LOCKED", "wrong PIN; the key is now locked")
         left = cosigner.max_pin_attempts - failures
-        raise _denied("WRONG_PIN", f"wrong PIN; {left} attempts left before the key locks")
+        raise _denied("WRONG_PIN", f"wrong PIN; attempts left before the key locks: {left}")
     await cosigner.store.reset_pin_failures(key.key_id)
     # A concurrent session may have locked the key while this proof was checked.
     current = await cosigner.store.get(key.key_id)
@@ -91,9 +99,9 @@ async def sign(cosigner: Cosigner, stream: StepStream[pb.SignRequest, pb.SignRes
         package = twoparty.KeyPackage.from_bytes(
             await cosigner.sealer.unseal(key.sealed_key_package, key_package_aad(key.key_id))
         )
+        signer = twoparty.CosignerSigner(package)
     except twoparty.ProtocolError as exc:
         raise wire.protocol_failure(exc) from None
-    signer = twoparty.CosignerSigner(package)
     await stream.write(pb.SignResponse(ready=pb.SignReady(user_id=key.user_id)))
     recorded = 0
     signing_id: int | None = None
@@ -119,16 +127,21 @@ async def sign(cosigner: Cosigner, stream: StepStream[pb.SignRequest, pb.SignRes
                         "MESSAGE_TOO_LARGE",
                         f"a message is at most {MAX_MESSAGE_BYTES} bytes",
                     )
+                if await cosigner.store.commitment_seen(commit.hiding_commitment):
+                    raise _replayed()
                 response = signer.receive_request(wire.sign_commit_from_proto(commit))
-                signing_id = await cosigner.store.begin_signing(
-                    key.key_id,
-                    hashlib.sha256(commit.message).digest(),
-                    commit.hiding_commitment
-                    + commit.binding_commitment
-                    + response.hiding_commitment
-                    + response.binding_commitment,
-                    int(time.time()),
-                )
+                try:
+                    signing_id = await cosigner.store.begin_signing(
+                        key.key_id,
+                        hashlib.sha256(commit.message).digest(),
+                        commit.hiding_commitment
+                        + commit.binding_commitment
+                        + response.hiding_commitment
+                        + response.binding_commitment,
+                        int(time.time()),
+                    )
+                except CommitmentReplayed:
+                    raise _replayed() from None
                 await stream.write(pb.SignResponse(share=wire.sign_share_to_proto(response)))
             else:
                 cosigned = signer.receive_report(

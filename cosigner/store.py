@@ -29,7 +29,11 @@ _MIGRATIONS = (
         signing_id INTEGER PRIMARY KEY AUTOINCREMENT,
         key_id TEXT NOT NULL REFERENCES keys(key_id),
         message_sha256 BLOB NOT NULL,
-        group_commitment BLOB NOT NULL,
+        -- The phone's hiding commitment: unique, so a replayed request is refused even in a
+        -- later session.
+        phone_commitment BLOB NOT NULL UNIQUE,
+        -- D1 || E1 || D2 || E2: both parties' nonce commitments (32-byte points).
+        commitments BLOB NOT NULL,
         signature BLOB,
         created_at INTEGER NOT NULL,
         completed_at INTEGER
@@ -41,6 +45,14 @@ _MIGRATIONS = (
 
 class TicketAlreadyUsed(Exception):
     """A key was already enrolled with this ticket."""
+
+
+class KeyExists(Exception):
+    """A key with this id is enrolled already."""
+
+
+class CommitmentReplayed(Exception):
+    """The phone's nonce commitment was seen in an earlier signing."""
 
 
 @dataclass(frozen=True)
@@ -66,7 +78,7 @@ class Signing:
     signing_id: int
     key_id: str
     message_sha256: bytes
-    group_commitment: bytes
+    commitments: bytes
     signature: bytes | None
     created_at: int
 
@@ -104,8 +116,10 @@ class KeyStore:
                     key.created_at,
                 ),
             )
-        except sqlite3.IntegrityError:
-            raise TicketAlreadyUsed from None
+        except sqlite3.IntegrityError as exc:
+            if "ticket_id" in str(exc):
+                raise TicketAlreadyUsed from None
+            raise KeyExists from None
 
     async def ticket_used(self, ticket_id: str) -> bool:
         """True when a key was enrolled with ``ticket_id``."""
@@ -162,16 +176,29 @@ class KeyStore:
         ) as cursor:
             return await cursor.fetchone() is not None
 
-    async def begin_signing(
-        self, key_id: str, message_sha256: bytes, group_commitment: bytes, now: int
-    ) -> int:
-        """Record a signing before the cosigner releases its share; returns its id."""
+    async def commitment_seen(self, phone_commitment: bytes) -> bool:
+        """True when a signing already used this phone nonce commitment."""
         async with self._db.execute(
-            "INSERT INTO signings (key_id, message_sha256, group_commitment, created_at)"
-            " VALUES (?, ?, ?, ?) RETURNING signing_id",
-            (key_id, message_sha256, group_commitment, now),
+            "SELECT 1 FROM signings WHERE phone_commitment = ?", (phone_commitment,)
         ) as cursor:
-            row = await cursor.fetchone()
+            return await cursor.fetchone() is not None
+
+    async def begin_signing(
+        self, key_id: str, message_sha256: bytes, commitments: bytes, now: int
+    ) -> int:
+        """Record a signing before the cosigner releases its share; returns its id.
+
+        ``commitments`` is D1 || E1 || D2 || E2; :class:`CommitmentReplayed` if D1 was used.
+        """
+        try:
+            async with self._db.execute(
+                "INSERT INTO signings (key_id, message_sha256, phone_commitment, commitments,"
+                " created_at) VALUES (?, ?, ?, ?, ?) RETURNING signing_id",
+                (key_id, message_sha256, commitments[:32], commitments, now),
+            ) as cursor:
+                row = await cursor.fetchone()
+        except sqlite3.IntegrityError:
+            raise CommitmentReplayed from None
         assert row is not None
         return int(row[0])
 
@@ -185,7 +212,7 @@ class KeyStore:
     async def signings(self, key_id: str) -> list[Signing]:
         """Every signing recorded for a key, oldest first."""
         async with self._db.execute(
-            "SELECT signing_id, key_id, message_sha256, group_commitment, signature, created_at"
+            "SELECT signing_id, key_id, message_sha256, commitments, signature, created_at"
             " FROM signings WHERE key_id = ? ORDER BY signing_id",
             (key_id,),
         ) as cursor:
@@ -195,7 +222,7 @@ class KeyStore:
                 r["signing_id"],
                 r["key_id"],
                 bytes(r["message_sha256"]),
-                bytes(r["group_commitment"]),
+                bytes(r["commitments"]),
                 bytes(r["signature"]) if r["signature"] is not None else None,
                 r["created_at"],
             )

@@ -10,6 +10,7 @@ import grpc
 from google.protobuf.message import Message
 
 from grpc_host.errors import ServiceError
+from grpc_host.interceptor import Malformed, malformed_request
 
 Req = TypeVar("Req", bound=Message)
 Resp = TypeVar("Resp", bound=Message)
@@ -38,13 +39,15 @@ class StepStream(Generic[Req, Resp]):
                 "STREAM_ENDED",
                 f"the stream ended where a {' or '.join(expected)} step was expected",
             )
+        if isinstance(message, Malformed):
+            raise malformed_request()
         assert isinstance(message, Message)
         step = message.WhichOneof("step")
         if step not in expected:
             raise ServiceError(
                 grpc.StatusCode.FAILED_PRECONDITION,
                 "UNEXPECTED_STEP",
-                f"expected a {' or '.join(expected)} step, got {step or 'no step'}",
+                f"expected step {' or '.join(expected)}, got {step or 'no step'}",
             )
         return step, message  # type: ignore[return-value]
 

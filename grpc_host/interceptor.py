@@ -24,6 +24,32 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 Behavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
 
 
+class Malformed:
+    """Stands for a request message that did not parse (stream readers check for it)."""
+
+
+def malformed_request() -> errors.ServiceError:
+    """The error for a request that is not a valid protobuf message of the expected type."""
+    return errors.ServiceError(
+        grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_REQUEST", "the request message does not parse"
+    )
+
+
+def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+    # grpc answers a deserializer exception with INTERNAL; a bad message is the caller's fault,
+    # so the failure is handed to the handler, which answers INVALID_ARGUMENT.
+    if deserializer is None:
+        return None
+
+    def parse(data: bytes) -> Any:
+        try:
+            return deserializer(data)
+        except Exception:
+            return Malformed()
+
+    return parse
+
+
 def _request_id(context: grpc.aio.ServicerContext[Any, Any]) -> str:
     for key, value in context.invocation_metadata() or ():
         if key == "x-request-id" and isinstance(value, str) and _REQUEST_ID.match(value):
@@ -50,21 +76,24 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         policy = self._policies.get(service)
         if handler is None or policy is None:
             return handler
+        deserializer = _tolerant(handler.request_deserializer)
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                self._wrap(method, policy, cast(Behavior, handler.unary_unary)),
-                request_deserializer=handler.request_deserializer,
+                self._wrap(method, policy, cast(Behavior, handler.unary_unary), unary=True),
+                request_deserializer=deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_stream is not None:
             return grpc.stream_stream_rpc_method_handler(
-                self._wrap(method, policy, cast(Behavior, handler.stream_stream)),
-                request_deserializer=handler.request_deserializer,
+                self._wrap(method, policy, cast(Behavior, handler.stream_stream), unary=False),
+                request_deserializer=deserializer,
                 response_serializer=handler.response_serializer,
             )
         raise TypeError(f"{full}: only unary and bidirectional-streaming RPCs are served")
 
-    def _wrap(self, method: str, policy: access.AccessPolicy, behavior: Behavior) -> Behavior:
+    def _wrap(
+        self, method: str, policy: access.AccessPolicy, behavior: Behavior, *, unary: bool
+    ) -> Behavior:
         if inspect.isasyncgenfunction(behavior):
             raise TypeError(f"{method}: streaming handlers must use context.read()/write()")
 
@@ -87,6 +116,8 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
                         f"{identity or 'a caller without a client certificate'} may not call "
                         f"{method}",
                     )
+                if unary and isinstance(request, Malformed):
+                    raise malformed_request()
                 return await behavior(request, context)
             except errors.ServiceError as exc:
                 outcome, reason = exc.code.name, exc.reason
