@@ -12,16 +12,35 @@ from client.certificates import (
     verify_personal_certificate,
 )
 from client.errors import ClientError
+from client.gateway import GatewaySession, Use
 from client.keystore import Keystore
 from client.sdk import SigningSession, enroll
+from client.verifier import (
+    TrustAnchors,
+    VerificationFailed,
+    VerifiedReceipt,
+    receipt_from_json,
+    receipt_to_json,
+    verify_consistency,
+    verify_receipt,
+)
 
 __all__ = [
     "Certificates",
     "ClientError",
+    "GatewaySession",
     "Keystore",
     "SigningSession",
+    "TrustAnchors",
+    "Use",
+    "VerificationFailed",
+    "VerifiedReceipt",
     "enroll",
     "fetch_personal_certificate",
+    "receipt_from_json",
+    "receipt_to_json",
     "request_personal_certificate",
+    "verify_consistency",
     "verify_personal_certificate",
+    "verify_receipt",
 ]

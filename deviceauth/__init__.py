@@ -31,6 +31,7 @@ _ENROL = b"mobilesign/v1 enrol\x00"
 _SESSION = b"mobilesign/v1 session\x00"
 _PIN_PROOF = b"mobilesign/v1 pin-proof\x00"
 _PIN_SALT = b"mobilesign/v1 pin-verifier\x00"
+_GATEWAY_SESSION = b"mobilesign/v1 gateway-session\x00"
 
 
 class DeviceKeyError(ValueError):
@@ -80,6 +81,11 @@ def enrol_transcript(ticket: bytes, group_public_key: bytes, device_spki: bytes)
 def session_transcript(key_id: bytes, challenge: bytes) -> bytes:
     """What the device key signs, and the PIN proof covers, when a signing session opens."""
     return _SESSION + key_id + challenge
+
+
+def gateway_session_transcript(key_id: bytes, challenge: bytes) -> bytes:
+    """What the device key signs to open a session with the gateway."""
+    return _GATEWAY_SESSION + key_id + challenge
 
 
 def sign(device_key: ec.EllipticCurvePrivateKey, transcript: bytes) -> bytes:

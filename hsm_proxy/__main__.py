@@ -8,7 +8,9 @@ from pathlib import Path
 
 from grpc_host import config, devpki, logs, serve
 from hsm_proxy import config as hsm_config
-from hsm_proxy import servicer, token
+from hsm_proxy import keys, servicer, token
+from hsm_proxy.authorisation import AuthorisationChecker
+from hsm_proxy.replay import UsedRecords
 from mobilesign.v1 import hsm_pb2_grpc
 
 
@@ -26,14 +28,22 @@ async def _main(args: argparse.Namespace) -> None:
         cfg.module_path(), cfg.token_label, token.read_pin(pin_file), cfg.workers, cfg.queue_size
     )
 
+    used = await UsedRecords.open(hsm_dir / "authorisations.db")
+    checker = AuthorisationChecker(
+        lambda purpose: pool.run(lambda s: keys.list_keys(s, purpose)),
+        used,
+        cfg.authoriser_key_label,
+    )
+
     async def close_pool() -> None:
         await asyncio.to_thread(pool.close)
+        await used.close()
 
     await serve.serve(
         name="hsm-proxy",
         services={servicer.SERVICE: servicer.POLICY},
         register=lambda server: hsm_pb2_grpc.add_HsmServiceServicer_to_server(
-            servicer.HsmServicer(pool), server
+            servicer.HsmServicer(pool, checker), server
         ),
         listeners=[serve.Listener("internal", cfg.listen, mutual=True)],
         credential=devpki.credential(state, "hsm-proxy"),

@@ -29,6 +29,8 @@ class HsmProxyConfig:
     user_pin_file: str = ""
     #: Initialise a SoftHSM2 token under ``<state>/hsm`` when none has the label.
     init_softhsm_token: bool = True
+    #: Label of the gateway's service key whose signature authorises organisation-key use.
+    authoriser_key_label: str = "gateway-authorisation"
     workers: int = 4
     queue_size: int = 256
     max_message_bytes: int = 64 * 1024

@@ -247,9 +247,8 @@ def sign_digest(
     )
 
 
-def decrypt_oaep(session: pkcs11.Session, key_id: bytes, ciphertext: bytes) -> bytes:
-    """Decrypt RSA-OAEP (SHA-256) with an organisation key."""
-    record = describe(session, key_id)
+def check_decryptable(record: KeyRecord, ciphertext: bytes) -> None:
+    """Refuse keys that do not decrypt and ciphertexts of the wrong size for the key."""
     if record.algorithm is Algorithm.EC_P256 or record.purpose is not Purpose.ORGANISATION:
         raise ServiceError(
             grpc.StatusCode.FAILED_PRECONDITION,
@@ -259,6 +258,13 @@ def decrypt_oaep(session: pkcs11.Session, key_id: bytes, ciphertext: bytes) -> b
     size = 256 if record.algorithm is Algorithm.RSA_2048 else 384
     if len(ciphertext) != size:
         raise _invalid("CIPHERTEXT_LENGTH", f"the ciphertext must be {size} bytes for this key")
+
+
+def decrypt_oaep(session: pkcs11.Session, key_id: bytes, ciphertext: bytes) -> bytes:
+    """Decrypt RSA-OAEP (SHA-256) with an organisation key."""
+    record = describe(session, key_id)
+    check_decryptable(record, ciphertext)
+    size = len(ciphertext)
     private = _find(session, key_id, ObjectClass.PRIVATE_KEY, DecryptMixin)
     failed = _invalid("DECRYPTION_FAILED", "the ciphertext does not decrypt")
     if _native_oaep_sha256:

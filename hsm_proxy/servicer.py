@@ -4,17 +4,22 @@ and maps PKCS#11 failures to status codes with stable reasons."""
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 import grpc
 import pkcs11
+from asn1crypto import x509
 from pkcs11 import exceptions as p11e
 
+import pkix
+import records
 from grpc_host import access
 from grpc_host.errors import ServiceError
 from hsm_proxy import keys
+from hsm_proxy.authorisation import AuthorisationChecker
 from hsm_proxy.token import PoolFull, SessionPool
 from mobilesign.v1 import hsm_pb2, hsm_pb2_grpc
 
@@ -31,6 +36,7 @@ POLICY = access.AccessPolicy(
         "ListKeys": frozenset({"gateway", "admin"}),
         "GetPublicKey": frozenset({"gateway", "admin"}),
         "SignDigest": frozenset({"gateway", "admin"}),
+        "CreateCertificateRequest": frozenset({"gateway", "admin"}),
         "Decrypt": frozenset({"gateway", "admin"}),
         "Seal": frozenset({"cosigner"}),
         "Unseal": frozenset({"cosigner"}),
@@ -53,6 +59,11 @@ _MECHANISMS = {
     hsm_pb2.SIGNATURE_MECHANISM_RSA_PSS_SHA256: keys.SignMechanism.RSA_PSS_SHA256,
 }
 _PURPOSE_VALUES = {v: k for k, v in _PURPOSES.items()}
+# The record operation an organisation-key signature mechanism must be authorised as.
+_RECORD_OPERATIONS = {
+    keys.SignMechanism.ECDSA_SHA256: records.Operation.SIGN_ECDSA_SHA256,
+    keys.SignMechanism.RSA_PSS_SHA256: records.Operation.SIGN_RSA_PSS_SHA256,
+}
 _ALGORITHM_VALUES = {v: k for k, v in _ALGORITHMS.items()}
 
 
@@ -81,11 +92,36 @@ def _caller() -> str:
     return identity
 
 
+class _TokenSigner:
+    """Signs the PKCS#10 request the proxy built, with the key it certifies."""
+
+    def __init__(self, servicer: HsmServicer, key_id: bytes, algorithm: keys.Algorithm) -> None:
+        self._servicer = servicer
+        self._key_id = key_id
+        if algorithm is keys.Algorithm.EC_P256:
+            self._algorithm = pkix.SignatureAlgorithm.ECDSA_SHA256
+            self._mechanism = keys.SignMechanism.ECDSA_SHA256
+        else:
+            self._algorithm = pkix.SignatureAlgorithm.RSA_PKCS1_SHA256
+            self._mechanism = keys.SignMechanism.RSA_PKCS1V15_SHA256
+
+    @property
+    def algorithm(self) -> pkix.SignatureAlgorithm:
+        return self._algorithm
+
+    async def sign(self, data: bytes) -> bytes:
+        digest = hashlib.sha256(data).digest()
+        return await self._servicer._run(
+            lambda s: keys.sign_digest(s, self._key_id, self._mechanism, digest)
+        )
+
+
 class HsmServicer(hsm_pb2_grpc.HsmServiceServicer):
     """Implements ``mobilesign.v1.HsmService`` over a :class:`SessionPool`."""
 
-    def __init__(self, pool: SessionPool) -> None:
+    def __init__(self, pool: SessionPool, checker: AuthorisationChecker) -> None:
         self._pool = pool
+        self._checker = checker
         # Serialises key generation so that the label check and the creation are atomic.
         self._generate_lock = asyncio.Lock()
 
@@ -168,10 +204,45 @@ class HsmServicer(hsm_pb2_grpc.HsmServiceServicer):
             raise ServiceError(
                 grpc.StatusCode.INVALID_ARGUMENT, "DIGEST_LENGTH", "a SHA-256 digest is 32 bytes"
             )
+        record = await self._run(lambda s: keys.describe(s, key_id))
+        if record.purpose is keys.Purpose.ORGANISATION:
+            operation = _RECORD_OPERATIONS.get(mechanism)
+            if operation is None:
+                raise ServiceError(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    "MECHANISM_NOT_ALLOWED",
+                    "organisation keys sign with ECDSA or RSA-PSS",
+                )
+            await self._checker.check(key_id, operation, request.digest, request.authorisation)
+        elif request.HasField("authorisation"):
+            raise ServiceError(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "AUTHORISATION_UNEXPECTED",
+                "only organisation keys take an authorisation",
+            )
         signature = await self._run(
             lambda s: keys.sign_digest(s, key_id, mechanism, request.digest)
         )
         return hsm_pb2.SignDigestResponse(signature=signature)
+
+    async def CreateCertificateRequest(
+        self, request: hsm_pb2.CreateCertificateRequestRequest, context: _Context
+    ) -> hsm_pb2.CreateCertificateRequestResponse:
+        key_id = keys.parse_key_id(request.key_id)
+        try:
+            subject = x509.Name.load(request.subject)
+            subject.native  # noqa: B018 (forces a full parse of the DER)
+        except (ValueError, TypeError):
+            raise ServiceError(
+                grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_SUBJECT", "the subject is not DER"
+            ) from None
+        record = await self._run(lambda s: keys.describe(s, key_id))
+        csr = await pkix.build_csr(
+            signer=_TokenSigner(self, key_id, record.algorithm),
+            subject=request.subject,
+            subject_public_key_info=record.spki,
+        )
+        return hsm_pb2.CreateCertificateRequestResponse(csr=csr)
 
     async def Decrypt(
         self, request: hsm_pb2.DecryptRequest, context: _Context
@@ -181,6 +252,14 @@ class HsmServicer(hsm_pb2_grpc.HsmServiceServicer):
             raise ServiceError(
                 grpc.StatusCode.INVALID_ARGUMENT, "MECHANISM_REQUIRED", "a mechanism is required"
             )
+        record = await self._run(lambda s: keys.describe(s, key_id))
+        keys.check_decryptable(record, request.ciphertext)
+        await self._checker.check(
+            key_id,
+            records.Operation.DECRYPT_RSA_OAEP_SHA256,
+            request.ciphertext,
+            request.authorisation,
+        )
         plaintext = await self._run(lambda s: keys.decrypt_oaep(s, key_id, request.ciphertext))
         return hsm_pb2.DecryptResponse(plaintext=plaintext)
 

@@ -23,16 +23,18 @@ import hashlib
 import os
 import shutil
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, utils
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 import client
 from launcher import Deployment
-from mobilesign.v1 import gateway_pb2, gateway_pb2_grpc, hsm_pb2, hsm_pb2_grpc
+from mobilesign.v1 import gateway_pb2, gateway_pb2_grpc
 
 _MARKER = ".mobilesign-demo-state"
 DEMO_PIN = "246810"
@@ -70,66 +72,55 @@ def _pem(kind: str, der: bytes) -> bytes:
     )
 
 
-async def organisation_certificate(deployment: Deployment, out: Path) -> None:
-    """S1: organisation key in the HSM, its CSR signed inside the HSM, the certificate, and a
-    document signature made with the key through the HSM proxy."""
-    _step("S1: organisation key in the HSM and its organisation certificate (gateway RA/CA)")
+async def organisation_certificate(
+    deployment: Deployment, out: Path
+) -> tuple[gateway_pb2.OrganisationKey, gateway_pb2.OrganisationKey]:
+    """S1: organisation keys in the HSM, their CSRs signed inside the HSM, their certificates."""
+    _step("S1: organisation keys in the HSM and their certificates (gateway RA/CA)")
     async with deployment.channel("gateway", "admin") as channel:
         admin = gateway_pb2_grpc.AdminServiceStub(channel)
         await admin.CreateOrganisation(
             gateway_pb2.CreateOrganisationRequest(organisation_id="acme", name="ACME Trading Ltd")
         )
-        created = await admin.CreateOrganisationKey(
-            gateway_pb2.CreateOrganisationKeyRequest(
-                organisation_id="acme",
-                label="acme-seal",
-                algorithm=gateway_pb2.ORGANISATION_KEY_ALGORITHM_EC_P256,
+        seal = (
+            await admin.CreateOrganisationKey(
+                gateway_pb2.CreateOrganisationKeyRequest(
+                    organisation_id="acme",
+                    label="acme-seal",
+                    algorithm=gateway_pb2.ORGANISATION_KEY_ALGORITHM_EC_P256,
+                )
             )
-        )
+        ).key
+        encryption = (
+            await admin.CreateOrganisationKey(
+                gateway_pb2.CreateOrganisationKeyRequest(
+                    organisation_id="acme",
+                    label="acme-encryption",
+                    algorithm=gateway_pb2.ORGANISATION_KEY_ALGORITHM_RSA_2048,
+                )
+            )
+        ).key
         ca_der = (
             await gateway_pb2_grpc.GatewayServiceStub(channel).GetCaCertificate(
                 gateway_pb2.GetCaCertificateRequest()
             )
         ).certificate
-    key = created.key
-    print(f"organisation key {key.key_id} generated in the token (non-extractable)")
-    print(f"organisation certificate serial {key.certificate_serial}")
-    (out / "ca.pem").write_bytes(_pem("CERTIFICATE", ca_der))
-    (out / "org.pem").write_bytes(_pem("CERTIFICATE", key.certificate))
-    _openssl("verify", "-CAfile", str(out / "ca.pem"), str(out / "org.pem"))
-
-    _step("The organisation key signs a document inside the HSM (HSM proxy, mutual TLS)")
-    document = b"Purchase order 2026-117: 40 units at EUR 125.00, delivery by 2026-12-15.\n"
-    digest = hashlib.sha256(document).digest()
-    async with deployment.channel("hsm-proxy", "admin") as channel:
-        signature = (
-            await hsm_pb2_grpc.HsmServiceStub(channel).SignDigest(
-                hsm_pb2.SignDigestRequest(
-                    key_id=key.key_id,
-                    mechanism=hsm_pb2.SIGNATURE_MECHANISM_ECDSA_SHA256,
-                    digest=digest,
-                )
-            )
-        ).signature
-    public = x509.load_der_x509_certificate(key.certificate).public_key()
-    assert isinstance(public, ec.EllipticCurvePublicKey)
-    public.verify(signature, digest, ec.ECDSA(utils.Prehashed(hashes.SHA256())))
-    (out / "document.txt").write_bytes(document)
-    (out / "document.sig").write_bytes(signature)
-    (out / "org-key.pub.pem").write_bytes(
-        public.public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    for key in (seal, encryption):
+        print(
+            f"organisation key {key.label} ({key.key_id}) in the token, non-extractable; "
+            f"certificate serial {key.certificate_serial}"
         )
-    )
+    (out / "ca.pem").write_bytes(_pem("CERTIFICATE", ca_der))
+    (out / "org.pem").write_bytes(_pem("CERTIFICATE", seal.certificate))
+    (out / "org-encryption.pem").write_bytes(_pem("CERTIFICATE", encryption.certificate))
     _openssl(
-        "dgst",
-        "-sha256",
-        "-verify",
-        str(out / "org-key.pub.pem"),
-        "-signature",
-        str(out / "document.sig"),
-        str(out / "document.txt"),
+        "verify",
+        "-CAfile",
+        str(out / "ca.pem"),
+        str(out / "org.pem"),
+        str(out / "org-encryption.pem"),
     )
+    return seal, encryption
 
 
 async def joint_signature(deployment: Deployment, out: Path) -> client.Keystore:
@@ -202,9 +193,184 @@ async def joint_signature(deployment: Deployment, out: Path) -> client.Keystore:
     return keystore
 
 
+async def escrowed_use(
+    deployment: Deployment,
+    out: Path,
+    keystore: client.Keystore,
+    seal: gateway_pb2.OrganisationKey,
+    encryption: gateway_pb2.OrganisationKey,
+) -> None:
+    """S3 to S5: grants, co-signed service records, HSM-checked use, receipts, the log."""
+    _step("S3/S4: the administrator grants alice the organisation keys")
+    now = int(time.time())
+    async with deployment.channel("gateway", "admin") as channel:
+        admin = gateway_pb2_grpc.AdminServiceStub(channel)
+        grants = {}
+        for key, operation in (
+            (seal, gateway_pb2.OPERATION_SIGN_DIGEST),
+            (encryption, gateway_pb2.OPERATION_DECRYPT),
+        ):
+            grant = (
+                await admin.CreateGrant(
+                    gateway_pb2.CreateGrantRequest(
+                        user_id="alice",
+                        key_id=key.key_id,
+                        operations=[operation],
+                        not_before_unix=now - 60,
+                        not_after_unix=now + 30 * 86_400,
+                        quota_total=100,
+                        quota_daily=10,
+                        purpose="purchasing",
+                    )
+                )
+            ).grant
+            grants[key.label] = grant.grant_id
+            print(f"grant {grant.grant_id}: alice may use {key.label}, 10 a day, 100 in all")
+    ca_der = x509.load_pem_x509_certificate((out / "ca.pem").read_bytes()).public_bytes(
+        serialization.Encoding.DER
+    )
+    async with (
+        deployment.public_channel("gateway") as gateway_channel,
+        deployment.public_channel("cosigner") as cosigner_channel,
+    ):
+        gateway = gateway_pb2_grpc.GatewayServiceStub(gateway_channel)
+        log_key = await gateway.GetLogPublicKey(gateway_pb2.GetLogPublicKeyRequest())
+        phone = client.GatewaySession(gateway_channel, keystore)
+        await phone.login()
+        print("alice's phone logged into the gateway with its device key")
+        trust = client.TrustAnchors(ca_der, log_key.public_key_spki, log_key.origin)
+        document = b"Purchase order 2026-117: 40 units at EUR 125.00, delivery by 2026-12-15.\n"
+        secret = b"Tender envelope 7: our bid is EUR 4,980,000.\n"
+        encryption_key = x509.load_der_x509_certificate(encryption.certificate).public_key()
+        assert isinstance(encryption_key, rsa.RSAPublicKey)
+        ciphertext = encryption_key.encrypt(
+            secret, padding.OAEP(padding.MGF1(hashes.SHA256()), hashes.SHA256(), None)
+        )
+        async with client.SigningSession(cosigner_channel, keystore, DEMO_PIN) as signing:
+            _step("Sign a business document with the organisation key, from alice's phone")
+            signed = await phone.use_key(
+                signing,
+                grant_id=grants["acme-seal"],
+                operation=gateway_pb2.OPERATION_SIGN_DIGEST,
+                data=hashlib.sha256(document).digest(),
+                purpose="purchase order 2026-117",
+                trust=trust,
+            )
+            print(
+                f"record {signed.record.record_id} co-signed by alice, logged as entry "
+                f"{signed.receipt.entry_index}, checked by the HSM proxy, then signed in the HSM"
+            )
+            _step("Decrypt a message encrypted to the RSA organisation certificate")
+            decrypted = await phone.use_key(
+                signing,
+                grant_id=grants["acme-encryption"],
+                operation=gateway_pb2.OPERATION_DECRYPT,
+                data=ciphertext,
+                purpose="open tender envelope 7",
+                trust=trust,
+            )
+        if decrypted.result != secret:
+            raise SystemExit("the decrypted message differs")
+        print(f"decrypted: {decrypted.result.decode().strip()}")
+        # An auditor holding the checkpoint of the first receipt checks the log only grew.
+        first = signed.receipt.checkpoint
+        last = (await gateway.GetCheckpoint(gateway_pb2.GetCheckpointRequest())).checkpoint
+        first_size = int(first.split(b"\n")[1])
+        last_size = int(last.split(b"\n")[1])
+        proof = (
+            await gateway.GetConsistencyProof(
+                gateway_pb2.GetConsistencyProofRequest(old_size=first_size, new_size=last_size)
+            )
+        ).proof
+
+    (out / "document.txt").write_bytes(document)
+    (out / "document.sig").write_bytes(signed.result)
+    org_public = x509.load_der_x509_certificate(seal.certificate).public_key()
+    (out / "org-key.pub.pem").write_bytes(
+        org_public.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    _openssl(
+        "dgst",
+        "-sha256",
+        "-verify",
+        str(out / "org-key.pub.pem"),
+        "-signature",
+        str(out / "document.sig"),
+        str(out / "document.txt"),
+    )
+    (out / "record.bin").write_bytes(signed.receipt.record)
+    (out / "record.sig").write_bytes(signed.receipt.user_signature)
+    (out / "receipt.json").write_text(client.receipt_to_json(signed.receipt, log_key.origin))
+    (out / "log.pub.pem").write_bytes(
+        serialization.load_der_public_key(log_key.public_key_spki).public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    user_public = x509.load_pem_x509_certificate((out / "user.pem").read_bytes()).public_key()
+    (out / "user.pub.pem").write_bytes(
+        user_public.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    _step("S5: anyone can verify offline: the user's signature, the receipt, the log")
+    _openssl(
+        "pkeyutl",
+        "-verify",
+        "-pubin",
+        "-inkey",
+        str(out / "user.pub.pem"),
+        "-rawin",
+        "-in",
+        str(out / "record.bin"),
+        "-sigfile",
+        str(out / "record.sig"),
+    )
+    _run_client(
+        "verify-receipt",
+        "--receipt",
+        str(out / "receipt.json"),
+        "--ca",
+        str(out / "ca.pem"),
+        "--log-key",
+        str(out / "log.pub.pem"),
+    )
+    (out / "checkpoint-old.txt").write_bytes(first)
+    (out / "checkpoint-new.txt").write_bytes(last)
+    (out / "consistency.txt").write_text(
+        "".join(base64.b64encode(h).decode() + "\n" for h in proof)
+    )
+    _run_client(
+        "verify-consistency",
+        "--old",
+        str(out / "checkpoint-old.txt"),
+        "--new",
+        str(out / "checkpoint-new.txt"),
+        "--proof",
+        str(out / "consistency.txt"),
+        "--log-key",
+        str(out / "log.pub.pem"),
+        "--origin",
+        log_key.origin,
+    )
+
+
+def _run_client(*args: str) -> None:
+    """Run the project's own verifier as a user would, and fail the demo if it fails."""
+    print("$ python -m client " + " ".join(args), flush=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "client", *args], capture_output=True, text=True, check=False
+    )
+    print((result.stdout + result.stderr).strip(), flush=True)
+    if result.returncode != 0:
+        raise SystemExit(f"client {args[0]} failed")
+
+
 async def _flow(deployment: Deployment, out: Path) -> None:
-    await organisation_certificate(deployment, out)
-    await joint_signature(deployment, out)
+    seal, encryption = await organisation_certificate(deployment, out)
+    keystore = await joint_signature(deployment, out)
+    await escrowed_use(deployment, out, keystore, seal, encryption)
 
 
 def main() -> None:

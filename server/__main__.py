@@ -12,11 +12,15 @@ from grpc_host import channels, config, devpki, logs, serve
 from mobilesign.v1 import gateway_pb2_grpc, hsm_pb2
 from server import admin, public
 from server import config as gateway_config
+from server.audit import AuditLog
 from server.cosigner_client import CosignerClient
 from server.db import open_gateway_db
 from server.hsm import HsmClient, HsmSigner
+from server.ledger import Ledger
+from server.operations import Operations
 from server.organisations import OrganisationStore
 from server.registration import RegistrationAuthority
+from server.sessions import Sessions
 from server.users import UserStore
 
 
@@ -46,13 +50,32 @@ async def _main(args: argparse.Namespace) -> None:
     (state / "gateway" / "ca.der").write_bytes(ca.root_der)
     users = UserStore(db)
     organisations = OrganisationStore(db)
+    cosigner = CosignerClient(cosigner_channel)
     ra = RegistrationAuthority(
         ca=ca,
         users=users,
         organisations=organisations,
         hsm=hsm,
-        cosigner=CosignerClient(cosigner_channel),
+        cosigner=cosigner,
         ticket_key_label=cfg.ticket_key_label,
+    )
+    ledger = await Ledger.open(state / "gateway" / "ledger.db")
+    audit = AuditLog(
+        ledger,
+        hsm,
+        await hsm.ensure_key(cfg.log_key_label, hsm_pb2.KEY_PURPOSE_SERVICE),
+        cfg.log_origin,
+    )
+    # Created now so that the HSM proxy can find it as soon as it must check an authorisation.
+    await hsm.ensure_key(cfg.authoriser_key_label, hsm_pb2.KEY_PURPOSE_SERVICE)
+    operations = Operations(
+        ledger=ledger,
+        audit=audit,
+        hsm=hsm,
+        ca=ca,
+        users=users,
+        organisations=organisations,
+        authoriser_key_label=cfg.authoriser_key_label,
     )
     admin_servicer = admin.AdminServicer(
         users=users,
@@ -60,10 +83,17 @@ async def _main(args: argparse.Namespace) -> None:
         hsm=hsm,
         ca=ca,
         ra=ra,
+        operations=operations,
         ticket_key_label=cfg.ticket_key_label,
         default_ttl=cfg.default_ticket_ttl_seconds,
     )
-    public_servicer = public.GatewayServicer(ca, ra)
+    public_servicer = public.GatewayServicer(
+        ca=ca,
+        ra=ra,
+        sessions=Sessions(db, ca, cosigner),
+        operations=operations,
+        audit=audit,
+    )
 
     def register(server: grpc.aio.Server) -> None:
         gateway_pb2_grpc.add_AdminServiceServicer_to_server(admin_servicer, server)
@@ -73,6 +103,7 @@ async def _main(args: argparse.Namespace) -> None:
         await hsm_channel.close()
         await cosigner_channel.close()
         await ca_store.close()
+        await ledger.close()
         await db.close()
 
     await serve.serve(

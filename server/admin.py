@@ -16,6 +16,7 @@ from grpc_host.errors import ServiceError
 from hsm_proxy.keys import check_label
 from mobilesign.v1 import gateway_pb2, gateway_pb2_grpc, hsm_pb2
 from server.hsm import HsmClient
+from server.operations import Operations, grant_message
 from server.organisations import OrganisationKey, OrganisationStore
 from server.registration import RegistrationAuthority
 from server.users import User, UserStore
@@ -35,6 +36,9 @@ POLICY = access.AccessPolicy(
         "RevokeCertificate": frozenset({"admin"}),
         # The cosigner asks before every signing session.
         "GetKeyStatus": frozenset({"admin", "cosigner"}),
+        "CreateGrant": frozenset({"admin"}),
+        "ListGrants": frozenset({"admin"}),
+        "RevokeGrant": frozenset({"admin"}),
     }
 )
 
@@ -86,6 +90,7 @@ class AdminServicer(gateway_pb2_grpc.AdminServiceServicer):
         hsm: HsmClient,
         ca: CertificateAuthority,
         ra: RegistrationAuthority,
+        operations: Operations,
         ticket_key_label: str,
         default_ttl: int,
     ) -> None:
@@ -94,6 +99,7 @@ class AdminServicer(gateway_pb2_grpc.AdminServiceServicer):
         self._hsm = hsm
         self._ca = ca
         self._ra = ra
+        self._operations = operations
         self._ticket_key_label = ticket_key_label
         self._default_ttl = default_ttl
 
@@ -207,6 +213,27 @@ class AdminServicer(gateway_pb2_grpc.AdminServiceServicer):
             revoked=await self._ca.key_revoked(request.key_id),
             certificate_serial=current.serial if current else "",
         )
+
+    async def CreateGrant(
+        self, request: gateway_pb2.CreateGrantRequest, context: _Context
+    ) -> gateway_pb2.CreateGrantResponse:
+        grant = await self._operations.create_grant(request)
+        return gateway_pb2.CreateGrantResponse(grant=grant_message(grant))
+
+    async def ListGrants(
+        self, request: gateway_pb2.ListGrantsRequest, context: _Context
+    ) -> gateway_pb2.ListGrantsResponse:
+        grants = await self._operations.ledger.grants(request.user_id, request.key_id)
+        return gateway_pb2.ListGrantsResponse(grants=[grant_message(g) for g in grants])
+
+    async def RevokeGrant(
+        self, request: gateway_pb2.RevokeGrantRequest, context: _Context
+    ) -> gateway_pb2.RevokeGrantResponse:
+        if not await self._operations.ledger.revoke_grant(request.grant_id, int(time.time())):
+            raise ServiceError(
+                grpc.StatusCode.NOT_FOUND, "GRANT_NOT_FOUND", "no such grant, or already revoked"
+            )
+        return gateway_pb2.RevokeGrantResponse()
 
 
 def _organisation_key(

@@ -37,6 +37,14 @@ MIGRATIONS = (
         created_at INTEGER NOT NULL
     )
     """,
+    """
+    CREATE TABLE sessions (
+        token_sha256 BLOB PRIMARY KEY,
+        user_key_id TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        expires_at INTEGER NOT NULL
+    )
+    """,
 )
 
 

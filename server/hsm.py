@@ -75,17 +75,53 @@ class HsmClient:
         return reply.key
 
     async def sign_digest(
-        self, key_id: str, mechanism: hsm_pb2.SignatureMechanism.ValueType, digest: bytes
+        self,
+        key_id: str,
+        mechanism: hsm_pb2.SignatureMechanism.ValueType,
+        digest: bytes,
+        authorisation: hsm_pb2.OrganisationKeyAuthorisation | None = None,
     ) -> bytes:
-        """A signature over a SHA-256 digest (DER for ECDSA)."""
+        """A signature over a SHA-256 digest (DER for ECDSA); organisation keys need the
+        co-signed record's ``authorisation``."""
         try:
             reply = await self._stub.SignDigest(
-                hsm_pb2.SignDigestRequest(key_id=key_id, mechanism=mechanism, digest=digest),
+                hsm_pb2.SignDigestRequest(
+                    key_id=key_id, mechanism=mechanism, digest=digest, authorisation=authorisation
+                ),
                 timeout=10,
             )
         except grpc.aio.AioRpcError as exc:
             raise _failed(exc) from None
         return reply.signature
+
+    async def decrypt(
+        self, key_id: str, ciphertext: bytes, authorisation: hsm_pb2.OrganisationKeyAuthorisation
+    ) -> bytes:
+        """RSA-OAEP (SHA-256) decryption with an organisation key."""
+        try:
+            reply = await self._stub.Decrypt(
+                hsm_pb2.DecryptRequest(
+                    key_id=key_id,
+                    mechanism=hsm_pb2.DECRYPT_MECHANISM_RSA_OAEP_SHA256,
+                    ciphertext=ciphertext,
+                    authorisation=authorisation,
+                ),
+                timeout=10,
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise _failed(exc) from None
+        return reply.plaintext
+
+    async def certificate_request(self, key_id: str, subject: bytes) -> bytes:
+        """A PKCS#10 request built and signed by the HSM proxy with the key itself."""
+        try:
+            reply = await self._stub.CreateCertificateRequest(
+                hsm_pb2.CreateCertificateRequestRequest(key_id=key_id, subject=subject),
+                timeout=30,
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise _failed(exc) from None
+        return reply.csr
 
 
 class HsmSigner:

@@ -12,7 +12,10 @@ from grpc_host import access
 from grpc_host.errors import ServiceError
 from mobilesign.v1 import gateway_pb2, gateway_pb2_grpc
 from server.admin import check_serial
+from server.audit import AuditLog
+from server.operations import Operations, grant_message
 from server.registration import RegistrationAuthority
+from server.sessions import Sessions
 
 SERVICE = "mobilesign.v1.GatewayService"
 
@@ -23,6 +26,17 @@ POLICY = access.AccessPolicy(
         "GetCaCertificate": access.ANYONE,
         "GetCrl": access.ANYONE,
         "GetCertificateStatus": access.ANYONE,
+        # Phones authenticate inside: device challenge, then a bearer session token.
+        "StartSession": access.ANYONE,
+        "FinishSession": access.ANYONE,
+        "ListMyGrants": access.ANYONE,
+        "PrepareOperation": access.ANYONE,
+        "ExecuteOperation": access.ANYONE,
+        "GetCheckpoint": access.ANYONE,
+        "GetInclusionProof": access.ANYONE,
+        "GetConsistencyProof": access.ANYONE,
+        "GetLogEntry": access.ANYONE,
+        "GetLogPublicKey": access.ANYONE,
     }
 )
 
@@ -40,9 +54,20 @@ _Context = grpc.aio.ServicerContext[Any, Any]
 class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     """Certificate issuance for enrolled keys, and certificate publication."""
 
-    def __init__(self, ca: CertificateAuthority, ra: RegistrationAuthority) -> None:
+    def __init__(
+        self,
+        *,
+        ca: CertificateAuthority,
+        ra: RegistrationAuthority,
+        sessions: Sessions,
+        operations: Operations,
+        audit: AuditLog,
+    ) -> None:
         self._ca = ca
         self._ra = ra
+        self._sessions = sessions
+        self._operations = operations
+        self._audit = audit
 
     async def RequestPersonalCertificate(
         self, request: gateway_pb2.RequestPersonalCertificateRequest, context: _Context
@@ -93,4 +118,77 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
                 record.revocation_reason or "", gateway_pb2.REVOCATION_REASON_UNSPECIFIED
             ),
             revoked_at_unix=record.revoked_at or 0,
+        )
+
+    async def StartSession(
+        self, request: gateway_pb2.StartSessionRequest, context: _Context
+    ) -> gateway_pb2.StartSessionResponse:
+        return gateway_pb2.StartSessionResponse(challenge=self._sessions.challenge(request.key_id))
+
+    async def FinishSession(
+        self, request: gateway_pb2.FinishSessionRequest, context: _Context
+    ) -> gateway_pb2.FinishSessionResponse:
+        token, expires_at, user_id = await self._sessions.finish(
+            request.key_id, request.challenge, request.device_signature
+        )
+        return gateway_pb2.FinishSessionResponse(
+            session_token=token, expires_at_unix=expires_at, user_id=user_id
+        )
+
+    async def ListMyGrants(
+        self, request: gateway_pb2.ListMyGrantsRequest, context: _Context
+    ) -> gateway_pb2.ListMyGrantsResponse:
+        session = await self._sessions.authenticate(context)
+        grants = await self._operations.ledger.grants(user_id=session.user_id)
+        return gateway_pb2.ListMyGrantsResponse(grants=[grant_message(g) for g in grants])
+
+    async def PrepareOperation(
+        self, request: gateway_pb2.PrepareOperationRequest, context: _Context
+    ) -> gateway_pb2.PrepareOperationResponse:
+        session = await self._sessions.authenticate(context)
+        record_id, record = await self._operations.prepare(session, request)
+        return gateway_pb2.PrepareOperationResponse(record_id=record_id, record=record)
+
+    async def ExecuteOperation(
+        self, request: gateway_pb2.ExecuteOperationRequest, context: _Context
+    ) -> gateway_pb2.ExecuteOperationResponse:
+        session = await self._sessions.authenticate(context)
+        executed = await self._operations.execute(session, request)
+        return gateway_pb2.ExecuteOperationResponse(
+            result=executed.result, receipt=executed.receipt
+        )
+
+    async def GetCheckpoint(
+        self, request: gateway_pb2.GetCheckpointRequest, context: _Context
+    ) -> gateway_pb2.GetCheckpointResponse:
+        _, note = await self._audit.checkpoint()
+        return gateway_pb2.GetCheckpointResponse(checkpoint=note)
+
+    async def GetInclusionProof(
+        self, request: gateway_pb2.GetInclusionProofRequest, context: _Context
+    ) -> gateway_pb2.GetInclusionProofResponse:
+        return gateway_pb2.GetInclusionProofResponse(
+            proof=self._audit.inclusion_proof(request.entry_index, request.tree_size)
+        )
+
+    async def GetConsistencyProof(
+        self, request: gateway_pb2.GetConsistencyProofRequest, context: _Context
+    ) -> gateway_pb2.GetConsistencyProofResponse:
+        return gateway_pb2.GetConsistencyProofResponse(
+            proof=self._audit.consistency_proof(request.old_size, request.new_size)
+        )
+
+    async def GetLogEntry(
+        self, request: gateway_pb2.GetLogEntryRequest, context: _Context
+    ) -> gateway_pb2.GetLogEntryResponse:
+        entry = await self._audit.ledger.entry(request.entry_index)
+        if entry is None:
+            raise ServiceError(grpc.StatusCode.OUT_OF_RANGE, "ENTRY_OUT_OF_RANGE", "no such entry")
+        return gateway_pb2.GetLogEntryResponse(entry=entry)
+
+    async def GetLogPublicKey(
+        self, request: gateway_pb2.GetLogPublicKeyRequest, context: _Context
+    ) -> gateway_pb2.GetLogPublicKeyResponse:
+        return gateway_pb2.GetLogPublicKeyResponse(
+            public_key_spki=self._audit.public_key_spki, origin=self._audit.origin
         )

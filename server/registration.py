@@ -27,7 +27,7 @@ from ca import CertificateAuthority, Issued
 from grpc_host.errors import ServiceError
 from mobilesign.v1 import hsm_pb2
 from server.cosigner_client import CosignerClient
-from server.hsm import HsmClient, HsmSigner
+from server.hsm import HsmClient
 from server.organisations import OrganisationKey, OrganisationStore
 from server.users import UserStore
 
@@ -112,10 +112,9 @@ class RegistrationAuthority:
                 raise ServiceError(
                     grpc.StatusCode.ALREADY_EXISTS, "LABEL_IN_USE", "the token has this label"
                 )
-            csr_der = await pkix.build_csr(
-                signer=HsmSigner(self._hsm, key),
-                subject=pkix.name({"common_name": label, "organization_name": organisation.name}),
-                subject_public_key_info=key.public_key_spki,
+            csr_der = await self._hsm.certificate_request(
+                key.key_id,
+                pkix.name({"common_name": label, "organization_name": organisation.name}),
             )
             csr = parse_csr(csr_der)
             if _spki(csr) != key.public_key_spki:

@@ -19,6 +19,28 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _Operation:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _OperationEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Operation.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    OPERATION_UNSPECIFIED: _Operation.ValueType  # 0
+    OPERATION_SIGN_DIGEST: _Operation.ValueType  # 1
+    """Sign a SHA-256 digest (ECDSA for EC keys, RSA-PSS for RSA keys)."""
+    OPERATION_DECRYPT: _Operation.ValueType  # 2
+    """Decrypt an RSA-OAEP (SHA-256) ciphertext."""
+
+class Operation(_Operation, metaclass=_OperationEnumTypeWrapper):
+    """Operation is what a user asks an organisation key to do."""
+
+OPERATION_UNSPECIFIED: Operation.ValueType  # 0
+OPERATION_SIGN_DIGEST: Operation.ValueType  # 1
+"""Sign a SHA-256 digest (ECDSA for EC keys, RSA-PSS for RSA keys)."""
+OPERATION_DECRYPT: Operation.ValueType  # 2
+"""Decrypt an RSA-OAEP (SHA-256) ciphertext."""
+Global___Operation: _TypeAlias = Operation  # noqa: Y015
+
 class _RevocationReason:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -84,6 +106,727 @@ ORGANISATION_KEY_ALGORITHM_EC_P256: OrganisationKeyAlgorithm.ValueType  # 1
 ORGANISATION_KEY_ALGORITHM_RSA_2048: OrganisationKeyAlgorithm.ValueType  # 2
 ORGANISATION_KEY_ALGORITHM_RSA_3072: OrganisationKeyAlgorithm.ValueType  # 3
 Global___OrganisationKeyAlgorithm: _TypeAlias = OrganisationKeyAlgorithm  # noqa: Y015
+
+@_typing.final
+class Grant(_message.Message):
+    """Grant lets a user use an organisation key."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GRANT_ID_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    OPERATIONS_FIELD_NUMBER: _builtins.int
+    NOT_BEFORE_UNIX_FIELD_NUMBER: _builtins.int
+    NOT_AFTER_UNIX_FIELD_NUMBER: _builtins.int
+    QUOTA_TOTAL_FIELD_NUMBER: _builtins.int
+    QUOTA_DAILY_FIELD_NUMBER: _builtins.int
+    PURPOSE_FIELD_NUMBER: _builtins.int
+    USED_TOTAL_FIELD_NUMBER: _builtins.int
+    USED_TODAY_FIELD_NUMBER: _builtins.int
+    REVOKED_FIELD_NUMBER: _builtins.int
+    grant_id: _builtins.str
+    """32 lowercase hex digits."""
+    user_id: _builtins.str
+    key_id: _builtins.str
+    """The organisation key (HSM key id)."""
+    not_before_unix: _builtins.int
+    not_after_unix: _builtins.int
+    quota_total: _builtins.int
+    """Uses allowed over the grant's life, and per UTC day."""
+    quota_daily: _builtins.int
+    purpose: _builtins.str
+    used_total: _builtins.int
+    """Uses so far, in total and today (UTC)."""
+    used_today: _builtins.int
+    revoked: _builtins.bool
+    @_builtins.property
+    def operations(self) -> _containers.RepeatedScalarFieldContainer[Global___Operation.ValueType]: ...
+    def __init__(
+        self,
+        *,
+        grant_id: _builtins.str = ...,
+        user_id: _builtins.str = ...,
+        key_id: _builtins.str = ...,
+        operations: _abc.Iterable[Global___Operation.ValueType] | None = ...,
+        not_before_unix: _builtins.int = ...,
+        not_after_unix: _builtins.int = ...,
+        quota_total: _builtins.int = ...,
+        quota_daily: _builtins.int = ...,
+        purpose: _builtins.str = ...,
+        used_total: _builtins.int = ...,
+        used_today: _builtins.int = ...,
+        revoked: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["grant_id", b"grant_id", "key_id", b"key_id", "not_after_unix", b"not_after_unix", "not_before_unix", b"not_before_unix", "operations", b"operations", "purpose", b"purpose", "quota_daily", b"quota_daily", "quota_total", b"quota_total", "revoked", b"revoked", "used_today", b"used_today", "used_total", b"used_total", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Grant: _TypeAlias = Grant  # noqa: Y015
+
+@_typing.final
+class CreateGrantRequest(_message.Message):
+    """CreateGrantRequest describes the grant."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    OPERATIONS_FIELD_NUMBER: _builtins.int
+    NOT_BEFORE_UNIX_FIELD_NUMBER: _builtins.int
+    NOT_AFTER_UNIX_FIELD_NUMBER: _builtins.int
+    QUOTA_TOTAL_FIELD_NUMBER: _builtins.int
+    QUOTA_DAILY_FIELD_NUMBER: _builtins.int
+    PURPOSE_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    key_id: _builtins.str
+    not_before_unix: _builtins.int
+    not_after_unix: _builtins.int
+    quota_total: _builtins.int
+    quota_daily: _builtins.int
+    purpose: _builtins.str
+    """Optional, at most 200 characters."""
+    @_builtins.property
+    def operations(self) -> _containers.RepeatedScalarFieldContainer[Global___Operation.ValueType]: ...
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        key_id: _builtins.str = ...,
+        operations: _abc.Iterable[Global___Operation.ValueType] | None = ...,
+        not_before_unix: _builtins.int = ...,
+        not_after_unix: _builtins.int = ...,
+        quota_total: _builtins.int = ...,
+        quota_daily: _builtins.int = ...,
+        purpose: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id", "not_after_unix", b"not_after_unix", "not_before_unix", b"not_before_unix", "operations", b"operations", "purpose", b"purpose", "quota_daily", b"quota_daily", "quota_total", b"quota_total", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateGrantRequest: _TypeAlias = CreateGrantRequest  # noqa: Y015
+
+@_typing.final
+class CreateGrantResponse(_message.Message):
+    """CreateGrantResponse returns the grant."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GRANT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def grant(self) -> Global___Grant: ...
+    def __init__(
+        self,
+        *,
+        grant: Global___Grant | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["grant", b"grant"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["grant", b"grant"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateGrantResponse: _TypeAlias = CreateGrantResponse  # noqa: Y015
+
+@_typing.final
+class ListGrantsRequest(_message.Message):
+    """ListGrantsRequest filters by user and/or organisation key (empty: no filter)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USER_ID_FIELD_NUMBER: _builtins.int
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    user_id: _builtins.str
+    key_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        user_id: _builtins.str = ...,
+        key_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListGrantsRequest: _TypeAlias = ListGrantsRequest  # noqa: Y015
+
+@_typing.final
+class ListGrantsResponse(_message.Message):
+    """ListGrantsResponse lists grants, oldest first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GRANTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def grants(self) -> _containers.RepeatedCompositeFieldContainer[Global___Grant]: ...
+    def __init__(
+        self,
+        *,
+        grants: _abc.Iterable[Global___Grant] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["grants", b"grants"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListGrantsResponse: _TypeAlias = ListGrantsResponse  # noqa: Y015
+
+@_typing.final
+class RevokeGrantRequest(_message.Message):
+    """RevokeGrantRequest names the grant."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GRANT_ID_FIELD_NUMBER: _builtins.int
+    grant_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        grant_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["grant_id", b"grant_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeGrantRequest: _TypeAlias = RevokeGrantRequest  # noqa: Y015
+
+@_typing.final
+class RevokeGrantResponse(_message.Message):
+    """RevokeGrantResponse is empty: the grant can no longer be used."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RevokeGrantResponse: _TypeAlias = RevokeGrantResponse  # noqa: Y015
+
+@_typing.final
+class StartSessionRequest(_message.Message):
+    """StartSessionRequest names the user key (hex of the joint public key)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartSessionRequest: _TypeAlias = StartSessionRequest  # noqa: Y015
+
+@_typing.final
+class StartSessionResponse(_message.Message):
+    """StartSessionResponse carries the challenge (32 bytes, single use, valid 60 seconds)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHALLENGE_FIELD_NUMBER: _builtins.int
+    challenge: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        challenge: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["challenge", b"challenge"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___StartSessionResponse: _TypeAlias = StartSessionResponse  # noqa: Y015
+
+@_typing.final
+class FinishSessionRequest(_message.Message):
+    """FinishSessionRequest answers the challenge with the device key."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    CHALLENGE_FIELD_NUMBER: _builtins.int
+    DEVICE_SIGNATURE_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    challenge: _builtins.bytes
+    device_signature: _builtins.bytes
+    """ECDSA P-256 / SHA-256 (DER) by the device key over
+    "mobilesign/v1 gateway-session" || 0x00 || key id (32 bytes) || challenge.
+    """
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.str = ...,
+        challenge: _builtins.bytes = ...,
+        device_signature: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["challenge", b"challenge", "device_signature", b"device_signature", "key_id", b"key_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FinishSessionRequest: _TypeAlias = FinishSessionRequest  # noqa: Y015
+
+@_typing.final
+class FinishSessionResponse(_message.Message):
+    """FinishSessionResponse carries the session token."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_TOKEN_FIELD_NUMBER: _builtins.int
+    EXPIRES_AT_UNIX_FIELD_NUMBER: _builtins.int
+    USER_ID_FIELD_NUMBER: _builtins.int
+    session_token: _builtins.str
+    expires_at_unix: _builtins.int
+    user_id: _builtins.str
+    def __init__(
+        self,
+        *,
+        session_token: _builtins.str = ...,
+        expires_at_unix: _builtins.int = ...,
+        user_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at_unix", b"expires_at_unix", "session_token", b"session_token", "user_id", b"user_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FinishSessionResponse: _TypeAlias = FinishSessionResponse  # noqa: Y015
+
+@_typing.final
+class ListMyGrantsRequest(_message.Message):
+    """ListMyGrantsRequest is empty (the session names the user)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListMyGrantsRequest: _TypeAlias = ListMyGrantsRequest  # noqa: Y015
+
+@_typing.final
+class ListMyGrantsResponse(_message.Message):
+    """ListMyGrantsResponse lists the user's grants."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GRANTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def grants(self) -> _containers.RepeatedCompositeFieldContainer[Global___Grant]: ...
+    def __init__(
+        self,
+        *,
+        grants: _abc.Iterable[Global___Grant] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["grants", b"grants"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListMyGrantsResponse: _TypeAlias = ListMyGrantsResponse  # noqa: Y015
+
+@_typing.final
+class PrepareOperationRequest(_message.Message):
+    """PrepareOperationRequest says what the user wants to do."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GRANT_ID_FIELD_NUMBER: _builtins.int
+    OPERATION_FIELD_NUMBER: _builtins.int
+    INPUT_FIELD_NUMBER: _builtins.int
+    PURPOSE_FIELD_NUMBER: _builtins.int
+    grant_id: _builtins.str
+    operation: Global___Operation.ValueType
+    input: _builtins.bytes
+    """The 32-byte digest to sign, or the ciphertext to decrypt."""
+    purpose: _builtins.str
+    """Why (at most 200 characters); goes into the record."""
+    def __init__(
+        self,
+        *,
+        grant_id: _builtins.str = ...,
+        operation: Global___Operation.ValueType = ...,
+        input: _builtins.bytes = ...,
+        purpose: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["grant_id", b"grant_id", "input", b"input", "operation", b"operation", "purpose", b"purpose"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PrepareOperationRequest: _TypeAlias = PrepareOperationRequest  # noqa: Y015
+
+@_typing.final
+class PrepareOperationResponse(_message.Message):
+    """PrepareOperationResponse carries the service record to co-sign."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORD_ID_FIELD_NUMBER: _builtins.int
+    RECORD_FIELD_NUMBER: _builtins.int
+    record_id: _builtins.str
+    """32 lowercase hex digits."""
+    record: _builtins.bytes
+    """The record bytes (format "MSR1"), fixed from now on."""
+    def __init__(
+        self,
+        *,
+        record_id: _builtins.str = ...,
+        record: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["record", b"record", "record_id", b"record_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PrepareOperationResponse: _TypeAlias = PrepareOperationResponse  # noqa: Y015
+
+@_typing.final
+class ExecuteOperationRequest(_message.Message):
+    """ExecuteOperationRequest hands over the co-signed record and the input again."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORD_ID_FIELD_NUMBER: _builtins.int
+    USER_SIGNATURE_FIELD_NUMBER: _builtins.int
+    INPUT_FIELD_NUMBER: _builtins.int
+    record_id: _builtins.str
+    user_signature: _builtins.bytes
+    """The user's Ed25519 signature over the record bytes."""
+    input: _builtins.bytes
+    """The same input as in PrepareOperation (its SHA-256 is in the record)."""
+    def __init__(
+        self,
+        *,
+        record_id: _builtins.str = ...,
+        user_signature: _builtins.bytes = ...,
+        input: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "record_id", b"record_id", "user_signature", b"user_signature"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExecuteOperationRequest: _TypeAlias = ExecuteOperationRequest  # noqa: Y015
+
+@_typing.final
+class ExecuteOperationResponse(_message.Message):
+    """ExecuteOperationResponse carries the result and the receipt."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULT_FIELD_NUMBER: _builtins.int
+    RECEIPT_FIELD_NUMBER: _builtins.int
+    result: _builtins.bytes
+    """The signature (DER for ECDSA), or the plaintext."""
+    @_builtins.property
+    def receipt(self) -> Global___Receipt: ...
+    def __init__(
+        self,
+        *,
+        result: _builtins.bytes = ...,
+        receipt: Global___Receipt | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["receipt", b"receipt"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["receipt", b"receipt", "result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExecuteOperationResponse: _TypeAlias = ExecuteOperationResponse  # noqa: Y015
+
+@_typing.final
+class Receipt(_message.Message):
+    """Receipt lets anyone check offline that the record was signed by the user and logged."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORD_FIELD_NUMBER: _builtins.int
+    USER_SIGNATURE_FIELD_NUMBER: _builtins.int
+    USER_CERTIFICATE_FIELD_NUMBER: _builtins.int
+    ENTRY_INDEX_FIELD_NUMBER: _builtins.int
+    ENTRY_FIELD_NUMBER: _builtins.int
+    INCLUSION_PROOF_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_FIELD_NUMBER: _builtins.int
+    record: _builtins.bytes
+    user_signature: _builtins.bytes
+    user_certificate: _builtins.bytes
+    """The user's personal certificate (DER)."""
+    entry_index: _builtins.int
+    """Index of the record's entry in the audit log."""
+    entry: _builtins.bytes
+    """The log entry bytes (format "MSL1"); its RFC 9162 leaf hash is what the proof proves."""
+    checkpoint: _builtins.bytes
+    """The signed checkpoint (C2SP tlog-checkpoint note)."""
+    @_builtins.property
+    def inclusion_proof(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """Inclusion proof (SHA-256 hashes) for the entry in the checkpoint's tree."""
+
+    def __init__(
+        self,
+        *,
+        record: _builtins.bytes = ...,
+        user_signature: _builtins.bytes = ...,
+        user_certificate: _builtins.bytes = ...,
+        entry_index: _builtins.int = ...,
+        entry: _builtins.bytes = ...,
+        inclusion_proof: _abc.Iterable[_builtins.bytes] | None = ...,
+        checkpoint: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "entry", b"entry", "entry_index", b"entry_index", "inclusion_proof", b"inclusion_proof", "record", b"record", "user_certificate", b"user_certificate", "user_signature", b"user_signature"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Receipt: _TypeAlias = Receipt  # noqa: Y015
+
+@_typing.final
+class GetCheckpointRequest(_message.Message):
+    """GetCheckpointRequest is empty."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCheckpointRequest: _TypeAlias = GetCheckpointRequest  # noqa: Y015
+
+@_typing.final
+class GetCheckpointResponse(_message.Message):
+    """GetCheckpointResponse carries a signed checkpoint of the current tree."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHECKPOINT_FIELD_NUMBER: _builtins.int
+    checkpoint: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        checkpoint: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetCheckpointResponse: _TypeAlias = GetCheckpointResponse  # noqa: Y015
+
+@_typing.final
+class GetInclusionProofRequest(_message.Message):
+    """GetInclusionProofRequest names an entry and a tree size."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRY_INDEX_FIELD_NUMBER: _builtins.int
+    TREE_SIZE_FIELD_NUMBER: _builtins.int
+    entry_index: _builtins.int
+    tree_size: _builtins.int
+    def __init__(
+        self,
+        *,
+        entry_index: _builtins.int = ...,
+        tree_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entry_index", b"entry_index", "tree_size", b"tree_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetInclusionProofRequest: _TypeAlias = GetInclusionProofRequest  # noqa: Y015
+
+@_typing.final
+class GetInclusionProofResponse(_message.Message):
+    """GetInclusionProofResponse carries the proof."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROOF_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def proof(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]: ...
+    def __init__(
+        self,
+        *,
+        proof: _abc.Iterable[_builtins.bytes] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["proof", b"proof"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetInclusionProofResponse: _TypeAlias = GetInclusionProofResponse  # noqa: Y015
+
+@_typing.final
+class GetConsistencyProofRequest(_message.Message):
+    """GetConsistencyProofRequest names two tree sizes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OLD_SIZE_FIELD_NUMBER: _builtins.int
+    NEW_SIZE_FIELD_NUMBER: _builtins.int
+    old_size: _builtins.int
+    new_size: _builtins.int
+    def __init__(
+        self,
+        *,
+        old_size: _builtins.int = ...,
+        new_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["new_size", b"new_size", "old_size", b"old_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetConsistencyProofRequest: _TypeAlias = GetConsistencyProofRequest  # noqa: Y015
+
+@_typing.final
+class GetConsistencyProofResponse(_message.Message):
+    """GetConsistencyProofResponse carries the proof."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PROOF_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def proof(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]: ...
+    def __init__(
+        self,
+        *,
+        proof: _abc.Iterable[_builtins.bytes] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["proof", b"proof"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetConsistencyProofResponse: _TypeAlias = GetConsistencyProofResponse  # noqa: Y015
+
+@_typing.final
+class GetLogEntryRequest(_message.Message):
+    """GetLogEntryRequest names an entry."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRY_INDEX_FIELD_NUMBER: _builtins.int
+    entry_index: _builtins.int
+    def __init__(
+        self,
+        *,
+        entry_index: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entry_index", b"entry_index"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetLogEntryRequest: _TypeAlias = GetLogEntryRequest  # noqa: Y015
+
+@_typing.final
+class GetLogEntryResponse(_message.Message):
+    """GetLogEntryResponse carries the entry bytes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ENTRY_FIELD_NUMBER: _builtins.int
+    entry: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        entry: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entry", b"entry"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetLogEntryResponse: _TypeAlias = GetLogEntryResponse  # noqa: Y015
+
+@_typing.final
+class GetLogPublicKeyRequest(_message.Message):
+    """GetLogPublicKeyRequest is empty."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetLogPublicKeyRequest: _TypeAlias = GetLogPublicKeyRequest  # noqa: Y015
+
+@_typing.final
+class GetLogPublicKeyResponse(_message.Message):
+    """GetLogPublicKeyResponse carries the log key."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PUBLIC_KEY_SPKI_FIELD_NUMBER: _builtins.int
+    ORIGIN_FIELD_NUMBER: _builtins.int
+    public_key_spki: _builtins.bytes
+    """DER SubjectPublicKeyInfo (EC P-256)."""
+    origin: _builtins.str
+    """The checkpoint origin line and note key name."""
+    def __init__(
+        self,
+        *,
+        public_key_spki: _builtins.bytes = ...,
+        origin: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["origin", b"origin", "public_key_spki", b"public_key_spki"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetLogPublicKeyResponse: _TypeAlias = GetLogPublicKeyResponse  # noqa: Y015
 
 @_typing.final
 class Organisation(_message.Message):

@@ -81,6 +81,21 @@ class AdminServiceStub:
                 request_serializer=mobilesign_dot_v1_dot_gateway__pb2.GetKeyStatusRequest.SerializeToString,
                 response_deserializer=mobilesign_dot_v1_dot_gateway__pb2.GetKeyStatusResponse.FromString,
                 _registered_method=True)
+        self.CreateGrant = channel.unary_unary(
+                '/mobilesign.v1.AdminService/CreateGrant',
+                request_serializer=mobilesign_dot_v1_dot_gateway__pb2.CreateGrantRequest.SerializeToString,
+                response_deserializer=mobilesign_dot_v1_dot_gateway__pb2.CreateGrantResponse.FromString,
+                _registered_method=True)
+        self.ListGrants = channel.unary_unary(
+                '/mobilesign.v1.AdminService/ListGrants',
+                request_serializer=mobilesign_dot_v1_dot_gateway__pb2.ListGrantsRequest.SerializeToString,
+                response_deserializer=mobilesign_dot_v1_dot_gateway__pb2.ListGrantsResponse.FromString,
+                _registered_method=True)
+        self.RevokeGrant = channel.unary_unary(
+                '/mobilesign.v1.AdminService/RevokeGrant',
+                request_serializer=mobilesign_dot_v1_dot_gateway__pb2.RevokeGrantRequest.SerializeToString,
+                response_deserializer=mobilesign_dot_v1_dot_gateway__pb2.RevokeGrantResponse.FromString,
+                _registered_method=True)
 
 
 class AdminServiceServicer:
@@ -154,6 +169,28 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateGrant(self, request, context):
+        """CreateGrant lets a user use an organisation key for some operations, in a validity window,
+        within a quota.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListGrants(self, request, context):
+        """ListGrants lists grants, optionally of one user or one organisation key.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RevokeGrant(self, request, context):
+        """RevokeGrant ends a grant with immediate effect.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -201,6 +238,21 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     servicer.GetKeyStatus,
                     request_deserializer=mobilesign_dot_v1_dot_gateway__pb2.GetKeyStatusRequest.FromString,
                     response_serializer=mobilesign_dot_v1_dot_gateway__pb2.GetKeyStatusResponse.SerializeToString,
+            ),
+            'CreateGrant': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateGrant,
+                    request_deserializer=mobilesign_dot_v1_dot_gateway__pb2.CreateGrantRequest.FromString,
+                    response_serializer=mobilesign_dot_v1_dot_gateway__pb2.CreateGrantResponse.SerializeToString,
+            ),
+            'ListGrants': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListGrants,
+                    request_deserializer=mobilesign_dot_v1_dot_gateway__pb2.ListGrantsRequest.FromString,
+                    response_serializer=mobilesign_dot_v1_dot_gateway__pb2.ListGrantsResponse.SerializeToString,
+            ),
+            'RevokeGrant': grpc.unary_unary_rpc_method_handler(
+                    servicer.RevokeGrant,
+                    request_deserializer=mobilesign_dot_v1_dot_gateway__pb2.RevokeGrantRequest.FromString,
+                    response_serializer=mobilesign_dot_v1_dot_gateway__pb2.RevokeGrantResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -458,6 +510,87 @@ class AdminService:
             metadata,
             _registered_method=True)
 
+    @staticmethod
+    def CreateGrant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mobilesign.v1.AdminService/CreateGrant',
+            mobilesign_dot_v1_dot_gateway__pb2.CreateGrantRequest.SerializeToString,
+            mobilesign_dot_v1_dot_gateway__pb2.CreateGrantResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListGrants(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mobilesign.v1.AdminService/ListGrants',
+            mobilesign_dot_v1_dot_gateway__pb2.ListGrantsRequest.SerializeToString,
+            mobilesign_dot_v1_dot_gateway__pb2.ListGrantsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RevokeGrant(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mobilesign.v1.AdminService/RevokeGrant',
+            mobilesign_dot_v1_dot_gateway__pb2.RevokeGrantRequest.SerializeToString,
+            mobilesign_dot_v1_dot_gateway__pb2.RevokeGrantResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
 
 class GatewayServiceStub:
     """GatewayService is the gateway's public interface for phones and relying parties (public
@@ -494,6 +627,56 @@ class GatewayServiceStub:
                 '/mobilesign.v1.GatewayService/GetCertificateStatus',
                 request_serializer=mobilesign_dot_v1_dot_gateway__pb2.GetCertificateStatusRequest.SerializeToString,
                 response_deserializer=mobilesign_dot_v1_dot_gateway__pb2.GetCertificateStatusResponse.FromString,
+                _registered_method=True)
+        self.StartSession = channel.unary_unary(
+                '/mobilesign.v1.GatewayService/StartSession',
+                request_serializer=mobilesign_dot_v1_dot_gateway__pb2.StartSessionRequest.SerializeToString,
+                response_deserializer=mobilesign_dot_v1_dot_gateway__pb2.StartSessionResponse.FromString,
+                _registered_method=True)
+        self.FinishSession = channel.unary_unary(
+                '/mobilesign.v1.GatewayService/FinishSession',
+                request_serializer=mobilesign_dot_v1_dot_gateway__pb2.FinishSessionRequest.SerializeToString,
+                response_deserializer=mobilesign_dot_v1_dot_gateway__pb2.FinishSessionResponse.FromString,
+                _registered_method=True)
+        self.ListMyGrants = channel.unary_unary(
+                '/mobilesign.v1.GatewayService/ListMyGrants',
+                request_serializer=mobilesign_dot_v1_dot_gateway__pb2.ListMyGrantsRequest.SerializeToString,
+                response_deserializer=mobilesign_dot_v1_dot_gateway__pb2.ListMyGrantsResponse.FromString,
+                _registered_method=True)
+        self.PrepareOperation = channel.unary_unary(
+                '/mobilesign.v1.GatewayService/PrepareOperation',
+                request_serializer=mobilesign_dot_v1_dot_gateway__pb2.PrepareOperationRequest.SerializeToString,
+                response_deserializer=mobilesign_dot_v1_dot_gateway__pb2.PrepareOperationResponse.FromString,
+                _registered_method=True)
+        self.ExecuteOperation = channel.unary_unary(
+                '/mobilesign.v1.GatewayService/ExecuteOperation',
+                request_serializer=mobilesign_dot_v1_dot_gateway__pb2.ExecuteOperationRequest.SerializeToString,
+                response_deserializer=mobilesign_dot_v1_dot_gateway__pb2.ExecuteOperationResponse.FromString,
+                _registered_method=True)
+        self.GetCheckpoint = channel.unary_unary(
+                '/mobilesign.v1.GatewayService/GetCheckpoint',
+                request_serializer=mobilesign_dot_v1_dot_gateway__pb2.GetCheckpointRequest.SerializeToString,
+                response_deserializer=mobilesign_dot_v1_dot_gateway__pb2.GetCheckpointResponse.FromString,
+                _registered_method=True)
+        self.GetInclusionProof = channel.unary_unary(
+                '/mobilesign.v1.GatewayService/GetInclusionProof',
+                request_serializer=mobilesign_dot_v1_dot_gateway__pb2.GetInclusionProofRequest.SerializeToString,
+                response_deserializer=mobilesign_dot_v1_dot_gateway__pb2.GetInclusionProofResponse.FromString,
+                _registered_method=True)
+        self.GetConsistencyProof = channel.unary_unary(
+                '/mobilesign.v1.GatewayService/GetConsistencyProof',
+                request_serializer=mobilesign_dot_v1_dot_gateway__pb2.GetConsistencyProofRequest.SerializeToString,
+                response_deserializer=mobilesign_dot_v1_dot_gateway__pb2.GetConsistencyProofResponse.FromString,
+                _registered_method=True)
+        self.GetLogEntry = channel.unary_unary(
+                '/mobilesign.v1.GatewayService/GetLogEntry',
+                request_serializer=mobilesign_dot_v1_dot_gateway__pb2.GetLogEntryRequest.SerializeToString,
+                response_deserializer=mobilesign_dot_v1_dot_gateway__pb2.GetLogEntryResponse.FromString,
+                _registered_method=True)
+        self.GetLogPublicKey = channel.unary_unary(
+                '/mobilesign.v1.GatewayService/GetLogPublicKey',
+                request_serializer=mobilesign_dot_v1_dot_gateway__pb2.GetLogPublicKeyRequest.SerializeToString,
+                response_deserializer=mobilesign_dot_v1_dot_gateway__pb2.GetLogPublicKeyResponse.FromString,
                 _registered_method=True)
 
 
@@ -538,6 +721,78 @@ class GatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def StartSession(self, request, context):
+        """StartSession gives a fresh challenge for a device to sign.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def FinishSession(self, request, context):
+        """FinishSession checks the device's signature and the user's certificate, and returns a
+        short-lived session token bound to the device's key (send it as "authorization: Bearer").
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListMyGrants(self, request, context):
+        """ListMyGrants lists the session user's grants.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PrepareOperation(self, request, context):
+        """PrepareOperation checks the grant and returns the service record for the user to co-sign.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ExecuteOperation(self, request, context):
+        """ExecuteOperation takes the co-signed record, logs it durably, has the HSM perform the
+        operation, and returns the result with a receipt. Idempotent by record id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetCheckpoint(self, request, context):
+        """GetCheckpoint returns the audit log's latest signed checkpoint.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetInclusionProof(self, request, context):
+        """GetInclusionProof proves an entry is in the tree of a given size.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetConsistencyProof(self, request, context):
+        """GetConsistencyProof proves the tree of one size extends the tree of a smaller size.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetLogEntry(self, request, context):
+        """GetLogEntry returns one log entry's bytes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetLogPublicKey(self, request, context):
+        """GetLogPublicKey returns the log key (checkpoint signatures) and the log's origin.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -565,6 +820,56 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.GetCertificateStatus,
                     request_deserializer=mobilesign_dot_v1_dot_gateway__pb2.GetCertificateStatusRequest.FromString,
                     response_serializer=mobilesign_dot_v1_dot_gateway__pb2.GetCertificateStatusResponse.SerializeToString,
+            ),
+            'StartSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartSession,
+                    request_deserializer=mobilesign_dot_v1_dot_gateway__pb2.StartSessionRequest.FromString,
+                    response_serializer=mobilesign_dot_v1_dot_gateway__pb2.StartSessionResponse.SerializeToString,
+            ),
+            'FinishSession': grpc.unary_unary_rpc_method_handler(
+                    servicer.FinishSession,
+                    request_deserializer=mobilesign_dot_v1_dot_gateway__pb2.FinishSessionRequest.FromString,
+                    response_serializer=mobilesign_dot_v1_dot_gateway__pb2.FinishSessionResponse.SerializeToString,
+            ),
+            'ListMyGrants': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListMyGrants,
+                    request_deserializer=mobilesign_dot_v1_dot_gateway__pb2.ListMyGrantsRequest.FromString,
+                    response_serializer=mobilesign_dot_v1_dot_gateway__pb2.ListMyGrantsResponse.SerializeToString,
+            ),
+            'PrepareOperation': grpc.unary_unary_rpc_method_handler(
+                    servicer.PrepareOperation,
+                    request_deserializer=mobilesign_dot_v1_dot_gateway__pb2.PrepareOperationRequest.FromString,
+                    response_serializer=mobilesign_dot_v1_dot_gateway__pb2.PrepareOperationResponse.SerializeToString,
+            ),
+            'ExecuteOperation': grpc.unary_unary_rpc_method_handler(
+                    servicer.ExecuteOperation,
+                    request_deserializer=mobilesign_dot_v1_dot_gateway__pb2.ExecuteOperationRequest.FromString,
+                    response_serializer=mobilesign_dot_v1_dot_gateway__pb2.ExecuteOperationResponse.SerializeToString,
+            ),
+            'GetCheckpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetCheckpoint,
+                    request_deserializer=mobilesign_dot_v1_dot_gateway__pb2.GetCheckpointRequest.FromString,
+                    response_serializer=mobilesign_dot_v1_dot_gateway__pb2.GetCheckpointResponse.SerializeToString,
+            ),
+            'GetInclusionProof': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetInclusionProof,
+                    request_deserializer=mobilesign_dot_v1_dot_gateway__pb2.GetInclusionProofRequest.FromString,
+                    response_serializer=mobilesign_dot_v1_dot_gateway__pb2.GetInclusionProofResponse.SerializeToString,
+            ),
+            'GetConsistencyProof': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetConsistencyProof,
+                    request_deserializer=mobilesign_dot_v1_dot_gateway__pb2.GetConsistencyProofRequest.FromString,
+                    response_serializer=mobilesign_dot_v1_dot_gateway__pb2.GetConsistencyProofResponse.SerializeToString,
+            ),
+            'GetLogEntry': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetLogEntry,
+                    request_deserializer=mobilesign_dot_v1_dot_gateway__pb2.GetLogEntryRequest.FromString,
+                    response_serializer=mobilesign_dot_v1_dot_gateway__pb2.GetLogEntryResponse.SerializeToString,
+            ),
+            'GetLogPublicKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetLogPublicKey,
+                    request_deserializer=mobilesign_dot_v1_dot_gateway__pb2.GetLogPublicKeyRequest.FromString,
+                    response_serializer=mobilesign_dot_v1_dot_gateway__pb2.GetLogPublicKeyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -704,6 +1009,276 @@ class GatewayService:
             '/mobilesign.v1.GatewayService/GetCertificateStatus',
             mobilesign_dot_v1_dot_gateway__pb2.GetCertificateStatusRequest.SerializeToString,
             mobilesign_dot_v1_dot_gateway__pb2.GetCertificateStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mobilesign.v1.GatewayService/StartSession',
+            mobilesign_dot_v1_dot_gateway__pb2.StartSessionRequest.SerializeToString,
+            mobilesign_dot_v1_dot_gateway__pb2.StartSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FinishSession(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mobilesign.v1.GatewayService/FinishSession',
+            mobilesign_dot_v1_dot_gateway__pb2.FinishSessionRequest.SerializeToString,
+            mobilesign_dot_v1_dot_gateway__pb2.FinishSessionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListMyGrants(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mobilesign.v1.GatewayService/ListMyGrants',
+            mobilesign_dot_v1_dot_gateway__pb2.ListMyGrantsRequest.SerializeToString,
+            mobilesign_dot_v1_dot_gateway__pb2.ListMyGrantsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PrepareOperation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mobilesign.v1.GatewayService/PrepareOperation',
+            mobilesign_dot_v1_dot_gateway__pb2.PrepareOperationRequest.SerializeToString,
+            mobilesign_dot_v1_dot_gateway__pb2.PrepareOperationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ExecuteOperation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mobilesign.v1.GatewayService/ExecuteOperation',
+            mobilesign_dot_v1_dot_gateway__pb2.ExecuteOperationRequest.SerializeToString,
+            mobilesign_dot_v1_dot_gateway__pb2.ExecuteOperationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetCheckpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mobilesign.v1.GatewayService/GetCheckpoint',
+            mobilesign_dot_v1_dot_gateway__pb2.GetCheckpointRequest.SerializeToString,
+            mobilesign_dot_v1_dot_gateway__pb2.GetCheckpointResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetInclusionProof(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mobilesign.v1.GatewayService/GetInclusionProof',
+            mobilesign_dot_v1_dot_gateway__pb2.GetInclusionProofRequest.SerializeToString,
+            mobilesign_dot_v1_dot_gateway__pb2.GetInclusionProofResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetConsistencyProof(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mobilesign.v1.GatewayService/GetConsistencyProof',
+            mobilesign_dot_v1_dot_gateway__pb2.GetConsistencyProofRequest.SerializeToString,
+            mobilesign_dot_v1_dot_gateway__pb2.GetConsistencyProofResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLogEntry(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mobilesign.v1.GatewayService/GetLogEntry',
+            mobilesign_dot_v1_dot_gateway__pb2.GetLogEntryRequest.SerializeToString,
+            mobilesign_dot_v1_dot_gateway__pb2.GetLogEntryResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLogPublicKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mobilesign.v1.GatewayService/GetLogPublicKey',
+            mobilesign_dot_v1_dot_gateway__pb2.GetLogPublicKeyRequest.SerializeToString,
+            mobilesign_dot_v1_dot_gateway__pb2.GetLogPublicKeyResponse.FromString,
             options,
             channel_credentials,
             insecure,

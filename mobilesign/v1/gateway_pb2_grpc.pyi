@@ -59,6 +59,14 @@ class AdminServiceStub:
     """GetKeyStatus says whether a user key's personal certificate is revoked (internal: the
     cosigner asks before every signing session).
     """
+    CreateGrant: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.CreateGrantRequest, _gateway_pb2.CreateGrantResponse]
+    """CreateGrant lets a user use an organisation key for some operations, in a validity window,
+    within a quota.
+    """
+    ListGrants: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ListGrantsRequest, _gateway_pb2.ListGrantsResponse]
+    """ListGrants lists grants, optionally of one user or one organisation key."""
+    RevokeGrant: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.RevokeGrantRequest, _gateway_pb2.RevokeGrantResponse]
+    """RevokeGrant ends a grant with immediate effect."""
 
 @_typing.type_check_only
 class AdminServiceAsyncStub(AdminServiceStub):
@@ -91,6 +99,14 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """GetKeyStatus says whether a user key's personal certificate is revoked (internal: the
     cosigner asks before every signing session).
     """
+    CreateGrant: _aio.UnaryUnaryMultiCallable[_gateway_pb2.CreateGrantRequest, _gateway_pb2.CreateGrantResponse]  # type: ignore[assignment]
+    """CreateGrant lets a user use an organisation key for some operations, in a validity window,
+    within a quota.
+    """
+    ListGrants: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ListGrantsRequest, _gateway_pb2.ListGrantsResponse]  # type: ignore[assignment]
+    """ListGrants lists grants, optionally of one user or one organisation key."""
+    RevokeGrant: _aio.UnaryUnaryMultiCallable[_gateway_pb2.RevokeGrantRequest, _gateway_pb2.RevokeGrantResponse]  # type: ignore[assignment]
+    """RevokeGrant ends a grant with immediate effect."""
 
 class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
     """AdminService is the gateway's administrator interface (internal listener, mutual TLS, callers
@@ -175,6 +191,32 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         cosigner asks before every signing session).
         """
 
+    @_abc_1.abstractmethod
+    def CreateGrant(
+        self,
+        request: _gateway_pb2.CreateGrantRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.CreateGrantResponse, _abc.Awaitable[_gateway_pb2.CreateGrantResponse]]:
+        """CreateGrant lets a user use an organisation key for some operations, in a validity window,
+        within a quota.
+        """
+
+    @_abc_1.abstractmethod
+    def ListGrants(
+        self,
+        request: _gateway_pb2.ListGrantsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.ListGrantsResponse, _abc.Awaitable[_gateway_pb2.ListGrantsResponse]]:
+        """ListGrants lists grants, optionally of one user or one organisation key."""
+
+    @_abc_1.abstractmethod
+    def RevokeGrant(
+        self,
+        request: _gateway_pb2.RevokeGrantRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.RevokeGrantResponse, _abc.Awaitable[_gateway_pb2.RevokeGrantResponse]]:
+        """RevokeGrant ends a grant with immediate effect."""
+
 def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
 
 class GatewayServiceStub:
@@ -198,6 +240,30 @@ class GatewayServiceStub:
     """GetCrl returns the current CRL, signed through the HSM."""
     GetCertificateStatus: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.GetCertificateStatusRequest, _gateway_pb2.GetCertificateStatusResponse]
     """GetCertificateStatus answers good, revoked or unknown for a serial number."""
+    StartSession: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.StartSessionRequest, _gateway_pb2.StartSessionResponse]
+    """StartSession gives a fresh challenge for a device to sign."""
+    FinishSession: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.FinishSessionRequest, _gateway_pb2.FinishSessionResponse]
+    """FinishSession checks the device's signature and the user's certificate, and returns a
+    short-lived session token bound to the device's key (send it as "authorization: Bearer").
+    """
+    ListMyGrants: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ListMyGrantsRequest, _gateway_pb2.ListMyGrantsResponse]
+    """ListMyGrants lists the session user's grants."""
+    PrepareOperation: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.PrepareOperationRequest, _gateway_pb2.PrepareOperationResponse]
+    """PrepareOperation checks the grant and returns the service record for the user to co-sign."""
+    ExecuteOperation: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ExecuteOperationRequest, _gateway_pb2.ExecuteOperationResponse]
+    """ExecuteOperation takes the co-signed record, logs it durably, has the HSM perform the
+    operation, and returns the result with a receipt. Idempotent by record id.
+    """
+    GetCheckpoint: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.GetCheckpointRequest, _gateway_pb2.GetCheckpointResponse]
+    """GetCheckpoint returns the audit log's latest signed checkpoint."""
+    GetInclusionProof: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.GetInclusionProofRequest, _gateway_pb2.GetInclusionProofResponse]
+    """GetInclusionProof proves an entry is in the tree of a given size."""
+    GetConsistencyProof: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.GetConsistencyProofRequest, _gateway_pb2.GetConsistencyProofResponse]
+    """GetConsistencyProof proves the tree of one size extends the tree of a smaller size."""
+    GetLogEntry: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.GetLogEntryRequest, _gateway_pb2.GetLogEntryResponse]
+    """GetLogEntry returns one log entry's bytes."""
+    GetLogPublicKey: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.GetLogPublicKeyRequest, _gateway_pb2.GetLogPublicKeyResponse]
+    """GetLogPublicKey returns the log key (checkpoint signatures) and the log's origin."""
 
 @_typing.type_check_only
 class GatewayServiceAsyncStub(GatewayServiceStub):
@@ -218,6 +284,30 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     """GetCrl returns the current CRL, signed through the HSM."""
     GetCertificateStatus: _aio.UnaryUnaryMultiCallable[_gateway_pb2.GetCertificateStatusRequest, _gateway_pb2.GetCertificateStatusResponse]  # type: ignore[assignment]
     """GetCertificateStatus answers good, revoked or unknown for a serial number."""
+    StartSession: _aio.UnaryUnaryMultiCallable[_gateway_pb2.StartSessionRequest, _gateway_pb2.StartSessionResponse]  # type: ignore[assignment]
+    """StartSession gives a fresh challenge for a device to sign."""
+    FinishSession: _aio.UnaryUnaryMultiCallable[_gateway_pb2.FinishSessionRequest, _gateway_pb2.FinishSessionResponse]  # type: ignore[assignment]
+    """FinishSession checks the device's signature and the user's certificate, and returns a
+    short-lived session token bound to the device's key (send it as "authorization: Bearer").
+    """
+    ListMyGrants: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ListMyGrantsRequest, _gateway_pb2.ListMyGrantsResponse]  # type: ignore[assignment]
+    """ListMyGrants lists the session user's grants."""
+    PrepareOperation: _aio.UnaryUnaryMultiCallable[_gateway_pb2.PrepareOperationRequest, _gateway_pb2.PrepareOperationResponse]  # type: ignore[assignment]
+    """PrepareOperation checks the grant and returns the service record for the user to co-sign."""
+    ExecuteOperation: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ExecuteOperationRequest, _gateway_pb2.ExecuteOperationResponse]  # type: ignore[assignment]
+    """ExecuteOperation takes the co-signed record, logs it durably, has the HSM perform the
+    operation, and returns the result with a receipt. Idempotent by record id.
+    """
+    GetCheckpoint: _aio.UnaryUnaryMultiCallable[_gateway_pb2.GetCheckpointRequest, _gateway_pb2.GetCheckpointResponse]  # type: ignore[assignment]
+    """GetCheckpoint returns the audit log's latest signed checkpoint."""
+    GetInclusionProof: _aio.UnaryUnaryMultiCallable[_gateway_pb2.GetInclusionProofRequest, _gateway_pb2.GetInclusionProofResponse]  # type: ignore[assignment]
+    """GetInclusionProof proves an entry is in the tree of a given size."""
+    GetConsistencyProof: _aio.UnaryUnaryMultiCallable[_gateway_pb2.GetConsistencyProofRequest, _gateway_pb2.GetConsistencyProofResponse]  # type: ignore[assignment]
+    """GetConsistencyProof proves the tree of one size extends the tree of a smaller size."""
+    GetLogEntry: _aio.UnaryUnaryMultiCallable[_gateway_pb2.GetLogEntryRequest, _gateway_pb2.GetLogEntryResponse]  # type: ignore[assignment]
+    """GetLogEntry returns one log entry's bytes."""
+    GetLogPublicKey: _aio.UnaryUnaryMultiCallable[_gateway_pb2.GetLogPublicKeyRequest, _gateway_pb2.GetLogPublicKeyResponse]  # type: ignore[assignment]
+    """GetLogPublicKey returns the log key (checkpoint signatures) and the log's origin."""
 
 class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
     """GatewayService is the gateway's public interface for phones and relying parties (public
@@ -265,5 +355,89 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_pb2.GetCertificateStatusResponse, _abc.Awaitable[_gateway_pb2.GetCertificateStatusResponse]]:
         """GetCertificateStatus answers good, revoked or unknown for a serial number."""
+
+    @_abc_1.abstractmethod
+    def StartSession(
+        self,
+        request: _gateway_pb2.StartSessionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.StartSessionResponse, _abc.Awaitable[_gateway_pb2.StartSessionResponse]]:
+        """StartSession gives a fresh challenge for a device to sign."""
+
+    @_abc_1.abstractmethod
+    def FinishSession(
+        self,
+        request: _gateway_pb2.FinishSessionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.FinishSessionResponse, _abc.Awaitable[_gateway_pb2.FinishSessionResponse]]:
+        """FinishSession checks the device's signature and the user's certificate, and returns a
+        short-lived session token bound to the device's key (send it as "authorization: Bearer").
+        """
+
+    @_abc_1.abstractmethod
+    def ListMyGrants(
+        self,
+        request: _gateway_pb2.ListMyGrantsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.ListMyGrantsResponse, _abc.Awaitable[_gateway_pb2.ListMyGrantsResponse]]:
+        """ListMyGrants lists the session user's grants."""
+
+    @_abc_1.abstractmethod
+    def PrepareOperation(
+        self,
+        request: _gateway_pb2.PrepareOperationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.PrepareOperationResponse, _abc.Awaitable[_gateway_pb2.PrepareOperationResponse]]:
+        """PrepareOperation checks the grant and returns the service record for the user to co-sign."""
+
+    @_abc_1.abstractmethod
+    def ExecuteOperation(
+        self,
+        request: _gateway_pb2.ExecuteOperationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.ExecuteOperationResponse, _abc.Awaitable[_gateway_pb2.ExecuteOperationResponse]]:
+        """ExecuteOperation takes the co-signed record, logs it durably, has the HSM perform the
+        operation, and returns the result with a receipt. Idempotent by record id.
+        """
+
+    @_abc_1.abstractmethod
+    def GetCheckpoint(
+        self,
+        request: _gateway_pb2.GetCheckpointRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.GetCheckpointResponse, _abc.Awaitable[_gateway_pb2.GetCheckpointResponse]]:
+        """GetCheckpoint returns the audit log's latest signed checkpoint."""
+
+    @_abc_1.abstractmethod
+    def GetInclusionProof(
+        self,
+        request: _gateway_pb2.GetInclusionProofRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.GetInclusionProofResponse, _abc.Awaitable[_gateway_pb2.GetInclusionProofResponse]]:
+        """GetInclusionProof proves an entry is in the tree of a given size."""
+
+    @_abc_1.abstractmethod
+    def GetConsistencyProof(
+        self,
+        request: _gateway_pb2.GetConsistencyProofRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.GetConsistencyProofResponse, _abc.Awaitable[_gateway_pb2.GetConsistencyProofResponse]]:
+        """GetConsistencyProof proves the tree of one size extends the tree of a smaller size."""
+
+    @_abc_1.abstractmethod
+    def GetLogEntry(
+        self,
+        request: _gateway_pb2.GetLogEntryRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.GetLogEntryResponse, _abc.Awaitable[_gateway_pb2.GetLogEntryResponse]]:
+        """GetLogEntry returns one log entry's bytes."""
+
+    @_abc_1.abstractmethod
+    def GetLogPublicKey(
+        self,
+        request: _gateway_pb2.GetLogPublicKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.GetLogPublicKeyResponse, _abc.Awaitable[_gateway_pb2.GetLogPublicKeyResponse]]:
+        """GetLogPublicKey returns the log key (checkpoint signatures) and the log's origin."""
 
 def add_GatewayServiceServicer_to_server(servicer: GatewayServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -281,6 +281,45 @@ class GetPublicKeyResponse(_message.Message):
 Global___GetPublicKeyResponse: _TypeAlias = GetPublicKeyResponse  # noqa: Y015
 
 @_typing.final
+class OrganisationKeyAuthorisation(_message.Message):
+    """OrganisationKeyAuthorisation is what the HSM proxy checks, next to the key, before it uses an
+    organisation key: a service record co-signed by an authorised user, and the gateway's
+    authorisation of that record. Without it no organisation key signs or decrypts.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORD_FIELD_NUMBER: _builtins.int
+    USER_SIGNATURE_FIELD_NUMBER: _builtins.int
+    USER_CERTIFICATE_FIELD_NUMBER: _builtins.int
+    GATEWAY_SIGNATURE_FIELD_NUMBER: _builtins.int
+    record: _builtins.bytes
+    """The service record bytes (format "MSR1", see README)."""
+    user_signature: _builtins.bytes
+    """The user's Ed25519 signature over the record (made jointly by phone and cosigner)."""
+    user_certificate: _builtins.bytes
+    """The user's personal certificate (DER); it must chain to a CA key held in this token."""
+    gateway_signature: _builtins.bytes
+    """ECDSA P-256 / SHA-256 (DER) by the gateway's authorisation key over
+    SHA-256("mobilesign/v1 authorisation" || 0x00 || SHA-256(record) || SHA-256(user_signature)).
+    """
+    def __init__(
+        self,
+        *,
+        record: _builtins.bytes = ...,
+        user_signature: _builtins.bytes = ...,
+        user_certificate: _builtins.bytes = ...,
+        gateway_signature: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["gateway_signature", b"gateway_signature", "record", b"record", "user_certificate", b"user_certificate", "user_signature", b"user_signature"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OrganisationKeyAuthorisation: _TypeAlias = OrganisationKeyAuthorisation  # noqa: Y015
+
+@_typing.final
 class SignDigestRequest(_message.Message):
     """SignDigestRequest asks for a signature over a 32-byte SHA-256 digest."""
 
@@ -289,19 +328,25 @@ class SignDigestRequest(_message.Message):
     KEY_ID_FIELD_NUMBER: _builtins.int
     MECHANISM_FIELD_NUMBER: _builtins.int
     DIGEST_FIELD_NUMBER: _builtins.int
+    AUTHORISATION_FIELD_NUMBER: _builtins.int
     key_id: _builtins.str
     mechanism: Global___SignatureMechanism.ValueType
     digest: _builtins.bytes
+    @_builtins.property
+    def authorisation(self) -> Global___OrganisationKeyAuthorisation:
+        """Required for organisation keys, absent for the others."""
+
     def __init__(
         self,
         *,
         key_id: _builtins.str = ...,
         mechanism: Global___SignatureMechanism.ValueType = ...,
         digest: _builtins.bytes = ...,
+        authorisation: Global___OrganisationKeyAuthorisation | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["authorisation", b"authorisation"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "key_id", b"key_id", "mechanism", b"mechanism"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["authorisation", b"authorisation", "digest", b"digest", "key_id", b"key_id", "mechanism", b"mechanism"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -329,6 +374,54 @@ class SignDigestResponse(_message.Message):
 Global___SignDigestResponse: _TypeAlias = SignDigestResponse  # noqa: Y015
 
 @_typing.final
+class CreateCertificateRequestRequest(_message.Message):
+    """CreateCertificateRequestRequest names the key and the request's subject."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    SUBJECT_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    subject: _builtins.bytes
+    """DER X.501 Name."""
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.str = ...,
+        subject: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id", "subject", b"subject"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateCertificateRequestRequest: _TypeAlias = CreateCertificateRequestRequest  # noqa: Y015
+
+@_typing.final
+class CreateCertificateRequestResponse(_message.Message):
+    """CreateCertificateRequestResponse carries the DER PKCS#10 request (ECDSA-SHA256 for EC keys,
+    sha256WithRSAEncryption for RSA keys).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CSR_FIELD_NUMBER: _builtins.int
+    csr: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        csr: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["csr", b"csr"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateCertificateRequestResponse: _TypeAlias = CreateCertificateRequestResponse  # noqa: Y015
+
+@_typing.final
 class DecryptRequest(_message.Message):
     """DecryptRequest asks to decrypt a ciphertext made with the key's public key."""
 
@@ -337,19 +430,25 @@ class DecryptRequest(_message.Message):
     KEY_ID_FIELD_NUMBER: _builtins.int
     MECHANISM_FIELD_NUMBER: _builtins.int
     CIPHERTEXT_FIELD_NUMBER: _builtins.int
+    AUTHORISATION_FIELD_NUMBER: _builtins.int
     key_id: _builtins.str
     mechanism: Global___DecryptMechanism.ValueType
     ciphertext: _builtins.bytes
+    @_builtins.property
+    def authorisation(self) -> Global___OrganisationKeyAuthorisation:
+        """Required: only organisation keys decrypt."""
+
     def __init__(
         self,
         *,
         key_id: _builtins.str = ...,
         mechanism: Global___DecryptMechanism.ValueType = ...,
         ciphertext: _builtins.bytes = ...,
+        authorisation: Global___OrganisationKeyAuthorisation | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["authorisation", b"authorisation"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ciphertext", b"ciphertext", "key_id", b"key_id", "mechanism", b"mechanism"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["authorisation", b"authorisation", "ciphertext", b"ciphertext", "key_id", b"key_id", "mechanism", b"mechanism"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -57,6 +57,11 @@ class HsmServiceStub:
                 request_serializer=mobilesign_dot_v1_dot_hsm__pb2.SignDigestRequest.SerializeToString,
                 response_deserializer=mobilesign_dot_v1_dot_hsm__pb2.SignDigestResponse.FromString,
                 _registered_method=True)
+        self.CreateCertificateRequest = channel.unary_unary(
+                '/mobilesign.v1.HsmService/CreateCertificateRequest',
+                request_serializer=mobilesign_dot_v1_dot_hsm__pb2.CreateCertificateRequestRequest.SerializeToString,
+                response_deserializer=mobilesign_dot_v1_dot_hsm__pb2.CreateCertificateRequestResponse.FromString,
+                _registered_method=True)
         self.Decrypt = channel.unary_unary(
                 '/mobilesign.v1.HsmService/Decrypt',
                 request_serializer=mobilesign_dot_v1_dot_hsm__pb2.DecryptRequest.SerializeToString,
@@ -108,6 +113,14 @@ class HsmServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateCertificateRequest(self, request, context):
+        """CreateCertificateRequest has a key sign a PKCS#10 request for itself. The proxy builds the
+        request, so this cannot be used to sign anything else with the key.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Decrypt(self, request, context):
         """Decrypt decrypts an RSA-OAEP (SHA-256, MGF1-SHA-256) ciphertext.
         """
@@ -151,6 +164,11 @@ def add_HsmServiceServicer_to_server(servicer, server):
                     servicer.SignDigest,
                     request_deserializer=mobilesign_dot_v1_dot_hsm__pb2.SignDigestRequest.FromString,
                     response_serializer=mobilesign_dot_v1_dot_hsm__pb2.SignDigestResponse.SerializeToString,
+            ),
+            'CreateCertificateRequest': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateCertificateRequest,
+                    request_deserializer=mobilesign_dot_v1_dot_hsm__pb2.CreateCertificateRequestRequest.FromString,
+                    response_serializer=mobilesign_dot_v1_dot_hsm__pb2.CreateCertificateRequestResponse.SerializeToString,
             ),
             'Decrypt': grpc.unary_unary_rpc_method_handler(
                     servicer.Decrypt,
@@ -279,6 +297,33 @@ class HsmService:
             '/mobilesign.v1.HsmService/SignDigest',
             mobilesign_dot_v1_dot_hsm__pb2.SignDigestRequest.SerializeToString,
             mobilesign_dot_v1_dot_hsm__pb2.SignDigestResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateCertificateRequest(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mobilesign.v1.HsmService/CreateCertificateRequest',
+            mobilesign_dot_v1_dot_hsm__pb2.CreateCertificateRequestRequest.SerializeToString,
+            mobilesign_dot_v1_dot_hsm__pb2.CreateCertificateRequestResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -44,6 +44,10 @@ class HsmServiceStub:
     """GetPublicKey returns one key's description and SubjectPublicKeyInfo."""
     SignDigest: _grpc.UnaryUnaryMultiCallable[_hsm_pb2.SignDigestRequest, _hsm_pb2.SignDigestResponse]
     """SignDigest signs a SHA-256 digest with an explicit mechanism checked against the key type."""
+    CreateCertificateRequest: _grpc.UnaryUnaryMultiCallable[_hsm_pb2.CreateCertificateRequestRequest, _hsm_pb2.CreateCertificateRequestResponse]
+    """CreateCertificateRequest has a key sign a PKCS#10 request for itself. The proxy builds the
+    request, so this cannot be used to sign anything else with the key.
+    """
     Decrypt: _grpc.UnaryUnaryMultiCallable[_hsm_pb2.DecryptRequest, _hsm_pb2.DecryptResponse]
     """Decrypt decrypts an RSA-OAEP (SHA-256, MGF1-SHA-256) ciphertext."""
     Seal: _grpc.UnaryUnaryMultiCallable[_hsm_pb2.SealRequest, _hsm_pb2.SealResponse]
@@ -67,6 +71,10 @@ class HsmServiceAsyncStub(HsmServiceStub):
     """GetPublicKey returns one key's description and SubjectPublicKeyInfo."""
     SignDigest: _aio.UnaryUnaryMultiCallable[_hsm_pb2.SignDigestRequest, _hsm_pb2.SignDigestResponse]  # type: ignore[assignment]
     """SignDigest signs a SHA-256 digest with an explicit mechanism checked against the key type."""
+    CreateCertificateRequest: _aio.UnaryUnaryMultiCallable[_hsm_pb2.CreateCertificateRequestRequest, _hsm_pb2.CreateCertificateRequestResponse]  # type: ignore[assignment]
+    """CreateCertificateRequest has a key sign a PKCS#10 request for itself. The proxy builds the
+    request, so this cannot be used to sign anything else with the key.
+    """
     Decrypt: _aio.UnaryUnaryMultiCallable[_hsm_pb2.DecryptRequest, _hsm_pb2.DecryptResponse]  # type: ignore[assignment]
     """Decrypt decrypts an RSA-OAEP (SHA-256, MGF1-SHA-256) ciphertext."""
     Seal: _aio.UnaryUnaryMultiCallable[_hsm_pb2.SealRequest, _hsm_pb2.SealResponse]  # type: ignore[assignment]
@@ -111,6 +119,16 @@ class HsmServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_hsm_pb2.SignDigestResponse, _abc.Awaitable[_hsm_pb2.SignDigestResponse]]:
         """SignDigest signs a SHA-256 digest with an explicit mechanism checked against the key type."""
+
+    @_abc_1.abstractmethod
+    def CreateCertificateRequest(
+        self,
+        request: _hsm_pb2.CreateCertificateRequestRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_hsm_pb2.CreateCertificateRequestResponse, _abc.Awaitable[_hsm_pb2.CreateCertificateRequestResponse]]:
+        """CreateCertificateRequest has a key sign a PKCS#10 request for itself. The proxy builds the
+        request, so this cannot be used to sign anything else with the key.
+        """
 
     @_abc_1.abstractmethod
     def Decrypt(

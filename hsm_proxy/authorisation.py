@@ -1,0 +1,164 @@
+"""The check next to the key: the HSM proxy uses an organisation key only for a service record
+co-signed by a certified user and authorised by the gateway, once.
+
+Every trust anchor is in the token itself: the user's certificate must be signed by a CA key
+(purpose CA) held in this token, and the gateway's authorisation by the service key labelled
+``authoriser_label``. A compromised gateway therefore cannot use an organisation key without a
+record the user co-signed, and a record cannot be used twice or for another key, operation or
+input.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import time
+from collections.abc import Awaitable, Callable
+
+import grpc
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, utils
+from cryptography.x509.oid import NameOID
+
+import records
+from grpc_host.errors import ServiceError
+from hsm_proxy import keys
+from hsm_proxy.replay import UsedRecords
+from mobilesign.v1 import hsm_pb2
+
+#: How far a record's time may be from the proxy's clock.
+MAX_RECORD_AGE_SECONDS = 300
+MAX_FIELD_BYTES = 4096
+
+KeyLister = Callable[[keys.Purpose], Awaitable[list[keys.KeyRecord]]]
+
+
+def _denied(reason: str, message: str) -> ServiceError:
+    return ServiceError(grpc.StatusCode.PERMISSION_DENIED, reason, message)
+
+
+def _load(spki: bytes) -> object:
+    return serialization.load_der_public_key(spki)
+
+
+class AuthorisationChecker:
+    """Checks an :class:`OrganisationKeyAuthorisation` before an organisation key is used."""
+
+    def __init__(self, list_keys: KeyLister, used: UsedRecords, authoriser_label: str) -> None:
+        self._list_keys = list_keys
+        self._used = used
+        self._authoriser_label = authoriser_label
+
+    async def _ca_keys(self) -> list[ec.EllipticCurvePublicKey]:
+        found = []
+        for record in await self._list_keys(keys.Purpose.CA):
+            public = _load(record.spki)
+            if isinstance(public, ec.EllipticCurvePublicKey):
+                found.append(public)
+        return found
+
+    async def _authoriser(self) -> ec.EllipticCurvePublicKey:
+        for record in await self._list_keys(keys.Purpose.SERVICE):
+            if record.label == self._authoriser_label:
+                public = _load(record.spki)
+                if isinstance(public, ec.EllipticCurvePublicKey):
+                    return public
+        raise _denied("GATEWAY_AUTHORISATION_INVALID", "no gateway authorisation key in the token")
+
+    async def _certificate(self, der: bytes) -> x509.Certificate:
+        try:
+            certificate = x509.load_der_x509_certificate(der)
+        except ValueError:
+            raise _denied(
+                "USER_CERTIFICATE_UNTRUSTED", "the user certificate is malformed"
+            ) from None
+        for ca_key in await self._ca_keys():
+            try:
+                ca_key.verify(
+                    certificate.signature,
+                    certificate.tbs_certificate_bytes,
+                    ec.ECDSA(hashes.SHA256()),
+                )
+                break
+            except InvalidSignature:
+                continue
+        else:
+            raise _denied(
+                "USER_CERTIFICATE_UNTRUSTED", "the user certificate is not from a CA in this token"
+            )
+        now = datetime.datetime.now(datetime.UTC)
+        if not certificate.not_valid_before_utc <= now < certificate.not_valid_after_utc:
+            raise _denied("USER_CERTIFICATE_EXPIRED", "the user certificate is not valid now")
+        try:
+            usage = certificate.extensions.get_extension_for_class(x509.KeyUsage).value
+        except x509.ExtensionNotFound:
+            raise _denied(
+                "USER_CERTIFICATE_UNTRUSTED", "the certificate has no key usage"
+            ) from None
+        if not (usage.digital_signature and usage.content_commitment):
+            raise _denied("USER_CERTIFICATE_UNTRUSTED", "the certificate does not allow signing")
+        return certificate
+
+    async def check(
+        self,
+        key_id: bytes,
+        operation: records.Operation,
+        data: bytes,
+        authorisation: hsm_pb2.OrganisationKeyAuthorisation,
+    ) -> None:
+        """Refuse unless ``authorisation`` allows ``operation`` on ``data`` with this key, now,
+        for the first time. The record id is consumed (durably) only once every check passed."""
+        if not authorisation.record:
+            raise _denied("AUTHORISATION_REQUIRED", "organisation keys need a co-signed record")
+        if any(
+            len(f) > MAX_FIELD_BYTES
+            for f in (
+                authorisation.record,
+                authorisation.user_signature,
+                authorisation.user_certificate,
+                authorisation.gateway_signature,
+            )
+        ):
+            raise _denied("RECORD_MALFORMED", "an authorisation field is too large")
+        try:
+            record = records.decode_record(authorisation.record)
+        except records.RecordError:
+            raise _denied("RECORD_MALFORMED", "the service record is malformed") from None
+        if record.organisation_key_id != key_id.hex():
+            raise _denied("RECORD_KEY_MISMATCH", "the record names another key")
+        if record.operation is not operation:
+            raise _denied("RECORD_OPERATION_MISMATCH", "the record allows another operation")
+        if hashlib.sha256(data).digest() != record.input_sha256:
+            raise _denied("RECORD_INPUT_MISMATCH", "the record is for other data")
+        if abs(time.time() * 1000 - record.time_ms) > MAX_RECORD_AGE_SECONDS * 1000:
+            raise _denied("RECORD_STALE", "the record is too old or from the future")
+        certificate = await self._certificate(authorisation.user_certificate)
+        user_key = certificate.public_key()
+        if not isinstance(user_key, ed25519.Ed25519PublicKey):
+            raise _denied("RECORD_CERTIFICATE_MISMATCH", "the certificate is not for a joint key")
+        raw = user_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+        names = [a.value for a in certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+        if (
+            raw.hex() != record.user_key_id
+            or format(certificate.serial_number, "x") != record.certificate_serial
+            or names != [record.user_id]
+        ):
+            raise _denied("RECORD_CERTIFICATE_MISMATCH", "the record names another certificate")
+        try:
+            user_key.verify(authorisation.user_signature, authorisation.record)
+        except InvalidSignature:
+            raise _denied("USER_SIGNATURE_INVALID", "the user did not sign this record") from None
+        try:
+            (await self._authoriser()).verify(
+                authorisation.gateway_signature,
+                records.authorisation_digest(authorisation.record, authorisation.user_signature),
+                ec.ECDSA(utils.Prehashed(hashes.SHA256())),
+            )
+        except InvalidSignature:
+            raise _denied(
+                "GATEWAY_AUTHORISATION_INVALID", "the gateway did not authorise this record"
+            ) from None
+        if not await self._used.consume(record.record_id, key_id.hex(), int(time.time())):
+            raise _denied("AUTHORISATION_REPLAYED", "this record was already used")

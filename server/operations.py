@@ -1,0 +1,374 @@
+"""Use of organisation keys (flows S3 and S4): grants, service records, execution.
+
+Order of a use, each step durable before the next: the gateway checks the certificate and the
+grant and fixes the record's bytes (prepare); the user co-signs them; the gateway verifies that
+signature, then in one transaction consumes quota and appends the co-signed record to the audit
+log; only then does it ask the HSM proxy, which checks the record again next to the key; the
+outcome is logged; the result goes back with a receipt. No record, no service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import secrets
+import time
+import weakref
+from dataclasses import dataclass
+
+import grpc
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+import records
+from ca import CertificateAuthority
+from grpc_host.errors import ServiceError
+from mobilesign.v1 import gateway_pb2, hsm_pb2
+from server.audit import AuditLog
+from server.hsm import HsmClient
+from server.ledger import GrantRow, Ledger, QuotaExceeded
+from server.organisations import OrganisationStore
+from server.sessions import Session
+from server.users import UserStore
+
+#: A prepared record must be signed and executed within this time (the HSM proxy's window).
+RECORD_LIFETIME_SECONDS = 240
+MAX_GRANT_QUOTA = 1_000_000
+
+_OPERATION_NAMES = {
+    gateway_pb2.OPERATION_SIGN_DIGEST: "sign",
+    gateway_pb2.OPERATION_DECRYPT: "decrypt",
+}
+_OPERATION_VALUES = {v: k for k, v in _OPERATION_NAMES.items()}
+
+
+def _denied(reason: str, message: str) -> ServiceError:
+    return ServiceError(grpc.StatusCode.PERMISSION_DENIED, reason, message)
+
+
+def _invalid(reason: str, message: str) -> ServiceError:
+    return ServiceError(grpc.StatusCode.INVALID_ARGUMENT, reason, message)
+
+
+def grant_message(grant: GrantRow) -> gateway_pb2.Grant:
+    """A grant as the API shows it."""
+    return gateway_pb2.Grant(
+        grant_id=grant.grant_id,
+        user_id=grant.user_id,
+        key_id=grant.key_id,
+        operations=[_OPERATION_VALUES[name] for name in grant.operations],
+        not_before_unix=grant.not_before,
+        not_after_unix=grant.not_after,
+        quota_total=grant.quota_total,
+        quota_daily=grant.quota_daily,
+        purpose=grant.purpose,
+        used_total=grant.used_total,
+        used_today=grant.used_today,
+        revoked=grant.revoked,
+    )
+
+
+@dataclass(frozen=True)
+class Executed:
+    """The result of an operation and the receipt that proves it was recorded."""
+
+    result: bytes
+    receipt: gateway_pb2.Receipt
+
+
+class Operations:
+    """Grants, and the prepare/execute exchange of an organisation-key use."""
+
+    def __init__(
+        self,
+        *,
+        ledger: Ledger,
+        audit: AuditLog,
+        hsm: HsmClient,
+        ca: CertificateAuthority,
+        users: UserStore,
+        organisations: OrganisationStore,
+        authoriser_key_label: str,
+    ) -> None:
+        self._ledger = ledger
+        self._audit = audit
+        self._hsm = hsm
+        self._ca = ca
+        self._users = users
+        self._organisations = organisations
+        self._authoriser_key_label = authoriser_key_label
+        self._record_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
+
+    @property
+    def ledger(self) -> Ledger:
+        """The ledger holding grants, records and the log."""
+        return self._ledger
+
+    # Grants ------------------------------------------------------------------------------
+    async def create_grant(self, request: gateway_pb2.CreateGrantRequest) -> GrantRow:
+        """Check and store a new grant."""
+        await self._users.get(request.user_id)
+        key = await self._organisations.key(request.key_id)
+        if key is None:
+            raise ServiceError(
+                grpc.StatusCode.NOT_FOUND, "ORGANISATION_KEY_NOT_FOUND", "no such organisation key"
+            )
+        names = []
+        for operation in request.operations:
+            name = _OPERATION_NAMES.get(operation)
+            if name is None:
+                raise _invalid("OPERATION_INVALID", "unknown operation")
+            if name == "decrypt" and key.algorithm == hsm_pb2.KEY_ALGORITHM_EC_P256:
+                raise _invalid("OPERATION_INVALID", "EC organisation keys do not decrypt")
+            if name not in names:
+                names.append(name)
+        if not names:
+            raise _invalid("OPERATION_INVALID", "a grant allows at least one operation")
+        if not 0 <= request.not_before_unix < request.not_after_unix:
+            raise _invalid("WINDOW_INVALID", "the validity window is empty")
+        if not (
+            0 < request.quota_daily <= MAX_GRANT_QUOTA
+            and 0 < request.quota_total <= MAX_GRANT_QUOTA
+        ):
+            raise _invalid("QUOTA_INVALID", f"quotas are 1 to {MAX_GRANT_QUOTA}")
+        if len(request.purpose) > records.MAX_PURPOSE:
+            raise _invalid("PURPOSE_TOO_LONG", f"at most {records.MAX_PURPOSE} characters")
+        grant = GrantRow(
+            grant_id=secrets.token_hex(16),
+            user_id=request.user_id,
+            key_id=request.key_id,
+            operations=tuple(names),
+            not_before=request.not_before_unix,
+            not_after=request.not_after_unix,
+            quota_total=request.quota_total,
+            quota_daily=request.quota_daily,
+            purpose=request.purpose,
+            revoked=False,
+            used_total=0,
+            used_today=0,
+        )
+        await self._ledger.create_grant(grant, int(time.time()))
+        return grant
+
+    async def _usable_grant(self, grant_id: str, session: Session, operation: str) -> GrantRow:
+        grant = await self._ledger.grant(grant_id) if records.is_record_id(grant_id) else None
+        if grant is None or grant.user_id != session.user_id:
+            raise _denied("NO_GRANT", "the user has no such grant")
+        if grant.revoked:
+            raise _denied("GRANT_REVOKED", "the grant has been revoked")
+        now = time.time()
+        if now < grant.not_before:
+            raise _denied("GRANT_NOT_YET_VALID", "the grant is not valid yet")
+        if now >= grant.not_after:
+            raise _denied("GRANT_EXPIRED", "the grant has expired")
+        if operation not in grant.operations:
+            raise _denied("OPERATION_NOT_GRANTED", "the grant does not allow this operation")
+        if grant.used_total >= grant.quota_total or grant.used_today >= grant.quota_daily:
+            raise ServiceError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, "QUOTA_EXCEEDED", "the grant's quota is used up"
+            )
+        return grant
+
+    # Prepare -----------------------------------------------------------------------------
+    async def prepare(
+        self, session: Session, request: gateway_pb2.PrepareOperationRequest
+    ) -> tuple[str, bytes]:
+        """Check the grant and fix the record's bytes; returns (record id, record)."""
+        name = _OPERATION_NAMES.get(request.operation)
+        if name is None:
+            raise _invalid("OPERATION_INVALID", "unknown operation")
+        if len(request.purpose) > records.MAX_PURPOSE:
+            raise _invalid("PURPOSE_TOO_LONG", f"at most {records.MAX_PURPOSE} characters")
+        grant = await self._usable_grant(request.grant_id, session, name)
+        key = await self._organisations.key(grant.key_id)
+        organisation_certificate = await self._ca.current_for_key(grant.key_id)
+        if key is None or organisation_certificate is None:
+            raise ServiceError(
+                grpc.StatusCode.FAILED_PRECONDITION, "ORGANISATION_KEY_UNUSABLE", "no certificate"
+            )
+        if await self._ca.key_revoked(grant.key_id):
+            raise ServiceError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "ORGANISATION_CERTIFICATE_REVOKED",
+                "the organisation certificate has been revoked",
+            )
+        if name == "sign":
+            if len(request.input) != 32:
+                raise _invalid("INPUT_INVALID", "sign a 32-byte SHA-256 digest")
+            operation = (
+                records.Operation.SIGN_ECDSA_SHA256
+                if key.algorithm == hsm_pb2.KEY_ALGORITHM_EC_P256
+                else records.Operation.SIGN_RSA_PSS_SHA256
+            )
+        else:
+            size = 256 if key.algorithm == hsm_pb2.KEY_ALGORITHM_RSA_2048 else 384
+            if len(request.input) != size:
+                raise _invalid("INPUT_INVALID", f"the ciphertext must be {size} bytes")
+            operation = records.Operation.DECRYPT_RSA_OAEP_SHA256
+        record = records.ServiceRecord(
+            record_id=secrets.token_hex(16),
+            user_id=session.user_id,
+            user_key_id=session.user_key_id,
+            certificate_serial=session.certificate.serial,
+            organisation_key_id=grant.key_id,
+            organisation_certificate_sha256=hashlib.sha256(organisation_certificate.der).digest(),
+            operation=operation,
+            input_sha256=hashlib.sha256(request.input).digest(),
+            purpose=request.purpose or grant.purpose,
+            grant_id=grant.grant_id,
+            time_ms=int(time.time() * 1000),
+            gateway_nonce=secrets.token_bytes(16),
+        )
+        encoded = record.encode()
+        await self._ledger.add_record(
+            record.record_id, session.user_id, session.user_key_id, grant.grant_id, encoded
+        )
+        return record.record_id, encoded
+
+    # Execute -----------------------------------------------------------------------------
+    async def execute(
+        self, session: Session, request: gateway_pb2.ExecuteOperationRequest
+    ) -> Executed:
+        """Verify, log, execute, log the outcome, and return the result with a receipt."""
+        if not records.is_record_id(request.record_id):
+            raise _invalid("MALFORMED_RECORD_ID", "a record id is 32 hex digits")
+        lock = self._record_locks.setdefault(request.record_id, asyncio.Lock())
+        async with lock:
+            return await self._execute(session, request)
+
+    async def _execute(
+        self, session: Session, request: gateway_pb2.ExecuteOperationRequest
+    ) -> Executed:
+        row = await self._ledger.record(request.record_id)
+        if row is None or row.user_key_id != session.user_key_id:
+            raise ServiceError(grpc.StatusCode.NOT_FOUND, "RECORD_NOT_FOUND", "no such record")
+        record = records.decode_record(row.record)
+        if hashlib.sha256(request.input).digest() != record.input_sha256:
+            raise _invalid("INPUT_MISMATCH", "the input is not the one in the record")
+        if row.state == "done":
+            if row.result is None or row.entry_index is None or row.user_signature is None:
+                raise ServiceError(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    "RECORD_ALREADY_EXECUTED",
+                    "the record was executed; decrypted data is not kept",
+                )
+            return Executed(
+                row.result, await self._receipt(row.record, row.user_signature, row.entry_index)
+            )
+        if row.state == "failed":
+            raise ServiceError(
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "RECORD_FAILED",
+                f"the record's operation failed: {row.reason}",
+            )
+        if row.state == "prepared":
+            entry_index, signature = await self._log(
+                session, row.grant_id, record, row.record, request
+            )
+        else:  # logged before a crash, not yet executed: carry on
+            assert row.entry_index is not None
+            assert row.user_signature is not None
+            entry_index, signature = row.entry_index, row.user_signature
+        result = await self._run(record, row.record, signature, session, request.input)
+        return Executed(result, await self._receipt(row.record, signature, entry_index))
+
+    async def _log(
+        self,
+        session: Session,
+        grant_id: str,
+        record: records.ServiceRecord,
+        encoded: bytes,
+        request: gateway_pb2.ExecuteOperationRequest,
+    ) -> tuple[int, bytes]:
+        if time.time() * 1000 - record.time_ms > RECORD_LIFETIME_SECONDS * 1000:
+            raise ServiceError(
+                grpc.StatusCode.FAILED_PRECONDITION, "RECORD_EXPIRED", "prepare the operation again"
+            )
+        user_key = x509.load_der_x509_certificate(session.certificate.der).public_key()
+        assert isinstance(user_key, ed25519.Ed25519PublicKey)
+        try:
+            user_key.verify(request.user_signature, encoded)
+        except InvalidSignature:
+            raise _denied(
+                "USER_SIGNATURE_INVALID", "the signature on the record is not the user's"
+            ) from None
+        name = "sign" if record.operation.is_sign else "decrypt"
+        await self._usable_grant(grant_id, session, name)
+        entry = records.RecordEntry(encoded, request.user_signature).encode()
+        try:
+            index = await self._ledger.log_use(
+                record.record_id, grant_id, entry, request.user_signature, time.time()
+            )
+        except QuotaExceeded:
+            raise ServiceError(
+                grpc.StatusCode.RESOURCE_EXHAUSTED, "QUOTA_EXCEEDED", "the grant's quota is used up"
+            ) from None
+        return index, request.user_signature
+
+    async def _run(
+        self,
+        record: records.ServiceRecord,
+        encoded: bytes,
+        signature: bytes,
+        session: Session,
+        data: bytes,
+    ) -> bytes:
+        authoriser = await self._hsm.ensure_key(
+            self._authoriser_key_label, hsm_pb2.KEY_PURPOSE_SERVICE
+        )
+        authorisation = hsm_pb2.OrganisationKeyAuthorisation(
+            record=encoded,
+            user_signature=signature,
+            user_certificate=session.certificate.der,
+            gateway_signature=await self._hsm.sign_digest(
+                authoriser.key_id,
+                hsm_pb2.SIGNATURE_MECHANISM_ECDSA_SHA256,
+                records.authorisation_digest(encoded, signature),
+            ),
+        )
+        try:
+            if record.operation is records.Operation.DECRYPT_RSA_OAEP_SHA256:
+                result = await self._hsm.decrypt(record.organisation_key_id, data, authorisation)
+            else:
+                mechanism = (
+                    hsm_pb2.SIGNATURE_MECHANISM_ECDSA_SHA256
+                    if record.operation is records.Operation.SIGN_ECDSA_SHA256
+                    else hsm_pb2.SIGNATURE_MECHANISM_RSA_PSS_SHA256
+                )
+                result = await self._hsm.sign_digest(
+                    record.organisation_key_id, mechanism, data, authorisation
+                )
+        except ServiceError as exc:
+            outcome = records.OutcomeEntry(record.record_id, False, exc.reason, bytes(32))
+            await self._ledger.log_outcome(
+                record.record_id, outcome.encode(), False, None, exc.reason
+            )
+            raise
+        outcome = records.OutcomeEntry(record.record_id, True, "", hashlib.sha256(result).digest())
+        # A signature is kept so that a retry gets it again; a plaintext never is.
+        kept = result if record.operation.is_sign else None
+        await self._ledger.log_outcome(record.record_id, outcome.encode(), True, kept, "")
+        return result
+
+    async def _receipt(
+        self, record: bytes, user_signature: bytes, entry_index: int
+    ) -> gateway_pb2.Receipt:
+        size, note = await self._audit.checkpoint()
+        return gateway_pb2.Receipt(
+            record=record,
+            user_signature=user_signature,
+            user_certificate=(await self._certificate_of(record)),
+            entry_index=entry_index,
+            entry=records.RecordEntry(record, user_signature).encode(),
+            inclusion_proof=self._audit.inclusion_proof(entry_index, size),
+            checkpoint=note,
+        )
+
+    async def _certificate_of(self, encoded: bytes) -> bytes:
+        record = records.decode_record(encoded)
+        _status, certificate = await self._ca.status(record.certificate_serial)
+        assert certificate is not None
+        return certificate.der
