@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import grpc
+
+import records
 from cosigner.gateway import Gateway
 from cosigner.hsm import Sealer
 from cosigner.store import KeyStore
+from grpc_host.errors import ServiceError
 
 
 @dataclass(frozen=True)
@@ -18,6 +22,14 @@ class Cosigner:
     gateway: Gateway
     step_timeout: float
     max_pin_attempts: int
+
+
+def check_key_id(key_id: str) -> None:
+    """Refuse key ids that are not 64 lowercase hex digits (the joint public key)."""
+    if not records.is_user_key_id(key_id):
+        raise ServiceError(
+            grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_KEY_ID", "a key id is 64 hex digits"
+        )
 
 
 def key_package_aad(key_id: str) -> bytes:

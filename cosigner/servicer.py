@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 import grpc
 
 import wire
 from cosigner import enrolment, signing
-from cosigner.context import Cosigner
+from cosigner.context import Cosigner, check_key_id
 from cosigner.stream import StepStream
 from grpc_host import access
 from grpc_host.errors import ServiceError
@@ -28,15 +27,7 @@ POLICY = access.AccessPolicy(
     }
 )
 
-_KEY_ID = re.compile(r"^[0-9a-f]{64}$")
 _Context = grpc.aio.ServicerContext[Any, Any]
-
-
-def _check_key_id(key_id: str) -> None:
-    if not _KEY_ID.match(key_id):
-        raise ServiceError(
-            grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_KEY_ID", "a key id is 64 hex digits"
-        )
 
 
 class CosignerServicer(cosigner_pb2_grpc.CosignerServiceServicer):
@@ -54,7 +45,7 @@ class CosignerServicer(cosigner_pb2_grpc.CosignerServiceServicer):
         await signing.sign(self._cosigner, StepStream(context, self._cosigner.step_timeout))
 
     async def GetKey(self, request: pb.GetKeyRequest, context: _Context) -> pb.GetKeyResponse:
-        _check_key_id(request.key_id)
+        check_key_id(request.key_id)
         key = await self._cosigner.store.get(request.key_id)
         if key is None:
             raise ServiceError(grpc.StatusCode.NOT_FOUND, "KEY_NOT_FOUND", "no such key")
@@ -71,7 +62,7 @@ class CosignerServicer(cosigner_pb2_grpc.CosignerServiceServicer):
     async def UnlockKey(
         self, request: pb.UnlockKeyRequest, context: _Context
     ) -> pb.UnlockKeyResponse:
-        _check_key_id(request.key_id)
+        check_key_id(request.key_id)
         if not await self._cosigner.store.unlock(request.key_id):
             raise ServiceError(grpc.StatusCode.NOT_FOUND, "KEY_NOT_FOUND", "no such key")
         return pb.UnlockKeyResponse()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 import secrets
 import time
 
@@ -19,14 +18,13 @@ import grpc
 import deviceauth
 import twoparty
 import wire
-from cosigner.context import Cosigner, key_package_aad, pin_verifier_aad
+from cosigner.context import Cosigner, check_key_id, key_package_aad, pin_verifier_aad
 from cosigner.store import CommitmentReplayed, StoredKey
 from cosigner.stream import StepStream
 from grpc_host.errors import ServiceError
 from mobilesign.v1 import cosigner_pb2 as pb
 
 _log = logging.getLogger("mobilesign.cosigner.sign")
-_KEY_ID = re.compile(r"^[0-9a-f]{64}$")
 MAX_MESSAGE_BYTES = 65_536
 
 
@@ -43,10 +41,7 @@ def _denied(reason: str, message: str) -> ServiceError:
 
 
 async def _key(cosigner: Cosigner, key_id: str, scheme: twoparty.Scheme) -> StoredKey:
-    if not _KEY_ID.match(key_id):
-        raise ServiceError(
-            grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_KEY_ID", "a key id is 64 hex digits"
-        )
+    check_key_id(key_id)
     key = await cosigner.store.get(key_id)
     if key is None:
         raise ServiceError(grpc.StatusCode.NOT_FOUND, "KEY_NOT_FOUND", "no such key")

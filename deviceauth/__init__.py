@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -44,7 +44,7 @@ def load_device_key(spki: bytes) -> ec.EllipticCurvePublicKey:
         raise DeviceKeyError("device key malformed")
     try:
         key = serialization.load_der_public_key(spki)
-    except ValueError:
+    except (ValueError, UnsupportedAlgorithm):
         raise DeviceKeyError("device key malformed") from None
     if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
         raise DeviceKeyError("device key must be EC P-256")

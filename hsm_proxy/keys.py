@@ -90,7 +90,7 @@ def parse_key_id(text: str) -> bytes:
 
 def check_label(label: str) -> None:
     """Refuse labels outside 1 to 64 characters of ``[A-Za-z0-9._-]``."""
-    if not _LABEL.match(label):
+    if not _LABEL.fullmatch(label):
         raise _invalid("MALFORMED_LABEL", "a label is 1 to 64 characters of [A-Za-z0-9._-]")
 
 

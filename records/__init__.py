@@ -226,9 +226,9 @@ def authorisation_digest(record: bytes, user_signature: bytes) -> bytes:
 
 def is_record_id(value: str) -> bool:
     """True for 32 lowercase hex digits."""
-    return bool(_HEX32.match(value))
+    return bool(_HEX32.fullmatch(value))
 
 
 def is_user_key_id(value: str) -> bool:
     """True for 64 lowercase hex digits."""
-    return bool(_HEX64.match(value))
+    return bool(_HEX64.fullmatch(value))

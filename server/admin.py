@@ -60,7 +60,7 @@ _SERIAL = re.compile(r"^[0-9a-f]{1,40}$")
 
 def check_serial(serial: str) -> None:
     """Refuse serials that are not lowercase hex of at most 20 octets."""
-    if not _SERIAL.match(serial):
+    if not _SERIAL.fullmatch(serial):
         raise ServiceError(
             grpc.StatusCode.INVALID_ARGUMENT,
             "MALFORMED_SERIAL",

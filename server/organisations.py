@@ -45,7 +45,7 @@ class OrganisationStore:
 
     async def create(self, organisation_id: str, name: str, now: int) -> Organisation:
         """Register an organisation; ALREADY_EXISTS if the id is taken."""
-        if not _ORGANISATION_ID.match(organisation_id):
+        if not _ORGANISATION_ID.fullmatch(organisation_id):
             raise ServiceError(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 "MALFORMED_ORGANISATION_ID",

@@ -26,7 +26,7 @@ class User:
 
 def check_user_id(user_id: str) -> None:
     """Refuse user ids outside 1 to 64 characters of ``[A-Za-z0-9._@-]``."""
-    if not _USER_ID.match(user_id):
+    if not _USER_ID.fullmatch(user_id):
         raise ServiceError(
             grpc.StatusCode.INVALID_ARGUMENT,
             "MALFORMED_USER_ID",

@@ -19,3 +19,24 @@ def hsm_deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deploym
     deployment.start("hsm-proxy")
     yield deployment
     deployment.stop_all()
+
+
+#: Seconds the cosigner waits for each protocol step in the two-party deployment (kept short so
+#: that the step-timeout tests stay fast, long enough for honest clients on a busy machine).
+TWO_PARTY_STEP_TIMEOUT_SECONDS = 3
+
+
+@pytest.fixture(scope="module")
+def two_party_deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    """HSM proxy, gateway and cosigner processes sharing one state directory."""
+    deployment = Deployment(
+        tmp_path_factory.mktemp("two-party"),
+        extra_env={
+            "MOBILESIGN_COSIGNER_STEP_TIMEOUT_SECONDS": str(TWO_PARTY_STEP_TIMEOUT_SECONDS),
+        },
+    )
+    try:
+        deployment.start_all()
+        yield deployment
+    finally:
+        deployment.stop_all()

@@ -85,7 +85,8 @@ def verify(ticket: bytes, public_key: ec.EllipticCurvePublicKey, now: int) -> Cl
         )
     except InvalidSignature:
         raise TicketError("TICKET_FORGED", "the enrolment ticket's signature is invalid") from None
-    if claims.audience != AUDIENCE or not _TICKET_ID.match(claims.ticket_id) or not claims.user_id:
+    well_formed = _TICKET_ID.fullmatch(claims.ticket_id) and claims.user_id
+    if claims.audience != AUDIENCE or not well_formed:
         raise TicketError("TICKET_MALFORMED", "the enrolment ticket is malformed")
     if not claims.issued_at_unix - CLOCK_SKEW_SECONDS <= now < claims.expires_at_unix:
         raise TicketError("TICKET_EXPIRED", "the enrolment ticket has expired")

@@ -13,25 +13,27 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 
+import records
 from grpc_host import channels, devpki
 from grpc_host.errors import reason_of
-from mobilesign.v1 import hsm_pb2, hsm_pb2_grpc
 from launcher import Deployment
+from mobilesign.v1 import hsm_pb2, hsm_pb2_grpc
+from tests.integration.authorisations import Authority
 
 pytestmark = pytest.mark.integration
 
 DIGEST = hashlib.sha256(b"a business document").digest()
 
 
-def _stub(channel: grpc.aio.Channel) -> hsm_pb2_grpc.HsmServiceStub:
+def _stub(channel: grpc.aio.Channel) -> hsm_pb2_grpc.HsmServiceAsyncStub:
     return hsm_pb2_grpc.HsmServiceStub(channel)
 
 
 async def _generate(
     deployment: Deployment,
     label: str,
-    algorithm: int,
-    purpose: int = hsm_pb2.KEY_PURPOSE_ORGANISATION,
+    algorithm: hsm_pb2.KeyAlgorithm.ValueType,
+    purpose: hsm_pb2.KeyPurpose.ValueType = hsm_pb2.KEY_PURPOSE_SERVICE,
 ) -> hsm_pb2.KeyInfo:
     async with deployment.channel("hsm-proxy") as channel:
         reply = await _stub(channel).GenerateKeyPair(
@@ -86,7 +88,10 @@ async def _expect_error(call: object, code: grpc.StatusCode, reason: str) -> Non
     ],
 )
 async def test_generate_describe_and_sign(
-    hsm_deployment: Deployment, algorithm: int, mechanisms: list[int], size: int
+    hsm_deployment: Deployment,
+    algorithm: hsm_pb2.KeyAlgorithm.ValueType,
+    mechanisms: list[hsm_pb2.SignatureMechanism.ValueType],
+    size: int,
 ) -> None:
     key = await _generate(hsm_deployment, f"sign-{algorithm}", algorithm)
     assert len(key.key_id) == 32
@@ -95,9 +100,7 @@ async def test_generate_describe_and_sign(
         stub = _stub(channel)
         described = await stub.GetPublicKey(hsm_pb2.GetPublicKeyRequest(key_id=key.key_id))
         assert described.key == key
-        listed = await stub.ListKeys(
-            hsm_pb2.ListKeysRequest(purpose=hsm_pb2.KEY_PURPOSE_ORGANISATION)
-        )
+        listed = await stub.ListKeys(hsm_pb2.ListKeysRequest(purpose=hsm_pb2.KEY_PURPOSE_SERVICE))
         assert key in listed.keys
         for mechanism in mechanisms:
             digest = hashlib.sha256(os.urandom(16)).digest()
@@ -129,28 +132,40 @@ async def test_200_concurrent_signatures_all_verify(hsm_deployment: Deployment) 
 
 
 async def test_decrypt_round_trips_oaep(hsm_deployment: Deployment) -> None:
-    key = await _generate(hsm_deployment, "decrypt", hsm_pb2.KEY_ALGORITHM_RSA_2048)
+    key = await _generate(
+        hsm_deployment, "decrypt", hsm_pb2.KEY_ALGORITHM_RSA_2048, hsm_pb2.KEY_PURPOSE_ORGANISATION
+    )
     public = serialization.load_der_public_key(key.public_key_spki)
     assert isinstance(public, rsa.RSAPublicKey)
     oaep = padding.OAEP(padding.MGF1(hashes.SHA256()), hashes.SHA256(), None)
+    decrypt = records.Operation.DECRYPT_RSA_OAEP_SHA256
     async with hsm_deployment.channel("hsm-proxy", "gateway") as channel:
         stub = _stub(channel)
+        authority = await Authority.create(stub)
         for message in (b"", b"a short secret", os.urandom(190)):
+            ciphertext = public.encrypt(message, oaep)
             reply = await stub.Decrypt(
                 hsm_pb2.DecryptRequest(
                     key_id=key.key_id,
                     mechanism=hsm_pb2.DECRYPT_MECHANISM_RSA_OAEP_SHA256,
-                    ciphertext=public.encrypt(message, oaep),
+                    ciphertext=ciphertext,
+                    authorisation=await authority.authorise(
+                        authority.record(key.key_id, decrypt, ciphertext)
+                    ),
                 )
             )
             assert reply.plaintext == message
         # A ciphertext with the wrong padding (PKCS#1 v1.5) is refused, not decrypted.
+        ciphertext = public.encrypt(b"x", padding.PKCS1v15())
         await _expect_error(
             stub.Decrypt(
                 hsm_pb2.DecryptRequest(
                     key_id=key.key_id,
                     mechanism=hsm_pb2.DECRYPT_MECHANISM_RSA_OAEP_SHA256,
-                    ciphertext=public.encrypt(b"x", padding.PKCS1v15()),
+                    ciphertext=ciphertext,
+                    authorisation=await authority.authorise(
+                        authority.record(key.key_id, decrypt, ciphertext)
+                    ),
                 )
             ),
             grpc.StatusCode.INVALID_ARGUMENT,
@@ -198,6 +213,12 @@ async def test_seal_unseal_round_trip_and_tamper(hsm_deployment: Deployment) -> 
 async def test_bad_input_is_refused_and_changes_nothing(hsm_deployment: Deployment) -> None:
     ec_key = await _generate(hsm_deployment, "bad-input-ec", hsm_pb2.KEY_ALGORITHM_EC_P256)
     rsa_key = await _generate(hsm_deployment, "bad-input-rsa", hsm_pb2.KEY_ALGORITHM_RSA_2048)
+    rsa_organisation_key = await _generate(
+        hsm_deployment,
+        "bad-input-rsa-org",
+        hsm_pb2.KEY_ALGORITHM_RSA_2048,
+        hsm_pb2.KEY_PURPOSE_ORGANISATION,
+    )
     async with hsm_deployment.channel("hsm-proxy", "gateway") as channel:
         stub = _stub(channel)
         before = await stub.ListKeys(hsm_pb2.ListKeysRequest())
@@ -272,7 +293,7 @@ async def test_bad_input_is_refused_and_changes_nothing(hsm_deployment: Deployme
             (
                 stub.Decrypt(
                     hsm_pb2.DecryptRequest(
-                        key_id=rsa_key.key_id,
+                        key_id=rsa_organisation_key.key_id,
                         mechanism=hsm_pb2.DECRYPT_MECHANISM_RSA_OAEP_SHA256,
                         ciphertext=b"x" * 10,
                     )
@@ -284,7 +305,7 @@ async def test_bad_input_is_refused_and_changes_nothing(hsm_deployment: Deployme
                 stub.GenerateKeyPair(
                     hsm_pb2.GenerateKeyPairRequest(
                         label="bad-input-ec",
-                        purpose=hsm_pb2.KEY_PURPOSE_ORGANISATION,
+                        purpose=hsm_pb2.KEY_PURPOSE_SERVICE,
                         algorithm=hsm_pb2.KEY_ALGORITHM_EC_P256,
                     )
                 ),
