@@ -10,12 +10,6 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.x509.oid import NameOID
-from cryptography.x509.verification import (
-    ExtensionPolicy,
-    PolicyBuilder,
-    Store,
-    VerificationError,
-)
 
 import pkix
 from client.errors import ClientError
@@ -79,19 +73,9 @@ def verify_personal_certificate(
         leaf = x509.load_der_x509_certificate(certificate)
     except ValueError:
         raise ClientError("CERTIFICATE_MALFORMED", "a certificate is not DER X.509") from None
-    verifier = (
-        PolicyBuilder()
-        .store(Store([ca]))
-        .time(now or datetime.datetime.now(datetime.UTC))
-        .extension_policies(
-            ca_policy=ExtensionPolicy.webpki_defaults_ca(),
-            ee_policy=ExtensionPolicy.permit_all(),
-        )
-        .build_client_verifier()
-    )
     try:
-        verifier.verify(leaf, [])
-    except VerificationError as exc:
+        pkix.verify_issued_by(leaf, ca, now or datetime.datetime.now(datetime.UTC))
+    except pkix.ChainError as exc:
         raise ClientError("CHAIN_INVALID", f"the certificate does not chain: {exc}") from None
     spki = leaf.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo

@@ -20,7 +20,6 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, utils
-from cryptography.x509.oid import NameOID
 
 import records
 from grpc_host.errors import ServiceError
@@ -136,14 +135,8 @@ class AuthorisationChecker:
             raise _denied("RECORD_STALE", "the record is too old or from the future")
         certificate = await self._certificate(authorisation.user_certificate)
         user_key = certificate.public_key()
-        if not isinstance(user_key, ed25519.Ed25519PublicKey):
-            raise _denied("RECORD_CERTIFICATE_MISMATCH", "the certificate is not for a joint key")
-        raw = user_key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-        names = [a.value for a in certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
-        if (
-            raw.hex() != record.user_key_id
-            or format(certificate.serial_number, "x") != record.certificate_serial
-            or names != [record.user_id]
+        if not isinstance(user_key, ed25519.Ed25519PublicKey) or not records.names_certificate(
+            record, certificate
         ):
             raise _denied("RECORD_CERTIFICATE_MISMATCH", "the record names another certificate")
         try:

@@ -22,8 +22,10 @@ from pkix.build import (
     subject_key_identifier,
 )
 from pkix.signing import SignatureAlgorithm, Signer
+from pkix.verify import ChainError, verify_issued_by
 
 __all__ = [
+    "ChainError",
     "Extension",
     "RevokedEntry",
     "SignatureAlgorithm",
@@ -39,4 +41,5 @@ __all__ = [
     "name",
     "random_serial",
     "subject_key_identifier",
+    "verify_issued_by",
 ]

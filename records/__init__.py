@@ -21,6 +21,11 @@ import re
 import struct
 from dataclasses import dataclass
 
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from cryptography.x509.oid import NameOID
+
 RECORD_MAGIC = b"MSR1"
 ENTRY_MAGIC = b"MSL1"
 MAX_PURPOSE = 200
@@ -222,6 +227,21 @@ def authorisation_digest(record: bytes, user_signature: bytes) -> bytes:
         + hashlib.sha256(record).digest()
         + hashlib.sha256(user_signature).digest()
     ).digest()
+
+
+def names_certificate(record: ServiceRecord, certificate: x509.Certificate) -> bool:
+    """True when ``certificate`` is the one the record names: same joint Ed25519 key, serial
+    and user (CN)."""
+    key = certificate.public_key()
+    if not isinstance(key, ed25519.Ed25519PublicKey):
+        return False
+    raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    names = [a.value for a in certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)]
+    return (
+        raw.hex() == record.user_key_id
+        and format(certificate.serial_number, "x") == record.certificate_serial
+        and names == [record.user_id]
+    )
 
 
 def is_record_id(value: str) -> bool:
