@@ -1,0 +1,102 @@
+"""Every service as a process: health, reflection, SIGTERM within the grace period, logs, and
+internal clients that accept only the server they meant to reach."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import time
+from collections.abc import Iterator
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from grpc_host import channels
+from launcher import Deployment
+from launcher.deployment import START_ORDER
+from mobilesign.v1 import hsm_pb2, hsm_pb2_grpc
+
+pytestmark = pytest.mark.integration
+
+_SERVICES = {
+    "hsm-proxy": "mobilesign.v1.HsmService",
+    "cosigner": "mobilesign.v1.CosignerService",
+    "gateway": "mobilesign.v1.AdminService",
+}
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    """All three services, with a short grace period."""
+    deployment = Deployment(
+        tmp_path_factory.mktemp("lifecycle"),
+        extra_env={
+            f"MOBILESIGN_{section}_GRACE_SECONDS": "2"
+            for section in ("HSM_PROXY", "COSIGNER", "GATEWAY")
+        },
+    )
+    deployment.start_all()
+    yield deployment
+    deployment.stop_all()
+
+
+@pytest.mark.parametrize("name", START_ORDER)
+async def test_health_and_reflection(deployment: Deployment, name: str) -> None:
+    async with deployment.channel(name) as channel:
+        health = await health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=_SERVICES[name])
+        )
+        assert health.status == health_pb2.HealthCheckResponse.SERVING
+        call = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo()
+        await call.write(reflection_pb2.ServerReflectionRequest(list_services=""))
+        reply = await call.read()
+        await call.done_writing()
+        listed = {s.name for s in reply.list_services_response.service}
+        assert _SERVICES[name] in listed
+        assert "grpc.health.v1.Health" in listed
+
+
+async def test_clients_refuse_a_server_with_another_identity(deployment: Deployment) -> None:
+    # The cosigner's certificate is valid for 127.0.0.1, but it is not the HSM proxy.
+    credential = deployment.credential("gateway")
+    async with channels.mutual_tls(
+        deployment.address("cosigner"), credential, "hsm-proxy"
+    ) as channel:
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await hsm_pb2_grpc.HsmServiceStub(channel).ListKeys(
+                hsm_pb2.ListKeysRequest(), timeout=5
+            )
+        assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_logs_are_json_with_request_ids(deployment: Deployment) -> None:
+    async with deployment.channel("hsm-proxy") as channel:
+        call = hsm_pb2_grpc.HsmServiceStub(channel).ListKeys(
+            hsm_pb2.ListKeysRequest(), metadata=(("x-request-id", "trace-me-123"),)
+        )
+        await call
+        assert ("x-request-id", "trace-me-123") in tuple(await call.initial_metadata())
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        lines = deployment.services["hsm-proxy"].log.read_text().splitlines()
+        entries = [json.loads(line) for line in lines if line.startswith("{")]
+        if any(e.get("request_id") == "trace-me-123" for e in entries):
+            break
+        await asyncio.sleep(0.1)
+    entry = next(e for e in entries if e.get("request_id") == "trace-me-123")
+    assert entry["method"] == "ListKeys"
+    assert entry["caller"] == "admin"
+    assert entry["code"] == "OK"
+
+
+def test_sigterm_stops_each_service_within_its_grace_period(deployment: Deployment) -> None:
+    for name in reversed(START_ORDER):
+        # Grace period (2 s) plus process exit; wait() raises TimeoutExpired past it.
+        assert deployment.stop(name, signal.SIGTERM, timeout=5) == 0
+        log = deployment.services[name].log.read_text()
+        assert '"msg": "stopping"' in log
+        assert '"msg": "stopped"' in log
+        assert not (deployment.state_dir / "run" / f"{name}.json").exists()
