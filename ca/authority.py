@@ -159,7 +159,11 @@ class CertificateAuthority:
         extensions: list[pkix.Extension],
     ) -> Issued:
         now = datetime.datetime.now(datetime.UTC)
-        not_after = now + datetime.timedelta(days=self._settings.certificate_validity_days)
+        # Never beyond the root: a certificate cannot outlive its issuer.
+        not_after = min(
+            now + datetime.timedelta(days=self._settings.certificate_validity_days),
+            self._root.not_valid_after_utc,
+        )
         async with self._lock:
             while True:
                 serial = pkix.random_serial()

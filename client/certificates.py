@@ -92,10 +92,16 @@ def verify_personal_certificate(
 
 
 async def request_personal_certificate(
-    gateway: grpc.aio.Channel, session: SigningSession, keystore: Keystore, ticket: bytes
+    gateway: grpc.aio.Channel,
+    session: SigningSession,
+    keystore: Keystore,
+    ticket: bytes,
+    trust_anchor: bytes | None = None,
 ) -> tuple[Certificates, bytes]:
     """Build and co-sign the CSR, submit it with the enrolment ticket, verify the answer.
 
+    ``trust_anchor`` is the CA certificate the phone was provisioned with; without one, the CA
+    certificate in the answer is trusted on first use (and should then be kept and pinned).
     Returns the verified certificates and the CSR that was submitted.
     """
     csr = await build_personal_csr(session, keystore)
@@ -105,7 +111,7 @@ async def request_personal_certificate(
         )
     except grpc.aio.AioRpcError as exc:
         raise ClientError.from_rpc(exc) from None
-    verify_personal_certificate(keystore, reply.certificate, reply.ca_certificate)
+    verify_personal_certificate(keystore, reply.certificate, reply.ca_certificate, trust_anchor)
     return Certificates(reply.certificate, reply.ca_certificate), csr
 
 

@@ -146,8 +146,12 @@ async def joint_signature(deployment: Deployment, out: Path) -> client.Keystore:
                 "S2: personal certificate for the joint key (CSR co-signed by phone and cosigner)"
             )
             async with deployment.public_channel("gateway") as gateway:
+                # The phone was provisioned with the CA certificate (ca.pem) and pins it.
+                ca_der = x509.load_pem_x509_certificate((out / "ca.pem").read_bytes()).public_bytes(
+                    serialization.Encoding.DER
+                )
                 certificates, csr = await client.request_personal_certificate(
-                    gateway, session, keystore, ticket.ticket
+                    gateway, session, keystore, ticket.ticket, trust_anchor=ca_der
                 )
                 crl = (
                     await gateway_pb2_grpc.GatewayServiceStub(gateway).GetCrl(

@@ -17,6 +17,7 @@ import time
 
 import grpc
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
@@ -58,7 +59,7 @@ def parse_csr(der: bytes) -> x509.CertificateSigningRequest:
     try:
         csr = x509.load_der_x509_csr(der)
         valid = csr.is_signature_valid
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, x509.InvalidVersion, UnsupportedAlgorithm):
         raise ServiceError(
             grpc.StatusCode.INVALID_ARGUMENT, "CSR_MALFORMED", "the CSR is not DER PKCS#10"
         ) from None
@@ -168,7 +169,11 @@ class RegistrationAuthority:
                 "KEY_NOT_ENROLLED", "the cosigner holds no share of this key for this ticket"
             )
         async with self._personal_lock:
-            if await self._users.ticket_certified(claims.ticket_id):
+            state = await self._users.ticket_state(claims.ticket_id)
+            # A validly signed ticket the gateway has no record of was not issued through it.
+            if state is None or state.user_id != claims.user_id:
+                raise _denied("TICKET_UNKNOWN", "the gateway did not issue this ticket")
+            if state.certificate_serial is not None:
                 raise _denied("TICKET_USED", "a certificate was already issued for this ticket")
             issued = await self._ca.issue_personal(
                 user_id=claims.user_id, key_id=key_id, spki=_spki(csr)

@@ -112,7 +112,9 @@ class Sessions:
             raise _unauthenticated("DEVICE_PROOF_INVALID", "the device key did not sign")
         await self.certificate(user_key_id)
         token = secrets.token_urlsafe(32)
-        expires_at = int(time.time()) + SESSION_SECONDS
+        now = int(time.time())
+        expires_at = now + SESSION_SECONDS
+        await self._db.execute("DELETE FROM sessions WHERE expires_at <= ?", (now,))
         await self._db.execute(
             "INSERT INTO sessions (token_sha256, user_key_id, user_id, expires_at)"
             " VALUES (?, ?, ?, ?)",

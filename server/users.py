@@ -24,6 +24,14 @@ class User:
     created_at: int
 
 
+@dataclass(frozen=True)
+class TicketState:
+    """An issued ticket: its user, and the certificate issued against it (if any)."""
+
+    user_id: str
+    certificate_serial: str | None
+
+
 def check_user_id(user_id: str) -> None:
     """Refuse user ids outside 1 to 64 characters of ``[A-Za-z0-9._@-]``."""
     if not _USER_ID.fullmatch(user_id):
@@ -78,13 +86,13 @@ class UserStore:
             (ticket_id, user_id, issued_at, expires_at),
         )
 
-    async def ticket_certified(self, ticket_id: str) -> bool:
-        """True when a personal certificate was already issued against this ticket."""
+    async def ticket_state(self, ticket_id: str) -> TicketState | None:
+        """What the gateway recorded of a ticket it issued, or None."""
         async with self._db.execute(
-            "SELECT certificate_serial FROM tickets WHERE ticket_id = ?", (ticket_id,)
+            "SELECT user_id, certificate_serial FROM tickets WHERE ticket_id = ?", (ticket_id,)
         ) as cursor:
             row = await cursor.fetchone()
-        return row is not None and row["certificate_serial"] is not None
+        return TicketState(row["user_id"], row["certificate_serial"]) if row else None
 
     async def mark_ticket_certified(self, ticket_id: str, serial: str) -> bool:
         """Record the certificate issued against a ticket; False if one already was."""
