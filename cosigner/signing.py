@@ -8,6 +8,7 @@ every share that ever left the cosigner is accounted for, even if the phone neve
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import secrets
@@ -100,6 +101,9 @@ async def sign(cosigner: Cosigner, stream: StepStream[pb.SignRequest, pb.SignRes
     await stream.write(pb.SignResponse(ready=pb.SignReady(user_id=key.user_id)))
     recorded = 0
     signing_id: int | None = None
+    # Reports are written in the background, off the path of the next signature, and all of
+    # them are on disk before the session closes (or ends in error).
+    completions: list[asyncio.Task[None]] = []
     try:
         while True:
             step, request = await stream.read("commit", "report", "close")
@@ -110,6 +114,7 @@ async def sign(cosigner: Cosigner, stream: StepStream[pb.SignRequest, pb.SignRes
                         "REPORT_MISSING",
                         "the last signature was not reported",
                     )
+                await asyncio.gather(*completions)
                 await stream.write(
                     pb.SignResponse(closed=pb.SignClosed(signatures_recorded=recorded))
                 )
@@ -122,8 +127,8 @@ async def sign(cosigner: Cosigner, stream: StepStream[pb.SignRequest, pb.SignRes
                         "MESSAGE_TOO_LARGE",
                         f"a message is at most {MAX_MESSAGE_BYTES} bytes",
                     )
-                if await cosigner.store.commitment_seen(commit.hiding_commitment):
-                    raise _replayed()
+                # A replayed commitment is caught by the unique index when the signing is
+                # recorded, before the share (made with fresh nonces) is released.
                 response = signer.receive_request(wire.sign_commit_from_proto(commit))
                 try:
                     signing_id = await cosigner.store.begin_signing(
@@ -143,12 +148,17 @@ async def sign(cosigner: Cosigner, stream: StepStream[pb.SignRequest, pb.SignRes
                     twoparty.SignatureReport(signature=request.report.signature)
                 )
                 assert signing_id is not None
-                await cosigner.store.complete_signing(
-                    signing_id, cosigned.signature, int(time.time())
+                completions.append(
+                    asyncio.create_task(
+                        cosigner.store.complete_signing(
+                            signing_id, cosigned.signature, int(time.time())
+                        )
+                    )
                 )
                 recorded += 1
     except twoparty.ProtocolError as exc:
         raise wire.protocol_failure(exc) from None
     finally:
         signer.abort()
+        await asyncio.gather(*completions, return_exceptions=True)
         _log.info("session ended", extra={"fields": {"key_id": key.key_id, "recorded": recorded}})

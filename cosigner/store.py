@@ -176,13 +176,6 @@ class KeyStore:
         ) as cursor:
             return await cursor.fetchone() is not None
 
-    async def commitment_seen(self, phone_commitment: bytes) -> bool:
-        """True when a signing already used this phone nonce commitment."""
-        async with self._db.execute(
-            "SELECT 1 FROM signings WHERE phone_commitment = ?", (phone_commitment,)
-        ) as cursor:
-            return await cursor.fetchone() is not None
-
     async def begin_signing(
         self, key_id: str, message_sha256: bytes, commitments: bytes, now: int
     ) -> int:
