@@ -49,6 +49,10 @@ class AuthorisationChecker:
         self._list_keys = list_keys
         self._used = used
         self._authoriser_label = authoriser_label
+        # Public halves of token keys, read once: keys are never deleted or relabelled, so a
+        # key seen stays valid; the CA list is read again only when no known CA key verifies.
+        self._ca_cache: list[ec.EllipticCurvePublicKey] = []
+        self._authoriser_cache: ec.EllipticCurvePublicKey | None = None
 
     async def _ca_keys(self) -> list[ec.EllipticCurvePublicKey]:
         found = []
@@ -56,15 +60,35 @@ class AuthorisationChecker:
             public = _load(record.spki)
             if isinstance(public, ec.EllipticCurvePublicKey):
                 found.append(public)
+        self._ca_cache = found
         return found
 
     async def _authoriser(self) -> ec.EllipticCurvePublicKey:
+        if self._authoriser_cache is not None:
+            return self._authoriser_cache
         for record in await self._list_keys(keys.Purpose.SERVICE):
             if record.label == self._authoriser_label:
                 public = _load(record.spki)
                 if isinstance(public, ec.EllipticCurvePublicKey):
+                    self._authoriser_cache = public
                     return public
         raise _denied("GATEWAY_AUTHORISATION_INVALID", "no gateway authorisation key in the token")
+
+    @staticmethod
+    def _issued_by_one_of(
+        certificate: x509.Certificate, ca_keys: list[ec.EllipticCurvePublicKey]
+    ) -> bool:
+        for ca_key in ca_keys:
+            try:
+                ca_key.verify(
+                    certificate.signature,
+                    certificate.tbs_certificate_bytes,
+                    ec.ECDSA(hashes.SHA256()),
+                )
+            except InvalidSignature:
+                continue
+            return True
+        return False
 
     async def _certificate(self, der: bytes) -> x509.Certificate:
         try:
@@ -73,17 +97,9 @@ class AuthorisationChecker:
             raise _denied(
                 "USER_CERTIFICATE_UNTRUSTED", "the user certificate is malformed"
             ) from None
-        for ca_key in await self._ca_keys():
-            try:
-                ca_key.verify(
-                    certificate.signature,
-                    certificate.tbs_certificate_bytes,
-                    ec.ECDSA(hashes.SHA256()),
-                )
-                break
-            except InvalidSignature:
-                continue
-        else:
+        if not self._issued_by_one_of(certificate, self._ca_cache) and not self._issued_by_one_of(
+            certificate, await self._ca_keys()
+        ):
             raise _denied(
                 "USER_CERTIFICATE_UNTRUSTED", "the user certificate is not from a CA in this token"
             )

@@ -216,12 +216,13 @@ def describe(session: pkcs11.Session, key_id: bytes) -> KeyRecord:
 
 
 def sign_digest(
-    session: pkcs11.Session, key_id: bytes, mechanism: SignMechanism, digest: bytes
+    session: pkcs11.Session, record: KeyRecord, mechanism: SignMechanism, digest: bytes
 ) -> bytes:
-    """Sign a SHA-256 digest; the mechanism must suit the key (checked before the token is)."""
+    """Sign a SHA-256 digest with the key ``record`` describes; the mechanism must suit the key
+    (checked before the token is)."""
     if len(digest) != DIGEST_BYTES:
         raise _invalid("DIGEST_LENGTH", f"a SHA-256 digest is {DIGEST_BYTES} bytes")
-    record = describe(session, key_id)
+    key_id = record.key_id
     is_ec = record.algorithm is Algorithm.EC_P256
     if is_ec != (mechanism is SignMechanism.ECDSA_SHA256):
         raise ServiceError(
@@ -260,10 +261,10 @@ def check_decryptable(record: KeyRecord, ciphertext: bytes) -> None:
         raise _invalid("CIPHERTEXT_LENGTH", f"the ciphertext must be {size} bytes for this key")
 
 
-def decrypt_oaep(session: pkcs11.Session, key_id: bytes, ciphertext: bytes) -> bytes:
-    """Decrypt RSA-OAEP (SHA-256) with an organisation key."""
-    record = describe(session, key_id)
+def decrypt_oaep(session: pkcs11.Session, record: KeyRecord, ciphertext: bytes) -> bytes:
+    """Decrypt RSA-OAEP (SHA-256) with the organisation key ``record`` describes."""
     check_decryptable(record, ciphertext)
+    key_id = record.key_id
     size = len(ciphertext)
     private = _find(session, key_id, ObjectClass.PRIVATE_KEY, DecryptMixin)
     failed = _invalid("DECRYPTION_FAILED", "the ciphertext does not decrypt")

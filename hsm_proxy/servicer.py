@@ -95,10 +95,10 @@ def _caller() -> str:
 class _TokenSigner:
     """Signs the PKCS#10 request the proxy built, with the key it certifies."""
 
-    def __init__(self, servicer: HsmServicer, key_id: bytes, algorithm: keys.Algorithm) -> None:
+    def __init__(self, servicer: HsmServicer, record: keys.KeyRecord) -> None:
         self._servicer = servicer
-        self._key_id = key_id
-        if algorithm is keys.Algorithm.EC_P256:
+        self._record = record
+        if record.algorithm is keys.Algorithm.EC_P256:
             self._algorithm = pkix.SignatureAlgorithm.ECDSA_SHA256
             self._mechanism = keys.SignMechanism.ECDSA_SHA256
         else:
@@ -112,7 +112,7 @@ class _TokenSigner:
     async def sign(self, data: bytes) -> bytes:
         digest = hashlib.sha256(data).digest()
         return await self._servicer._run(
-            lambda s: keys.sign_digest(s, self._key_id, self._mechanism, digest)
+            lambda s: keys.sign_digest(s, self._record, self._mechanism, digest)
         )
 
 
@@ -122,8 +122,17 @@ class HsmServicer(hsm_pb2_grpc.HsmServiceServicer):
     def __init__(self, pool: SessionPool, checker: AuthorisationChecker) -> None:
         self._pool = pool
         self._checker = checker
+        self._records: dict[bytes, keys.KeyRecord] = {}
         # Serialises key generation so that the label check and the creation are atomic.
         self._generate_lock = asyncio.Lock()
+
+    async def _describe(self, key_id: bytes) -> keys.KeyRecord:
+        # Key pairs are never deleted or changed, so a description read once stays true.
+        record = self._records.get(key_id)
+        if record is None:
+            record = await self._run(lambda s: keys.describe(s, key_id))
+            self._records[key_id] = record
+        return record
 
     async def _run(self, operation: Callable[[pkcs11.Session], T]) -> T:
         try:
@@ -192,7 +201,7 @@ class HsmServicer(hsm_pb2_grpc.HsmServiceServicer):
         self, request: hsm_pb2.GetPublicKeyRequest, context: _Context
     ) -> hsm_pb2.GetPublicKeyResponse:
         key_id = keys.parse_key_id(request.key_id)
-        record = await self._run(lambda s: keys.describe(s, key_id))
+        record = await self._describe(key_id)
         return hsm_pb2.GetPublicKeyResponse(key=_key_info(record))
 
     async def SignDigest(
@@ -204,7 +213,7 @@ class HsmServicer(hsm_pb2_grpc.HsmServiceServicer):
             raise ServiceError(
                 grpc.StatusCode.INVALID_ARGUMENT, "DIGEST_LENGTH", "a SHA-256 digest is 32 bytes"
             )
-        record = await self._run(lambda s: keys.describe(s, key_id))
+        record = await self._describe(key_id)
         if record.purpose is keys.Purpose.ORGANISATION:
             operation = _RECORD_OPERATIONS.get(mechanism)
             if operation is None:
@@ -221,7 +230,7 @@ class HsmServicer(hsm_pb2_grpc.HsmServiceServicer):
                 "only organisation keys take an authorisation",
             )
         signature = await self._run(
-            lambda s: keys.sign_digest(s, key_id, mechanism, request.digest)
+            lambda s: keys.sign_digest(s, record, mechanism, request.digest)
         )
         return hsm_pb2.SignDigestResponse(signature=signature)
 
@@ -236,9 +245,9 @@ class HsmServicer(hsm_pb2_grpc.HsmServiceServicer):
             raise ServiceError(
                 grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_SUBJECT", "the subject is not DER"
             ) from None
-        record = await self._run(lambda s: keys.describe(s, key_id))
+        record = await self._describe(key_id)
         csr = await pkix.build_csr(
-            signer=_TokenSigner(self, key_id, record.algorithm),
+            signer=_TokenSigner(self, record),
             subject=request.subject,
             subject_public_key_info=record.spki,
         )
@@ -252,7 +261,7 @@ class HsmServicer(hsm_pb2_grpc.HsmServiceServicer):
             raise ServiceError(
                 grpc.StatusCode.INVALID_ARGUMENT, "MECHANISM_REQUIRED", "a mechanism is required"
             )
-        record = await self._run(lambda s: keys.describe(s, key_id))
+        record = await self._describe(key_id)
         keys.check_decryptable(record, request.ciphertext)
         await self._checker.check(
             key_id,
@@ -260,7 +269,7 @@ class HsmServicer(hsm_pb2_grpc.HsmServiceServicer):
             request.ciphertext,
             request.authorisation,
         )
-        plaintext = await self._run(lambda s: keys.decrypt_oaep(s, key_id, request.ciphertext))
+        plaintext = await self._run(lambda s: keys.decrypt_oaep(s, record, request.ciphertext))
         return hsm_pb2.DecryptResponse(plaintext=plaintext)
 
     async def Seal(self, request: hsm_pb2.SealRequest, context: _Context) -> hsm_pb2.SealResponse:

@@ -8,7 +8,10 @@ Sections, in order:
    round trips per signature, one client's latency p50/p99, and signatures per second for 1, 16
    and 64 concurrent clients, each beside a plain unary gRPC call (``grpc.health.v1`` ``Check``
    on the cosigner's public listener) measured in the same run, as ratios; the cosigner
-   process's own CPU per signature under load.
+   process's own CPU per signature under load;
+3. raw SoftHSM2 ECDSA signing through python-pkcs11 (in this process, before the services
+   start), and organisation-key uses per second end to end for 1, 16 and 64 clients, as a ratio
+   to it.
 
 Prints a table and writes ``bench-out/bench.json`` (``--out``). Nothing here asserts speed: the
 targets are reported as met or missed, and the exit status is 0 whenever the run completed.
@@ -35,7 +38,7 @@ from typing import Any
 
 from launcher import Deployment
 from launcher.deployment import ROOT
-from scripts import bench_common, bench_core, bench_loopback
+from scripts import bench_common, bench_core, bench_escrow, bench_loopback
 from scripts.bench_common import Row, Section, Table
 
 
@@ -45,6 +48,7 @@ class BenchConfig:
 
     core: bench_core.CoreConfig = field(default_factory=bench_core.CoreConfig)
     loopback: bench_loopback.LoopbackConfig = field(default_factory=bench_loopback.LoopbackConfig)
+    escrow: bench_escrow.EscrowConfig = field(default_factory=bench_escrow.EscrowConfig)
     #: Cosigner on the upper half of the CPUs, this process (the clients) on the lower half.
     pin: bool = True
 
@@ -55,9 +59,9 @@ LoopbackSection = Callable[[bench_loopback.Loopback], Awaitable[Section]]
 #: Sections measured in this process before any service starts.
 IN_PROCESS_SECTIONS: tuple[InProcessSection, ...] = (
     lambda config: bench_core.cpu_per_party(config.core),
+    lambda config: bench_escrow.raw_softhsm(config.escrow),
 )
-#: Sections measured against the running services, in this order (they share keys and sessions;
-#: later: organisation-key uses end to end, raw SoftHSM signing through python-pkcs11).
+#: Sections measured against the running services, in this order (they share keys and sessions).
 LOOPBACK_SECTIONS: tuple[LoopbackSection, ...] = (
     bench_loopback.durable_write,
     bench_loopback.round_trips,
@@ -94,7 +98,14 @@ def _run_services(config: BenchConfig) -> tuple[list[Section], dict[str, Any]]:
             facts["services_start_seconds"] = round(time.perf_counter() - started, 2)
             facts["cpu_affinity"] = _pin(deployment) if config.pin else "not pinned"
             sections = asyncio.run(
-                bench_loopback.run(deployment, config.loopback, list(LOOPBACK_SECTIONS))
+                bench_loopback.run(
+                    deployment,
+                    config.loopback,
+                    [
+                        *LOOPBACK_SECTIONS,
+                        lambda env: bench_escrow.organisation_key_uses(env, config.escrow),
+                    ],
+                )
             )
         except BaseException:
             _log_tails(deployment)
@@ -229,7 +240,12 @@ def _parse_args(argv: list[str] | None) -> tuple[BenchConfig, Path]:
             level_warmup_seconds=0.2,
             fsync_samples=50,
         )
-    return BenchConfig(core=core, loopback=loopback, pin=not args.no_pin), args.out
+    escrow = bench_escrow.EscrowConfig(
+        levels=levels,
+        level_seconds=loopback.level_seconds,
+        raw_seconds=0.5 if args.quick else 2.0,
+    )
+    return BenchConfig(core=core, loopback=loopback, escrow=escrow, pin=not args.no_pin), args.out
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -44,9 +44,10 @@ LATENCY_RATIO_TARGET = 2.0
 #: What the cosigner process's CPU per signature over the network includes.
 COSIGNER_PROCESS_INCLUDES = (
     "the whole cosigner process (all threads): TLS, HTTP/2 and gRPC stream handling, protobuf, "
-    "the FROST cosigner core, and the SQLite work per signature through aiosqlite's thread (a "
-    "replay lookup of the phone's commitment, the signing recorded in a durable commit before "
-    "the share leaves, its signature attached in a second durable commit on the report); "
+    "the FROST cosigner core, and the SQLite work per signature through aiosqlite's thread (the "
+    "signing recorded in a durable commit before the share leaves, its unique index catching "
+    "replays; its signature attached in a second durable commit on the report, written in the "
+    "background); "
     "session set-up (device and PIN proof, HSM unseal) is outside the measured window"
 )
 
@@ -409,7 +410,7 @@ async def latency(env: Loopback) -> Section:
     ]
     section.notes = [
         "sign = SigningSession.sign: commit written, share read, share and signature verified, "
-        "report written without waiting (the cosigner records it before reading the next commit)",
+        "report written without waiting (the cosigner records it in the background)",
         f"cosigner process CPU: {COSIGNER_PROCESS_INCLUDES}",
     ]
     section.data = {
@@ -551,8 +552,8 @@ async def durable_write(env: Loopback) -> Section:
     ]
     section.notes = [
         "each signature costs the cosigner two SQLite commits (WAL, synchronous=FULL: each syncs "
-        "the WAL), one before the share leaves and one for the report, both on a session's "
-        "sequential path",
+        "the WAL): one before the share leaves, on the session's sequential path, and one for "
+        "the report, in the background (awaited before the session closes)",
     ]
     section.data = {"filesystem": filesystem, "latency": asdict(dist)}
     return section

@@ -98,6 +98,7 @@ class Operations:
         self._users = users
         self._organisations = organisations
         self._authoriser_key_label = authoriser_key_label
+        self._authoriser: hsm_pb2.KeyInfo | None = None
         self._record_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
             weakref.WeakValueDictionary()
         )
@@ -265,15 +266,23 @@ class Operations:
                 f"the record's operation failed: {row.reason}",
             )
         if row.state == "prepared":
-            entry_index, signature = await self._log(
-                session, row.grant_id, record, row.record, request
+            # The authorisation is signed while the record is logged: it only ever reaches the
+            # HSM proxy once the record is in the log.
+            entry_index, authorisation = await asyncio.gather(
+                self._log(session, row.grant_id, record, row.record, request),
+                self._authorisation(row.record, request.user_signature, session),
             )
         else:  # logged before a crash, not yet executed: carry on
             assert row.entry_index is not None
             assert row.user_signature is not None
-            entry_index, signature = row.entry_index, row.user_signature
-        result = await self._run(record, row.record, signature, session, request.input)
-        return Executed(result, await self._receipt(row.record, signature, entry_index))
+            entry_index = row.entry_index
+            authorisation = await self._authorisation(row.record, row.user_signature, session)
+        # The receipt's checkpoint already covers the record entry: sign it meanwhile.
+        result, receipt = await asyncio.gather(
+            self._run(record, authorisation, request.input),
+            self._receipt(row.record, authorisation.user_signature, entry_index),
+        )
+        return Executed(result, receipt)
 
     async def _log(
         self,
@@ -282,7 +291,7 @@ class Operations:
         record: records.ServiceRecord,
         encoded: bytes,
         request: gateway_pb2.ExecuteOperationRequest,
-    ) -> tuple[int, bytes]:
+    ) -> int:
         if time.time() * 1000 - record.time_ms > RECORD_LIFETIME_SECONDS * 1000:
             raise ServiceError(
                 grpc.StatusCode.FAILED_PRECONDITION, "RECORD_EXPIRED", "prepare the operation again"
@@ -306,29 +315,33 @@ class Operations:
             raise ServiceError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED, "QUOTA_EXCEEDED", "the grant's quota is used up"
             ) from None
-        return index, request.user_signature
+        return index
 
-    async def _run(
-        self,
-        record: records.ServiceRecord,
-        encoded: bytes,
-        signature: bytes,
-        session: Session,
-        data: bytes,
-    ) -> bytes:
-        authoriser = await self._hsm.ensure_key(
-            self._authoriser_key_label, hsm_pb2.KEY_PURPOSE_SERVICE
-        )
-        authorisation = hsm_pb2.OrganisationKeyAuthorisation(
+    async def _authorisation(
+        self, encoded: bytes, signature: bytes, session: Session
+    ) -> hsm_pb2.OrganisationKeyAuthorisation:
+        """The co-signed record with the gateway's authorisation, for the HSM proxy."""
+        if self._authoriser is None:
+            self._authoriser = await self._hsm.ensure_key(
+                self._authoriser_key_label, hsm_pb2.KEY_PURPOSE_SERVICE
+            )
+        return hsm_pb2.OrganisationKeyAuthorisation(
             record=encoded,
             user_signature=signature,
             user_certificate=session.certificate.der,
             gateway_signature=await self._hsm.sign_digest(
-                authoriser.key_id,
+                self._authoriser.key_id,
                 hsm_pb2.SIGNATURE_MECHANISM_ECDSA_SHA256,
                 records.authorisation_digest(encoded, signature),
             ),
         )
+
+    async def _run(
+        self,
+        record: records.ServiceRecord,
+        authorisation: hsm_pb2.OrganisationKeyAuthorisation,
+        data: bytes,
+    ) -> bytes:
         try:
             if record.operation is records.Operation.DECRYPT_RSA_OAEP_SHA256:
                 result = await self._hsm.decrypt(record.organisation_key_id, data, authorisation)
