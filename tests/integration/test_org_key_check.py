@@ -1,0 +1,200 @@
+"""The check next to the key: direct calls to the HSM proxy for an organisation-key operation
+without a valid co-signed record and gateway authorisation are refused (a compromised gateway
+cannot use an organisation key on its own)."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import time
+from collections.abc import Iterator
+
+import grpc
+import pytest
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, utils
+
+import pkix
+import records
+from grpc_host.errors import reason_of
+from launcher import Deployment
+from mobilesign.v1 import hsm_pb2, hsm_pb2_grpc
+from tests.integration.authorisations import Authority, HsmKeySigner
+
+pytestmark = pytest.mark.integration
+DIGEST = hashlib.sha256(b"contract").digest()
+ECDSA = hsm_pb2.SIGNATURE_MECHANISM_ECDSA_SHA256
+SIGN = records.Operation.SIGN_ECDSA_SHA256
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    """An HSM proxy alone, called as the gateway would be."""
+    deployment = Deployment(tmp_path_factory.mktemp("check"))
+    deployment.start("hsm-proxy")
+    yield deployment
+    deployment.stop_all()
+
+
+async def _organisation_key(
+    stub: hsm_pb2_grpc.HsmServiceAsyncStub, label: str, algorithm: hsm_pb2.KeyAlgorithm.ValueType
+) -> hsm_pb2.KeyInfo:
+    reply = await stub.GenerateKeyPair(
+        hsm_pb2.GenerateKeyPairRequest(
+            label=label, purpose=hsm_pb2.KEY_PURPOSE_ORGANISATION, algorithm=algorithm
+        )
+    )
+    return reply.key
+
+
+def _sign(
+    key: hsm_pb2.KeyInfo, authorisation: hsm_pb2.OrganisationKeyAuthorisation | None
+) -> hsm_pb2.SignDigestRequest:
+    return hsm_pb2.SignDigestRequest(
+        key_id=key.key_id, mechanism=ECDSA, digest=DIGEST, authorisation=authorisation
+    )
+
+
+async def _refused(call: object, reason: str) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as info:
+        await call  # type: ignore[misc]
+    assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED, info.value.details()
+    assert reason_of(info.value) == reason
+
+
+async def test_a_valid_authorisation_is_needed_and_good_once(deployment: Deployment) -> None:
+    async with deployment.channel("hsm-proxy", "gateway") as channel:
+        stub = hsm_pb2_grpc.HsmServiceStub(channel)
+        key = await _organisation_key(stub, "checked", hsm_pb2.KEY_ALGORITHM_EC_P256)
+        other = await _organisation_key(stub, "checked-other", hsm_pb2.KEY_ALGORITHM_EC_P256)
+        authority = await Authority.create(stub)
+        record = authority.record(key.key_id, SIGN, DIGEST)
+
+        await _refused(stub.SignDigest(_sign(key, None)), "AUTHORISATION_REQUIRED")
+        # A record for another key, operation or digest.
+        for changed, reason in (
+            (authority.record(other.key_id, SIGN, DIGEST), "RECORD_KEY_MISMATCH"),
+            (
+                authority.record(key.key_id, records.Operation.SIGN_RSA_PSS_SHA256, DIGEST),
+                "RECORD_OPERATION_MISMATCH",
+            ),
+            (authority.record(key.key_id, SIGN, b"another document"), "RECORD_INPUT_MISMATCH"),
+            (
+                dataclasses.replace(record, time_ms=int((time.time() - 3600) * 1000)),
+                "RECORD_STALE",
+            ),
+            (dataclasses.replace(record, user_id="mallory"), "RECORD_CERTIFICATE_MISMATCH"),
+        ):
+            await _refused(stub.SignDigest(_sign(key, await authority.authorise(changed))), reason)
+        # The user's signature made by another key.
+        forged_user = await authority.authorise(
+            record, user_key=ed25519.Ed25519PrivateKey.generate()
+        )
+        await _refused(stub.SignDigest(_sign(key, forged_user)), "USER_SIGNATURE_INVALID")
+        # The gateway's authorisation forged with another service key.
+        good = await authority.authorise(record)
+        impostor = await stub.GenerateKeyPair(
+            hsm_pb2.GenerateKeyPairRequest(
+                label="impostor",
+                purpose=hsm_pb2.KEY_PURPOSE_SERVICE,
+                algorithm=hsm_pb2.KEY_ALGORITHM_EC_P256,
+            )
+        )
+        forged = hsm_pb2.OrganisationKeyAuthorisation()
+        forged.CopyFrom(good)
+        forged.gateway_signature = await HsmKeySigner(stub, impostor.key.key_id).sign_digest(
+            records.authorisation_digest(good.record, good.user_signature)
+        )
+        await _refused(stub.SignDigest(_sign(key, forged)), "GATEWAY_AUTHORISATION_INVALID")
+        # Malformed record bytes.
+        malformed = hsm_pb2.OrganisationKeyAuthorisation()
+        malformed.CopyFrom(good)
+        malformed.record = good.record[:-1]
+        await _refused(stub.SignDigest(_sign(key, malformed)), "RECORD_MALFORMED")
+        # Nothing above used the record: the valid authorisation works, once.
+        reply = await stub.SignDigest(_sign(key, good))
+        public = serialization.load_der_public_key(key.public_key_spki)
+        assert isinstance(public, ec.EllipticCurvePublicKey)
+        public.verify(reply.signature, DIGEST, ec.ECDSA(utils.Prehashed(hashes.SHA256())))
+        await _refused(stub.SignDigest(_sign(key, good)), "AUTHORISATION_REPLAYED")
+
+
+async def test_a_certificate_from_outside_the_token_is_refused(deployment: Deployment) -> None:
+    async with deployment.channel("hsm-proxy", "gateway") as channel:
+        stub = hsm_pb2_grpc.HsmServiceStub(channel)
+        key = await _organisation_key(stub, "foreign-ca", hsm_pb2.KEY_ALGORITHM_EC_P256)
+        authority = await Authority.create(stub)
+        # The same user and key, certified by a CA key that is not in the token.
+        foreign_ca = ec.generate_private_key(ec.SECP256R1())
+
+        class SoftwareSigner:
+            algorithm = pkix.SignatureAlgorithm.ECDSA_SHA256
+
+            async def sign(self, data: bytes) -> bytes:
+                return foreign_ca.sign(data, ec.ECDSA(hashes.SHA256()))
+
+        now = datetime.datetime.now(datetime.UTC)
+        certificate = await pkix.build_certificate(
+            signer=SoftwareSigner(),
+            serial=pkix.random_serial(),
+            issuer=pkix.name({"common_name": "test CA"}),
+            subject=pkix.name({"common_name": authority.user_id}),
+            subject_public_key_info=authority.user_key.public_key().public_bytes(
+                serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+            ),
+            not_before=now - datetime.timedelta(minutes=1),
+            not_after=now + datetime.timedelta(days=1),
+            extensions=[
+                pkix.basic_constraints(ca=False),
+                pkix.key_usage("digital_signature", "non_repudiation"),
+            ],
+        )
+        outsider = dataclasses.replace(authority, user_certificate=certificate)
+        authorisation = await outsider.authorise(outsider.record(key.key_id, SIGN, DIGEST))
+        await _refused(stub.SignDigest(_sign(key, authorisation)), "USER_CERTIFICATE_UNTRUSTED")
+
+
+async def test_decrypt_needs_an_authorisation_and_admin_gets_no_shortcut(
+    deployment: Deployment,
+) -> None:
+    async with deployment.channel("hsm-proxy", "admin") as channel:
+        stub = hsm_pb2_grpc.HsmServiceStub(channel)
+        ec_key = await _organisation_key(stub, "admin-ec", hsm_pb2.KEY_ALGORITHM_EC_P256)
+        rsa_key = await _organisation_key(stub, "admin-rsa", hsm_pb2.KEY_ALGORITHM_RSA_2048)
+        await _refused(stub.SignDigest(_sign(ec_key, None)), "AUTHORISATION_REQUIRED")
+        await _refused(
+            stub.Decrypt(
+                hsm_pb2.DecryptRequest(
+                    key_id=rsa_key.key_id,
+                    mechanism=hsm_pb2.DECRYPT_MECHANISM_RSA_OAEP_SHA256,
+                    ciphertext=bytes(256),
+                )
+            ),
+            "AUTHORISATION_REQUIRED",
+        )
+        # An authorisation for a signature does not open a decryption.
+        authority = await Authority.create(stub)
+        authorisation = await authority.authorise(
+            authority.record(rsa_key.key_id, records.Operation.SIGN_RSA_PSS_SHA256, bytes(256))
+        )
+        await _refused(
+            stub.Decrypt(
+                hsm_pb2.DecryptRequest(
+                    key_id=rsa_key.key_id,
+                    mechanism=hsm_pb2.DECRYPT_MECHANISM_RSA_OAEP_SHA256,
+                    ciphertext=bytes(256),
+                    authorisation=authorisation,
+                )
+            ),
+            "RECORD_OPERATION_MISMATCH",
+        )
+        # Organisation keys never sign with PKCS#1 v1.5 (no record operation names it).
+        rsa_pkcs1 = hsm_pb2.SignDigestRequest(
+            key_id=rsa_key.key_id,
+            mechanism=hsm_pb2.SIGNATURE_MECHANISM_RSA_PKCS1V15_SHA256,
+            digest=DIGEST,
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.SignDigest(rsa_pkcs1)
+        assert reason_of(info.value) == "MECHANISM_NOT_ALLOWED"
