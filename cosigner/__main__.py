@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 
 from cosigner import config as cosigner_config
 from cosigner import servicer
@@ -15,15 +16,18 @@ from grpc_host import channels, config, devpki, logs, serve
 from mobilesign.v1 import cosigner_pb2_grpc
 
 
-async def _main(args: argparse.Namespace) -> None:
+async def _main(args: argparse.Namespace, resources: contextlib.AsyncExitStack) -> None:
     document = config.load_file(args.config)
     state = config.state_dir(document)
     cfg = cosigner_config.load(document)
     logs.configure("cosigner", cfg.log_level)
     credential = devpki.credential(state, "cosigner")
     store = await KeyStore.open(state / "cosigner" / "cosigner.db")
+    resources.push_async_callback(store.close)
     hsm_channel = channels.mutual_tls(cfg.hsm_proxy, credential, "hsm-proxy")
+    resources.push_async_callback(hsm_channel.close)
     gateway_channel = channels.mutual_tls(cfg.gateway, credential, "gateway")
+    resources.push_async_callback(gateway_channel.close)
     cosigner = Cosigner(
         store=store,
         sealer=Sealer(hsm_channel),
@@ -31,11 +35,6 @@ async def _main(args: argparse.Namespace) -> None:
         step_timeout=cfg.step_timeout_seconds,
         max_pin_attempts=cfg.max_pin_attempts,
     )
-
-    async def close() -> None:
-        await hsm_channel.close()
-        await gateway_channel.close()
-        await store.close()
 
     await serve.serve(
         name="cosigner",
@@ -50,15 +49,20 @@ async def _main(args: argparse.Namespace) -> None:
         credential=credential,
         limits=serve.Limits(cfg.max_message_bytes, cfg.max_concurrent_rpcs, cfg.grace_seconds),
         state_dir=state,
-        on_stop=close,
     )
+
+
+async def _run(args: argparse.Namespace) -> None:
+    # Everything opened is closed, also when start-up fails half way.
+    async with contextlib.AsyncExitStack() as resources:
+        await _main(args, resources)
 
 
 def main() -> None:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(prog="cosigner", description=__doc__)
     parser.add_argument("--config", help="TOML configuration file (or MOBILESIGN_CONFIG)")
-    asyncio.run(_main(parser.parse_args()))
+    asyncio.run(_run(parser.parse_args()))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import signal
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,7 +83,6 @@ async def serve(
     credential: devpki.Credential,
     limits: Limits,
     state_dir: Path,
-    on_stop: Callable[[], Awaitable[None]] | None = None,
 ) -> None:
     """Serve ``services`` (name: access policy) until SIGTERM/SIGINT, then shut down gracefully."""
     server = grpc.aio.server(
@@ -118,7 +117,5 @@ async def serve(
     _log.info("stopping", extra={"fields": {"grace_seconds": limits.grace_seconds}})
     await health.enter_graceful_shutdown()
     await server.stop(limits.grace_seconds)
-    if on_stop is not None:
-        await on_stop()
     run_file.unlink(missing_ok=True)
     _log.info("stopped")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 from pathlib import Path
 
 from grpc_host import config, devpki, logs, serve
@@ -14,7 +15,7 @@ from hsm_proxy.replay import UsedRecords
 from mobilesign.v1 import hsm_pb2_grpc
 
 
-async def _main(args: argparse.Namespace) -> None:
+async def _main(args: argparse.Namespace, resources: contextlib.AsyncExitStack) -> None:
     document = config.load_file(args.config)
     state = config.state_dir(document)
     cfg = hsm_config.load(document)
@@ -27,17 +28,16 @@ async def _main(args: argparse.Namespace) -> None:
     pool = token.SessionPool(
         cfg.module_path(), cfg.token_label, token.read_pin(pin_file), cfg.workers, cfg.queue_size
     )
+    # Closed last: finishes queued operations, then logs out of the token.
+    resources.push_async_callback(asyncio.to_thread, pool.close)
 
     used = await UsedRecords.open(hsm_dir / "authorisations.db")
+    resources.push_async_callback(used.close)
     checker = AuthorisationChecker(
         lambda purpose: pool.run(lambda s: keys.list_keys(s, purpose)),
         used,
         cfg.authoriser_key_label,
     )
-
-    async def close_pool() -> None:
-        await asyncio.to_thread(pool.close)
-        await used.close()
 
     await serve.serve(
         name="hsm-proxy",
@@ -49,15 +49,20 @@ async def _main(args: argparse.Namespace) -> None:
         credential=devpki.credential(state, "hsm-proxy"),
         limits=serve.Limits(cfg.max_message_bytes, cfg.max_concurrent_rpcs, cfg.grace_seconds),
         state_dir=state,
-        on_stop=close_pool,
     )
+
+
+async def _run(args: argparse.Namespace) -> None:
+    # Everything opened is closed, also when start-up fails half way.
+    async with contextlib.AsyncExitStack() as resources:
+        await _main(args, resources)
 
 
 def main() -> None:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(prog="hsm_proxy", description=__doc__)
     parser.add_argument("--config", help="TOML configuration file (or MOBILESIGN_CONFIG)")
-    asyncio.run(_main(parser.parse_args()))
+    asyncio.run(_run(parser.parse_args()))
 
 
 if __name__ == "__main__":

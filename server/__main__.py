@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 
 import grpc
 
@@ -24,16 +25,20 @@ from server.sessions import Sessions
 from server.users import UserStore
 
 
-async def _main(args: argparse.Namespace) -> None:
+async def _main(args: argparse.Namespace, resources: contextlib.AsyncExitStack) -> None:
     document = config.load_file(args.config)
     state = config.state_dir(document)
     cfg = gateway_config.load(document)
     logs.configure("gateway", cfg.log_level)
     credential = devpki.credential(state, "gateway")
     db = await open_gateway_db(state / "gateway" / "gateway.db")
+    resources.push_async_callback(db.close)
     ca_store = await CaStore.open(state / "gateway" / "ca.db")
+    resources.push_async_callback(ca_store.close)
     hsm_channel = channels.mutual_tls(cfg.hsm_proxy, credential, "hsm-proxy")
+    resources.push_async_callback(hsm_channel.close)
     cosigner_channel = channels.mutual_tls(cfg.cosigner, credential, "cosigner")
+    resources.push_async_callback(cosigner_channel.close)
     hsm = HsmClient(hsm_channel)
     ca_key = await hsm.ensure_key(cfg.ca_key_label, hsm_pb2.KEY_PURPOSE_CA)
     ca = await CertificateAuthority.start(
@@ -60,6 +65,7 @@ async def _main(args: argparse.Namespace) -> None:
         ticket_key_label=cfg.ticket_key_label,
     )
     ledger = await Ledger.open(state / "gateway" / "ledger.db")
+    resources.push_async_callback(ledger.close)
     audit = AuditLog(
         ledger,
         hsm,
@@ -99,13 +105,6 @@ async def _main(args: argparse.Namespace) -> None:
         gateway_pb2_grpc.add_AdminServiceServicer_to_server(admin_servicer, server)
         gateway_pb2_grpc.add_GatewayServiceServicer_to_server(public_servicer, server)
 
-    async def close() -> None:
-        await hsm_channel.close()
-        await cosigner_channel.close()
-        await ca_store.close()
-        await ledger.close()
-        await db.close()
-
     await serve.serve(
         name="gateway",
         services={admin.SERVICE: admin.POLICY, public.SERVICE: public.POLICY},
@@ -117,15 +116,21 @@ async def _main(args: argparse.Namespace) -> None:
         credential=credential,
         limits=serve.Limits(cfg.max_message_bytes, cfg.max_concurrent_rpcs, cfg.grace_seconds),
         state_dir=state,
-        on_stop=close,
     )
+
+
+async def _run(args: argparse.Namespace) -> None:
+    # Whatever was opened is closed, also when start-up fails half way: the process then exits
+    # instead of hanging on open database threads.
+    async with contextlib.AsyncExitStack() as resources:
+        await _main(args, resources)
 
 
 def main() -> None:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(prog="server", description=__doc__)
     parser.add_argument("--config", help="TOML configuration file (or MOBILESIGN_CONFIG)")
-    asyncio.run(_main(parser.parse_args()))
+    asyncio.run(_run(parser.parse_args()))
 
 
 if __name__ == "__main__":

@@ -121,15 +121,19 @@ class Ledger:
     async def open(cls, path: Path) -> Ledger:
         """Open the ledger and rebuild the Merkle tree from the stored entries."""
         ledger = cls(await open_database(path, _MIGRATIONS))
-        expected = 0
-        async with ledger._db.execute(
-            "SELECT entry_index, entry FROM log_entries ORDER BY entry_index"
-        ) as cursor:
-            async for row in cursor:
-                if row["entry_index"] != expected:
-                    raise RuntimeError(f"audit log entry {expected} is missing")
-                ledger._add_leaf(auditlog.leaf_hash(bytes(row["entry"])))
-                expected += 1
+        try:
+            expected = 0
+            async with ledger._db.execute(
+                "SELECT entry_index, entry FROM log_entries ORDER BY entry_index"
+            ) as cursor:
+                async for row in cursor:
+                    if row["entry_index"] != expected:
+                        raise RuntimeError(f"audit log entry {expected} is missing")
+                    ledger._add_leaf(auditlog.leaf_hash(bytes(row["entry"])))
+                    expected += 1
+        except BaseException:
+            await ledger.close()
+            raise
         return ledger
 
     async def close(self) -> None:

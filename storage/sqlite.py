@@ -17,16 +17,21 @@ async def open_database(path: Path, migrations: Sequence[str]) -> aiosqlite.Conn
     """
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     db = await aiosqlite.connect(path, isolation_level=None)
-    await db.execute("PRAGMA journal_mode=WAL")
-    await db.execute("PRAGMA synchronous=FULL")
-    await db.execute("PRAGMA foreign_keys=ON")
-    await db.execute("PRAGMA busy_timeout=5000")
-    async with db.execute("PRAGMA user_version") as cursor:
-        row = await cursor.fetchone()
-    version = int(row[0]) if row else 0
-    for index in range(version, len(migrations)):
-        await db.executescript(
-            f"BEGIN IMMEDIATE; {migrations[index]}; PRAGMA user_version={index + 1}; COMMIT;"
-        )
+    try:
+        await db.execute("PRAGMA journal_mode=WAL")
+        await db.execute("PRAGMA synchronous=FULL")
+        await db.execute("PRAGMA foreign_keys=ON")
+        await db.execute("PRAGMA busy_timeout=5000")
+        async with db.execute("PRAGMA user_version") as cursor:
+            row = await cursor.fetchone()
+        version = int(row[0]) if row else 0
+        for index in range(version, len(migrations)):
+            await db.executescript(
+                f"BEGIN IMMEDIATE; {migrations[index]}; PRAGMA user_version={index + 1}; COMMIT;"
+            )
+    except BaseException:
+        # The connection's thread would otherwise keep the process alive.
+        await db.close()
+        raise
     db.row_factory = aiosqlite.Row
     return db
