@@ -110,7 +110,8 @@ async def test_changed_entry_is_detected(deployment: Deployment) -> None:
 
 async def test_deleted_entries_are_detected(deployment: Deployment) -> None:
     organisation, earlier = await _fill(deployment, 3)
-    # Deleting the newest entry (truncation), then writing new history on top of it.
+    # Deleting the newest entry (truncation), then writing new history on top of it: the log
+    # is longer again, but it does not extend the log the earlier checkpoint describes.
     _rewrite(
         deployment,
         (
@@ -120,12 +121,47 @@ async def test_deleted_entries_are_detected(deployment: Deployment) -> None:
         ),
     )
     deployment.start("gateway")
+    phone = await escrow.phone(deployment, organisation, "rewriter")
+    try:
+        grant = await escrow.grant(
+            deployment, phone.user_id, organisation.seal, [gateway_pb2.OPERATION_SIGN_DIGEST]
+        )
+        await phone.gateway.use_key(
+            phone.signing,
+            grant_id=grant.grant_id,
+            operation=gateway_pb2.OPERATION_SIGN_DIGEST,
+            data=hashlib.sha256(b"new history").digest(),
+            trust=organisation.trust,
+        )
+    finally:
+        await phone.close()
+    async with deployment.public_channel("gateway") as channel:
+        note = (
+            await escrow.public(channel).GetCheckpoint(gateway_pb2.GetCheckpointRequest())
+        ).checkpoint
+    # Longer than before: only the consistency proof can tell.
+    assert int(note.split(b"\n")[1]) > int(earlier.split(b"\n")[1])
     with pytest.raises(client.VerificationFailed, match="CONSISTENCY_INVALID"):
         await _consistent_with_today(deployment, organisation, earlier)
     # Deleting an entry in the middle leaves a hole: the gateway refuses to start on it.
     _rewrite(deployment, ("DELETE FROM log_entries WHERE entry_index = 1", ()))
     with pytest.raises(RuntimeError, match="entry 1 is missing"):
         deployment.start("gateway")
+    # Closing the hole by renumbering the later entries changes the tree: detected too.
+    _renumber_after(deployment, 1)
+    deployment.start("gateway")
+    with pytest.raises(client.VerificationFailed, match="CONSISTENCY_INVALID"):
+        await _consistent_with_today(deployment, organisation, earlier)
+
+
+def _renumber_after(deployment: Deployment, hole: int) -> None:
+    ledger = deployment.state_dir / "gateway" / "ledger.db"
+    with contextlib.closing(sqlite3.connect(ledger)) as db:
+        db.execute(
+            "UPDATE log_entries SET entry_index = -entry_index WHERE entry_index > ?", (hole,)
+        )
+        db.execute("UPDATE log_entries SET entry_index = -entry_index - 1 WHERE entry_index < 0")
+        db.commit()
 
 
 async def test_reordered_entries_are_detected(deployment: Deployment) -> None:
