@@ -6,6 +6,7 @@ from typing import Any
 
 import grpc
 
+import records
 import wire
 from cosigner import enrolment, signing
 from cosigner.context import Cosigner, check_key_id
@@ -57,6 +58,9 @@ class CosignerServicer(cosigner_pb2_grpc.CosignerServiceServicer):
             failed_pin_attempts=key.failed_pin_attempts,
             device_public_key=key.device_public_key,
             enrollment_ticket_id=key.ticket_id,
+            attestation=await self._cosigner.sealer.seal(
+                records.key_attestation(key.key_id), records.KEY_ATTESTATION_AAD
+            ),
         )
 
     async def UnlockKey(

@@ -35,6 +35,7 @@ async def _main(args: argparse.Namespace, resources: contextlib.AsyncExitStack) 
     resources.push_async_callback(used.close)
     checker = AuthorisationChecker(
         lambda purpose: pool.run(lambda s: keys.list_keys(s, purpose)),
+        lambda sealed, aad: pool.run(lambda s: keys.unseal(s, "cosigner", sealed, aad)),
         used,
         cfg.authoriser_key_label,
     )

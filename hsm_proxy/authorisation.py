@@ -2,16 +2,19 @@
 co-signed by a certified user and authorised by the gateway, once.
 
 Every trust anchor is in the token itself: the user's certificate must be signed by a CA key
-(purpose CA) held in this token, and the gateway's authorisation by the service key labelled
-``authoriser_label``. A compromised gateway therefore cannot use an organisation key without a
-record the user co-signed, and a record cannot be used twice or for another key, operation or
-input.
+(purpose CA) held in this token, the user's key must be attested by the cosigner (a blob sealed
+with the cosigner's sealing key, which only the cosigner can have made), and the gateway's
+authorisation must be signed by the service key labelled ``authoriser_label``. A compromised
+gateway therefore cannot use an organisation key without a record co-signed with a two-party key
+the cosigner holds (even though it can have the CA certify any key), and a record cannot be used
+twice or for another key, operation or input.
 """
 
 from __future__ import annotations
 
 import datetime
 import hashlib
+import hmac
 import time
 from collections.abc import Awaitable, Callable
 
@@ -32,6 +35,8 @@ MAX_RECORD_AGE_SECONDS = 300
 MAX_FIELD_BYTES = 4096
 
 KeyLister = Callable[[keys.Purpose], Awaitable[list[keys.KeyRecord]]]
+#: Opens a blob sealed by the cosigner (with the cosigner's sealing key, whoever asks).
+CosignerUnsealer = Callable[[bytes, bytes], Awaitable[bytes]]
 
 
 def _denied(reason: str, message: str) -> ServiceError:
@@ -45,8 +50,15 @@ def _load(spki: bytes) -> object:
 class AuthorisationChecker:
     """Checks an :class:`OrganisationKeyAuthorisation` before an organisation key is used."""
 
-    def __init__(self, list_keys: KeyLister, used: UsedRecords, authoriser_label: str) -> None:
+    def __init__(
+        self,
+        list_keys: KeyLister,
+        unseal_cosigner: CosignerUnsealer,
+        used: UsedRecords,
+        authoriser_label: str,
+    ) -> None:
         self._list_keys = list_keys
+        self._unseal_cosigner = unseal_cosigner
         self._used = used
         self._authoriser_label = authoriser_label
         # Public halves of token keys, read once: keys are never deleted or relabelled, so a
@@ -116,6 +128,18 @@ class AuthorisationChecker:
             raise _denied("USER_CERTIFICATE_UNTRUSTED", "the certificate does not allow signing")
         return certificate
 
+    async def _check_attestation(self, user_key_id: str, attestation: bytes) -> None:
+        # The CA key is used by the gateway, so a certificate proves nothing on its own; only
+        # the cosigner can seal this, and it does so for keys it holds a share of.
+        try:
+            opened = await self._unseal_cosigner(attestation, records.KEY_ATTESTATION_AAD)
+        except ServiceError:
+            opened = b""
+        if not hmac.compare_digest(opened, records.key_attestation(user_key_id)):
+            raise _denied(
+                "COSIGNER_ATTESTATION_INVALID", "the cosigner does not vouch for the user's key"
+            )
+
     async def check(
         self,
         key_id: bytes,
@@ -159,6 +183,7 @@ class AuthorisationChecker:
             user_key.verify(authorisation.user_signature, authorisation.record)
         except InvalidSignature:
             raise _denied("USER_SIGNATURE_INVALID", "the user did not sign this record") from None
+        await self._check_attestation(record.user_key_id, authorisation.cosigner_attestation)
         try:
             (await self._authoriser()).verify(
                 authorisation.gateway_signature,

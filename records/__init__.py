@@ -220,6 +220,14 @@ def decode_entry(data: bytes) -> RecordEntry | OutcomeEntry:
     return entry
 
 
+KEY_ATTESTATION_AAD = b"mobilesign/v1 key-attestation"
+
+
+def key_attestation(user_key_id: str) -> bytes:
+    """The plaintext the cosigner seals to attest that it holds a share of ``user_key_id``."""
+    return b"mobilesign/v1 enrolled-key\x00" + bytes.fromhex(user_key_id)
+
+
 def authorisation_digest(record: bytes, user_signature: bytes) -> bytes:
     """What the gateway's authorisation key signs (as a SHA-256 digest) for one record."""
     return hashlib.sha256(

@@ -81,6 +81,7 @@ async def _main(args: argparse.Namespace, resources: contextlib.AsyncExitStack) 
         ca=ca,
         users=users,
         organisations=organisations,
+        cosigner=cosigner,
         authoriser_key_label=cfg.authoriser_key_label,
     )
     admin_servicer = admin.AdminServicer(

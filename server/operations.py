@@ -26,6 +26,7 @@ from ca import CertificateAuthority
 from grpc_host.errors import ServiceError
 from mobilesign.v1 import gateway_pb2, hsm_pb2
 from server.audit import AuditLog
+from server.cosigner_client import CosignerClient
 from server.hsm import HsmClient
 from server.ledger import GrantRow, Ledger, QuotaExceeded
 from server.organisations import OrganisationStore
@@ -89,6 +90,7 @@ class Operations:
         ca: CertificateAuthority,
         users: UserStore,
         organisations: OrganisationStore,
+        cosigner: CosignerClient,
         authoriser_key_label: str,
     ) -> None:
         self._ledger = ledger
@@ -99,6 +101,9 @@ class Operations:
         self._organisations = organisations
         self._authoriser_key_label = authoriser_key_label
         self._authoriser: hsm_pb2.KeyInfo | None = None
+        self._cosigner = cosigner
+        # The cosigner's attestation of each user key, asked for once.
+        self._attestations: dict[str, bytes] = {}
         self._record_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = (
             weakref.WeakValueDictionary()
         )
@@ -325,10 +330,17 @@ class Operations:
             self._authoriser = await self._hsm.ensure_key(
                 self._authoriser_key_label, hsm_pb2.KEY_PURPOSE_SERVICE
             )
+        attestation = self._attestations.get(session.user_key_id)
+        if attestation is None:
+            key = await self._cosigner.key(session.user_key_id)
+            if key is None:
+                raise _denied("KEY_NOT_ENROLLED", "the cosigner holds no share of this key")
+            attestation = self._attestations[session.user_key_id] = key.attestation
         return hsm_pb2.OrganisationKeyAuthorisation(
             record=encoded,
             user_signature=signature,
             user_certificate=session.certificate.der,
+            cosigner_attestation=attestation,
             gateway_signature=await self._hsm.sign_digest(
                 self._authoriser.key_id,
                 hsm_pb2.SIGNATURE_MECHANISM_ECDSA_SHA256,

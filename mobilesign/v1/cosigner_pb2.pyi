@@ -589,6 +589,7 @@ class GetKeyResponse(_message.Message):
     FAILED_PIN_ATTEMPTS_FIELD_NUMBER: _builtins.int
     DEVICE_PUBLIC_KEY_FIELD_NUMBER: _builtins.int
     ENROLLMENT_TICKET_ID_FIELD_NUMBER: _builtins.int
+    ATTESTATION_FIELD_NUMBER: _builtins.int
     key_id: _builtins.str
     user_id: _builtins.str
     scheme: Global___Scheme.ValueType
@@ -597,6 +598,11 @@ class GetKeyResponse(_message.Message):
     device_public_key: _builtins.bytes
     enrollment_ticket_id: _builtins.str
     """The enrolment ticket the key was created with."""
+    attestation: _builtins.bytes
+    """The cosigner's attestation that it holds a share of this key: sealed by the HSM proxy with
+    the cosigner's sealing key, so only the cosigner can make one and the HSM proxy can check
+    it (see OrganisationKeyAuthorisation.cosigner_attestation).
+    """
     def __init__(
         self,
         *,
@@ -607,10 +613,11 @@ class GetKeyResponse(_message.Message):
         failed_pin_attempts: _builtins.int = ...,
         device_public_key: _builtins.bytes = ...,
         enrollment_ticket_id: _builtins.str = ...,
+        attestation: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["device_public_key", b"device_public_key", "enrollment_ticket_id", b"enrollment_ticket_id", "failed_pin_attempts", b"failed_pin_attempts", "key_id", b"key_id", "locked", b"locked", "scheme", b"scheme", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attestation", b"attestation", "device_public_key", b"device_public_key", "enrollment_ticket_id", b"enrollment_ticket_id", "failed_pin_attempts", b"failed_pin_attempts", "key_id", b"key_id", "locked", b"locked", "scheme", b"scheme", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

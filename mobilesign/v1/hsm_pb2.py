@@ -24,21 +24,21 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17mobilesign/v1/hsm.proto\x12\rmobilesign.v1\"\x9d\x01\n\x07KeyInfo\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\r\n\x05label\x18\x02 \x01(\t\x12*\n\x07purpose\x18\x03 \x01(\x0e\x32\x19.mobilesign.v1.KeyPurpose\x12.\n\talgorithm\x18\x04 \x01(\x0e\x32\x1b.mobilesign.v1.KeyAlgorithm\x12\x17\n\x0fpublic_key_spki\x18\x05 \x01(\x0c\"\x83\x01\n\x16GenerateKeyPairRequest\x12\r\n\x05label\x18\x01 \x01(\t\x12*\n\x07purpose\x18\x02 \x01(\x0e\x32\x19.mobilesign.v1.KeyPurpose\x12.\n\talgorithm\x18\x03 \x01(\x0e\x32\x1b.mobilesign.v1.KeyAlgorithm\">\n\x17GenerateKeyPairResponse\x12#\n\x03key\x18\x01 \x01(\x0b\x32\x16.mobilesign.v1.KeyInfo\"=\n\x0fListKeysRequest\x12*\n\x07purpose\x18\x01 \x01(\x0e\x32\x19.mobilesign.v1.KeyPurpose\"8\n\x10ListKeysResponse\x12$\n\x04keys\x18\x01 \x03(\x0b\x32\x16.mobilesign.v1.KeyInfo\"%\n\x13GetPublicKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\";\n\x14GetPublicKeyResponse\x12#\n\x03key\x18\x01 \x01(\x0b\x32\x16.mobilesign.v1.KeyInfo\"{\n\x1cOrganisationKeyAuthorisation\x12\x0e\n\x06record\x18\x01 \x01(\x0c\x12\x16\n\x0euser_signature\x18\x02 \x01(\x0c\x12\x18\n\x10user_certificate\x18\x03 \x01(\x0c\x12\x19\n\x11gateway_signature\x18\x04 \x01(\x0c\"\xad\x01\n\x11SignDigestRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x34\n\tmechanism\x18\x02 \x01(\x0e\x32!.mobilesign.v1.SignatureMechanism\x12\x0e\n\x06\x64igest\x18\x03 \x01(\x0c\x12\x42\n\rauthorisation\x18\x04 \x01(\x0b\x32+.mobilesign.v1.OrganisationKeyAuthorisation\"\'\n\x12SignDigestResponse\x12\x11\n\tsignature\x18\x01 \x01(\x0c\"B\n\x1f\x43reateCertificateRequestRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0f\n\x07subject\x18\x02 \x01(\x0c\"/\n CreateCertificateRequestResponse\x12\x0b\n\x03\x63sr\x18\x01 \x01(\x0c\"\xac\x01\n\x0e\x44\x65\x63ryptRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x32\n\tmechanism\x18\x02 \x01(\x0e\x32\x1f.mobilesign.v1.DecryptMechanism\x12\x12\n\nciphertext\x18\x03 \x01(\x0c\x12\x42\n\rauthorisation\x18\x04 \x01(\x0b\x32+.mobilesign.v1.OrganisationKeyAuthorisation\"$\n\x0f\x44\x65\x63ryptResponse\x12\x11\n\tplaintext\x18\x01 \x01(\x0c\"9\n\x0bSealRequest\x12\x11\n\tplaintext\x18\x01 \x01(\x0c\x12\x17\n\x0f\x61ssociated_data\x18\x02 \x01(\x0c\"\x1e\n\x0cSealResponse\x12\x0e\n\x06sealed\x18\x01 \x01(\x0c\"8\n\rUnsealRequest\x12\x0e\n\x06sealed\x18\x01 \x01(\x0c\x12\x17\n\x0f\x61ssociated_data\x18\x02 \x01(\x0c\"#\n\x0eUnsealResponse\x12\x11\n\tplaintext\x18\x01 \x01(\x0c*\x80\x01\n\x0cKeyAlgorithm\x12\x1d\n\x19KEY_ALGORITHM_UNSPECIFIED\x10\x00\x12\x19\n\x15KEY_ALGORITHM_EC_P256\x10\x01\x12\x1a\n\x16KEY_ALGORITHM_RSA_2048\x10\x02\x12\x1a\n\x16KEY_ALGORITHM_RSA_3072\x10\x03*t\n\nKeyPurpose\x12\x1b\n\x17KEY_PURPOSE_UNSPECIFIED\x10\x00\x12\x1c\n\x18KEY_PURPOSE_ORGANISATION\x10\x01\x12\x12\n\x0eKEY_PURPOSE_CA\x10\x02\x12\x17\n\x13KEY_PURPOSE_SERVICE\x10\x03*\xb4\x01\n\x12SignatureMechanism\x12#\n\x1fSIGNATURE_MECHANISM_UNSPECIFIED\x10\x00\x12$\n SIGNATURE_MECHANISM_ECDSA_SHA256\x10\x01\x12+\n\'SIGNATURE_MECHANISM_RSA_PKCS1V15_SHA256\x10\x02\x12&\n\"SIGNATURE_MECHANISM_RSA_PSS_SHA256\x10\x03*\\\n\x10\x44\x65\x63ryptMechanism\x12!\n\x1d\x44\x45\x43RYPT_MECHANISM_UNSPECIFIED\x10\x00\x12%\n!DECRYPT_MECHANISM_RSA_OAEP_SHA256\x10\x01\x32\xb6\x05\n\nHsmService\x12`\n\x0fGenerateKeyPair\x12%.mobilesign.v1.GenerateKeyPairRequest\x1a&.mobilesign.v1.GenerateKeyPairResponse\x12K\n\x08ListKeys\x12\x1e.mobilesign.v1.ListKeysRequest\x1a\x1f.mobilesign.v1.ListKeysResponse\x12W\n\x0cGetPublicKey\x12\".mobilesign.v1.GetPublicKeyRequest\x1a#.mobilesign.v1.GetPublicKeyResponse\x12Q\n\nSignDigest\x12 .mobilesign.v1.SignDigestRequest\x1a!.mobilesign.v1.SignDigestResponse\x12{\n\x18\x43reateCertificateRequest\x12..mobilesign.v1.CreateCertificateRequestRequest\x1a/.mobilesign.v1.CreateCertificateRequestResponse\x12H\n\x07\x44\x65\x63rypt\x12\x1d.mobilesign.v1.DecryptRequest\x1a\x1e.mobilesign.v1.DecryptResponse\x12?\n\x04Seal\x12\x1a.mobilesign.v1.SealRequest\x1a\x1b.mobilesign.v1.SealResponse\x12\x45\n\x06Unseal\x12\x1c.mobilesign.v1.UnsealRequest\x1a\x1d.mobilesign.v1.UnsealResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17mobilesign/v1/hsm.proto\x12\rmobilesign.v1\"\x9d\x01\n\x07KeyInfo\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\r\n\x05label\x18\x02 \x01(\t\x12*\n\x07purpose\x18\x03 \x01(\x0e\x32\x19.mobilesign.v1.KeyPurpose\x12.\n\talgorithm\x18\x04 \x01(\x0e\x32\x1b.mobilesign.v1.KeyAlgorithm\x12\x17\n\x0fpublic_key_spki\x18\x05 \x01(\x0c\"\x83\x01\n\x16GenerateKeyPairRequest\x12\r\n\x05label\x18\x01 \x01(\t\x12*\n\x07purpose\x18\x02 \x01(\x0e\x32\x19.mobilesign.v1.KeyPurpose\x12.\n\talgorithm\x18\x03 \x01(\x0e\x32\x1b.mobilesign.v1.KeyAlgorithm\">\n\x17GenerateKeyPairResponse\x12#\n\x03key\x18\x01 \x01(\x0b\x32\x16.mobilesign.v1.KeyInfo\"=\n\x0fListKeysRequest\x12*\n\x07purpose\x18\x01 \x01(\x0e\x32\x19.mobilesign.v1.KeyPurpose\"8\n\x10ListKeysResponse\x12$\n\x04keys\x18\x01 \x03(\x0b\x32\x16.mobilesign.v1.KeyInfo\"%\n\x13GetPublicKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\";\n\x14GetPublicKeyResponse\x12#\n\x03key\x18\x01 \x01(\x0b\x32\x16.mobilesign.v1.KeyInfo\"\x99\x01\n\x1cOrganisationKeyAuthorisation\x12\x0e\n\x06record\x18\x01 \x01(\x0c\x12\x16\n\x0euser_signature\x18\x02 \x01(\x0c\x12\x18\n\x10user_certificate\x18\x03 \x01(\x0c\x12\x19\n\x11gateway_signature\x18\x04 \x01(\x0c\x12\x1c\n\x14\x63osigner_attestation\x18\x05 \x01(\x0c\"\xad\x01\n\x11SignDigestRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x34\n\tmechanism\x18\x02 \x01(\x0e\x32!.mobilesign.v1.SignatureMechanism\x12\x0e\n\x06\x64igest\x18\x03 \x01(\x0c\x12\x42\n\rauthorisation\x18\x04 \x01(\x0b\x32+.mobilesign.v1.OrganisationKeyAuthorisation\"\'\n\x12SignDigestResponse\x12\x11\n\tsignature\x18\x01 \x01(\x0c\"B\n\x1f\x43reateCertificateRequestRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0f\n\x07subject\x18\x02 \x01(\x0c\"/\n CreateCertificateRequestResponse\x12\x0b\n\x03\x63sr\x18\x01 \x01(\x0c\"\xac\x01\n\x0e\x44\x65\x63ryptRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x32\n\tmechanism\x18\x02 \x01(\x0e\x32\x1f.mobilesign.v1.DecryptMechanism\x12\x12\n\nciphertext\x18\x03 \x01(\x0c\x12\x42\n\rauthorisation\x18\x04 \x01(\x0b\x32+.mobilesign.v1.OrganisationKeyAuthorisation\"$\n\x0f\x44\x65\x63ryptResponse\x12\x11\n\tplaintext\x18\x01 \x01(\x0c\"9\n\x0bSealRequest\x12\x11\n\tplaintext\x18\x01 \x01(\x0c\x12\x17\n\x0f\x61ssociated_data\x18\x02 \x01(\x0c\"\x1e\n\x0cSealResponse\x12\x0e\n\x06sealed\x18\x01 \x01(\x0c\"8\n\rUnsealRequest\x12\x0e\n\x06sealed\x18\x01 \x01(\x0c\x12\x17\n\x0f\x61ssociated_data\x18\x02 \x01(\x0c\"#\n\x0eUnsealResponse\x12\x11\n\tplaintext\x18\x01 \x01(\x0c*\x80\x01\n\x0cKeyAlgorithm\x12\x1d\n\x19KEY_ALGORITHM_UNSPECIFIED\x10\x00\x12\x19\n\x15KEY_ALGORITHM_EC_P256\x10\x01\x12\x1a\n\x16KEY_ALGORITHM_RSA_2048\x10\x02\x12\x1a\n\x16KEY_ALGORITHM_RSA_3072\x10\x03*t\n\nKeyPurpose\x12\x1b\n\x17KEY_PURPOSE_UNSPECIFIED\x10\x00\x12\x1c\n\x18KEY_PURPOSE_ORGANISATION\x10\x01\x12\x12\n\x0eKEY_PURPOSE_CA\x10\x02\x12\x17\n\x13KEY_PURPOSE_SERVICE\x10\x03*\xb4\x01\n\x12SignatureMechanism\x12#\n\x1fSIGNATURE_MECHANISM_UNSPECIFIED\x10\x00\x12$\n SIGNATURE_MECHANISM_ECDSA_SHA256\x10\x01\x12+\n\'SIGNATURE_MECHANISM_RSA_PKCS1V15_SHA256\x10\x02\x12&\n\"SIGNATURE_MECHANISM_RSA_PSS_SHA256\x10\x03*\\\n\x10\x44\x65\x63ryptMechanism\x12!\n\x1d\x44\x45\x43RYPT_MECHANISM_UNSPECIFIED\x10\x00\x12%\n!DECRYPT_MECHANISM_RSA_OAEP_SHA256\x10\x01\x32\xb6\x05\n\nHsmService\x12`\n\x0fGenerateKeyPair\x12%.mobilesign.v1.GenerateKeyPairRequest\x1a&.mobilesign.v1.GenerateKeyPairResponse\x12K\n\x08ListKeys\x12\x1e.mobilesign.v1.ListKeysRequest\x1a\x1f.mobilesign.v1.ListKeysResponse\x12W\n\x0cGetPublicKey\x12\".mobilesign.v1.GetPublicKeyRequest\x1a#.mobilesign.v1.GetPublicKeyResponse\x12Q\n\nSignDigest\x12 .mobilesign.v1.SignDigestRequest\x1a!.mobilesign.v1.SignDigestResponse\x12{\n\x18\x43reateCertificateRequest\x12..mobilesign.v1.CreateCertificateRequestRequest\x1a/.mobilesign.v1.CreateCertificateRequestResponse\x12H\n\x07\x44\x65\x63rypt\x12\x1d.mobilesign.v1.DecryptRequest\x1a\x1e.mobilesign.v1.DecryptResponse\x12?\n\x04Seal\x12\x1a.mobilesign.v1.SealRequest\x1a\x1b.mobilesign.v1.SealResponse\x12\x45\n\x06Unseal\x12\x1c.mobilesign.v1.UnsealRequest\x1a\x1d.mobilesign.v1.UnsealResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mobilesign.v1.hsm_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_KEYALGORITHM']._serialized_start=1480
-  _globals['_KEYALGORITHM']._serialized_end=1608
-  _globals['_KEYPURPOSE']._serialized_start=1610
-  _globals['_KEYPURPOSE']._serialized_end=1726
-  _globals['_SIGNATUREMECHANISM']._serialized_start=1729
-  _globals['_SIGNATUREMECHANISM']._serialized_end=1909
-  _globals['_DECRYPTMECHANISM']._serialized_start=1911
-  _globals['_DECRYPTMECHANISM']._serialized_end=2003
+  _globals['_KEYALGORITHM']._serialized_start=1511
+  _globals['_KEYALGORITHM']._serialized_end=1639
+  _globals['_KEYPURPOSE']._serialized_start=1641
+  _globals['_KEYPURPOSE']._serialized_end=1757
+  _globals['_SIGNATUREMECHANISM']._serialized_start=1760
+  _globals['_SIGNATUREMECHANISM']._serialized_end=1940
+  _globals['_DECRYPTMECHANISM']._serialized_start=1942
+  _globals['_DECRYPTMECHANISM']._serialized_end=2034
   _globals['_KEYINFO']._serialized_start=43
   _globals['_KEYINFO']._serialized_end=200
   _globals['_GENERATEKEYPAIRREQUEST']._serialized_start=203
@@ -53,28 +53,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETPUBLICKEYREQUEST']._serialized_end=558
   _globals['_GETPUBLICKEYRESPONSE']._serialized_start=560
   _globals['_GETPUBLICKEYRESPONSE']._serialized_end=619
-  _globals['_ORGANISATIONKEYAUTHORISATION']._serialized_start=621
-  _globals['_ORGANISATIONKEYAUTHORISATION']._serialized_end=744
-  _globals['_SIGNDIGESTREQUEST']._serialized_start=747
-  _globals['_SIGNDIGESTREQUEST']._serialized_end=920
-  _globals['_SIGNDIGESTRESPONSE']._serialized_start=922
-  _globals['_SIGNDIGESTRESPONSE']._serialized_end=961
-  _globals['_CREATECERTIFICATEREQUESTREQUEST']._serialized_start=963
-  _globals['_CREATECERTIFICATEREQUESTREQUEST']._serialized_end=1029
-  _globals['_CREATECERTIFICATEREQUESTRESPONSE']._serialized_start=1031
-  _globals['_CREATECERTIFICATEREQUESTRESPONSE']._serialized_end=1078
-  _globals['_DECRYPTREQUEST']._serialized_start=1081
-  _globals['_DECRYPTREQUEST']._serialized_end=1253
-  _globals['_DECRYPTRESPONSE']._serialized_start=1255
-  _globals['_DECRYPTRESPONSE']._serialized_end=1291
-  _globals['_SEALREQUEST']._serialized_start=1293
-  _globals['_SEALREQUEST']._serialized_end=1350
-  _globals['_SEALRESPONSE']._serialized_start=1352
-  _globals['_SEALRESPONSE']._serialized_end=1382
-  _globals['_UNSEALREQUEST']._serialized_start=1384
-  _globals['_UNSEALREQUEST']._serialized_end=1440
-  _globals['_UNSEALRESPONSE']._serialized_start=1442
-  _globals['_UNSEALRESPONSE']._serialized_end=1477
-  _globals['_HSMSERVICE']._serialized_start=2006
-  _globals['_HSMSERVICE']._serialized_end=2700
+  _globals['_ORGANISATIONKEYAUTHORISATION']._serialized_start=622
+  _globals['_ORGANISATIONKEYAUTHORISATION']._serialized_end=775
+  _globals['_SIGNDIGESTREQUEST']._serialized_start=778
+  _globals['_SIGNDIGESTREQUEST']._serialized_end=951
+  _globals['_SIGNDIGESTRESPONSE']._serialized_start=953
+  _globals['_SIGNDIGESTRESPONSE']._serialized_end=992
+  _globals['_CREATECERTIFICATEREQUESTREQUEST']._serialized_start=994
+  _globals['_CREATECERTIFICATEREQUESTREQUEST']._serialized_end=1060
+  _globals['_CREATECERTIFICATEREQUESTRESPONSE']._serialized_start=1062
+  _globals['_CREATECERTIFICATEREQUESTRESPONSE']._serialized_end=1109
+  _globals['_DECRYPTREQUEST']._serialized_start=1112
+  _globals['_DECRYPTREQUEST']._serialized_end=1284
+  _globals['_DECRYPTRESPONSE']._serialized_start=1286
+  _globals['_DECRYPTRESPONSE']._serialized_end=1322
+  _globals['_SEALREQUEST']._serialized_start=1324
+  _globals['_SEALREQUEST']._serialized_end=1381
+  _globals['_SEALRESPONSE']._serialized_start=1383
+  _globals['_SEALRESPONSE']._serialized_end=1413
+  _globals['_UNSEALREQUEST']._serialized_start=1415
+  _globals['_UNSEALREQUEST']._serialized_end=1471
+  _globals['_UNSEALRESPONSE']._serialized_start=1473
+  _globals['_UNSEALRESPONSE']._serialized_end=1508
+  _globals['_HSMSERVICE']._serialized_start=2037
+  _globals['_HSMSERVICE']._serialized_end=2731
 # @@protoc_insertion_point(module_scope)

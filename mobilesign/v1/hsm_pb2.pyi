@@ -293,6 +293,7 @@ class OrganisationKeyAuthorisation(_message.Message):
     USER_SIGNATURE_FIELD_NUMBER: _builtins.int
     USER_CERTIFICATE_FIELD_NUMBER: _builtins.int
     GATEWAY_SIGNATURE_FIELD_NUMBER: _builtins.int
+    COSIGNER_ATTESTATION_FIELD_NUMBER: _builtins.int
     record: _builtins.bytes
     """The service record bytes (format "MSR1", see README)."""
     user_signature: _builtins.bytes
@@ -303,6 +304,11 @@ class OrganisationKeyAuthorisation(_message.Message):
     """ECDSA P-256 / SHA-256 (DER) by the gateway's authorisation key over
     SHA-256("mobilesign/v1 authorisation" || 0x00 || SHA-256(record) || SHA-256(user_signature)).
     """
+    cosigner_attestation: _builtins.bytes
+    """The cosigner's attestation (GetKeyResponse.attestation) that the user's key is a two-party
+    key it holds a share of: a certificate alone, which the gateway's CA could issue for any key,
+    is not enough.
+    """
     def __init__(
         self,
         *,
@@ -310,10 +316,11 @@ class OrganisationKeyAuthorisation(_message.Message):
         user_signature: _builtins.bytes = ...,
         user_certificate: _builtins.bytes = ...,
         gateway_signature: _builtins.bytes = ...,
+        cosigner_attestation: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["gateway_signature", b"gateway_signature", "record", b"record", "user_certificate", b"user_certificate", "user_signature", b"user_signature"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cosigner_attestation", b"cosigner_attestation", "gateway_signature", b"gateway_signature", "record", b"record", "user_certificate", b"user_certificate", "user_signature", b"user_signature"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -70,13 +70,18 @@ class Authority:
     authoriser: HsmKeySigner
     user_key: ed25519.Ed25519PrivateKey
     user_certificate: bytes
+    attestation: bytes
     user_id: str = "tester"
 
     @classmethod
     async def create(
-        cls, stub: hsm_pb2_grpc.HsmServiceAsyncStub, ca_label: str = "test-ca"
+        cls,
+        stub: hsm_pb2_grpc.HsmServiceAsyncStub,
+        cosigner: hsm_pb2_grpc.HsmServiceAsyncStub,
+        ca_label: str = "test-ca",
     ) -> Authority:
-        """Make (or reuse) the CA and authoriser keys in the token and certify a new user."""
+        """Make (or reuse) the CA and authoriser keys in the token, certify a new user, and have
+        ``cosigner`` (a stub with the cosigner's identity) attest the user's key."""
         ca_key = await _key(stub, ca_label, hsm_pb2.KEY_PURPOSE_CA)
         authoriser = await _key(stub, "gateway-authorisation", hsm_pb2.KEY_PURPOSE_SERVICE)
         ca = HsmKeySigner(stub, ca_key.key_id)
@@ -100,7 +105,23 @@ class Authority:
                 pkix.authority_key_identifier(key_identifier(ca_key.public_key_spki)),
             ],
         )
-        return cls(stub, ca, HsmKeySigner(stub, authoriser.key_id), user_key, certificate)
+        raw = user_key.public_key().public_bytes(
+            serialization.Encoding.Raw, serialization.PublicFormat.Raw
+        )
+        attestation = await cosigner.Seal(
+            hsm_pb2.SealRequest(
+                plaintext=records.key_attestation(raw.hex()),
+                associated_data=records.KEY_ATTESTATION_AAD,
+            )
+        )
+        return cls(
+            stub,
+            ca,
+            HsmKeySigner(stub, authoriser.key_id),
+            user_key,
+            certificate,
+            attestation.sealed,
+        )
 
     def record(
         self, key_id: str, operation: records.Operation, data: bytes, **changes: object
@@ -139,4 +160,5 @@ class Authority:
             gateway_signature=await self.authoriser.sign_digest(
                 records.authorisation_digest(encoded, signature)
             ),
+            cosigner_attestation=self.attestation,
         )

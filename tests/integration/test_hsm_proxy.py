@@ -139,9 +139,12 @@ async def test_decrypt_round_trips_oaep(hsm_deployment: Deployment) -> None:
     assert isinstance(public, rsa.RSAPublicKey)
     oaep = padding.OAEP(padding.MGF1(hashes.SHA256()), hashes.SHA256(), None)
     decrypt = records.Operation.DECRYPT_RSA_OAEP_SHA256
-    async with hsm_deployment.channel("hsm-proxy", "gateway") as channel:
+    async with (
+        hsm_deployment.channel("hsm-proxy", "gateway") as channel,
+        hsm_deployment.channel("hsm-proxy", "cosigner") as cosigner,
+    ):
         stub = _stub(channel)
-        authority = await Authority.create(stub)
+        authority = await Authority.create(stub, _stub(cosigner))
         for message in (b"", b"a short secret", os.urandom(190)):
             ciphertext = public.encrypt(message, oaep)
             reply = await stub.Decrypt(

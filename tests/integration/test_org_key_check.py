@@ -64,11 +64,15 @@ async def _refused(call: object, reason: str) -> None:
 
 
 async def test_a_valid_authorisation_is_needed_and_good_once(deployment: Deployment) -> None:
-    async with deployment.channel("hsm-proxy", "gateway") as channel:
+    async with (
+        deployment.channel("hsm-proxy", "gateway") as channel,
+        deployment.channel("hsm-proxy", "cosigner") as cosigner_channel,
+    ):
         stub = hsm_pb2_grpc.HsmServiceStub(channel)
+        cosigner = hsm_pb2_grpc.HsmServiceStub(cosigner_channel)
         key = await _organisation_key(stub, "checked", hsm_pb2.KEY_ALGORITHM_EC_P256)
         other = await _organisation_key(stub, "checked-other", hsm_pb2.KEY_ALGORITHM_EC_P256)
-        authority = await Authority.create(stub)
+        authority = await Authority.create(stub, cosigner)
         record = authority.record(key.key_id, SIGN, DIGEST)
 
         await _refused(stub.SignDigest(_sign(key, None)), "AUTHORISATION_REQUIRED")
@@ -121,10 +125,14 @@ async def test_a_valid_authorisation_is_needed_and_good_once(deployment: Deploym
 
 
 async def test_a_certificate_from_outside_the_token_is_refused(deployment: Deployment) -> None:
-    async with deployment.channel("hsm-proxy", "gateway") as channel:
+    async with (
+        deployment.channel("hsm-proxy", "gateway") as channel,
+        deployment.channel("hsm-proxy", "cosigner") as cosigner_channel,
+    ):
         stub = hsm_pb2_grpc.HsmServiceStub(channel)
+        cosigner = hsm_pb2_grpc.HsmServiceStub(cosigner_channel)
         key = await _organisation_key(stub, "foreign-ca", hsm_pb2.KEY_ALGORITHM_EC_P256)
-        authority = await Authority.create(stub)
+        authority = await Authority.create(stub, cosigner)
         # The same user and key, certified by a CA key that is not in the token.
         foreign_ca = ec.generate_private_key(ec.SECP256R1())
 
@@ -158,8 +166,12 @@ async def test_a_certificate_from_outside_the_token_is_refused(deployment: Deplo
 async def test_decrypt_needs_an_authorisation_and_admin_gets_no_shortcut(
     deployment: Deployment,
 ) -> None:
-    async with deployment.channel("hsm-proxy", "admin") as channel:
+    async with (
+        deployment.channel("hsm-proxy", "admin") as channel,
+        deployment.channel("hsm-proxy", "cosigner") as cosigner_channel,
+    ):
         stub = hsm_pb2_grpc.HsmServiceStub(channel)
+        cosigner = hsm_pb2_grpc.HsmServiceStub(cosigner_channel)
         ec_key = await _organisation_key(stub, "admin-ec", hsm_pb2.KEY_ALGORITHM_EC_P256)
         rsa_key = await _organisation_key(stub, "admin-rsa", hsm_pb2.KEY_ALGORITHM_RSA_2048)
         await _refused(stub.SignDigest(_sign(ec_key, None)), "AUTHORISATION_REQUIRED")
@@ -174,7 +186,7 @@ async def test_decrypt_needs_an_authorisation_and_admin_gets_no_shortcut(
             "AUTHORISATION_REQUIRED",
         )
         # An authorisation for a signature does not open a decryption.
-        authority = await Authority.create(stub)
+        authority = await Authority.create(stub, cosigner)
         authorisation = await authority.authorise(
             authority.record(rsa_key.key_id, records.Operation.SIGN_RSA_PSS_SHA256, bytes(256))
         )
@@ -198,3 +210,39 @@ async def test_decrypt_needs_an_authorisation_and_admin_gets_no_shortcut(
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await stub.SignDigest(rsa_pkcs1)
         assert reason_of(info.value) == "MECHANISM_NOT_ALLOWED"
+
+
+async def test_a_key_the_cosigner_does_not_vouch_for_is_refused(deployment: Deployment) -> None:
+    """A compromised gateway can have the CA certify a key of its own and sign the
+    authorisation itself; without the cosigner's attestation the key is still not used."""
+    async with (
+        deployment.channel("hsm-proxy", "gateway") as channel,
+        deployment.channel("hsm-proxy", "cosigner") as cosigner_channel,
+    ):
+        stub = hsm_pb2_grpc.HsmServiceStub(channel)
+        cosigner = hsm_pb2_grpc.HsmServiceStub(cosigner_channel)
+        key = await _organisation_key(stub, "attested", hsm_pb2.KEY_ALGORITHM_EC_P256)
+        authority = await Authority.create(stub, cosigner)
+        someone_else = await Authority.create(stub, cosigner)
+        record = authority.record(key.key_id, SIGN, DIGEST)
+        for attestation in (
+            b"",
+            someone_else.attestation,  # the cosigner vouches for another key
+            authority.attestation[:-1] + bytes([authority.attestation[-1] ^ 1]),
+        ):
+            forged = dataclasses.replace(authority, attestation=attestation)
+            await _refused(
+                stub.SignDigest(_sign(key, await forged.authorise(record))),
+                "COSIGNER_ATTESTATION_INVALID",
+            )
+        # A blob the gateway sealed itself is not the cosigner's: the gateway may not even seal.
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.Seal(
+                hsm_pb2.SealRequest(
+                    plaintext=records.key_attestation(record.user_key_id),
+                    associated_data=records.KEY_ATTESTATION_AAD,
+                )
+            )
+        assert reason_of(info.value) == "CALLER_NOT_AUTHORISED"
+        # With the cosigner's attestation of this very key, the record is honoured.
+        await stub.SignDigest(_sign(key, await authority.authorise(record)))
