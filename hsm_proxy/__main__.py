@@ -34,8 +34,10 @@ async def _main(args: argparse.Namespace, resources: contextlib.AsyncExitStack) 
     used = await UsedRecords.open(hsm_dir / "authorisations.db")
     resources.push_async_callback(used.close)
     checker = AuthorisationChecker(
-        lambda purpose: pool.run(lambda s: keys.list_keys(s, purpose)),
-        lambda sealed, aad: pool.run(lambda s: keys.unseal(s, "cosigner", sealed, aad)),
+        lambda purpose: servicer.run_in_token(pool, lambda s: keys.list_keys(s, purpose)),
+        lambda sealed, aad: servicer.run_in_token(
+            pool, lambda s: keys.unseal(s, "cosigner", sealed, aad)
+        ),
         used,
         cfg.authoriser_key_label,
     )

@@ -133,7 +133,9 @@ class AuthorisationChecker:
         # the cosigner can seal this, and it does so for keys it holds a share of.
         try:
             opened = await self._unseal_cosigner(attestation, records.KEY_ATTESTATION_AAD)
-        except ServiceError:
+        except ServiceError as exc:
+            if exc.reason != "SEALED_BLOB_INVALID":
+                raise  # e.g. the HSM queue is full: not the attestation's fault
             opened = b""
         if not hmac.compare_digest(opened, records.key_attestation(user_key_id)):
             raise _denied(
@@ -146,9 +148,10 @@ class AuthorisationChecker:
         operation: records.Operation,
         data: bytes,
         authorisation: hsm_pb2.OrganisationKeyAuthorisation,
-    ) -> None:
+    ) -> str:
         """Refuse unless ``authorisation`` allows ``operation`` on ``data`` with this key, now,
-        for the first time. The record id is consumed (durably) only once every check passed."""
+        for the first time. The record id is consumed (durably) only once every check passed;
+        it is returned."""
         if not authorisation.record:
             raise _denied("AUTHORISATION_REQUIRED", "organisation keys need a co-signed record")
         if any(
@@ -196,3 +199,8 @@ class AuthorisationChecker:
             ) from None
         if not await self._used.consume(record.record_id, key_id.hex(), int(time.time())):
             raise _denied("AUTHORISATION_REPLAYED", "this record was already used")
+        return record.record_id
+
+    async def failed_before_use(self, record_id: str) -> None:
+        """The token did not act (busy, unavailable): the record may be presented again."""
+        await self._used.release(record_id)

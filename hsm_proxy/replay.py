@@ -45,3 +45,7 @@ class UsedRecords:
         except sqlite3.IntegrityError:
             return False
         return True
+
+    async def release(self, record_id: str) -> None:
+        """Forget a record id whose operation failed before the token acted (e.g. queue full)."""
+        await self._db.execute("DELETE FROM used_records WHERE record_id = ?", (record_id,))

@@ -59,6 +59,8 @@ _MECHANISMS = {
     hsm_pb2.SIGNATURE_MECHANISM_RSA_PSS_SHA256: keys.SignMechanism.RSA_PSS_SHA256,
 }
 _PURPOSE_VALUES = {v: k for k, v in _PURPOSES.items()}
+# Failures after which the token certainly did not use the key.
+_NOT_ACTED = frozenset({grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE})
 # The record operation an organisation-key signature mechanism must be authorised as.
 _RECORD_OPERATIONS = {
     keys.SignMechanism.ECDSA_SHA256: records.Operation.SIGN_ECDSA_SHA256,
@@ -90,6 +92,42 @@ def _caller() -> str:
     identity = access.caller.get()
     assert identity is not None  # the access policy admits authenticated callers only
     return identity
+
+
+async def run_in_token(pool: SessionPool, operation: Callable[[pkcs11.Session], T]) -> T:
+    """Run ``operation`` on the pool, PKCS#11 failures mapped to statuses with stable reasons."""
+    try:
+        return await pool.run(operation)
+    except PoolFull:
+        raise ServiceError(
+            grpc.StatusCode.RESOURCE_EXHAUSTED, "HSM_QUEUE_FULL", "the HSM queue is full"
+        ) from None
+    except (p11e.MechanismInvalid, p11e.KeyTypeInconsistent, p11e.KeyHandleInvalid):
+        raise ServiceError(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "MECHANISM_NOT_ALLOWED",
+            "the token refuses this mechanism for this key",
+        ) from None
+    except (p11e.DataLenRange, p11e.DataInvalid):
+        raise ServiceError(
+            grpc.StatusCode.INVALID_ARGUMENT, "DATA_INVALID", "the token refuses the input"
+        ) from None
+    except (
+        p11e.UserNotLoggedIn,
+        p11e.SessionClosed,
+        p11e.SessionHandleInvalid,
+        p11e.DeviceRemoved,
+        p11e.TokenNotPresent,
+        p11e.DeviceError,
+        p11e.DeviceMemory,
+    ):
+        _log.error("token unavailable")
+        raise ServiceError(
+            grpc.StatusCode.UNAVAILABLE, "HSM_UNAVAILABLE", "the HSM is unavailable"
+        ) from None
+    except p11e.PKCS11Error as exc:
+        _log.error("PKCS#11 failure", extra={"fields": {"error": type(exc).__name__}})
+        raise ServiceError(grpc.StatusCode.INTERNAL, "HSM_ERROR", "the HSM failed") from None
 
 
 class _TokenSigner:
@@ -134,39 +172,20 @@ class HsmServicer(hsm_pb2_grpc.HsmServiceServicer):
             self._records[key_id] = record
         return record
 
-    async def _run(self, operation: Callable[[pkcs11.Session], T]) -> T:
+    async def _authorised(
+        self, record_id: str, operation: Callable[[pkcs11.Session], bytes]
+    ) -> bytes:
+        """Run an organisation-key operation for a checked record; a failure before the token
+        acted (queue full, token unavailable) frees the record for a retry."""
         try:
-            return await self._pool.run(operation)
-        except PoolFull:
-            raise ServiceError(
-                grpc.StatusCode.RESOURCE_EXHAUSTED, "HSM_QUEUE_FULL", "the HSM queue is full"
-            ) from None
-        except (p11e.MechanismInvalid, p11e.KeyTypeInconsistent, p11e.KeyHandleInvalid):
-            raise ServiceError(
-                grpc.StatusCode.FAILED_PRECONDITION,
-                "MECHANISM_NOT_ALLOWED",
-                "the token refuses this mechanism for this key",
-            ) from None
-        except (p11e.DataLenRange, p11e.DataInvalid):
-            raise ServiceError(
-                grpc.StatusCode.INVALID_ARGUMENT, "DATA_INVALID", "the token refuses the input"
-            ) from None
-        except (
-            p11e.UserNotLoggedIn,
-            p11e.SessionClosed,
-            p11e.SessionHandleInvalid,
-            p11e.DeviceRemoved,
-            p11e.TokenNotPresent,
-            p11e.DeviceError,
-            p11e.DeviceMemory,
-        ):
-            _log.error("token unavailable")
-            raise ServiceError(
-                grpc.StatusCode.UNAVAILABLE, "HSM_UNAVAILABLE", "the HSM is unavailable"
-            ) from None
-        except p11e.PKCS11Error as exc:
-            _log.error("PKCS#11 failure", extra={"fields": {"error": type(exc).__name__}})
-            raise ServiceError(grpc.StatusCode.INTERNAL, "HSM_ERROR", "the HSM failed") from None
+            return await self._run(operation)
+        except ServiceError as exc:
+            if exc.code in _NOT_ACTED:
+                await self._checker.failed_before_use(record_id)
+            raise
+
+    async def _run(self, operation: Callable[[pkcs11.Session], T]) -> T:
+        return await run_in_token(self._pool, operation)
 
     async def GenerateKeyPair(
         self, request: hsm_pb2.GenerateKeyPairRequest, context: _Context
@@ -222,8 +241,14 @@ class HsmServicer(hsm_pb2_grpc.HsmServiceServicer):
                     "MECHANISM_NOT_ALLOWED",
                     "organisation keys sign with ECDSA or RSA-PSS",
                 )
-            await self._checker.check(key_id, operation, request.digest, request.authorisation)
-        elif request.HasField("authorisation"):
+            record_id = await self._checker.check(
+                key_id, operation, request.digest, request.authorisation
+            )
+            signature = await self._authorised(
+                record_id, lambda s: keys.sign_digest(s, record, mechanism, request.digest)
+            )
+            return hsm_pb2.SignDigestResponse(signature=signature)
+        if request.HasField("authorisation"):
             raise ServiceError(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 "AUTHORISATION_UNEXPECTED",
@@ -263,13 +288,15 @@ class HsmServicer(hsm_pb2_grpc.HsmServiceServicer):
             )
         record = await self._describe(key_id)
         keys.check_decryptable(record, request.ciphertext)
-        await self._checker.check(
+        record_id = await self._checker.check(
             key_id,
             records.Operation.DECRYPT_RSA_OAEP_SHA256,
             request.ciphertext,
             request.authorisation,
         )
-        plaintext = await self._run(lambda s: keys.decrypt_oaep(s, record, request.ciphertext))
+        plaintext = await self._authorised(
+            record_id, lambda s: keys.decrypt_oaep(s, record, request.ciphertext)
+        )
         return hsm_pb2.DecryptResponse(plaintext=plaintext)
 
     async def Seal(self, request: hsm_pb2.SealRequest, context: _Context) -> hsm_pb2.SealResponse:

@@ -42,6 +42,7 @@ _OPERATION_NAMES = {
     gateway_pb2.OPERATION_DECRYPT: "decrypt",
 }
 _OPERATION_VALUES = {v: k for k, v in _OPERATION_NAMES.items()}
+_RETRYABLE = frozenset({grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE})
 
 
 def _denied(reason: str, message: str) -> ServiceError:
@@ -367,10 +368,14 @@ class Operations:
                     record.organisation_key_id, mechanism, data, authorisation
                 )
         except ServiceError as exc:
-            outcome = records.OutcomeEntry(record.record_id, False, exc.reason, bytes(32))
-            await self._ledger.log_outcome(
-                record.record_id, outcome.encode(), False, None, exc.reason
-            )
+            if exc.code in _RETRYABLE:
+                # The HSM did not act: the record stays logged and the phone may execute again.
+                raise
+            # Refused as a replay while still unfinished here: the HSM acted before a crash
+            # and the result never came back. The log says so rather than "refused".
+            reason = "RESULT_LOST" if exc.reason == "AUTHORISATION_REPLAYED" else exc.reason
+            outcome = records.OutcomeEntry(record.record_id, False, reason, bytes(32))
+            await self._ledger.log_outcome(record.record_id, outcome.encode(), False, None, reason)
             raise
         outcome = records.OutcomeEntry(record.record_id, True, "", hashlib.sha256(result).digest())
         # A signature is kept so that a retry gets it again; a plaintext never is.

@@ -4,6 +4,7 @@ cannot use an organisation key on its own)."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import datetime
 import hashlib
@@ -246,3 +247,51 @@ async def test_a_key_the_cosigner_does_not_vouch_for_is_refused(deployment: Depl
         assert reason_of(info.value) == "CALLER_NOT_AUTHORISED"
         # With the cosigner's attestation of this very key, the record is honoured.
         await stub.SignDigest(_sign(key, await authority.authorise(record)))
+
+
+async def test_a_record_refused_for_a_full_queue_can_be_presented_again(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """The token never acted on it, so the record is not used up: a retry succeeds."""
+    deployment = Deployment(
+        tmp_path_factory.mktemp("busy"),
+        extra_env={"MOBILESIGN_HSM_PROXY_WORKERS": "1", "MOBILESIGN_HSM_PROXY_QUEUE_SIZE": "0"},
+    )
+    deployment.start("hsm-proxy")
+    try:
+        async with (
+            deployment.channel("hsm-proxy", "gateway") as channel,
+            deployment.channel("hsm-proxy", "cosigner") as cosigner_channel,
+        ):
+            stub = hsm_pb2_grpc.HsmServiceStub(channel)
+            key = await _organisation_key(stub, "busy", hsm_pb2.KEY_ALGORITHM_RSA_3072)
+            authority = await Authority.create(stub, hsm_pb2_grpc.HsmServiceStub(cosigner_channel))
+            pss = records.Operation.SIGN_RSA_PSS_SHA256
+            requests = [
+                hsm_pb2.SignDigestRequest(
+                    key_id=key.key_id,
+                    mechanism=hsm_pb2.SIGNATURE_MECHANISM_RSA_PSS_SHA256,
+                    digest=DIGEST,
+                    authorisation=await authority.authorise(
+                        authority.record(key.key_id, pss, DIGEST)
+                    ),
+                )
+                for _ in range(12)
+            ]
+            results = await asyncio.gather(
+                *(stub.SignDigest(r) for r in requests), return_exceptions=True
+            )
+            busy = [
+                request
+                for request, result in zip(requests, results, strict=True)
+                if isinstance(result, grpc.aio.AioRpcError)
+            ]
+            assert busy
+            for result in results:
+                if isinstance(result, grpc.aio.AioRpcError):
+                    assert reason_of(result) == "HSM_QUEUE_FULL"
+            for request in busy:
+                await stub.SignDigest(request)  # the retry is honoured
+                await _refused(stub.SignDigest(request), "AUTHORISATION_REPLAYED")
+    finally:
+        deployment.stop_all()
