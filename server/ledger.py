@@ -65,7 +65,7 @@ _MIGRATIONS = (
 
 
 class QuotaExceeded(Exception):
-    """The grant's total or daily quota is used up."""
+    """The grant cannot take one more use now (quota, revocation or window)."""
 
 
 @dataclass(frozen=True)
@@ -271,16 +271,20 @@ class Ledger:
         """In one transaction: consume one use of the grant (total and today), append the
         co-signed record to the log, and mark the record logged. Returns the entry index.
 
-        Raises :class:`QuotaExceeded` (and changes nothing) when the quota is used up.
+        Raises :class:`QuotaExceeded` (and changes nothing) when the grant cannot be used now:
+        quota used up, revoked, or outside its window.
         """
         day = utc_day(now)
         async with self._lock:
             await self._db.execute("BEGIN IMMEDIATE")
             try:
+                # The grant is checked again here, in the transaction: a revocation or the end of
+                # its window that landed since the caller looked still stops the use.
                 async with self._db.execute(
                     "UPDATE grants SET used_total = used_total + 1"
-                    " WHERE grant_id = ? AND used_total < quota_total RETURNING quota_daily",
-                    (grant_id,),
+                    " WHERE grant_id = ? AND used_total < quota_total AND revoked_at IS NULL"
+                    " AND not_before <= ? AND ? < not_after RETURNING quota_daily",
+                    (grant_id, int(now), int(now)),
                 ) as cursor:
                     row = await cursor.fetchone()
                 if row is None:

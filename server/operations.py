@@ -318,6 +318,8 @@ class Operations:
                 record.record_id, grant_id, entry, request.user_signature, time.time()
             )
         except QuotaExceeded:
+            # Say which: revoked or expired meanwhile, or the quota.
+            await self._usable_grant(grant_id, session, name)
             raise ServiceError(
                 grpc.StatusCode.RESOURCE_EXHAUSTED, "QUOTA_EXCEEDED", "the grant's quota is used up"
             ) from None
