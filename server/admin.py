@@ -9,6 +9,7 @@ from typing import Any
 
 import grpc
 
+import records
 import tickets
 from ca import CertificateAuthority
 from grpc_host import access
@@ -208,6 +209,10 @@ class AdminServicer(gateway_pb2_grpc.AdminServiceServicer):
     async def GetKeyStatus(
         self, request: gateway_pb2.GetKeyStatusRequest, context: _Context
     ) -> gateway_pb2.GetKeyStatusResponse:
+        if not records.is_user_key_id(request.key_id):
+            raise ServiceError(
+                grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_KEY_ID", "a key id is 64 hex digits"
+            )
         current = await self._ca.current_for_key(request.key_id)
         return gateway_pb2.GetKeyStatusResponse(
             revoked=await self._ca.key_revoked(request.key_id),
