@@ -375,10 +375,17 @@ class Operations:
                 raise
             # Refused as a replay while still unfinished here: the HSM acted before a crash
             # and the result never came back. The log says so rather than "refused".
-            reason = "RESULT_LOST" if exc.reason == "AUTHORISATION_REPLAYED" else exc.reason
-            outcome = records.OutcomeEntry(record.record_id, False, reason, bytes(32))
-            await self._ledger.log_outcome(record.record_id, outcome.encode(), False, None, reason)
-            raise
+            if exc.reason == "AUTHORISATION_REPLAYED":
+                exc = ServiceError(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    "RESULT_LOST",
+                    "the operation ran before a restart and its result was lost",
+                )
+            outcome = records.OutcomeEntry(record.record_id, False, exc.reason, bytes(32))
+            await self._ledger.log_outcome(
+                record.record_id, outcome.encode(), False, None, exc.reason
+            )
+            raise exc from None
         outcome = records.OutcomeEntry(record.record_id, True, "", hashlib.sha256(result).digest())
         # A signature is kept so that a retry gets it again; a plaintext never is.
         kept = result if record.operation.is_sign else None

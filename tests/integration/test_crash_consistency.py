@@ -7,11 +7,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 import random
 import signal
 import sqlite3
 from collections.abc import Iterator
 
+import grpc
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -19,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 import auditlog
 import client
 import records
+from grpc_host.errors import reason_of
 from launcher import Deployment
 from mobilesign.v1 import gateway_pb2
 from tests.integration import escrow
@@ -38,34 +41,72 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
 
 @dataclasses.dataclass
 class _Acknowledged:
-    use: client.Use
+    receipt: gateway_pb2.Receipt
+    grant_id: str
+
+
+@dataclasses.dataclass
+class _InFlight:
+    record_id: str
+    signature: bytes
+    data: bytes
     grant_id: str
 
 
 async def _traffic(
-    deployment: Deployment,
     organisation: escrow.Organisation,
     phone: escrow.Phone,
     grant_id: str,
     seen: list[_Acknowledged],
+    in_flight: list[tuple[escrow.Phone, _InFlight]],
     index: int,
 ) -> None:
-    """Use the key until the gateway dies; keep what reached the phone."""
+    """Use the key step by step until the gateway dies; keep what reached the phone, and the
+    record that was co-signed but not answered (to execute again after the restart)."""
+    stub = phone.gateway._stub  # (the raw steps, to keep the record in flight)
     n = 0
     while True:
-        data = bytes([index]) * 16 + n.to_bytes(16, "big")
-        try:
-            use = await phone.gateway.use_key(
-                phone.signing,
-                grant_id=grant_id,
-                operation=gateway_pb2.OPERATION_SIGN_DIGEST,
-                data=data,
-                trust=organisation.trust,
-            )
-        except client.ClientError:
-            return
-        seen.append(_Acknowledged(use, grant_id))
+        data = hashlib.sha256(bytes([index]) + n.to_bytes(8, "big")).digest()
         n += 1
+        try:
+            prepared = await stub.PrepareOperation(
+                gateway_pb2.PrepareOperationRequest(
+                    grant_id=grant_id, operation=gateway_pb2.OPERATION_SIGN_DIGEST, input=data
+                ),
+                metadata=phone.gateway._metadata,
+            )
+        except grpc.aio.AioRpcError:
+            return
+        signature = await phone.signing.sign(prepared.record)
+        try:
+            executed = await stub.ExecuteOperation(
+                gateway_pb2.ExecuteOperationRequest(
+                    record_id=prepared.record_id, user_signature=signature, input=data
+                ),
+                metadata=phone.gateway._metadata,
+            )
+        except grpc.aio.AioRpcError:
+            in_flight.append((phone, _InFlight(prepared.record_id, signature, data, grant_id)))
+            return
+        seen.append(_Acknowledged(executed.receipt, grant_id))
+
+
+async def _retry(
+    phone: escrow.Phone, flight: _InFlight, seen: list[_Acknowledged], outcomes: list[str]
+) -> None:
+    """Execute a record again after the restart, as a phone whose answer was lost would."""
+    try:
+        executed = await phone.gateway._stub.ExecuteOperation(
+            gateway_pb2.ExecuteOperationRequest(
+                record_id=flight.record_id, user_signature=flight.signature, input=flight.data
+            ),
+            metadata=phone.gateway._metadata,
+        )
+    except grpc.aio.AioRpcError as exc:
+        outcomes.append(reason_of(exc) or exc.code().name)
+        return
+    outcomes.append("OK")
+    seen.append(_Acknowledged(executed.receipt, flight.grant_id))
 
 
 async def _reconnect(deployment: Deployment, phone: escrow.Phone) -> None:
@@ -100,10 +141,12 @@ async def test_killing_the_gateway_loses_nothing_acknowledged(deployment: Deploy
         for p in phones
     ]
     seen: list[_Acknowledged] = []
+    outcomes: list[str] = []
     try:
         for _ in range(CYCLES):
+            in_flight: list[tuple[escrow.Phone, _InFlight]] = []
             workers = [
-                asyncio.create_task(_traffic(deployment, organisation, p, g, seen, i))
+                asyncio.create_task(_traffic(organisation, p, g, seen, in_flight, i))
                 for i, (p, g) in enumerate(zip(phones, grants, strict=True))
             ]
             await asyncio.sleep(chance.uniform(0.2, 1.5))
@@ -112,7 +155,12 @@ async def test_killing_the_gateway_loses_nothing_acknowledged(deployment: Deploy
             deployment.start("gateway")
             for p in phones:
                 await _reconnect(deployment, p)
+            for p, flight in in_flight:
+                await _retry(p, flight, seen, outcomes)
         assert len(seen) >= CYCLES  # traffic did flow between the kills
+        # A record caught by the kill either completes now or is closed with a reason; it is
+        # never executed twice (the HSM proxy refuses a replay, logged as RESULT_LOST).
+        assert set(outcomes) <= {"OK", "RESULT_LOST", "RECORD_FAILED", "RECORD_EXPIRED"}
         await _check_log(deployment, organisation, seen, grants)
     finally:
         for p in phones:
@@ -141,7 +189,7 @@ async def _check_log(
         assert auditlog.merkle_tree_hash(entries) == final.root_hash
         # Every acknowledged use is in it, and its receipt's checkpoint is a prefix of today's.
         for ack in seen:
-            receipt = ack.use.receipt
+            receipt = ack.receipt
             assert entries[receipt.entry_index] == receipt.entry
             client.verify_receipt(
                 receipt, trust.ca_certificate, trust.log_public_key, trust.log_origin
