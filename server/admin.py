@@ -209,9 +209,12 @@ class AdminServicer(gateway_pb2_grpc.AdminServiceServicer):
     async def GetKeyStatus(
         self, request: gateway_pb2.GetKeyStatusRequest, context: _Context
     ) -> gateway_pb2.GetKeyStatusResponse:
-        if not records.is_user_key_id(request.key_id):
+        # A user key (the joint key, 64 hex digits) or an organisation key (HSM id, 32).
+        if not (records.is_user_key_id(request.key_id) or records.is_record_id(request.key_id)):
             raise ServiceError(
-                grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_KEY_ID", "a key id is 64 hex digits"
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "MALFORMED_KEY_ID",
+                "a key id is 64 (user key) or 32 (organisation key) hex digits",
             )
         current = await self._ca.current_for_key(request.key_id)
         return gateway_pb2.GetKeyStatusResponse(
