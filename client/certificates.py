@@ -118,12 +118,25 @@ async def request_personal_certificate(
 async def fetch_personal_certificate(
     gateway: grpc.aio.Channel, keystore: Keystore, trust_anchor: bytes | None = None
 ) -> Certificates:
-    """Fetch the key's current certificate and the CA certificate; verify before returning."""
+    """Fetch the key's current certificate and the CA certificate; verify them, and that the
+    certificate is not revoked, before returning."""
+    stub = gateway_pb2_grpc.GatewayServiceStub(gateway)
     try:
-        reply = await gateway_pb2_grpc.GatewayServiceStub(gateway).GetPersonalCertificate(
+        reply = await stub.GetPersonalCertificate(
             gateway_pb2.GetPersonalCertificateRequest(key_id=keystore.key_id), timeout=30
         )
     except grpc.aio.AioRpcError as exc:
         raise ClientError.from_rpc(exc) from None
-    verify_personal_certificate(keystore, reply.certificate, reply.ca_certificate, trust_anchor)
+    leaf = verify_personal_certificate(
+        keystore, reply.certificate, reply.ca_certificate, trust_anchor
+    )
+    try:
+        status = await stub.GetCertificateStatus(
+            gateway_pb2.GetCertificateStatusRequest(serial=format(leaf.serial_number, "x")),
+            timeout=30,
+        )
+    except grpc.aio.AioRpcError as exc:
+        raise ClientError.from_rpc(exc) from None
+    if status.status != gateway_pb2.CERTIFICATE_STATUS_GOOD:
+        raise ClientError("CERTIFICATE_REVOKED", "the certificate is not in good standing")
     return Certificates(reply.certificate, reply.ca_certificate)

@@ -491,6 +491,12 @@ async def test_sessions_need_the_device_and_a_valid_certificate(
     with pytest.raises(client.ClientError) as info:
         await phone.gateway.login()
     assert info.value.reason == "CERTIFICATE_REVOKED"
+    # The phone itself no longer trusts its certificate either.
+    with pytest.raises(client.ClientError) as info:
+        await client.fetch_personal_certificate(
+            phone.channels[1], phone.keystore, organisation.trust.ca_certificate
+        )
+    assert info.value.reason == "CERTIFICATE_REVOKED"
     assert await escrow.log_size(deployment) == size
 
 
