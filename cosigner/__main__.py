@@ -44,7 +44,12 @@ async def _main(args: argparse.Namespace, resources: contextlib.AsyncExitStack) 
         ),
         listeners=[
             serve.Listener("internal", cfg.listen, mutual=True),
-            serve.Listener("public", cfg.public_listen, mutual=False),
+            serve.Listener(
+                "public",
+                cfg.public_listen,
+                mutual=False,
+                credential=devpki.credential(state, "cosigner-public"),
+            ),
         ],
         credential=credential,
         limits=serve.Limits(cfg.max_message_bytes, cfg.max_concurrent_rpcs, cfg.grace_seconds),

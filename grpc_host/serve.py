@@ -31,11 +31,14 @@ _log = logging.getLogger("mobilesign.serve")
 
 @dataclass(frozen=True)
 class Listener:
-    """One address to serve on; ``mutual`` requires and verifies a client certificate."""
+    """One address to serve on; ``mutual`` requires and verifies a client certificate.
+
+    ``credential`` overrides the service's own certificate (the public edge has its own)."""
 
     name: str
     address: str
     mutual: bool
+    credential: devpki.Credential | None = None
 
 
 @dataclass(frozen=True)
@@ -98,7 +101,9 @@ async def serve(
     bound: dict[str, str] = {}
     for listener in listeners:
         host = listener.address.rsplit(":", 1)[0]
-        port = server.add_secure_port(listener.address, _credentials(credential, listener.mutual))
+        port = server.add_secure_port(
+            listener.address, _credentials(listener.credential or credential, listener.mutual)
+        )
         if port == 0:
             raise OSError(f"cannot listen on {listener.address}")
         bound[listener.name] = f"{host}:{port}"

@@ -6,11 +6,14 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+import ssl
 import time
 from collections.abc import Iterator
 
 import grpc
 import pytest
+from cryptography import x509
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
@@ -90,6 +93,17 @@ async def test_logs_are_json_with_request_ids(deployment: Deployment) -> None:
     assert entry["method"] == "ListKeys"
     assert entry["caller"] == "admin"
     assert entry["code"] == "OK"
+
+
+@pytest.mark.parametrize("name", ["cosigner", "gateway"])
+def test_public_edge_has_its_own_server_only_certificate(deployment: Deployment, name: str) -> None:
+    host, port = deployment.address(name, "public").rsplit(":", 1)
+    pem = ssl.get_server_certificate((host, int(port)))
+    certificate = x509.load_pem_x509_certificate(pem.encode())
+    names = certificate.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    assert [n.value for n in names] == [f"{name}-public"]
+    usages = certificate.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert list(usages) == [ExtendedKeyUsageOID.SERVER_AUTH]
 
 
 def test_sigterm_stops_each_service_within_its_grace_period(deployment: Deployment) -> None:
