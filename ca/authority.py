@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import datetime
 import enum
-import hashlib
 import logging
 import time
 from dataclasses import dataclass
@@ -313,8 +312,3 @@ class CertificateAuthority:
     async def key_revoked(self, key_id: str) -> bool:
         """True when any certificate of this key was revoked (a revoked key stays revoked)."""
         return await self._store.any_revoked_for_key(key_id)
-
-
-def spki_sha256(spki: bytes) -> str:
-    """A stable identifier for a public key, for logs."""
-    return hashlib.sha256(spki).hexdigest()

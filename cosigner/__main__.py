@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import contextlib
+from pathlib import Path
+from typing import Any
 
 from cosigner import config as cosigner_config
 from cosigner import servicer
@@ -12,13 +12,13 @@ from cosigner.context import Cosigner
 from cosigner.gateway import Gateway
 from cosigner.hsm import Sealer
 from cosigner.store import KeyStore
-from grpc_host import channels, config, devpki, logs, serve
+from grpc_host import channels, devpki, entrypoint, logs, serve
 from mobilesign.v1 import cosigner_pb2_grpc
 
 
-async def _main(args: argparse.Namespace, resources: contextlib.AsyncExitStack) -> None:
-    document = config.load_file(args.config)
-    state = config.state_dir(document)
+async def _main(
+    document: dict[str, Any], state: Path, resources: contextlib.AsyncExitStack
+) -> None:
     cfg = cosigner_config.load(document)
     logs.configure("cosigner", cfg.log_level)
     credential = devpki.credential(state, "cosigner")
@@ -57,17 +57,9 @@ async def _main(args: argparse.Namespace, resources: contextlib.AsyncExitStack) 
     )
 
 
-async def _run(args: argparse.Namespace) -> None:
-    # Everything opened is closed, also when start-up fails half way.
-    async with contextlib.AsyncExitStack() as resources:
-        await _main(args, resources)
-
-
 def main() -> None:
     """Command-line entry point."""
-    parser = argparse.ArgumentParser(prog="cosigner", description=__doc__)
-    parser.add_argument("--config", help="TOML configuration file (or MOBILESIGN_CONFIG)")
-    asyncio.run(_run(parser.parse_args()))
+    entrypoint.run("cosigner", __doc__, _main)
 
 
 if __name__ == "__main__":

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
 from pathlib import Path
+from typing import Any
 
-from grpc_host import config, devpki, logs, serve
+from grpc_host import devpki, entrypoint, logs, serve
 from hsm_proxy import config as hsm_config
 from hsm_proxy import keys, servicer, token
 from hsm_proxy.authorisation import AuthorisationChecker
@@ -15,9 +15,9 @@ from hsm_proxy.replay import UsedRecords
 from mobilesign.v1 import hsm_pb2_grpc
 
 
-async def _main(args: argparse.Namespace, resources: contextlib.AsyncExitStack) -> None:
-    document = config.load_file(args.config)
-    state = config.state_dir(document)
+async def _main(
+    document: dict[str, Any], state: Path, resources: contextlib.AsyncExitStack
+) -> None:
     cfg = hsm_config.load(document)
     logs.configure("hsm-proxy", cfg.log_level)
     hsm_dir = state / "hsm"
@@ -55,17 +55,9 @@ async def _main(args: argparse.Namespace, resources: contextlib.AsyncExitStack) 
     )
 
 
-async def _run(args: argparse.Namespace) -> None:
-    # Everything opened is closed, also when start-up fails half way.
-    async with contextlib.AsyncExitStack() as resources:
-        await _main(args, resources)
-
-
 def main() -> None:
     """Command-line entry point."""
-    parser = argparse.ArgumentParser(prog="hsm_proxy", description=__doc__)
-    parser.add_argument("--config", help="TOML configuration file (or MOBILESIGN_CONFIG)")
-    asyncio.run(_run(parser.parse_args()))
+    entrypoint.run("hsm_proxy", __doc__, _main)
 
 
 if __name__ == "__main__":

@@ -169,11 +169,6 @@ class SessionPool:
     def _call(self, operation: Callable[[pkcs11.Session], T]) -> T:
         return operation(self._local.session)
 
-    @property
-    def pending(self) -> int:
-        """Operations queued or running."""
-        return self._pending
-
     async def run(self, operation: Callable[[pkcs11.Session], T]) -> T:
         """Run ``operation(session)`` on a worker thread; raise :class:`PoolFull` when full."""
         if self._pending >= self._capacity:

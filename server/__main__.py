@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import contextlib
+from pathlib import Path
+from typing import Any
 
 import grpc
 
 from ca import CaSettings, CaStore, CertificateAuthority
-from grpc_host import channels, config, devpki, logs, serve
+from grpc_host import channels, devpki, entrypoint, logs, serve
 from mobilesign.v1 import gateway_pb2_grpc, hsm_pb2
 from server import admin, public
 from server import config as gateway_config
@@ -25,9 +25,9 @@ from server.sessions import Sessions
 from server.users import UserStore
 
 
-async def _main(args: argparse.Namespace, resources: contextlib.AsyncExitStack) -> None:
-    document = config.load_file(args.config)
-    state = config.state_dir(document)
+async def _main(
+    document: dict[str, Any], state: Path, resources: contextlib.AsyncExitStack
+) -> None:
     cfg = gateway_config.load(document)
     logs.configure("gateway", cfg.log_level)
     credential = devpki.credential(state, "gateway")
@@ -125,18 +125,9 @@ async def _main(args: argparse.Namespace, resources: contextlib.AsyncExitStack) 
     )
 
 
-async def _run(args: argparse.Namespace) -> None:
-    # Whatever was opened is closed, also when start-up fails half way: the process then exits
-    # instead of hanging on open database threads.
-    async with contextlib.AsyncExitStack() as resources:
-        await _main(args, resources)
-
-
 def main() -> None:
     """Command-line entry point."""
-    parser = argparse.ArgumentParser(prog="server", description=__doc__)
-    parser.add_argument("--config", help="TOML configuration file (or MOBILESIGN_CONFIG)")
-    asyncio.run(_run(parser.parse_args()))
+    entrypoint.run("server", __doc__, _main)
 
 
 if __name__ == "__main__":

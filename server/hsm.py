@@ -58,22 +58,6 @@ class HsmClient:
                 raise _failed(exc) from None
             return reply.key
 
-    async def generate(
-        self,
-        label: str,
-        purpose: hsm_pb2.KeyPurpose.ValueType,
-        algorithm: hsm_pb2.KeyAlgorithm.ValueType,
-    ) -> hsm_pb2.KeyInfo:
-        """A new key pair in the token."""
-        try:
-            reply = await self._stub.GenerateKeyPair(
-                hsm_pb2.GenerateKeyPairRequest(label=label, purpose=purpose, algorithm=algorithm),
-                timeout=60,
-            )
-        except grpc.aio.AioRpcError as exc:
-            raise _failed(exc) from None
-        return reply.key
-
     async def sign_digest(
         self,
         key_id: str,
