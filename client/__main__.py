@@ -28,7 +28,7 @@ from client.verifier import (
     verify_consistency,
     verify_receipt,
 )
-from grpc_host import channels
+from mobilesign.rpc import channels
 
 
 def _pin() -> str:

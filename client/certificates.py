@@ -11,10 +11,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.x509.oid import NameOID
 
-import pkix
 from client.errors import ClientError
 from client.keystore import Keystore
 from client.sdk import SigningSession
+from mobilesign import pkix
 from mobilesign.v1 import gateway_pb2, gateway_pb2_grpc
 
 

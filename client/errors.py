@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import grpc
 
-from grpc_host.errors import reason_of
+from mobilesign.rpc.status import reason_of
 
 
 class ClientError(Exception):

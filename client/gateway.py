@@ -13,12 +13,11 @@ from dataclasses import dataclass
 
 import grpc
 
-import deviceauth
-import records
 from client.errors import ClientError
 from client.keystore import Keystore
 from client.sdk import SigningSession
 from client.verifier import TrustAnchors, VerificationFailed, verify_receipt
+from mobilesign import deviceauth, records
 from mobilesign.v1 import gateway_pb2, gateway_pb2_grpc
 
 _MAX_CLOCK_SKEW_MS = 300_000

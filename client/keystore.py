@@ -15,7 +15,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-import twoparty
+from mobilesign import twoparty
 
 _FORMAT = "mobilesign-keystore-v1"
 

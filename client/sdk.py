@@ -14,11 +14,10 @@ from typing import Any, Self
 import grpc
 from cryptography.hazmat.primitives.asymmetric import ec
 
-import deviceauth
-import twoparty
-import wire
 from client.errors import ClientError
 from client.keystore import Keystore
+from mobilesign import deviceauth, twoparty
+from mobilesign.rpc import wire
 from mobilesign.v1 import cosigner_pb2 as pb
 from mobilesign.v1 import cosigner_pb2_grpc
 

@@ -17,9 +17,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-import auditlog
-import pkix
-import records
+from mobilesign import auditlog, pkix, records
 from mobilesign.v1 import gateway_pb2
 
 RECEIPT_FORMAT = "mobilesign-receipt-v1"

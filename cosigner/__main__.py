@@ -12,7 +12,8 @@ from cosigner.context import Cosigner
 from cosigner.gateway import Gateway
 from cosigner.hsm import Sealer
 from cosigner.store import KeyStore
-from grpc_host import channels, devpki, entrypoint, logs, serve
+from mobilesign.hosting import devpki, entrypoint, logs, serve
+from mobilesign.rpc import channels
 from mobilesign.v1 import cosigner_pb2_grpc
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from grpc_host import config
+from mobilesign.hosting import config
 
 
 @dataclass(frozen=True)

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import grpc
-
-import records
+from cosigner.errors import CosignerError
 from cosigner.gateway import Gateway
 from cosigner.hsm import Sealer
 from cosigner.store import KeyStore
-from grpc_host.errors import ServiceError
+from mobilesign import records
+from mobilesign.errors import Kind
 
 
 @dataclass(frozen=True)
@@ -27,9 +26,7 @@ class Cosigner:
 def check_key_id(key_id: str) -> None:
     """Refuse key ids that are not 64 lowercase hex digits (the joint public key)."""
     if not records.is_user_key_id(key_id):
-        raise ServiceError(
-            grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_KEY_ID", "a key id is 64 hex digits"
-        )
+        raise CosignerError(Kind.INVALID, "MALFORMED_KEY_ID", "a key id is 64 hex digits")
 
 
 def key_package_aad(key_id: str) -> bytes:

@@ -9,31 +9,20 @@ from __future__ import annotations
 import logging
 import time
 
-import grpc
-
-import deviceauth
-import tickets
-import twoparty
-import wire
 from cosigner.context import Cosigner, key_package_aad, pin_verifier_aad
+from cosigner.errors import CosignerError
 from cosigner.store import KeyExists, StoredKey, TicketAlreadyUsed
 from cosigner.stream import StepStream
-from grpc_host.errors import ServiceError
+from mobilesign import deviceauth, tickets, twoparty
+from mobilesign.errors import Kind
+from mobilesign.rpc import wire
 from mobilesign.v1 import cosigner_pb2 as pb
 
 _log = logging.getLogger("mobilesign.cosigner.enrol")
 
-_TICKET_CODES = {
-    "TICKET_MALFORMED": grpc.StatusCode.INVALID_ARGUMENT,
-    "TICKET_FORGED": grpc.StatusCode.PERMISSION_DENIED,
-    "TICKET_EXPIRED": grpc.StatusCode.PERMISSION_DENIED,
-}
 
-
-def _ticket_used() -> ServiceError:
-    return ServiceError(
-        grpc.StatusCode.PERMISSION_DENIED, "TICKET_USED", "the enrolment ticket was already used"
-    )
+def _ticket_used() -> CosignerError:
+    return CosignerError(Kind.DENIED, "TICKET_USED", "the enrolment ticket was already used")
 
 
 async def enrol(
@@ -43,22 +32,12 @@ async def enrol(
     _, request = await stream.read("start")
     start = request.start
     scheme = wire.scheme_from_proto(start.scheme)
-    try:
-        claims = tickets.verify(start.ticket, await cosigner.gateway.ticket_key(), int(time.time()))
-    except tickets.TicketError as exc:
-        raise ServiceError(_TICKET_CODES[exc.reason], exc.reason, str(exc)) from None
+    claims = tickets.verify(start.ticket, await cosigner.gateway.ticket_key(), int(time.time()))
     if await cosigner.store.ticket_used(claims.ticket_id):
         raise _ticket_used()
-    try:
-        device_key = deviceauth.load_device_key(start.device_public_key)
-    except deviceauth.DeviceKeyError as exc:
-        raise ServiceError(
-            grpc.StatusCode.INVALID_ARGUMENT, "DEVICE_KEY_INVALID", str(exc)
-        ) from None
+    device_key = deviceauth.load_device_key(start.device_public_key)
     if len(start.pin_verifier) != deviceauth.PIN_VERIFIER_BYTES:
-        raise ServiceError(
-            grpc.StatusCode.INVALID_ARGUMENT, "PIN_VERIFIER_INVALID", "a PIN verifier is 32 bytes"
-        )
+        raise CosignerError(Kind.INVALID, "PIN_VERIFIER_INVALID", "a PIN verifier is 32 bytes")
 
     machine = twoparty.CosignerKeyGen(scheme=scheme)
     try:
@@ -80,8 +59,6 @@ async def enrol(
         package = machine.receive_confirm(
             twoparty.DkgConfirm(group_public_key=request.confirm.group_public_key)
         )
-    except twoparty.ProtocolError as exc:
-        raise wire.protocol_failure(exc) from None
     finally:
         machine.abort()
 
@@ -89,8 +66,8 @@ async def enrol(
         start.ticket, package.group_public_key, start.device_public_key
     )
     if not deviceauth.verify(device_key, request.confirm.device_signature, transcript):
-        raise ServiceError(
-            grpc.StatusCode.PERMISSION_DENIED,
+        raise CosignerError(
+            Kind.DENIED,
             "DEVICE_PROOF_INVALID",
             "the device key did not sign the enrolment",
         )
@@ -114,8 +91,6 @@ async def enrol(
     except TicketAlreadyUsed:
         raise _ticket_used() from None
     except KeyExists:
-        raise ServiceError(
-            grpc.StatusCode.ALREADY_EXISTS, "KEY_EXISTS", "this key is enrolled already"
-        ) from None
+        raise CosignerError(Kind.CONFLICT, "KEY_EXISTS", "this key is enrolled already") from None
     _log.info("key enrolled", extra={"fields": {"key_id": key_id, "user_id": claims.user_id}})
     await stream.write(pb.KeyGenResponse(done=pb.KeyGenDone(key_id=key_id, user_id=claims.user_id)))

@@ -10,13 +10,14 @@ import grpc
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from grpc_host.errors import ServiceError
+from cosigner.errors import CosignerError
+from mobilesign.errors import Kind
 from mobilesign.v1 import gateway_pb2, gateway_pb2_grpc
 
 
-def _unreachable(what: str) -> ServiceError:
-    return ServiceError(
-        grpc.StatusCode.UNAVAILABLE, "GATEWAY_UNAVAILABLE", f"the gateway cannot be reached {what}"
+def _unreachable(what: str) -> CosignerError:
+    return CosignerError(
+        Kind.UNAVAILABLE, "GATEWAY_UNAVAILABLE", f"the gateway cannot be reached {what}"
     )
 
 
@@ -40,8 +41,8 @@ class Gateway:
                     raise _unreachable("to check the ticket") from None
                 key = serialization.load_der_public_key(reply.public_key_spki)
                 if not isinstance(key, ec.EllipticCurvePublicKey):
-                    raise ServiceError(
-                        grpc.StatusCode.INTERNAL, "TICKET_KEY_INVALID", "unexpected ticket key"
+                    raise CosignerError(
+                        Kind.INTERNAL, "TICKET_KEY_INVALID", "unexpected ticket key"
                     )
                 self._ticket_key = key
             return self._ticket_key

@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import grpc
 
-from grpc_host.errors import ServiceError, reason_of
+from cosigner.errors import CosignerError
+from mobilesign.errors import Kind
+from mobilesign.rpc.status import reason_of
 from mobilesign.v1 import hsm_pb2, hsm_pb2_grpc
 
 
@@ -35,14 +37,12 @@ class Sealer:
             )
         except grpc.aio.AioRpcError as exc:
             if reason_of(exc) == "SEALED_BLOB_INVALID":
-                raise ServiceError(
-                    grpc.StatusCode.INTERNAL, "STORED_SECRET_INVALID", "a stored secret is damaged"
+                raise CosignerError(
+                    Kind.INTERNAL, "STORED_SECRET_INVALID", "a stored secret is damaged"
                 ) from None
             raise _unavailable() from None
         return reply.plaintext
 
 
-def _unavailable() -> ServiceError:
-    return ServiceError(
-        grpc.StatusCode.UNAVAILABLE, "HSM_UNAVAILABLE", "the HSM proxy cannot be reached"
-    )
+def _unavailable() -> CosignerError:
+    return CosignerError(Kind.UNAVAILABLE, "HSM_UNAVAILABLE", "the HSM proxy cannot be reached")

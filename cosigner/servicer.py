@@ -6,13 +6,14 @@ from typing import Any
 
 import grpc
 
-import records
-import wire
 from cosigner import enrolment, signing
 from cosigner.context import Cosigner, check_key_id
+from cosigner.errors import CosignerError
 from cosigner.stream import StepStream
-from grpc_host import access
-from grpc_host.errors import ServiceError
+from mobilesign import records
+from mobilesign.errors import Kind
+from mobilesign.hosting import access
+from mobilesign.rpc import wire
 from mobilesign.v1 import cosigner_pb2 as pb
 from mobilesign.v1 import cosigner_pb2_grpc
 
@@ -49,7 +50,7 @@ class CosignerServicer(cosigner_pb2_grpc.CosignerServiceServicer):
         check_key_id(request.key_id)
         key = await self._cosigner.store.get(request.key_id)
         if key is None:
-            raise ServiceError(grpc.StatusCode.NOT_FOUND, "KEY_NOT_FOUND", "no such key")
+            raise CosignerError(Kind.NOT_FOUND, "KEY_NOT_FOUND", "no such key")
         return pb.GetKeyResponse(
             key_id=key.key_id,
             user_id=key.user_id,
@@ -68,5 +69,5 @@ class CosignerServicer(cosigner_pb2_grpc.CosignerServiceServicer):
     ) -> pb.UnlockKeyResponse:
         check_key_id(request.key_id)
         if not await self._cosigner.store.unlock(request.key_id):
-            raise ServiceError(grpc.StatusCode.NOT_FOUND, "KEY_NOT_FOUND", "no such key")
+            raise CosignerError(Kind.NOT_FOUND, "KEY_NOT_FOUND", "no such key")
         return pb.UnlockKeyResponse()

@@ -14,42 +14,38 @@ import logging
 import secrets
 import time
 
-import grpc
-
-import deviceauth
-import twoparty
-import wire
 from cosigner.context import Cosigner, check_key_id, key_package_aad, pin_verifier_aad
+from cosigner.errors import CosignerError
 from cosigner.store import CommitmentReplayed, StoredKey
 from cosigner.stream import StepStream
-from grpc_host.errors import ServiceError
+from mobilesign import deviceauth, twoparty
+from mobilesign.errors import Kind
+from mobilesign.rpc import wire
 from mobilesign.v1 import cosigner_pb2 as pb
 
 _log = logging.getLogger("mobilesign.cosigner.sign")
 MAX_MESSAGE_BYTES = 65_536
 
 
-def _replayed() -> ServiceError:
-    return ServiceError(
-        grpc.StatusCode.INVALID_ARGUMENT,
+def _replayed() -> CosignerError:
+    return CosignerError(
+        Kind.INVALID,
         "REPLAYED_MESSAGE",
         "this nonce commitment was used in an earlier signing",
     )
 
 
-def _denied(reason: str, message: str) -> ServiceError:
-    return ServiceError(grpc.StatusCode.PERMISSION_DENIED, reason, message)
+def _denied(reason: str, message: str) -> CosignerError:
+    return CosignerError(Kind.DENIED, reason, message)
 
 
 async def _key(cosigner: Cosigner, key_id: str, scheme: twoparty.Scheme) -> StoredKey:
     check_key_id(key_id)
     key = await cosigner.store.get(key_id)
     if key is None:
-        raise ServiceError(grpc.StatusCode.NOT_FOUND, "KEY_NOT_FOUND", "no such key")
+        raise CosignerError(Kind.NOT_FOUND, "KEY_NOT_FOUND", "no such key")
     if key.scheme != scheme.value:
-        raise ServiceError(
-            grpc.StatusCode.INVALID_ARGUMENT, "SCHEME_MISMATCH", "the key has another scheme"
-        )
+        raise CosignerError(Kind.INVALID, "SCHEME_MISMATCH", "the key has another scheme")
     if key.locked:
         raise _denied("KEY_LOCKED", "the key is locked after repeated wrong PINs")
     if await cosigner.gateway.key_revoked(key.key_id):
@@ -91,13 +87,10 @@ async def sign(cosigner: Cosigner, stream: StepStream[pb.SignRequest, pb.SignRes
     scheme = wire.scheme_from_proto(request.open.scheme)
     key = await _key(cosigner, request.open.key_id, scheme)
     await _authenticate(cosigner, key, stream)
-    try:
-        package = twoparty.KeyPackage.from_bytes(
-            await cosigner.sealer.unseal(key.sealed_key_package, key_package_aad(key.key_id))
-        )
-        signer = twoparty.CosignerSigner(package)
-    except twoparty.ProtocolError as exc:
-        raise wire.protocol_failure(exc) from None
+    package = twoparty.KeyPackage.from_bytes(
+        await cosigner.sealer.unseal(key.sealed_key_package, key_package_aad(key.key_id))
+    )
+    signer = twoparty.CosignerSigner(package)
     await stream.write(pb.SignResponse(ready=pb.SignReady(user_id=key.user_id)))
     recorded = 0
     signing_id: int | None = None
@@ -109,8 +102,8 @@ async def sign(cosigner: Cosigner, stream: StepStream[pb.SignRequest, pb.SignRes
             step, request = await stream.read("commit", "report", "close")
             if step == "close":
                 if signer.pending:
-                    raise ServiceError(
-                        grpc.StatusCode.FAILED_PRECONDITION,
+                    raise CosignerError(
+                        Kind.PRECONDITION,
                         "REPORT_MISSING",
                         "the last signature was not reported",
                     )
@@ -122,8 +115,8 @@ async def sign(cosigner: Cosigner, stream: StepStream[pb.SignRequest, pb.SignRes
             if step == "commit":
                 commit = request.commit
                 if len(commit.message) > MAX_MESSAGE_BYTES:
-                    raise ServiceError(
-                        grpc.StatusCode.INVALID_ARGUMENT,
+                    raise CosignerError(
+                        Kind.INVALID,
                         "MESSAGE_TOO_LARGE",
                         f"a message is at most {MAX_MESSAGE_BYTES} bytes",
                     )
@@ -156,8 +149,6 @@ async def sign(cosigner: Cosigner, stream: StepStream[pb.SignRequest, pb.SignRes
                     )
                 )
                 recorded += 1
-    except twoparty.ProtocolError as exc:
-        raise wire.protocol_failure(exc) from None
     finally:
         signer.abort()
         await asyncio.gather(*completions, return_exceptions=True)

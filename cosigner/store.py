@@ -9,7 +9,7 @@ from pathlib import Path
 
 import aiosqlite
 
-from storage.sqlite import open_database
+from mobilesign.storage.sqlite import open_database
 
 _MIGRATIONS = (
     """

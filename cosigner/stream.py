@@ -9,8 +9,10 @@ from typing import Any, Generic, TypeVar
 import grpc
 from google.protobuf.message import Message
 
-from grpc_host.errors import ServiceError
-from grpc_host.interceptor import Malformed, malformed_request
+from cosigner.errors import CosignerError
+from mobilesign.errors import Kind
+from mobilesign.hosting.interceptor import Malformed
+from mobilesign.rpc.wire import malformed_request
 
 Req = TypeVar("Req", bound=Message)
 Resp = TypeVar("Resp", bound=Message)
@@ -28,14 +30,14 @@ class StepStream(Generic[Req, Resp]):
         try:
             message = await asyncio.wait_for(self._context.read(), self._timeout)
         except TimeoutError:
-            raise ServiceError(
-                grpc.StatusCode.DEADLINE_EXCEEDED,
+            raise CosignerError(
+                Kind.TIMEOUT,
                 "STEP_TIMEOUT",
                 f"no {' or '.join(expected)} step within {self._timeout:g} s",
             ) from None
         if message is grpc.aio.EOF:
-            raise ServiceError(
-                grpc.StatusCode.ABORTED,
+            raise CosignerError(
+                Kind.ABORTED,
                 "STREAM_ENDED",
                 f"the stream ended where a {' or '.join(expected)} step was expected",
             )
@@ -44,8 +46,8 @@ class StepStream(Generic[Req, Resp]):
         assert isinstance(message, Message)
         step = message.WhichOneof("step")
         if step not in expected:
-            raise ServiceError(
-                grpc.StatusCode.FAILED_PRECONDITION,
+            raise CosignerError(
+                Kind.PRECONDITION,
                 "UNEXPECTED_STEP",
                 f"expected step {' or '.join(expected)}, got {step or 'no step'}",
             )

@@ -7,11 +7,11 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
-from grpc_host import devpki, entrypoint, logs, serve
 from hsm_proxy import config as hsm_config
 from hsm_proxy import keys, servicer, token
 from hsm_proxy.authorisation import AuthorisationChecker
 from hsm_proxy.replay import UsedRecords
+from mobilesign.hosting import devpki, entrypoint, logs, serve
 from mobilesign.v1 import hsm_pb2_grpc
 
 

@@ -18,16 +18,16 @@ import hmac
 import time
 from collections.abc import Awaitable, Callable
 
-import grpc
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, utils
 
-import records
-from grpc_host.errors import ServiceError
 from hsm_proxy import keys
+from hsm_proxy.errors import HsmProxyError
 from hsm_proxy.replay import UsedRecords
+from mobilesign import records
+from mobilesign.errors import Kind
 from mobilesign.v1 import hsm_pb2
 
 #: How far a record's time may be from the proxy's clock.
@@ -39,8 +39,8 @@ KeyLister = Callable[[keys.Purpose], Awaitable[list[keys.KeyRecord]]]
 CosignerUnsealer = Callable[[bytes, bytes], Awaitable[bytes]]
 
 
-def _denied(reason: str, message: str) -> ServiceError:
-    return ServiceError(grpc.StatusCode.PERMISSION_DENIED, reason, message)
+def _denied(reason: str, message: str) -> HsmProxyError:
+    return HsmProxyError(Kind.DENIED, reason, message)
 
 
 def _load(spki: bytes) -> object:
@@ -133,7 +133,7 @@ class AuthorisationChecker:
         # the cosigner can seal this, and it does so for keys it holds a share of.
         try:
             opened = await self._unseal_cosigner(attestation, records.KEY_ATTESTATION_AAD)
-        except ServiceError as exc:
+        except HsmProxyError as exc:
             if exc.reason != "SEALED_BLOB_INVALID":
                 raise  # e.g. the HSM queue is full: not the attestation's fault
             opened = b""

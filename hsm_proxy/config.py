@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from grpc_host import config
+from mobilesign.hosting import config
 
 _SOFTHSM_CANDIDATES = (
     "/usr/lib/softhsm/libsofthsm2.so",

@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TypeVar
 
-import grpc
 import pkcs11
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -25,8 +24,9 @@ from pkcs11 import exceptions as p11e
 from pkcs11.types import DecryptMixin, EncryptMixin, PublicKey, SecretKey, SignMixin
 from pkcs11.util.ec import encode_ec_public_key, encode_named_curve_parameters
 
-from grpc_host.errors import ServiceError
 from hsm_proxy import oaep
+from hsm_proxy.errors import HsmProxyError
+from mobilesign.errors import Kind
 
 _LABEL = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _KEY_ID_BYTES = 16
@@ -74,8 +74,8 @@ class KeyRecord:
     spki: bytes
 
 
-def _invalid(reason: str, message: str) -> ServiceError:
-    return ServiceError(grpc.StatusCode.INVALID_ARGUMENT, reason, message)
+def _invalid(reason: str, message: str) -> HsmProxyError:
+    return HsmProxyError(Kind.INVALID, reason, message)
 
 
 def parse_key_id(text: str) -> bytes:
@@ -99,7 +99,7 @@ def _public_spki(public: PublicKey) -> tuple[Algorithm, bytes]:
         spki = encode_ec_public_key(public)
         key = serialization.load_der_public_key(spki)
         if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
-            raise ServiceError(grpc.StatusCode.INTERNAL, "UNSUPPORTED_KEY", "unexpected curve")
+            raise HsmProxyError(Kind.INTERNAL, "UNSUPPORTED_KEY", "unexpected curve")
         return Algorithm.EC_P256, spki
     if public.key_type == KeyType.RSA:
         n = int.from_bytes(public[Attribute.MODULUS], "big")
@@ -107,11 +107,11 @@ def _public_spki(public: PublicKey) -> tuple[Algorithm, bytes]:
         rsa_key = rsa.RSAPublicNumbers(e, n).public_key()
         algorithm = {2048: Algorithm.RSA_2048, 3072: Algorithm.RSA_3072}.get(rsa_key.key_size)
         if algorithm is None:
-            raise ServiceError(grpc.StatusCode.INTERNAL, "UNSUPPORTED_KEY", "unexpected size")
+            raise HsmProxyError(Kind.INTERNAL, "UNSUPPORTED_KEY", "unexpected size")
         return algorithm, rsa_key.public_bytes(
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )
-    raise ServiceError(grpc.StatusCode.INTERNAL, "UNSUPPORTED_KEY", "unexpected key type")
+    raise HsmProxyError(Kind.INTERNAL, "UNSUPPORTED_KEY", "unexpected key type")
 
 
 def _record(public: PublicKey) -> KeyRecord | None:
@@ -131,8 +131,8 @@ def generate(
     check_label(label)
     token_label = f"{purpose.value}:{label}"
     if any(True for _ in session.get_objects({Attribute.LABEL: token_label})):
-        raise ServiceError(
-            grpc.StatusCode.ALREADY_EXISTS,
+        raise HsmProxyError(
+            Kind.CONFLICT,
             "LABEL_IN_USE",
             f"a {purpose.value} key is labelled {label}",
         )
@@ -201,9 +201,9 @@ def _find(session: pkcs11.Session, key_id: bytes, cls: ObjectClass, kind: type[_
     try:
         key = session.get_key(object_class=cls, id=key_id)
     except (p11e.NoSuchKey, p11e.MultipleObjectsReturned):
-        raise ServiceError(grpc.StatusCode.NOT_FOUND, "KEY_NOT_FOUND", "no such key") from None
+        raise HsmProxyError(Kind.NOT_FOUND, "KEY_NOT_FOUND", "no such key") from None
     if not isinstance(key, kind):
-        raise ServiceError(grpc.StatusCode.NOT_FOUND, "KEY_NOT_FOUND", "no such key")
+        raise HsmProxyError(Kind.NOT_FOUND, "KEY_NOT_FOUND", "no such key")
     return key
 
 
@@ -211,7 +211,7 @@ def describe(session: pkcs11.Session, key_id: bytes) -> KeyRecord:
     """The record of one key pair."""
     record = _record(_find(session, key_id, ObjectClass.PUBLIC_KEY, PublicKey))
     if record is None:
-        raise ServiceError(grpc.StatusCode.NOT_FOUND, "KEY_NOT_FOUND", "no such key")
+        raise HsmProxyError(Kind.NOT_FOUND, "KEY_NOT_FOUND", "no such key")
     return record
 
 
@@ -225,8 +225,8 @@ def sign_digest(
     key_id = record.key_id
     is_ec = record.algorithm is Algorithm.EC_P256
     if is_ec != (mechanism is SignMechanism.ECDSA_SHA256):
-        raise ServiceError(
-            grpc.StatusCode.FAILED_PRECONDITION,
+        raise HsmProxyError(
+            Kind.PRECONDITION,
             "MECHANISM_NOT_ALLOWED",
             f"{mechanism.value} cannot be used with a {record.algorithm.value} key",
         )
@@ -251,8 +251,8 @@ def sign_digest(
 def check_decryptable(record: KeyRecord, ciphertext: bytes) -> None:
     """Refuse keys that do not decrypt and ciphertexts of the wrong size for the key."""
     if record.algorithm is Algorithm.EC_P256 or record.purpose is not Purpose.ORGANISATION:
-        raise ServiceError(
-            grpc.StatusCode.FAILED_PRECONDITION,
+        raise HsmProxyError(
+            Kind.PRECONDITION,
             "MECHANISM_NOT_ALLOWED",
             "only RSA organisation keys decrypt",
         )
@@ -326,7 +326,7 @@ def _sealing_key(session: pkcs11.Session, caller: str, create: bool) -> SecretKe
 def _capable(key: object, capability: type[_M]) -> _M:
     # python-pkcs11 builds key classes at run time from the key's capabilities.
     if not isinstance(key, capability):
-        raise ServiceError(grpc.StatusCode.INTERNAL, "UNSUPPORTED_KEY", "sealing key unusable")
+        raise HsmProxyError(Kind.INTERNAL, "UNSUPPORTED_KEY", "sealing key unusable")
     return key
 
 
@@ -348,7 +348,7 @@ def seal(session: pkcs11.Session, caller: str, plaintext: bytes, associated_data
         raise _invalid("PLAINTEXT_LENGTH", f"a sealed secret is 1 to {MAX_SEAL_BYTES} bytes")
     key = _sealing_key(session, caller, create=True)
     if key is None:
-        raise ServiceError(grpc.StatusCode.INTERNAL, "UNSUPPORTED_KEY", "no sealing key")
+        raise HsmProxyError(Kind.INTERNAL, "UNSUPPORTED_KEY", "no sealing key")
     encryptor = _capable(key, EncryptMixin)
     iv = os.urandom(_GCM_IV_BYTES)
     ciphertext = encryptor.encrypt(

@@ -14,13 +14,13 @@ import pkcs11
 from asn1crypto import x509
 from pkcs11 import exceptions as p11e
 
-import pkix
-import records
-from grpc_host import access
-from grpc_host.errors import ServiceError
 from hsm_proxy import keys
 from hsm_proxy.authorisation import AuthorisationChecker
+from hsm_proxy.errors import HsmProxyError
 from hsm_proxy.token import PoolFull, SessionPool
+from mobilesign import pkix, records
+from mobilesign.errors import Kind
+from mobilesign.hosting import access
 from mobilesign.v1 import hsm_pb2, hsm_pb2_grpc
 
 T = TypeVar("T")
@@ -60,7 +60,7 @@ _MECHANISMS = {
 }
 _PURPOSE_VALUES = {v: k for k, v in _PURPOSES.items()}
 # Failures after which the token certainly did not use the key.
-_NOT_ACTED = frozenset({grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE})
+_NOT_ACTED = frozenset({Kind.EXHAUSTED, Kind.UNAVAILABLE})
 # The record operation an organisation-key signature mechanism must be authorised as.
 _RECORD_OPERATIONS = {
     keys.SignMechanism.ECDSA_SHA256: records.Operation.SIGN_ECDSA_SHA256,
@@ -73,9 +73,7 @@ def _enum(table: Mapping[Any, T], value: int, reason: str, what: str) -> T:
     try:
         return table[value]
     except KeyError:
-        raise ServiceError(
-            grpc.StatusCode.INVALID_ARGUMENT, reason, f"{what} is required"
-        ) from None
+        raise HsmProxyError(Kind.INVALID, reason, f"{what} is required") from None
 
 
 def _key_info(record: keys.KeyRecord) -> hsm_pb2.KeyInfo:
@@ -99,19 +97,15 @@ async def run_in_token(pool: SessionPool, operation: Callable[[pkcs11.Session], 
     try:
         return await pool.run(operation)
     except PoolFull:
-        raise ServiceError(
-            grpc.StatusCode.RESOURCE_EXHAUSTED, "HSM_QUEUE_FULL", "the HSM queue is full"
-        ) from None
+        raise HsmProxyError(Kind.EXHAUSTED, "HSM_QUEUE_FULL", "the HSM queue is full") from None
     except (p11e.MechanismInvalid, p11e.KeyTypeInconsistent, p11e.KeyHandleInvalid):
-        raise ServiceError(
-            grpc.StatusCode.FAILED_PRECONDITION,
+        raise HsmProxyError(
+            Kind.PRECONDITION,
             "MECHANISM_NOT_ALLOWED",
             "the token refuses this mechanism for this key",
         ) from None
     except (p11e.DataLenRange, p11e.DataInvalid):
-        raise ServiceError(
-            grpc.StatusCode.INVALID_ARGUMENT, "DATA_INVALID", "the token refuses the input"
-        ) from None
+        raise HsmProxyError(Kind.INVALID, "DATA_INVALID", "the token refuses the input") from None
     except (
         p11e.UserNotLoggedIn,
         p11e.SessionClosed,
@@ -122,12 +116,10 @@ async def run_in_token(pool: SessionPool, operation: Callable[[pkcs11.Session], 
         p11e.DeviceMemory,
     ):
         _log.error("token unavailable")
-        raise ServiceError(
-            grpc.StatusCode.UNAVAILABLE, "HSM_UNAVAILABLE", "the HSM is unavailable"
-        ) from None
+        raise HsmProxyError(Kind.UNAVAILABLE, "HSM_UNAVAILABLE", "the HSM is unavailable") from None
     except p11e.PKCS11Error as exc:
         _log.error("PKCS#11 failure", extra={"fields": {"error": type(exc).__name__}})
-        raise ServiceError(grpc.StatusCode.INTERNAL, "HSM_ERROR", "the HSM failed") from None
+        raise HsmProxyError(Kind.INTERNAL, "HSM_ERROR", "the HSM failed") from None
 
 
 class _TokenSigner:
@@ -179,8 +171,8 @@ class HsmServicer(hsm_pb2_grpc.HsmServiceServicer):
         acted (queue full, token unavailable) frees the record for a retry."""
         try:
             return await self._run(operation)
-        except ServiceError as exc:
-            if exc.code in _NOT_ACTED:
+        except HsmProxyError as exc:
+            if exc.kind in _NOT_ACTED:
                 await self._checker.failed_before_use(record_id)
             raise
 
@@ -229,15 +221,13 @@ class HsmServicer(hsm_pb2_grpc.HsmServiceServicer):
         key_id = keys.parse_key_id(request.key_id)
         mechanism = _enum(_MECHANISMS, request.mechanism, "MECHANISM_REQUIRED", "a mechanism")
         if len(request.digest) != keys.DIGEST_BYTES:
-            raise ServiceError(
-                grpc.StatusCode.INVALID_ARGUMENT, "DIGEST_LENGTH", "a SHA-256 digest is 32 bytes"
-            )
+            raise HsmProxyError(Kind.INVALID, "DIGEST_LENGTH", "a SHA-256 digest is 32 bytes")
         record = await self._describe(key_id)
         if record.purpose is keys.Purpose.ORGANISATION:
             operation = _RECORD_OPERATIONS.get(mechanism)
             if operation is None:
-                raise ServiceError(
-                    grpc.StatusCode.FAILED_PRECONDITION,
+                raise HsmProxyError(
+                    Kind.PRECONDITION,
                     "MECHANISM_NOT_ALLOWED",
                     "organisation keys sign with ECDSA or RSA-PSS",
                 )
@@ -249,8 +239,8 @@ class HsmServicer(hsm_pb2_grpc.HsmServiceServicer):
             )
             return hsm_pb2.SignDigestResponse(signature=signature)
         if request.HasField("authorisation"):
-            raise ServiceError(
-                grpc.StatusCode.INVALID_ARGUMENT,
+            raise HsmProxyError(
+                Kind.INVALID,
                 "AUTHORISATION_UNEXPECTED",
                 "only organisation keys take an authorisation",
             )
@@ -267,8 +257,8 @@ class HsmServicer(hsm_pb2_grpc.HsmServiceServicer):
             subject = x509.Name.load(request.subject)
             subject.native  # noqa: B018 (forces a full parse of the DER)
         except (ValueError, TypeError):
-            raise ServiceError(
-                grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_SUBJECT", "the subject is not DER"
+            raise HsmProxyError(
+                Kind.INVALID, "MALFORMED_SUBJECT", "the subject is not DER"
             ) from None
         record = await self._describe(key_id)
         csr = await pkix.build_csr(
@@ -283,9 +273,7 @@ class HsmServicer(hsm_pb2_grpc.HsmServiceServicer):
     ) -> hsm_pb2.DecryptResponse:
         key_id = keys.parse_key_id(request.key_id)
         if request.mechanism != hsm_pb2.DECRYPT_MECHANISM_RSA_OAEP_SHA256:
-            raise ServiceError(
-                grpc.StatusCode.INVALID_ARGUMENT, "MECHANISM_REQUIRED", "a mechanism is required"
-            )
+            raise HsmProxyError(Kind.INVALID, "MECHANISM_REQUIRED", "a mechanism is required")
         record = await self._describe(key_id)
         keys.check_decryptable(record, request.ciphertext)
         record_id = await self._checker.check(

@@ -36,8 +36,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from launcher import Deployment
-from launcher.deployment import ROOT
+from mobilesign.testing import Deployment
+from mobilesign.testing.deployment import ROOT
 from scripts import bench_common, bench_core, bench_escrow, bench_loopback
 from scripts.bench_common import Row, Section, Table
 

@@ -17,7 +17,7 @@ import statistics
 import time
 from dataclasses import dataclass
 
-import twoparty
+from mobilesign import twoparty
 from scripts.bench_common import Row, Section, ms
 
 #: The brief's target: under 1 ms of CPU per party per signature.

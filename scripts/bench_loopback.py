@@ -25,7 +25,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import client
-from launcher import Deployment
+from mobilesign.testing import Deployment
 from mobilesign.v1 import gateway_pb2, gateway_pb2_grpc
 from scripts.bench_common import (
     Distribution,

@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 import client
-from launcher import Deployment
+from mobilesign.testing import Deployment
 from mobilesign.v1 import gateway_pb2, gateway_pb2_grpc
 
 _MARKER = ".mobilesign-demo-state"

@@ -25,8 +25,10 @@ def generate(out: Path) -> None:
     files = sorted(str(p.relative_to(PROTO_ROOT)) for p in PROTO_ROOT.glob("mobilesign/v1/*.proto"))
     package = out / "mobilesign" / "v1"
     package.mkdir(parents=True, exist_ok=True)
-    for init in (out / "mobilesign" / "__init__.py", package / "__init__.py"):
-        init.write_text('"""Generated gRPC and protobuf modules of the mobilesign API."""\n')
+    # Only the generated package's own marker: mobilesign/__init__.py is the library's, not ours.
+    (package / "__init__.py").write_text(
+        '"""Generated gRPC and protobuf modules of the mobilesign API."""\n'
+    )
     args = [
         "grpc_tools.protoc",
         f"-I{PROTO_ROOT}",

@@ -11,8 +11,8 @@ import signal
 import time
 from pathlib import Path
 
-from launcher import Deployment
-from launcher.deployment import DEFAULT_PORTS, START_ORDER
+from mobilesign.testing import Deployment
+from mobilesign.testing.deployment import DEFAULT_PORTS, START_ORDER
 
 
 def main() -> None:

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
 from pathlib import Path
 from typing import Any
 
 import grpc
 
-from ca import CaSettings, CaStore, CertificateAuthority
-from grpc_host import channels, devpki, entrypoint, logs, serve
+from mobilesign.ca import CaSettings, CertificateAuthority
+from mobilesign.hosting import devpki, entrypoint, logs, serve
+from mobilesign.rpc import channels
 from mobilesign.v1 import gateway_pb2_grpc, hsm_pb2
 from server import admin, public
 from server import config as gateway_config
 from server.audit import AuditLog
+from server.ca_store import CaStore
 from server.cosigner_client import CosignerClient
 from server.db import open_gateway_db
 from server.hsm import HsmClient, HsmSigner
@@ -51,6 +54,7 @@ async def _main(
             certificate_validity_days=cfg.certificate_validity_days,
             crl_url=cfg.crl_url,
         ),
+        clock=lambda: datetime.datetime.now(datetime.UTC),
     )
     (state / "gateway" / "ca.der").write_bytes(ca.root_der)
     users = UserStore(db)

@@ -9,13 +9,13 @@ from typing import Any
 
 import grpc
 
-import records
-import tickets
-from ca import CertificateAuthority
-from grpc_host import access
-from grpc_host.errors import ServiceError
 from hsm_proxy.keys import check_label
+from mobilesign import records, tickets
+from mobilesign.ca import CertificateAuthority
+from mobilesign.errors import Kind
+from mobilesign.hosting import access
 from mobilesign.v1 import gateway_pb2, gateway_pb2_grpc, hsm_pb2
+from server.errors import GatewayError
 from server.hsm import HsmClient
 from server.operations import Operations, grant_message
 from server.organisations import OrganisationKey, OrganisationStore
@@ -62,8 +62,8 @@ _SERIAL = re.compile(r"^[0-9a-f]{1,40}$")
 def check_serial(serial: str) -> None:
     """Refuse serials that are not lowercase hex of at most 20 octets."""
     if not _SERIAL.fullmatch(serial):
-        raise ServiceError(
-            grpc.StatusCode.INVALID_ARGUMENT,
+        raise GatewayError(
+            Kind.INVALID,
             "MALFORMED_SERIAL",
             "a serial is lowercase hex, at most 40 digits",
         )
@@ -120,8 +120,8 @@ class AdminServicer(gateway_pb2_grpc.AdminServiceServicer):
     ) -> gateway_pb2.IssueEnrollmentTicketResponse:
         ttl = request.ttl_seconds or self._default_ttl
         if not _MIN_TTL <= ttl <= _MAX_TTL:
-            raise ServiceError(
-                grpc.StatusCode.INVALID_ARGUMENT,
+            raise GatewayError(
+                Kind.INVALID,
                 "TTL_OUT_OF_RANGE",
                 f"ttl_seconds must be {_MIN_TTL} to {_MAX_TTL}",
             )
@@ -165,8 +165,8 @@ class AdminServicer(gateway_pb2_grpc.AdminServiceServicer):
     ) -> gateway_pb2.CreateOrganisationKeyResponse:
         algorithm = _ALGORITHMS.get(request.algorithm)
         if algorithm is None:
-            raise ServiceError(
-                grpc.StatusCode.INVALID_ARGUMENT,
+            raise GatewayError(
+                Kind.INVALID,
                 "ALGORITHM_REQUIRED",
                 "a key algorithm is required",
             )
@@ -198,8 +198,8 @@ class AdminServicer(gateway_pb2_grpc.AdminServiceServicer):
         check_serial(request.serial)
         reason = _REASONS.get(request.reason)
         if reason is None:
-            raise ServiceError(
-                grpc.StatusCode.INVALID_ARGUMENT,
+            raise GatewayError(
+                Kind.INVALID,
                 "REASON_REQUIRED",
                 "a revocation reason is required",
             )
@@ -211,8 +211,8 @@ class AdminServicer(gateway_pb2_grpc.AdminServiceServicer):
     ) -> gateway_pb2.GetKeyStatusResponse:
         # A user key (the joint key, 64 hex digits) or an organisation key (HSM id, 32).
         if not (records.is_user_key_id(request.key_id) or records.is_record_id(request.key_id)):
-            raise ServiceError(
-                grpc.StatusCode.INVALID_ARGUMENT,
+            raise GatewayError(
+                Kind.INVALID,
                 "MALFORMED_KEY_ID",
                 "a key id is 64 (user key) or 32 (organisation key) hex digits",
             )
@@ -238,8 +238,8 @@ class AdminServicer(gateway_pb2_grpc.AdminServiceServicer):
         self, request: gateway_pb2.RevokeGrantRequest, context: _Context
     ) -> gateway_pb2.RevokeGrantResponse:
         if not await self._operations.ledger.revoke_grant(request.grant_id, int(time.time())):
-            raise ServiceError(
-                grpc.StatusCode.NOT_FOUND, "GRANT_NOT_FOUND", "no such grant, or already revoked"
+            raise GatewayError(
+                Kind.NOT_FOUND, "GRANT_NOT_FOUND", "no such grant, or already revoked"
             )
         return gateway_pb2.RevokeGrantResponse()
 

@@ -10,13 +10,13 @@ from __future__ import annotations
 import asyncio
 import hashlib
 
-import grpc
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-import auditlog
-from grpc_host.errors import ServiceError
+from mobilesign import auditlog
+from mobilesign.errors import Kind
 from mobilesign.v1 import hsm_pb2
+from server.errors import GatewayError
 from server.hsm import HsmClient
 from server.ledger import Ledger
 
@@ -71,16 +71,16 @@ class AuditLog:
 
     def _check_sizes(self, *sizes: int) -> None:
         if any(size > self._ledger.size for size in sizes):
-            raise ServiceError(
-                grpc.StatusCode.OUT_OF_RANGE, "TREE_SIZE_TOO_LARGE", "the log is not that large"
+            raise GatewayError(
+                Kind.OUT_OF_RANGE, "TREE_SIZE_TOO_LARGE", "the log is not that large"
             )
 
     def inclusion_proof(self, index: int, size: int) -> list[bytes]:
         """Inclusion proof of an entry in the tree of ``size`` entries."""
         self._check_sizes(size)
         if not 0 <= index < size:
-            raise ServiceError(
-                grpc.StatusCode.OUT_OF_RANGE, "ENTRY_OUT_OF_RANGE", "no such entry in that tree"
+            raise GatewayError(
+                Kind.OUT_OF_RANGE, "ENTRY_OUT_OF_RANGE", "no such entry in that tree"
             )
         return self._ledger.inclusion_proof(index, size)
 
@@ -88,8 +88,8 @@ class AuditLog:
         """Consistency proof between two tree sizes (``0 < old_size <= new_size``)."""
         self._check_sizes(new_size)
         if not 0 < old_size <= new_size:
-            raise ServiceError(
-                grpc.StatusCode.INVALID_ARGUMENT,
+            raise GatewayError(
+                Kind.INVALID,
                 "SIZES_INVALID",
                 "sizes must satisfy 0 < old_size <= new_size",
             )

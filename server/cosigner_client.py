@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import grpc
 
-from grpc_host.errors import ServiceError
+from mobilesign.errors import Kind
 from mobilesign.v1 import cosigner_pb2, cosigner_pb2_grpc
+from server.errors import GatewayError
 
 
 class CosignerClient:
@@ -21,8 +22,8 @@ class CosignerClient:
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.NOT_FOUND:
                 return None
-            raise ServiceError(
-                grpc.StatusCode.UNAVAILABLE,
+            raise GatewayError(
+                Kind.UNAVAILABLE,
                 "COSIGNER_UNAVAILABLE",
                 "the cosigner cannot be reached to check the key",
             ) from None

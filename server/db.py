@@ -6,7 +6,7 @@ from pathlib import Path
 
 import aiosqlite
 
-from storage.sqlite import open_database
+from mobilesign.storage.sqlite import open_database
 
 MIGRATIONS = (
     """

@@ -7,9 +7,11 @@ import hashlib
 
 import grpc
 
-import pkix
-from grpc_host.errors import ServiceError, reason_of
+from mobilesign import pkix
+from mobilesign.errors import Kind
+from mobilesign.rpc.status import kind_of, reason_of
 from mobilesign.v1 import hsm_pb2, hsm_pb2_grpc
+from server.errors import GatewayError
 
 _MECHANISMS = {
     pkix.SignatureAlgorithm.ECDSA_SHA256: hsm_pb2.SIGNATURE_MECHANISM_ECDSA_SHA256,
@@ -17,13 +19,13 @@ _MECHANISMS = {
 }
 
 
-def _failed(error: grpc.aio.AioRpcError) -> ServiceError:
+def _failed(error: grpc.aio.AioRpcError) -> GatewayError:
     if error.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-        return ServiceError(
-            grpc.StatusCode.UNAVAILABLE, "HSM_UNAVAILABLE", "the HSM proxy cannot be reached"
-        )
+        return GatewayError(Kind.UNAVAILABLE, "HSM_UNAVAILABLE", "the HSM proxy cannot be reached")
     # The proxy's own refusal (e.g. LABEL_IN_USE) is passed on as it came.
-    return ServiceError(error.code(), reason_of(error) or "HSM_ERROR", error.details() or "")
+    return GatewayError(
+        kind_of(error.code()), reason_of(error) or "HSM_ERROR", error.details() or ""
+    )
 
 
 class HsmClient:

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import aiosqlite
 
-import auditlog
-from storage.sqlite import open_database
+from mobilesign import auditlog
+from mobilesign.storage.sqlite import open_database
 
 _MIGRATIONS = (
     """

@@ -16,17 +16,17 @@ import time
 import weakref
 from dataclasses import dataclass
 
-import grpc
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-import records
-from ca import CertificateAuthority
-from grpc_host.errors import ServiceError
+from mobilesign import records
+from mobilesign.ca import CertificateAuthority
+from mobilesign.errors import Kind
 from mobilesign.v1 import gateway_pb2, hsm_pb2
 from server.audit import AuditLog
 from server.cosigner_client import CosignerClient
+from server.errors import GatewayError
 from server.hsm import HsmClient
 from server.ledger import GrantRow, Ledger, QuotaExceeded
 from server.organisations import OrganisationStore
@@ -42,15 +42,15 @@ _OPERATION_NAMES = {
     gateway_pb2.OPERATION_DECRYPT: "decrypt",
 }
 _OPERATION_VALUES = {v: k for k, v in _OPERATION_NAMES.items()}
-_RETRYABLE = frozenset({grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE})
+_RETRYABLE = frozenset({Kind.EXHAUSTED, Kind.UNAVAILABLE})
 
 
-def _denied(reason: str, message: str) -> ServiceError:
-    return ServiceError(grpc.StatusCode.PERMISSION_DENIED, reason, message)
+def _denied(reason: str, message: str) -> GatewayError:
+    return GatewayError(Kind.DENIED, reason, message)
 
 
-def _invalid(reason: str, message: str) -> ServiceError:
-    return ServiceError(grpc.StatusCode.INVALID_ARGUMENT, reason, message)
+def _invalid(reason: str, message: str) -> GatewayError:
+    return GatewayError(Kind.INVALID, reason, message)
 
 
 def grant_message(grant: GrantRow) -> gateway_pb2.Grant:
@@ -120,8 +120,8 @@ class Operations:
         await self._users.get(request.user_id)
         key = await self._organisations.key(request.key_id)
         if key is None:
-            raise ServiceError(
-                grpc.StatusCode.NOT_FOUND, "ORGANISATION_KEY_NOT_FOUND", "no such organisation key"
+            raise GatewayError(
+                Kind.NOT_FOUND, "ORGANISATION_KEY_NOT_FOUND", "no such organisation key"
             )
         names = []
         for operation in request.operations:
@@ -174,9 +174,7 @@ class Operations:
         if operation not in grant.operations:
             raise _denied("OPERATION_NOT_GRANTED", "the grant does not allow this operation")
         if grant.used_total >= grant.quota_total or grant.used_today >= grant.quota_daily:
-            raise ServiceError(
-                grpc.StatusCode.RESOURCE_EXHAUSTED, "QUOTA_EXCEEDED", "the grant's quota is used up"
-            )
+            raise GatewayError(Kind.EXHAUSTED, "QUOTA_EXCEEDED", "the grant's quota is used up")
         return grant
 
     # Prepare -----------------------------------------------------------------------------
@@ -193,12 +191,10 @@ class Operations:
         key = await self._organisations.key(grant.key_id)
         organisation_certificate = await self._ca.current_for_key(grant.key_id)
         if key is None or organisation_certificate is None:
-            raise ServiceError(
-                grpc.StatusCode.FAILED_PRECONDITION, "ORGANISATION_KEY_UNUSABLE", "no certificate"
-            )
+            raise GatewayError(Kind.PRECONDITION, "ORGANISATION_KEY_UNUSABLE", "no certificate")
         if await self._ca.key_revoked(grant.key_id):
-            raise ServiceError(
-                grpc.StatusCode.FAILED_PRECONDITION,
+            raise GatewayError(
+                Kind.PRECONDITION,
                 "ORGANISATION_CERTIFICATE_REVOKED",
                 "the organisation certificate has been revoked",
             )
@@ -251,14 +247,14 @@ class Operations:
     ) -> Executed:
         row = await self._ledger.record(request.record_id)
         if row is None or row.user_key_id != session.user_key_id:
-            raise ServiceError(grpc.StatusCode.NOT_FOUND, "RECORD_NOT_FOUND", "no such record")
+            raise GatewayError(Kind.NOT_FOUND, "RECORD_NOT_FOUND", "no such record")
         record = records.decode_record(row.record)
         if hashlib.sha256(request.input).digest() != record.input_sha256:
             raise _invalid("INPUT_MISMATCH", "the input is not the one in the record")
         if row.state == "done":
             if row.result is None or row.entry_index is None or row.user_signature is None:
-                raise ServiceError(
-                    grpc.StatusCode.FAILED_PRECONDITION,
+                raise GatewayError(
+                    Kind.PRECONDITION,
                     "RECORD_ALREADY_EXECUTED",
                     "the record was executed; decrypted data is not kept",
                 )
@@ -266,8 +262,8 @@ class Operations:
                 row.result, await self._receipt(row.record, row.user_signature, row.entry_index)
             )
         if row.state == "failed":
-            raise ServiceError(
-                grpc.StatusCode.FAILED_PRECONDITION,
+            raise GatewayError(
+                Kind.PRECONDITION,
                 "RECORD_FAILED",
                 f"the record's operation failed: {row.reason}",
             )
@@ -299,9 +295,7 @@ class Operations:
         request: gateway_pb2.ExecuteOperationRequest,
     ) -> int:
         if time.time() * 1000 - record.time_ms > RECORD_LIFETIME_SECONDS * 1000:
-            raise ServiceError(
-                grpc.StatusCode.FAILED_PRECONDITION, "RECORD_EXPIRED", "prepare the operation again"
-            )
+            raise GatewayError(Kind.PRECONDITION, "RECORD_EXPIRED", "prepare the operation again")
         user_key = x509.load_der_x509_certificate(session.certificate.der).public_key()
         assert isinstance(user_key, ed25519.Ed25519PublicKey)
         try:
@@ -320,8 +314,8 @@ class Operations:
         except QuotaExceeded:
             # Say which: revoked or expired meanwhile, or the quota.
             await self._usable_grant(grant_id, session, name)
-            raise ServiceError(
-                grpc.StatusCode.RESOURCE_EXHAUSTED, "QUOTA_EXCEEDED", "the grant's quota is used up"
+            raise GatewayError(
+                Kind.EXHAUSTED, "QUOTA_EXCEEDED", "the grant's quota is used up"
             ) from None
         return index
 
@@ -369,15 +363,15 @@ class Operations:
                 result = await self._hsm.sign_digest(
                     record.organisation_key_id, mechanism, data, authorisation
                 )
-        except ServiceError as exc:
-            if exc.code in _RETRYABLE:
+        except GatewayError as exc:
+            if exc.kind in _RETRYABLE:
                 # The HSM did not act: the record stays logged and the phone may execute again.
                 raise
             # Refused as a replay while still unfinished here: the HSM acted before a crash
             # and the result never came back. The log says so rather than "refused".
             if exc.reason == "AUTHORISATION_REPLAYED":
-                exc = ServiceError(
-                    grpc.StatusCode.FAILED_PRECONDITION,
+                exc = GatewayError(
+                    Kind.PRECONDITION,
                     "RESULT_LOST",
                     "the operation ran before a restart and its result was lost",
                 )

@@ -7,9 +7,9 @@ import sqlite3
 from dataclasses import dataclass
 
 import aiosqlite
-import grpc
 
-from grpc_host.errors import ServiceError
+from mobilesign.errors import Kind
+from server.errors import GatewayError
 
 _ORGANISATION_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _MAX_NAME = 64  # RFC 5280 ub-organization-name
@@ -46,14 +46,14 @@ class OrganisationStore:
     async def create(self, organisation_id: str, name: str, now: int) -> Organisation:
         """Register an organisation; ALREADY_EXISTS if the id is taken."""
         if not _ORGANISATION_ID.fullmatch(organisation_id):
-            raise ServiceError(
-                grpc.StatusCode.INVALID_ARGUMENT,
+            raise GatewayError(
+                Kind.INVALID,
                 "MALFORMED_ORGANISATION_ID",
                 "an organisation id is 1 to 64 characters of [A-Za-z0-9._-]",
             )
         if not name or len(name) > _MAX_NAME:
-            raise ServiceError(
-                grpc.StatusCode.INVALID_ARGUMENT,
+            raise GatewayError(
+                Kind.INVALID,
                 "MALFORMED_ORGANISATION_NAME",
                 f"an organisation name is 1 to {_MAX_NAME} characters",
             )
@@ -63,9 +63,7 @@ class OrganisationStore:
                 (organisation_id, name, now),
             )
         except sqlite3.IntegrityError:
-            raise ServiceError(
-                grpc.StatusCode.ALREADY_EXISTS, "ORGANISATION_EXISTS", "the id is taken"
-            ) from None
+            raise GatewayError(Kind.CONFLICT, "ORGANISATION_EXISTS", "the id is taken") from None
         return Organisation(organisation_id, name)
 
     async def get(self, organisation_id: str) -> Organisation:
@@ -76,9 +74,7 @@ class OrganisationStore:
         ) as cursor:
             row = await cursor.fetchone()
         if row is None:
-            raise ServiceError(
-                grpc.StatusCode.NOT_FOUND, "ORGANISATION_NOT_FOUND", "no such organisation"
-            )
+            raise GatewayError(Kind.NOT_FOUND, "ORGANISATION_NOT_FOUND", "no such organisation")
         return Organisation(row["organisation_id"], row["name"])
 
     async def add_key(self, key: OrganisationKey, now: int) -> None:

@@ -7,12 +7,13 @@ from typing import Any
 
 import grpc
 
-from ca import CertificateAuthority, Status
-from grpc_host import access
-from grpc_host.errors import ServiceError
+from mobilesign.ca import CertificateAuthority, Status
+from mobilesign.errors import Kind
+from mobilesign.hosting import access
 from mobilesign.v1 import gateway_pb2, gateway_pb2_grpc
 from server.admin import check_serial
 from server.audit import AuditLog
+from server.errors import GatewayError
 from server.operations import Operations, grant_message
 from server.registration import RegistrationAuthority
 from server.sessions import Sessions
@@ -82,8 +83,8 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     ) -> gateway_pb2.GetPersonalCertificateResponse:
         record = await self._ca.current_for_key(request.key_id)
         if record is None or record.kind != "personal":
-            raise ServiceError(
-                grpc.StatusCode.NOT_FOUND, "CERTIFICATE_NOT_FOUND", "no certificate for this key"
+            raise GatewayError(
+                Kind.NOT_FOUND, "CERTIFICATE_NOT_FOUND", "no certificate for this key"
             )
         return gateway_pb2.GetPersonalCertificateResponse(
             certificate=record.der, ca_certificate=self._ca.root_der
@@ -183,7 +184,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     ) -> gateway_pb2.GetLogEntryResponse:
         entry = await self._audit.ledger.entry(request.entry_index)
         if entry is None:
-            raise ServiceError(grpc.StatusCode.OUT_OF_RANGE, "ENTRY_OUT_OF_RANGE", "no such entry")
+            raise GatewayError(Kind.OUT_OF_RANGE, "ENTRY_OUT_OF_RANGE", "no such entry")
         return gateway_pb2.GetLogEntryResponse(entry=entry)
 
     async def GetLogPublicKey(

@@ -15,33 +15,27 @@ from __future__ import annotations
 import asyncio
 import time
 
-import grpc
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
 
-import pkix
-import tickets
-from ca import CertificateAuthority, Issued
-from grpc_host.errors import ServiceError
+from mobilesign import pkix, tickets
+from mobilesign.ca import CertificateAuthority, Issued
+from mobilesign.errors import Kind
 from mobilesign.v1 import hsm_pb2
 from server.cosigner_client import CosignerClient
+from server.errors import GatewayError
 from server.hsm import HsmClient
 from server.organisations import OrganisationKey, OrganisationStore
 from server.users import UserStore
 
 MAX_CSR_BYTES = 4096
-_TICKET_CODES = {
-    "TICKET_MALFORMED": grpc.StatusCode.INVALID_ARGUMENT,
-    "TICKET_FORGED": grpc.StatusCode.PERMISSION_DENIED,
-    "TICKET_EXPIRED": grpc.StatusCode.PERMISSION_DENIED,
-}
 
 
-def _denied(reason: str, message: str) -> ServiceError:
-    return ServiceError(grpc.StatusCode.PERMISSION_DENIED, reason, message)
+def _denied(reason: str, message: str) -> GatewayError:
+    return GatewayError(Kind.DENIED, reason, message)
 
 
 def _spki(key: x509.Certificate | x509.CertificateSigningRequest) -> bytes:
@@ -53,19 +47,15 @@ def _spki(key: x509.Certificate | x509.CertificateSigningRequest) -> bytes:
 def parse_csr(der: bytes) -> x509.CertificateSigningRequest:
     """A PKCS#10 request whose signature verifies, or INVALID_ARGUMENT."""
     if not der or len(der) > MAX_CSR_BYTES:
-        raise ServiceError(
-            grpc.StatusCode.INVALID_ARGUMENT, "CSR_MALFORMED", "the CSR is empty or too large"
-        )
+        raise GatewayError(Kind.INVALID, "CSR_MALFORMED", "the CSR is empty or too large")
     try:
         csr = x509.load_der_x509_csr(der)
         valid = csr.is_signature_valid
     except (ValueError, TypeError, x509.InvalidVersion, UnsupportedAlgorithm):
-        raise ServiceError(
-            grpc.StatusCode.INVALID_ARGUMENT, "CSR_MALFORMED", "the CSR is not DER PKCS#10"
-        ) from None
+        raise GatewayError(Kind.INVALID, "CSR_MALFORMED", "the CSR is not DER PKCS#10") from None
     if not valid:
-        raise ServiceError(
-            grpc.StatusCode.INVALID_ARGUMENT,
+        raise GatewayError(
+            Kind.INVALID,
             "CSR_SIGNATURE_INVALID",
             "the CSR's signature does not verify (no proof of possession)",
         )
@@ -102,26 +92,22 @@ class RegistrationAuthority:
         organisation = await self._organisations.get(organisation_id)
         async with self._organisation_lock:
             if await self._organisations.key_by_label(label) is not None:
-                raise ServiceError(
-                    grpc.StatusCode.ALREADY_EXISTS,
+                raise GatewayError(
+                    Kind.CONFLICT,
                     "LABEL_IN_USE",
                     "an organisation key has this label",
                 )
             # A key left in the token by a crash before it was recorded is taken up again.
             key = await self._hsm.ensure_key(label, hsm_pb2.KEY_PURPOSE_ORGANISATION, algorithm)
             if key.algorithm != algorithm:
-                raise ServiceError(
-                    grpc.StatusCode.ALREADY_EXISTS, "LABEL_IN_USE", "the token has this label"
-                )
+                raise GatewayError(Kind.CONFLICT, "LABEL_IN_USE", "the token has this label")
             csr_der = await self._hsm.certificate_request(
                 key.key_id,
                 pkix.name({"common_name": label, "organization_name": organisation.name}),
             )
             csr = parse_csr(csr_der)
             if _spki(csr) != key.public_key_spki:
-                raise ServiceError(
-                    grpc.StatusCode.INTERNAL, "CSR_KEY_MISMATCH", "the CSR names another key"
-                )
+                raise GatewayError(Kind.INTERNAL, "CSR_KEY_MISMATCH", "the CSR names another key")
             issued = await self._ca.issue_organisation(
                 organisation=organisation.name,
                 label=label,
@@ -137,18 +123,15 @@ class RegistrationAuthority:
         key = await self._hsm.ensure_key(self._ticket_key_label, hsm_pb2.KEY_PURPOSE_SERVICE)
         public = serialization.load_der_public_key(key.public_key_spki)
         assert isinstance(public, ec.EllipticCurvePublicKey)
-        try:
-            return tickets.verify(ticket, public, int(time.time()))
-        except tickets.TicketError as exc:
-            raise ServiceError(_TICKET_CODES[exc.reason], exc.reason, str(exc)) from None
+        return tickets.verify(ticket, public, int(time.time()))
 
     async def request_personal_certificate(self, ticket: bytes, csr_der: bytes) -> Issued:
         """Check a jointly signed CSR against its ticket and the cosigner; issue once."""
         csr = parse_csr(csr_der)
         public = csr.public_key()
         if not isinstance(public, ed25519.Ed25519PublicKey):
-            raise ServiceError(
-                grpc.StatusCode.INVALID_ARGUMENT,
+            raise GatewayError(
+                Kind.INVALID,
                 "CSR_KEY_UNSUPPORTED",
                 "a personal certificate is for a joint Ed25519 key",
             )

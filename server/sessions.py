@@ -17,20 +17,19 @@ import aiosqlite
 import grpc
 from cryptography import x509
 
-import deviceauth
-import records
-from ca import CertificateAuthority
-from ca.store import CertificateRecord
-from grpc_host.errors import ServiceError
+from mobilesign import deviceauth, records
+from mobilesign.ca import CertificateAuthority, CertificateRecord
+from mobilesign.errors import Kind
 from server.cosigner_client import CosignerClient
+from server.errors import GatewayError
 
 CHALLENGE_SECONDS = 60
 SESSION_SECONDS = 900
 _MAX_CHALLENGES = 10_000
 
 
-def _unauthenticated(reason: str, message: str) -> ServiceError:
-    return ServiceError(grpc.StatusCode.UNAUTHENTICATED, reason, message)
+def _unauthenticated(reason: str, message: str) -> GatewayError:
+    return GatewayError(Kind.UNAUTHENTICATED, reason, message)
 
 
 @dataclass(frozen=True)
@@ -57,12 +56,10 @@ class Sessions:
         """The key's personal certificate, which must be valid now and never revoked."""
         record = await self._ca.current_for_key(user_key_id)
         if record is None or record.kind != "personal":
-            raise ServiceError(
-                grpc.StatusCode.PERMISSION_DENIED, "NO_CERTIFICATE", "the key has no certificate"
-            )
+            raise GatewayError(Kind.DENIED, "NO_CERTIFICATE", "the key has no certificate")
         if await self._ca.key_revoked(user_key_id):
-            raise ServiceError(
-                grpc.StatusCode.PERMISSION_DENIED,
+            raise GatewayError(
+                Kind.DENIED,
                 "CERTIFICATE_REVOKED",
                 "the user's certificate has been revoked",
             )
@@ -73,8 +70,8 @@ class Sessions:
             <= now
             < certificate.not_valid_after_utc.timestamp()
         ):
-            raise ServiceError(
-                grpc.StatusCode.PERMISSION_DENIED,
+            raise GatewayError(
+                Kind.DENIED,
                 "CERTIFICATE_EXPIRED",
                 "the user's certificate is not valid now",
             )
@@ -83,15 +80,11 @@ class Sessions:
     def challenge(self, user_key_id: str) -> bytes:
         """A fresh single-use challenge for ``user_key_id``."""
         if not records.is_user_key_id(user_key_id):
-            raise ServiceError(
-                grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_KEY_ID", "a key id is 64 hex digits"
-            )
+            raise GatewayError(Kind.INVALID, "MALFORMED_KEY_ID", "a key id is 64 hex digits")
         now = time.monotonic()
         self._challenges = {k: t for k, t in self._challenges.items() if t > now}
         if len(self._challenges) >= _MAX_CHALLENGES:
-            raise ServiceError(
-                grpc.StatusCode.RESOURCE_EXHAUSTED, "TOO_MANY_CHALLENGES", "try again shortly"
-            )
+            raise GatewayError(Kind.EXHAUSTED, "TOO_MANY_CHALLENGES", "try again shortly")
         challenge = secrets.token_bytes(deviceauth.CHALLENGE_BYTES)
         self._challenges[(user_key_id, challenge)] = now + CHALLENGE_SECONDS
         return challenge

@@ -7,9 +7,9 @@ import sqlite3
 from dataclasses import dataclass
 
 import aiosqlite
-import grpc
 
-from grpc_host.errors import ServiceError
+from mobilesign.errors import Kind
+from server.errors import GatewayError
 
 _USER_ID = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
 _MAX_DISPLAY_NAME = 200
@@ -35,8 +35,8 @@ class TicketState:
 def check_user_id(user_id: str) -> None:
     """Refuse user ids outside 1 to 64 characters of ``[A-Za-z0-9._@-]``."""
     if not _USER_ID.fullmatch(user_id):
-        raise ServiceError(
-            grpc.StatusCode.INVALID_ARGUMENT,
+        raise GatewayError(
+            Kind.INVALID,
             "MALFORMED_USER_ID",
             "a user id is 1 to 64 characters of [A-Za-z0-9._@-]",
         )
@@ -52,18 +52,14 @@ class UserStore:
         """Register a user; ALREADY_EXISTS if the id is taken."""
         check_user_id(user_id)
         if len(display_name) > _MAX_DISPLAY_NAME:
-            raise ServiceError(
-                grpc.StatusCode.INVALID_ARGUMENT, "MALFORMED_DISPLAY_NAME", "display name too long"
-            )
+            raise GatewayError(Kind.INVALID, "MALFORMED_DISPLAY_NAME", "display name too long")
         try:
             await self._db.execute(
                 "INSERT INTO users (user_id, display_name, created_at) VALUES (?, ?, ?)",
                 (user_id, display_name, now),
             )
         except sqlite3.IntegrityError:
-            raise ServiceError(
-                grpc.StatusCode.ALREADY_EXISTS, "USER_EXISTS", "the user id is taken"
-            ) from None
+            raise GatewayError(Kind.CONFLICT, "USER_EXISTS", "the user id is taken") from None
         return User(user_id, display_name, now)
 
     async def get(self, user_id: str) -> User:
@@ -74,7 +70,7 @@ class UserStore:
         ) as cursor:
             row = await cursor.fetchone()
         if row is None:
-            raise ServiceError(grpc.StatusCode.NOT_FOUND, "USER_NOT_FOUND", "no such user")
+            raise GatewayError(Kind.NOT_FOUND, "USER_NOT_FOUND", "no such user")
         return User(row["user_id"], row["display_name"], row["created_at"])
 
     async def record_ticket(

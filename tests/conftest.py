@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from launcher import Deployment
-
-VECTORS = Path(__file__).resolve().parent.parent.parent / "shared" / "vectors"
+from mobilesign.testing import Deployment
 
 
 @pytest.fixture(scope="module")

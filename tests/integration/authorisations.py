@@ -15,9 +15,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-import pkix
-import records
-from ca.authority import key_identifier
+from mobilesign import pkix, records
+from mobilesign.ca.authority import key_identifier
 from mobilesign.v1 import hsm_pb2, hsm_pb2_grpc
 
 

@@ -12,7 +12,7 @@ import grpc
 from cryptography import x509
 
 import client
-from launcher import Deployment
+from mobilesign.testing import Deployment
 from mobilesign.v1 import gateway_pb2, gateway_pb2_grpc
 
 PIN = "482916"

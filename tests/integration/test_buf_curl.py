@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from launcher import Deployment
+from mobilesign.testing import Deployment
 from mobilesign.v1 import hsm_pb2, hsm_pb2_grpc
 from scripts.gen_protos import ROOT
 

@@ -47,9 +47,6 @@ from cryptography.x509.verification import (
 from pkcs11 import Attribute, KeyType, Mechanism, ObjectClass
 from pkcs11 import exceptions as p11e
 
-import pkix
-import tickets
-from ca.authority import ORGANISATION_POLICY_OID, PERSONAL_POLICY_OID
 from client import sdk
 from client.certificates import (
     build_personal_csr,
@@ -60,10 +57,12 @@ from client.certificates import (
 )
 from client.errors import ClientError
 from client.keystore import Keystore
-from grpc_host import channels
-from grpc_host.errors import reason_of
 from hsm_proxy.config import HsmProxyConfig
-from launcher import Deployment
+from mobilesign import pkix, tickets
+from mobilesign.ca.authority import ORGANISATION_POLICY_OID, PERSONAL_POLICY_OID
+from mobilesign.rpc import channels
+from mobilesign.rpc.status import reason_of
+from mobilesign.testing import Deployment
 from mobilesign.v1 import gateway_pb2, gateway_pb2_grpc, hsm_pb2, hsm_pb2_grpc
 
 pytestmark = pytest.mark.integration

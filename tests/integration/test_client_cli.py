@@ -14,8 +14,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from launcher import Deployment
-from launcher.deployment import ROOT
+from mobilesign.testing import Deployment
+from mobilesign.testing.deployment import ROOT
 from mobilesign.v1 import gateway_pb2, gateway_pb2_grpc
 
 pytestmark = pytest.mark.integration

@@ -18,11 +18,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-import auditlog
 import client
-import records
-from grpc_host.errors import reason_of
-from launcher import Deployment
+from mobilesign import auditlog, records
+from mobilesign.rpc.status import reason_of
+from mobilesign.testing import Deployment
 from mobilesign.v1 import gateway_pb2
 from tests.integration import escrow
 

@@ -20,11 +20,10 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 
 import client
-import deviceauth
-import records
-from grpc_host.errors import reason_of
-from launcher import Deployment
-from launcher.deployment import ROOT
+from mobilesign import deviceauth, records
+from mobilesign.rpc.status import reason_of
+from mobilesign.testing import Deployment
+from mobilesign.testing.deployment import ROOT
 from mobilesign.v1 import gateway_pb2
 from tests.integration import escrow
 

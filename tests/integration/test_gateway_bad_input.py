@@ -10,8 +10,8 @@ import grpc
 import pytest
 import pytest_asyncio
 
-from grpc_host.errors import reason_of
-from launcher import Deployment
+from mobilesign.rpc.status import reason_of
+from mobilesign.testing import Deployment
 from mobilesign.v1 import gateway_pb2
 from tests.integration import escrow
 

@@ -13,10 +13,11 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 
-import records
-from grpc_host import channels, devpki
-from grpc_host.errors import reason_of
-from launcher import Deployment
+from mobilesign import records
+from mobilesign.hosting import devpki
+from mobilesign.rpc import channels
+from mobilesign.rpc.status import reason_of
+from mobilesign.testing import Deployment
 from mobilesign.v1 import hsm_pb2, hsm_pb2_grpc
 from tests.integration.authorisations import Authority
 
@@ -380,7 +381,7 @@ async def test_callers_are_authorised_by_certificate_identity(
         assert info.value.code() == grpc.StatusCode.UNAVAILABLE
     # A certificate named "gateway" but issued by another CA is not trusted.
     foreign = devpki.credential(tmp_path_factory.mktemp("foreign"), "gateway")
-    foreign_with_our_ca = devpki.Credential(
+    foreign_with_our_ca = channels.Credential(
         "gateway", foreign.cert, foreign.key, devpki.ensure(hsm_deployment.state_dir) / "ca.pem"
     )
     async with channels.mutual_tls(

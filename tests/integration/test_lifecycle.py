@@ -17,9 +17,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from grpc_host import channels
-from launcher import Deployment
-from launcher.deployment import START_ORDER
+from mobilesign.rpc import channels
+from mobilesign.testing import Deployment
+from mobilesign.testing.deployment import START_ORDER
 from mobilesign.v1 import hsm_pb2, hsm_pb2_grpc
 
 pytestmark = pytest.mark.integration

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 import client
-from launcher import Deployment
+from mobilesign.testing import Deployment
 from mobilesign.v1 import gateway_pb2
 from tests.integration import escrow
 

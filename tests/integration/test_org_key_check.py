@@ -16,10 +16,9 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, utils
 
-import pkix
-import records
-from grpc_host.errors import reason_of
-from launcher import Deployment
+from mobilesign import pkix, records
+from mobilesign.rpc.status import reason_of
+from mobilesign.testing import Deployment
 from mobilesign.v1 import hsm_pb2, hsm_pb2_grpc
 from tests.integration.authorisations import Authority, HsmKeySigner
 

@@ -28,15 +28,13 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from google.protobuf.message import Message
 
-import deviceauth
-import tickets
-import twoparty
-import wire
 from client import sdk
 from client.errors import ClientError
 from client.keystore import Keystore
-from grpc_host.errors import reason_of
-from launcher import Deployment
+from mobilesign import deviceauth, tickets, twoparty
+from mobilesign.rpc import wire
+from mobilesign.rpc.status import reason_of
+from mobilesign.testing import Deployment
 from mobilesign.v1 import cosigner_pb2 as pb
 from mobilesign.v1 import cosigner_pb2_grpc, gateway_pb2, gateway_pb2_grpc, hsm_pb2, hsm_pb2_grpc
 from tests.conftest import TWO_PARTY_STEP_TIMEOUT_SECONDS

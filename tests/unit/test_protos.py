@@ -26,6 +26,15 @@ def test_regeneration_changes_nothing(tmp_path: Path) -> None:
     assert errors == []
 
 
+def test_regeneration_leaves_the_library_package_alone(tmp_path: Path) -> None:
+    library_init = tmp_path / "mobilesign" / "__init__.py"
+    library_init.parent.mkdir()
+    library_init.write_text('"""the library"""\n')
+    generate(tmp_path)
+    assert library_init.read_text() == '"""the library"""\n'
+    assert (tmp_path / "mobilesign" / "v1" / "__init__.py").exists()
+
+
 def test_generated_modules_import_under_their_package() -> None:
     from mobilesign.v1 import cosigner_pb2, gateway_pb2, hsm_pb2
 

@@ -1,0 +1,117 @@
+"""Server lifecycle shared by the services: TLS listeners, limits, health, reflection, shutdown.
+
+A service is served on one or two listeners: ``internal`` requires a client certificate from the
+internal CA (mutual TLS); ``public`` (the phone-facing edge) authenticates the server only.
+Once bound, the actual addresses are written to ``<state_dir>/run/<name>.json`` so that a
+supervisor (or the test harness) that asked for port 0 learns the ports without racing.
+On SIGTERM or SIGINT, health turns NOT_SERVING, then in-flight calls get ``grace`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+from mobilesign.hosting import access
+from mobilesign.hosting.interceptor import ServiceInterceptor
+from mobilesign.rpc import channels
+
+_log = logging.getLogger("mobilesign.serve")
+
+
+@dataclass(frozen=True)
+class Listener:
+    """One address to serve on; ``mutual`` requires and verifies a client certificate.
+
+    ``credential`` overrides the service's own certificate (the public edge has its own)."""
+
+    name: str
+    address: str
+    mutual: bool
+    credential: channels.Credential | None = None
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Bounds that keep one service from being overwhelmed by a caller."""
+
+    max_message_bytes: int
+    max_concurrent_rpcs: int
+    grace_seconds: float
+
+
+def _credentials(credential: channels.Credential, mutual: bool) -> grpc.ServerCredentials:
+    cert, key, ca = credential.read()
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=ca if mutual else None, require_client_auth=mutual
+    )
+
+
+def _write_run_file(state_dir: Path, name: str, addresses: dict[str, str]) -> Path:
+    run = state_dir / "run"
+    run.mkdir(parents=True, exist_ok=True)
+    path = run / f"{name}.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"pid": os.getpid(), "listeners": addresses}))
+    os.replace(tmp, path)
+    return path
+
+
+async def serve(
+    *,
+    name: str,
+    services: Mapping[str, access.AccessPolicy],
+    register: Callable[[grpc.aio.Server], None],
+    listeners: Sequence[Listener],
+    credential: channels.Credential,
+    limits: Limits,
+    state_dir: Path,
+) -> None:
+    """Serve ``services`` (name: access policy) until SIGTERM/SIGINT, then shut down gracefully."""
+    server = grpc.aio.server(
+        interceptors=[ServiceInterceptor(services)],
+        options=channels.options(limits.max_message_bytes),
+        maximum_concurrent_rpcs=limits.max_concurrent_rpcs,
+    )
+    register(server)
+    health = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+    reflection.enable_server_reflection((*services, health_name, reflection.SERVICE_NAME), server)
+    bound: dict[str, str] = {}
+    for listener in listeners:
+        host = listener.address.rsplit(":", 1)[0]
+        port = server.add_secure_port(
+            listener.address, _credentials(listener.credential or credential, listener.mutual)
+        )
+        if port == 0:
+            raise OSError(f"cannot listen on {listener.address}")
+        bound[listener.name] = f"{host}:{port}"
+    await server.start()
+    for svc in ("", *services):
+        await health.set(svc, health_pb2.HealthCheckResponse.SERVING)
+    run_file = _write_run_file(state_dir, name, bound)
+    _log.info("serving", extra={"fields": {"listeners": bound}})
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+    _log.info("stopping", extra={"fields": {"grace_seconds": limits.grace_seconds}})
+    await health.enter_graceful_shutdown()
+    await server.stop(limits.grace_seconds)
+    run_file.unlink(missing_ok=True)
+    _log.info("stopped")

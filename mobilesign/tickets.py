@@ -1,0 +1,95 @@
+"""Enrolment tickets: the gateway issues them, the cosigner verifies them.
+
+A ticket is a serialized ``SignedEnrollmentTicket``: the exact bytes of the claims and an ECDSA
+P-256 / SHA-256 signature over ``"mobilesign/v1 enrollment-ticket" || 0x00 || claims`` by the
+gateway's ticket key, which lives in the HSM. Single use is enforced by the cosigner, which
+consumes the ticket id in the same transaction that stores the new key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, utils
+from google.protobuf.message import DecodeError
+
+from mobilesign.errors import Error, Kind
+from mobilesign.v1 import gateway_pb2
+
+AUDIENCE = "cosigner"
+MAX_TICKET_BYTES = 2048
+#: Tolerated difference between the gateway's and the cosigner's clocks.
+CLOCK_SKEW_SECONDS = 60
+_DOMAIN = b"mobilesign/v1 enrollment-ticket\x00"
+_TICKET_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+class TicketError(Error):
+    """The ticket is malformed (INVALID), or forged, expired or meant for someone else
+    (DENIED)."""
+
+
+@dataclass(frozen=True)
+class Claims:
+    """What a verified ticket grants."""
+
+    ticket_id: str
+    user_id: str
+    issued_at: int
+    expires_at: int
+
+
+def signing_digest(claims: bytes) -> bytes:
+    """SHA-256 of the domain-separated claims: what the ticket key signs."""
+    return hashlib.sha256(_DOMAIN + claims).digest()
+
+
+def encode(claims: Claims) -> bytes:
+    """The claims' bytes, to be signed."""
+    return gateway_pb2.EnrollmentTicketClaims(
+        ticket_id=claims.ticket_id,
+        user_id=claims.user_id,
+        issued_at_unix=claims.issued_at,
+        expires_at_unix=claims.expires_at,
+        audience=AUDIENCE,
+    ).SerializeToString(deterministic=True)
+
+
+def assemble(claims: bytes, signature: bytes) -> bytes:
+    """The ticket handed to the phone."""
+    return gateway_pb2.SignedEnrollmentTicket(claims=claims, signature=signature).SerializeToString(
+        deterministic=True
+    )
+
+
+def verify(ticket: bytes, public_key: ec.EllipticCurvePublicKey, now: int) -> Claims:
+    """Check the signature, audience and validity window of ``ticket``; return its claims."""
+    if not ticket or len(ticket) > MAX_TICKET_BYTES:
+        raise TicketError(Kind.INVALID, "TICKET_MALFORMED", "the enrolment ticket is malformed")
+    try:
+        signed = gateway_pb2.SignedEnrollmentTicket.FromString(ticket)
+        claims = gateway_pb2.EnrollmentTicketClaims.FromString(signed.claims)
+    except DecodeError:
+        raise TicketError(
+            Kind.INVALID, "TICKET_MALFORMED", "the enrolment ticket is malformed"
+        ) from None
+    try:
+        public_key.verify(
+            signed.signature,
+            signing_digest(signed.claims),
+            ec.ECDSA(utils.Prehashed(hashes.SHA256())),
+        )
+    except InvalidSignature:
+        raise TicketError(
+            Kind.DENIED, "TICKET_FORGED", "the enrolment ticket's signature is invalid"
+        ) from None
+    well_formed = _TICKET_ID.fullmatch(claims.ticket_id) and claims.user_id
+    if claims.audience != AUDIENCE or not well_formed:
+        raise TicketError(Kind.INVALID, "TICKET_MALFORMED", "the enrolment ticket is malformed")
+    if not claims.issued_at_unix - CLOCK_SKEW_SECONDS <= now < claims.expires_at_unix:
+        raise TicketError(Kind.DENIED, "TICKET_EXPIRED", "the enrolment ticket has expired")
+    return Claims(claims.ticket_id, claims.user_id, claims.issued_at_unix, claims.expires_at_unix)
