@@ -1,7 +1,7 @@
 """The mobile e-signature client SDK: holds the phone's share, drives the two-party protocols
 with the cosigner, and checks everything it receives.
 
-Public surface: :class:`Keystore`, :func:`enroll`, :class:`SigningSession`, the personal
+Public surface: :class:`Keystore`, :func:`enrol`, :class:`SigningSession`, the personal
 certificate functions and :class:`ClientError`.
 """
 
@@ -12,9 +12,9 @@ from client.certificates import (
     verify_personal_certificate,
 )
 from client.errors import ClientError
-from client.gateway import GatewaySession, Use
+from client.gateway_client import GatewaySession, Use
 from client.keystore import Keystore
-from client.sdk import SigningSession, enroll
+from client.sdk import SigningSession, enrol
 from client.verifier import (
     TrustAnchors,
     VerificationFailed,
@@ -35,7 +35,7 @@ __all__ = [
     "Use",
     "VerificationFailed",
     "VerifiedReceipt",
-    "enroll",
+    "enrol",
     "fetch_personal_certificate",
     "receipt_from_json",
     "receipt_to_json",

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from client.errors import ClientError
 from client.keystore import Keystore
-from client.sdk import SigningSession, enroll
+from client.sdk import SigningSession, enrol
 from client.verifier import (
     VerificationFailed,
     receipt_from_json,
@@ -42,9 +42,9 @@ def _ca(args: argparse.Namespace) -> bytes:
     return (state / "pki" / "ca.pem").read_bytes()
 
 
-async def _enroll(address: str, ca: bytes, ticket: bytes, pin: str) -> Keystore:
+async def _enrol(address: str, ca: bytes, ticket: bytes, pin: str) -> Keystore:
     async with channels.server_tls(address, ca) as channel:
-        return await enroll(channel, ticket, pin)
+        return await enrol(channel, ticket, pin)
 
 
 async def _sign(
@@ -115,7 +115,7 @@ def main() -> None:
     parser.add_argument("--cosigner", default="127.0.0.1:9443", help="cosigner public address")
     parser.add_argument("--ca", help="CA certificate (default: $MOBILESIGN_STATE_DIR/pki/ca.pem)")
     commands = parser.add_subparsers(dest="command", required=True)
-    p = commands.add_parser("enroll", help="enrol a new key with a ticket from the gateway")
+    p = commands.add_parser("enrol", help="enrol a new key with a ticket from the gateway")
     p.add_argument("--ticket", required=True, help="file holding the enrolment ticket")
     p.add_argument("--keystore", required=True, help="keystore file to create")
     p = commands.add_parser("sign", help="sign files jointly; writes FILE.sig (64 bytes)")
@@ -138,9 +138,9 @@ def main() -> None:
     p.add_argument("--origin", required=True, help="log origin")
     args = parser.parse_args()
     try:
-        if args.command == "enroll":
+        if args.command == "enrol":
             ticket = Path(args.ticket).read_bytes()
-            keystore = asyncio.run(_enroll(args.cosigner, _ca(args), ticket, _pin()))
+            keystore = asyncio.run(_enrol(args.cosigner, _ca(args), ticket, _pin()))
             keystore.save(Path(args.keystore))
             print(f"enrolled key {keystore.key_id} for {keystore.user_id}")
         elif args.command == "sign":

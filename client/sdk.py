@@ -69,7 +69,7 @@ async def _write(call: Any, message: Any) -> None:
         raise ClientError("STREAM_ENDED", "the cosigner ended the stream") from None
 
 
-async def enroll(
+async def enrol(
     channel: grpc.aio.Channel,
     ticket: bytes,
     pin: str,

@@ -9,9 +9,9 @@ from typing import Any
 from cosigner import config as cosigner_config
 from cosigner import servicer
 from cosigner.context import Cosigner
-from cosigner.gateway import Gateway
-from cosigner.hsm import Sealer
-from cosigner.store import KeyStore
+from cosigner.gateway_client import Gateway
+from cosigner.hsm_proxy_client import Sealer
+from cosigner.repository import KeyStore
 from mobilesign.hosting import devpki, entrypoint, logs, serve
 from mobilesign.rpc import channels
 from mobilesign.v1 import cosigner_pb2_grpc

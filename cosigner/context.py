@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cosigner.errors import CosignerError
-from cosigner.gateway import Gateway
-from cosigner.hsm import Sealer
-from cosigner.store import KeyStore
+from cosigner.gateway_client import Gateway
+from cosigner.hsm_proxy_client import Sealer
+from cosigner.repository import KeyStore
 from mobilesign import records
 from mobilesign.errors import Kind
 

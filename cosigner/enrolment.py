@@ -11,7 +11,7 @@ import time
 
 from cosigner.context import Cosigner, key_package_aad, pin_verifier_aad
 from cosigner.errors import CosignerError
-from cosigner.store import KeyExists, StoredKey, TicketAlreadyUsed
+from cosigner.repository import KeyExists, StoredKey, TicketAlreadyUsed
 from cosigner.stream import StepStream
 from mobilesign import deviceauth, tickets, twoparty
 from mobilesign.errors import Kind

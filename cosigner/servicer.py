@@ -58,7 +58,7 @@ class CosignerServicer(cosigner_pb2_grpc.CosignerServiceServicer):
             locked=key.locked,
             failed_pin_attempts=key.failed_pin_attempts,
             device_public_key=key.device_public_key,
-            enrollment_ticket_id=key.ticket_id,
+            enrolment_ticket_id=key.ticket_id,
             attestation=await self._cosigner.sealer.seal(
                 records.key_attestation(key.key_id), records.KEY_ATTESTATION_AAD
             ),

@@ -16,7 +16,7 @@ import time
 
 from cosigner.context import Cosigner, check_key_id, key_package_aad, pin_verifier_aad
 from cosigner.errors import CosignerError
-from cosigner.store import CommitmentReplayed, StoredKey
+from cosigner.repository import CommitmentReplayed, StoredKey
 from cosigner.stream import StepStream
 from mobilesign import deviceauth, twoparty
 from mobilesign.errors import Kind

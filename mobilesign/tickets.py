@@ -1,7 +1,7 @@
 """Enrolment tickets: the gateway issues them, the cosigner verifies them.
 
-A ticket is a serialized ``SignedEnrollmentTicket``: the exact bytes of the claims and an ECDSA
-P-256 / SHA-256 signature over ``"mobilesign/v1 enrollment-ticket" || 0x00 || claims`` by the
+A ticket is a serialized ``SignedEnrolmentTicket``: the exact bytes of the claims and an ECDSA
+P-256 / SHA-256 signature over ``"mobilesign/v1 enrolment-ticket" || 0x00 || claims`` by the
 gateway's ticket key, which lives in the HSM. Single use is enforced by the cosigner, which
 consumes the ticket id in the same transaction that stores the new key.
 """
@@ -24,7 +24,7 @@ AUDIENCE = "cosigner"
 MAX_TICKET_BYTES = 2048
 #: Tolerated difference between the gateway's and the cosigner's clocks.
 CLOCK_SKEW_SECONDS = 60
-_DOMAIN = b"mobilesign/v1 enrollment-ticket\x00"
+_DOMAIN = b"mobilesign/v1 enrolment-ticket\x00"
 _TICKET_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
@@ -50,7 +50,7 @@ def signing_digest(claims: bytes) -> bytes:
 
 def encode(claims: Claims) -> bytes:
     """The claims' bytes, to be signed."""
-    return gateway_pb2.EnrollmentTicketClaims(
+    return gateway_pb2.EnrolmentTicketClaims(
         ticket_id=claims.ticket_id,
         user_id=claims.user_id,
         issued_at_unix=claims.issued_at,
@@ -61,7 +61,7 @@ def encode(claims: Claims) -> bytes:
 
 def assemble(claims: bytes, signature: bytes) -> bytes:
     """The ticket handed to the phone."""
-    return gateway_pb2.SignedEnrollmentTicket(claims=claims, signature=signature).SerializeToString(
+    return gateway_pb2.SignedEnrolmentTicket(claims=claims, signature=signature).SerializeToString(
         deterministic=True
     )
 
@@ -71,8 +71,8 @@ def verify(ticket: bytes, public_key: ec.EllipticCurvePublicKey, now: int) -> Cl
     if not ticket or len(ticket) > MAX_TICKET_BYTES:
         raise TicketError(Kind.INVALID, "TICKET_MALFORMED", "the enrolment ticket is malformed")
     try:
-        signed = gateway_pb2.SignedEnrollmentTicket.FromString(ticket)
-        claims = gateway_pb2.EnrollmentTicketClaims.FromString(signed.claims)
+        signed = gateway_pb2.SignedEnrolmentTicket.FromString(ticket)
+        claims = gateway_pb2.EnrolmentTicketClaims.FromString(signed.claims)
     except DecodeError:
         raise TicketError(
             Kind.INVALID, "TICKET_MALFORMED", "the enrolment ticket is malformed"

@@ -109,8 +109,8 @@ async def _phone(env: Loopback, index: int, key_id: str, trust: client.TrustAnch
         admin = gateway_pb2_grpc.AdminServiceStub(admin_channel)
         await admin.CreateUser(gateway_pb2.CreateUserRequest(user_id=user_id))
         ticket = (
-            await admin.IssueEnrollmentTicket(
-                gateway_pb2.IssueEnrollmentTicketRequest(user_id=user_id, ttl_seconds=600)
+            await admin.IssueEnrolmentTicket(
+                gateway_pb2.IssueEnrolmentTicketRequest(user_id=user_id, ttl_seconds=600)
             )
         ).ticket
         now = int(time.time())
@@ -128,7 +128,7 @@ async def _phone(env: Loopback, index: int, key_id: str, trust: client.TrustAnch
             )
         ).grant
     cosigner = env.channel(len(env.channels))
-    keystore = await client.enroll(cosigner, ticket, PIN)
+    keystore = await client.enrol(cosigner, ticket, PIN)
     signing = client.SigningSession(cosigner, keystore, PIN)
     await signing.open()
     gateway_channel = deployment.public_channel("gateway")

@@ -109,11 +109,11 @@ class Loopback:
     async def _enrol(self, i: int) -> client.Keystore:
         admin = gateway_pb2_grpc.AdminServiceStub(self._admin)
         user_id = self._user(i)
-        ticket = await admin.IssueEnrollmentTicket(
-            gateway_pb2.IssueEnrollmentTicketRequest(user_id=user_id, ttl_seconds=600)
+        ticket = await admin.IssueEnrolmentTicket(
+            gateway_pb2.IssueEnrolmentTicketRequest(user_id=user_id, ttl_seconds=600)
         )
         started = time.perf_counter()
-        keystore = await client.enroll(self.channel(i), ticket.ticket, PIN)
+        keystore = await client.enrol(self.channel(i), ticket.ticket, PIN)
         self.enrol_seconds.append(time.perf_counter() - started)
         return keystore
 

@@ -131,12 +131,12 @@ async def joint_signature(deployment: Deployment, out: Path) -> client.Keystore:
         await admin.CreateUser(
             gateway_pb2.CreateUserRequest(user_id="alice", display_name="Alice Martin")
         )
-        ticket = await admin.IssueEnrollmentTicket(
-            gateway_pb2.IssueEnrollmentTicketRequest(user_id="alice", ttl_seconds=600)
+        ticket = await admin.IssueEnrolmentTicket(
+            gateway_pb2.IssueEnrolmentTicketRequest(user_id="alice", ttl_seconds=600)
         )
     print(f"gateway issued enrolment ticket {ticket.ticket_id} for alice")
     async with deployment.public_channel("cosigner") as channel:
-        keystore = await client.enroll(channel, ticket.ticket, DEMO_PIN)
+        keystore = await client.enrol(channel, ticket.ticket, DEMO_PIN)
         print(f"joint key {keystore.key_id}: phone holds share 1, cosigner holds share 2")
         _step("Sign a message jointly (one round trip; PIN and device proven first)")
         message = b"hello from alice's phone\n"

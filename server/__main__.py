@@ -16,10 +16,10 @@ from mobilesign.v1 import gateway_pb2_grpc, hsm_pb2
 from server import admin, public
 from server import config as gateway_config
 from server.audit import AuditLog
-from server.ca_store import CaStore
+from server.ca_repository import CaStore
 from server.cosigner_client import CosignerClient
-from server.db import open_gateway_db
-from server.hsm import HsmClient, HsmSigner
+from server.database import open_gateway_db
+from server.hsm_proxy_client import HsmClient, HsmSigner
 from server.ledger import Ledger
 from server.operations import Operations
 from server.organisations import OrganisationStore

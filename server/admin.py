@@ -16,7 +16,7 @@ from mobilesign.errors import Kind
 from mobilesign.hosting import access
 from mobilesign.v1 import gateway_pb2, gateway_pb2_grpc, hsm_pb2
 from server.errors import GatewayError
-from server.hsm import HsmClient
+from server.hsm_proxy_client import HsmClient
 from server.operations import Operations, grant_message
 from server.organisations import OrganisationKey, OrganisationStore
 from server.registration import RegistrationAuthority
@@ -28,7 +28,7 @@ POLICY = access.AccessPolicy(
     {
         "CreateUser": frozenset({"admin"}),
         "GetUser": frozenset({"admin"}),
-        "IssueEnrollmentTicket": frozenset({"admin"}),
+        "IssueEnrolmentTicket": frozenset({"admin"}),
         # The cosigner verifies tickets with this key.
         "GetTicketKey": frozenset({"admin", "cosigner"}),
         "CreateOrganisation": frozenset({"admin"}),
@@ -115,9 +115,9 @@ class AdminServicer(gateway_pb2_grpc.AdminServiceServicer):
     ) -> gateway_pb2.GetUserResponse:
         return gateway_pb2.GetUserResponse(user=_user(await self._users.get(request.user_id)))
 
-    async def IssueEnrollmentTicket(
-        self, request: gateway_pb2.IssueEnrollmentTicketRequest, context: _Context
-    ) -> gateway_pb2.IssueEnrollmentTicketResponse:
+    async def IssueEnrolmentTicket(
+        self, request: gateway_pb2.IssueEnrolmentTicketRequest, context: _Context
+    ) -> gateway_pb2.IssueEnrolmentTicketResponse:
         ttl = request.ttl_seconds or self._default_ttl
         if not _MIN_TTL <= ttl <= _MAX_TTL:
             raise GatewayError(
@@ -136,7 +136,7 @@ class AdminServicer(gateway_pb2_grpc.AdminServiceServicer):
         await self._users.record_ticket(
             claims.ticket_id, claims.user_id, claims.issued_at, claims.expires_at
         )
-        return gateway_pb2.IssueEnrollmentTicketResponse(
+        return gateway_pb2.IssueEnrolmentTicketResponse(
             ticket=tickets.assemble(encoded, signature),
             ticket_id=claims.ticket_id,
             expires_at_unix=claims.expires_at,

@@ -17,7 +17,7 @@ from mobilesign import auditlog
 from mobilesign.errors import Kind
 from mobilesign.v1 import hsm_pb2
 from server.errors import GatewayError
-from server.hsm import HsmClient
+from server.hsm_proxy_client import HsmClient
 from server.ledger import Ledger
 
 

@@ -27,7 +27,7 @@ from mobilesign.v1 import gateway_pb2, hsm_pb2
 from server.audit import AuditLog
 from server.cosigner_client import CosignerClient
 from server.errors import GatewayError
-from server.hsm import HsmClient
+from server.hsm_proxy_client import HsmClient
 from server.ledger import GrantRow, Ledger, QuotaExceeded
 from server.organisations import OrganisationStore
 from server.sessions import Session

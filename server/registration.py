@@ -27,7 +27,7 @@ from mobilesign.errors import Kind
 from mobilesign.v1 import hsm_pb2
 from server.cosigner_client import CosignerClient
 from server.errors import GatewayError
-from server.hsm import HsmClient
+from server.hsm_proxy_client import HsmClient
 from server.organisations import OrganisationKey, OrganisationStore
 from server.users import UserStore
 
@@ -146,7 +146,7 @@ class RegistrationAuthority:
         if (
             enrolled is None
             or enrolled.user_id != claims.user_id
-            or enrolled.enrollment_ticket_id != claims.ticket_id
+            or enrolled.enrolment_ticket_id != claims.ticket_id
         ):
             raise _denied(
                 "KEY_NOT_ENROLLED", "the cosigner holds no share of this key for this ticket"

@@ -588,7 +588,7 @@ class GetKeyResponse(_message.Message):
     LOCKED_FIELD_NUMBER: _builtins.int
     FAILED_PIN_ATTEMPTS_FIELD_NUMBER: _builtins.int
     DEVICE_PUBLIC_KEY_FIELD_NUMBER: _builtins.int
-    ENROLLMENT_TICKET_ID_FIELD_NUMBER: _builtins.int
+    ENROLMENT_TICKET_ID_FIELD_NUMBER: _builtins.int
     ATTESTATION_FIELD_NUMBER: _builtins.int
     key_id: _builtins.str
     user_id: _builtins.str
@@ -596,7 +596,7 @@ class GetKeyResponse(_message.Message):
     locked: _builtins.bool
     failed_pin_attempts: _builtins.int
     device_public_key: _builtins.bytes
-    enrollment_ticket_id: _builtins.str
+    enrolment_ticket_id: _builtins.str
     """The enrolment ticket the key was created with."""
     attestation: _builtins.bytes
     """The cosigner's attestation that it holds a share of this key: sealed by the HSM proxy with
@@ -612,12 +612,12 @@ class GetKeyResponse(_message.Message):
         locked: _builtins.bool = ...,
         failed_pin_attempts: _builtins.int = ...,
         device_public_key: _builtins.bytes = ...,
-        enrollment_ticket_id: _builtins.str = ...,
+        enrolment_ticket_id: _builtins.str = ...,
         attestation: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attestation", b"attestation", "device_public_key", b"device_public_key", "enrollment_ticket_id", b"enrollment_ticket_id", "failed_pin_attempts", b"failed_pin_attempts", "key_id", b"key_id", "locked", b"locked", "scheme", b"scheme", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attestation", b"attestation", "device_public_key", b"device_public_key", "enrolment_ticket_id", b"enrolment_ticket_id", "failed_pin_attempts", b"failed_pin_attempts", "key_id", b"key_id", "locked", b"locked", "scheme", b"scheme", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

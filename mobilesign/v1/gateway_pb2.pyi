@@ -1463,8 +1463,8 @@ class GetUserResponse(_message.Message):
 Global___GetUserResponse: _TypeAlias = GetUserResponse  # noqa: Y015
 
 @_typing.final
-class IssueEnrollmentTicketRequest(_message.Message):
-    """IssueEnrollmentTicketRequest asks for a ticket for one user."""
+class IssueEnrolmentTicketRequest(_message.Message):
+    """IssueEnrolmentTicketRequest asks for a ticket for one user."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1485,11 +1485,11 @@ class IssueEnrollmentTicketRequest(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___IssueEnrollmentTicketRequest: _TypeAlias = IssueEnrollmentTicketRequest  # noqa: Y015
+Global___IssueEnrolmentTicketRequest: _TypeAlias = IssueEnrolmentTicketRequest  # noqa: Y015
 
 @_typing.final
-class IssueEnrollmentTicketResponse(_message.Message):
-    """IssueEnrollmentTicketResponse carries the ticket to hand to the user's phone."""
+class IssueEnrolmentTicketResponse(_message.Message):
+    """IssueEnrolmentTicketResponse carries the ticket to hand to the user's phone."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1497,7 +1497,7 @@ class IssueEnrollmentTicketResponse(_message.Message):
     TICKET_ID_FIELD_NUMBER: _builtins.int
     EXPIRES_AT_UNIX_FIELD_NUMBER: _builtins.int
     ticket: _builtins.bytes
-    """A serialized SignedEnrollmentTicket."""
+    """A serialized SignedEnrolmentTicket."""
     ticket_id: _builtins.str
     expires_at_unix: _builtins.int
     def __init__(
@@ -1513,11 +1513,11 @@ class IssueEnrollmentTicketResponse(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___IssueEnrollmentTicketResponse: _TypeAlias = IssueEnrollmentTicketResponse  # noqa: Y015
+Global___IssueEnrolmentTicketResponse: _TypeAlias = IssueEnrolmentTicketResponse  # noqa: Y015
 
 @_typing.final
-class EnrollmentTicketClaims(_message.Message):
-    """EnrollmentTicketClaims is what a ticket grants."""
+class EnrolmentTicketClaims(_message.Message):
+    """EnrolmentTicketClaims is what a ticket grants."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -1548,21 +1548,21 @@ class EnrollmentTicketClaims(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___EnrollmentTicketClaims: _TypeAlias = EnrollmentTicketClaims  # noqa: Y015
+Global___EnrolmentTicketClaims: _TypeAlias = EnrolmentTicketClaims  # noqa: Y015
 
 @_typing.final
-class SignedEnrollmentTicket(_message.Message):
-    """SignedEnrollmentTicket is the ticket as issued: claims bytes and the gateway's signature."""
+class SignedEnrolmentTicket(_message.Message):
+    """SignedEnrolmentTicket is the ticket as issued: claims bytes and the gateway's signature."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     CLAIMS_FIELD_NUMBER: _builtins.int
     SIGNATURE_FIELD_NUMBER: _builtins.int
     claims: _builtins.bytes
-    """A serialized EnrollmentTicketClaims; the signature covers exactly these bytes."""
+    """A serialized EnrolmentTicketClaims; the signature covers exactly these bytes."""
     signature: _builtins.bytes
     """ECDSA P-256 / SHA-256, DER, by the gateway's ticket key, over
-    "mobilesign/v1 enrollment-ticket" || 0x00 || claims.
+    "mobilesign/v1 enrolment-ticket" || 0x00 || claims.
     """
     def __init__(
         self,
@@ -1576,7 +1576,7 @@ class SignedEnrollmentTicket(_message.Message):
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___SignedEnrollmentTicket: _TypeAlias = SignedEnrollmentTicket  # noqa: Y015
+Global___SignedEnrolmentTicket: _TypeAlias = SignedEnrolmentTicket  # noqa: Y015
 
 @_typing.final
 class GetTicketKeyRequest(_message.Message):

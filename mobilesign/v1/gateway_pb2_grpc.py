@@ -46,10 +46,10 @@ class AdminServiceStub:
                 request_serializer=mobilesign_dot_v1_dot_gateway__pb2.GetUserRequest.SerializeToString,
                 response_deserializer=mobilesign_dot_v1_dot_gateway__pb2.GetUserResponse.FromString,
                 _registered_method=True)
-        self.IssueEnrollmentTicket = channel.unary_unary(
-                '/mobilesign.v1.AdminService/IssueEnrollmentTicket',
-                request_serializer=mobilesign_dot_v1_dot_gateway__pb2.IssueEnrollmentTicketRequest.SerializeToString,
-                response_deserializer=mobilesign_dot_v1_dot_gateway__pb2.IssueEnrollmentTicketResponse.FromString,
+        self.IssueEnrolmentTicket = channel.unary_unary(
+                '/mobilesign.v1.AdminService/IssueEnrolmentTicket',
+                request_serializer=mobilesign_dot_v1_dot_gateway__pb2.IssueEnrolmentTicketRequest.SerializeToString,
+                response_deserializer=mobilesign_dot_v1_dot_gateway__pb2.IssueEnrolmentTicketResponse.FromString,
                 _registered_method=True)
         self.GetTicketKey = channel.unary_unary(
                 '/mobilesign.v1.AdminService/GetTicketKey',
@@ -117,8 +117,8 @@ class AdminServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def IssueEnrollmentTicket(self, request, context):
-        """IssueEnrollmentTicket issues a single-use, expiring ticket, signed by the gateway's ticket
+    def IssueEnrolmentTicket(self, request, context):
+        """IssueEnrolmentTicket issues a single-use, expiring ticket, signed by the gateway's ticket
         key in the HSM, that lets the user's phone enrol one key with the cosigner.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -204,10 +204,10 @@ def add_AdminServiceServicer_to_server(servicer, server):
                     request_deserializer=mobilesign_dot_v1_dot_gateway__pb2.GetUserRequest.FromString,
                     response_serializer=mobilesign_dot_v1_dot_gateway__pb2.GetUserResponse.SerializeToString,
             ),
-            'IssueEnrollmentTicket': grpc.unary_unary_rpc_method_handler(
-                    servicer.IssueEnrollmentTicket,
-                    request_deserializer=mobilesign_dot_v1_dot_gateway__pb2.IssueEnrollmentTicketRequest.FromString,
-                    response_serializer=mobilesign_dot_v1_dot_gateway__pb2.IssueEnrollmentTicketResponse.SerializeToString,
+            'IssueEnrolmentTicket': grpc.unary_unary_rpc_method_handler(
+                    servicer.IssueEnrolmentTicket,
+                    request_deserializer=mobilesign_dot_v1_dot_gateway__pb2.IssueEnrolmentTicketRequest.FromString,
+                    response_serializer=mobilesign_dot_v1_dot_gateway__pb2.IssueEnrolmentTicketResponse.SerializeToString,
             ),
             'GetTicketKey': grpc.unary_unary_rpc_method_handler(
                     servicer.GetTicketKey,
@@ -322,7 +322,7 @@ class AdminService:
             _registered_method=True)
 
     @staticmethod
-    def IssueEnrollmentTicket(request,
+    def IssueEnrolmentTicket(request,
             target,
             options=(),
             channel_credentials=None,
@@ -335,9 +335,9 @@ class AdminService:
         return grpc.experimental.unary_unary(
             request,
             target,
-            '/mobilesign.v1.AdminService/IssueEnrollmentTicket',
-            mobilesign_dot_v1_dot_gateway__pb2.IssueEnrollmentTicketRequest.SerializeToString,
-            mobilesign_dot_v1_dot_gateway__pb2.IssueEnrollmentTicketResponse.FromString,
+            '/mobilesign.v1.AdminService/IssueEnrolmentTicket',
+            mobilesign_dot_v1_dot_gateway__pb2.IssueEnrolmentTicketRequest.SerializeToString,
+            mobilesign_dot_v1_dot_gateway__pb2.IssueEnrolmentTicketResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -39,8 +39,8 @@ class AdminServiceStub:
     """CreateUser registers a member of staff. User ids are unique."""
     GetUser: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.GetUserRequest, _gateway_pb2.GetUserResponse]
     """GetUser returns a registered user."""
-    IssueEnrollmentTicket: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.IssueEnrollmentTicketRequest, _gateway_pb2.IssueEnrollmentTicketResponse]
-    """IssueEnrollmentTicket issues a single-use, expiring ticket, signed by the gateway's ticket
+    IssueEnrolmentTicket: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.IssueEnrolmentTicketRequest, _gateway_pb2.IssueEnrolmentTicketResponse]
+    """IssueEnrolmentTicket issues a single-use, expiring ticket, signed by the gateway's ticket
     key in the HSM, that lets the user's phone enrol one key with the cosigner.
     """
     GetTicketKey: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.GetTicketKeyRequest, _gateway_pb2.GetTicketKeyResponse]
@@ -79,8 +79,8 @@ class AdminServiceAsyncStub(AdminServiceStub):
     """CreateUser registers a member of staff. User ids are unique."""
     GetUser: _aio.UnaryUnaryMultiCallable[_gateway_pb2.GetUserRequest, _gateway_pb2.GetUserResponse]  # type: ignore[assignment]
     """GetUser returns a registered user."""
-    IssueEnrollmentTicket: _aio.UnaryUnaryMultiCallable[_gateway_pb2.IssueEnrollmentTicketRequest, _gateway_pb2.IssueEnrollmentTicketResponse]  # type: ignore[assignment]
-    """IssueEnrollmentTicket issues a single-use, expiring ticket, signed by the gateway's ticket
+    IssueEnrolmentTicket: _aio.UnaryUnaryMultiCallable[_gateway_pb2.IssueEnrolmentTicketRequest, _gateway_pb2.IssueEnrolmentTicketResponse]  # type: ignore[assignment]
+    """IssueEnrolmentTicket issues a single-use, expiring ticket, signed by the gateway's ticket
     key in the HSM, that lets the user's phone enrol one key with the cosigner.
     """
     GetTicketKey: _aio.UnaryUnaryMultiCallable[_gateway_pb2.GetTicketKeyRequest, _gateway_pb2.GetTicketKeyResponse]  # type: ignore[assignment]
@@ -130,12 +130,12 @@ class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
         """GetUser returns a registered user."""
 
     @_abc_1.abstractmethod
-    def IssueEnrollmentTicket(
+    def IssueEnrolmentTicket(
         self,
-        request: _gateway_pb2.IssueEnrollmentTicketRequest,
+        request: _gateway_pb2.IssueEnrolmentTicketRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_gateway_pb2.IssueEnrollmentTicketResponse, _abc.Awaitable[_gateway_pb2.IssueEnrollmentTicketResponse]]:
-        """IssueEnrollmentTicket issues a single-use, expiring ticket, signed by the gateway's ticket
+    ) -> _typing.Union[_gateway_pb2.IssueEnrolmentTicketResponse, _abc.Awaitable[_gateway_pb2.IssueEnrolmentTicketResponse]]:
+        """IssueEnrolmentTicket issues a single-use, expiring ticket, signed by the gateway's ticket
         key in the HSM, that lets the user's phone enrol one key with the cosigner.
         """
 

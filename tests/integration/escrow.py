@@ -89,13 +89,13 @@ async def phone(deployment: Deployment, organisation: Organisation, name: str) -
     async with deployment.channel("gateway") as channel:
         await admin(channel).CreateUser(gateway_pb2.CreateUserRequest(user_id=user_id))
         ticket = (
-            await admin(channel).IssueEnrollmentTicket(
-                gateway_pb2.IssueEnrollmentTicketRequest(user_id=user_id)
+            await admin(channel).IssueEnrolmentTicket(
+                gateway_pb2.IssueEnrolmentTicketRequest(user_id=user_id)
             )
         ).ticket
     cosigner = deployment.public_channel("cosigner")
     gateway_channel = deployment.public_channel("gateway")
-    keystore = await client.enroll(cosigner, ticket, PIN)
+    keystore = await client.enrol(cosigner, ticket, PIN)
     signing = client.SigningSession(cosigner, keystore, PIN)
     await signing.open()
     certificates, _ = await client.request_personal_certificate(

@@ -207,8 +207,8 @@ async def _new_user(deployment: Deployment, prefix: str) -> tuple[str, bytes]:
     async with deployment.channel("gateway", "admin") as channel:
         admin = _admin(channel)
         await admin.CreateUser(gateway_pb2.CreateUserRequest(user_id=user_id, display_name="T"))
-        reply = await admin.IssueEnrollmentTicket(
-            gateway_pb2.IssueEnrollmentTicketRequest(user_id=user_id, ttl_seconds=600)
+        reply = await admin.IssueEnrolmentTicket(
+            gateway_pb2.IssueEnrolmentTicketRequest(user_id=user_id, ttl_seconds=600)
         )
     return user_id, reply.ticket
 
@@ -217,7 +217,7 @@ async def _enrol(deployment: Deployment, prefix: str) -> tuple[Keystore, bytes]:
     """A new user whose phone enrolled a joint key (no certificate yet), and the ticket."""
     _, ticket = await _new_user(deployment, prefix)
     async with deployment.public_channel("cosigner") as channel:
-        keystore = await sdk.enroll(channel, ticket, PIN)
+        keystore = await sdk.enrol(channel, ticket, PIN)
     return keystore, ticket
 
 
@@ -1097,7 +1097,7 @@ async def test_ticket_the_gateway_never_issued_yields_no_certificate(
     user_id = f"ghost-{secrets.token_hex(4)}"  # never registered with the gateway
     ticket = await _ticket_signed_in_hsm(deployment, user_id)
     async with deployment.public_channel("cosigner") as channel:
-        keystore = await sdk.enroll(channel, ticket, PIN)
+        keystore = await sdk.enrol(channel, ticket, PIN)
     issued = _issued(deployment)
     refusals = []
     async with (
@@ -1359,8 +1359,8 @@ async def test_callers_that_are_not_administrators_are_refused(
                 )
             ),
             admin.CreateUser(gateway_pb2.CreateUserRequest(user_id="intruder")),
-            admin.IssueEnrollmentTicket(
-                gateway_pb2.IssueEnrollmentTicketRequest(user_id=pki.alice.keystore.user_id)
+            admin.IssueEnrolmentTicket(
+                gateway_pb2.IssueEnrolmentTicketRequest(user_id=pki.alice.keystore.user_id)
             ),
         ]
         for call in calls:

@@ -59,15 +59,15 @@ async def test_enrol_sign_and_export_from_the_command_line(
     async with deployment.channel("gateway") as channel:
         admin = gateway_pb2_grpc.AdminServiceStub(channel)
         await admin.CreateUser(gateway_pb2.CreateUserRequest(user_id="carol"))
-        ticket = await admin.IssueEnrollmentTicket(
-            gateway_pb2.IssueEnrollmentTicketRequest(user_id="carol")
+        ticket = await admin.IssueEnrolmentTicket(
+            gateway_pb2.IssueEnrolmentTicketRequest(user_id="carol")
         )
     (tmp_path / "ticket.bin").write_bytes(ticket.ticket)
     keystore = tmp_path / "carol.keystore"
     enrolled = _cli(
         deployment,
         PIN,
-        "enroll",
+        "enrol",
         "--ticket",
         str(tmp_path / "ticket.bin"),
         "--keystore",
@@ -91,7 +91,7 @@ async def test_enrol_sign_and_export_from_the_command_line(
     again = _cli(
         deployment,
         PIN,
-        "enroll",
+        "enrol",
         "--ticket",
         str(tmp_path / "ticket.bin"),
         "--keystore",

@@ -69,14 +69,14 @@ async def test_users_and_tickets(deployment: Deployment) -> None:
             "USER_NOT_FOUND",
         )
         await _expect(
-            admin.IssueEnrollmentTicket(gateway_pb2.IssueEnrollmentTicketRequest(user_id="eve")),
+            admin.IssueEnrolmentTicket(gateway_pb2.IssueEnrolmentTicketRequest(user_id="eve")),
             Code.NOT_FOUND,
             "USER_NOT_FOUND",
         )
         for ttl in (59, 7 * 86_400 + 1):
             await _expect(
-                admin.IssueEnrollmentTicket(
-                    gateway_pb2.IssueEnrollmentTicketRequest(user_id="dora", ttl_seconds=ttl)
+                admin.IssueEnrolmentTicket(
+                    gateway_pb2.IssueEnrolmentTicketRequest(user_id="dora", ttl_seconds=ttl)
                 ),
                 Code.INVALID_ARGUMENT,
                 "TTL_OUT_OF_RANGE",

@@ -88,8 +88,8 @@ async def _new_ticket(deployment: Deployment) -> tuple[str, bytes]:
     async with deployment.channel("gateway", "admin") as channel:
         admin = gateway_pb2_grpc.AdminServiceStub(channel)
         await admin.CreateUser(gateway_pb2.CreateUserRequest(user_id=user_id, display_name="T"))
-        reply = await admin.IssueEnrollmentTicket(
-            gateway_pb2.IssueEnrollmentTicketRequest(user_id=user_id)
+        reply = await admin.IssueEnrolmentTicket(
+            gateway_pb2.IssueEnrolmentTicketRequest(user_id=user_id)
         )
     return user_id, reply.ticket
 
@@ -252,7 +252,7 @@ async def _enrol(deployment: Deployment, pin: str = PIN) -> Keystore:
     """A new user enrolled through the SDK over the cosigner's public listener."""
     _, ticket = await _new_ticket(deployment)
     async with deployment.public_channel("cosigner") as channel:
-        return await sdk.enroll(channel, ticket, pin)
+        return await sdk.enrol(channel, ticket, pin)
 
 
 @pytest.fixture
@@ -303,7 +303,7 @@ async def _enrols_afterwards(deployment: Deployment, user_id: str, ticket: bytes
     """Nothing was stored for the user, and the ticket still enrols exactly one key."""
     assert _keys_of(deployment, user_id) == 0
     async with deployment.public_channel("cosigner") as channel:
-        keystore = await sdk.enroll(channel, ticket, PIN)
+        keystore = await sdk.enrol(channel, ticket, PIN)
     assert keystore.user_id == user_id
     assert _keys_of(deployment, user_id) == 1
 
@@ -387,7 +387,7 @@ async def test_enrol_then_sign_100_messages_in_one_session(deployment: Deploymen
     device_key = _device_key()
     messages = [b""] + [f"service record {i}".encode() * (i % 7 + 1) for i in range(1, 100)]
     async with deployment.public_channel("cosigner") as channel:
-        keystore = await sdk.enroll(channel, ticket, PIN, device_key)
+        keystore = await sdk.enrol(channel, ticket, PIN, device_key)
         assert keystore.user_id == user_id
         assert keystore.key_id == keystore.group_public_key.hex()
         async with sdk.SigningSession(channel, keystore, PIN) as session:
@@ -425,7 +425,7 @@ async def _phone(deployment: Deployment, count: int) -> tuple[Keystore, list[byt
     _, ticket = await _new_ticket(deployment)
     messages = [secrets.token_bytes(48) for _ in range(count)]
     async with deployment.public_channel("cosigner") as channel:
-        keystore = await sdk.enroll(channel, ticket, PIN)
+        keystore = await sdk.enrol(channel, ticket, PIN)
         async with sdk.SigningSession(channel, keystore, PIN) as session:
             signatures = await session.sign_many(messages)
             assert await session.close() == count
@@ -500,14 +500,14 @@ async def test_shares_survive_cosigner_restart(deployment: Deployment, sig: int)
 async def test_used_ticket_is_refused(deployment: Deployment) -> None:
     user_id, ticket = await _new_ticket(deployment)
     async with deployment.public_channel("cosigner") as channel:
-        await sdk.enroll(channel, ticket, PIN)
+        await sdk.enrol(channel, ticket, PIN)
         call = _cosigner(channel).KeyGen()
         await _send(
             call, pb.KeyGenRequest(start=_start(ticket, twoparty.PhoneKeyGen(), _device_key()))
         )
         await _expect_status(call, Code.PERMISSION_DENIED, "TICKET_USED")
         with pytest.raises(ClientError) as info:
-            await sdk.enroll(channel, ticket, PIN)
+            await sdk.enrol(channel, ticket, PIN)
         assert info.value.reason == "TICKET_USED"
     assert _keys_of(deployment, user_id) == 1
 
@@ -516,7 +516,7 @@ async def test_concurrent_enrolments_with_one_ticket_store_one_key(deployment: D
     user_id, ticket = await _new_ticket(deployment)
     async with deployment.public_channel("cosigner") as channel:
         outcomes = await asyncio.gather(
-            *(sdk.enroll(channel, ticket, PIN) for _ in range(4)), return_exceptions=True
+            *(sdk.enrol(channel, ticket, PIN) for _ in range(4)), return_exceptions=True
         )
     enrolled = [o for o in outcomes if isinstance(o, Keystore)]
     refused = [o for o in outcomes if isinstance(o, ClientError)]
@@ -535,7 +535,7 @@ def _claims(**overrides: Any) -> bytes:
         "audience": tickets.AUDIENCE,
     }
     fields.update(overrides)
-    return gateway_pb2.EnrollmentTicketClaims(**fields).SerializeToString(deterministic=True)
+    return gateway_pb2.EnrolmentTicketClaims(**fields).SerializeToString(deterministic=True)
 
 
 @pytest.mark.parametrize(
@@ -566,7 +566,7 @@ async def test_correctly_signed_but_unacceptable_ticket(
 ) -> None:
     overrides = claims(int(time.time()))
     encoded = _claims(**overrides)
-    user_id = gateway_pb2.EnrollmentTicketClaims.FromString(encoded).user_id
+    user_id = gateway_pb2.EnrolmentTicketClaims.FromString(encoded).user_id
     ticket = await _hsm_signed(deployment, encoded)
     code = Code.INVALID_ARGUMENT if reason == "TICKET_MALFORMED" else Code.PERMISSION_DENIED
     async with deployment.public_channel("cosigner") as channel:
@@ -581,15 +581,15 @@ async def test_correctly_signed_but_unacceptable_ticket(
 
 def _resign_claims(ticket: bytes, **overrides: Any) -> bytes:
     """The ticket with some claims changed and the original signature kept."""
-    signed = gateway_pb2.SignedEnrollmentTicket.FromString(ticket)
-    claims = gateway_pb2.EnrollmentTicketClaims.FromString(signed.claims)
+    signed = gateway_pb2.SignedEnrolmentTicket.FromString(ticket)
+    claims = gateway_pb2.EnrolmentTicketClaims.FromString(signed.claims)
     for name, value in overrides.items():
         setattr(claims, name, value)
     return tickets.assemble(claims.SerializeToString(deterministic=True), signed.signature)
 
 
 def _flip_signature_bit(ticket: bytes) -> bytes:
-    signed = gateway_pb2.SignedEnrollmentTicket.FromString(ticket)
+    signed = gateway_pb2.SignedEnrolmentTicket.FromString(ticket)
     signature = bytearray(signed.signature)
     signature[-1] ^= 0x01  # the low bit of s: still DER, no longer a signature
     return tickets.assemble(signed.claims, bytes(signature))
@@ -600,9 +600,7 @@ def _flip_signature_bit(ticket: bytes) -> bytes:
     [
         pytest.param(_flip_signature_bit, Code.PERMISSION_DENIED, "TICKET_FORGED", id="sig-bit"),
         pytest.param(
-            lambda t: tickets.assemble(
-                gateway_pb2.SignedEnrollmentTicket.FromString(t).claims, b""
-            ),
+            lambda t: tickets.assemble(gateway_pb2.SignedEnrolmentTicket.FromString(t).claims, b""),
             Code.PERMISSION_DENIED,
             "TICKET_FORGED",
             id="no-signature",
@@ -653,7 +651,7 @@ async def test_forged_or_malformed_ticket(
 
 async def test_ticket_signed_by_another_hsm_key_is_forged(deployment: Deployment) -> None:
     user_id, ticket = await _new_ticket(deployment)
-    claims = gateway_pb2.SignedEnrollmentTicket.FromString(ticket).claims
+    claims = gateway_pb2.SignedEnrolmentTicket.FromString(ticket).claims
     forged = await _hsm_signed(deployment, claims, label="not-the-ticket-key")
     async with deployment.public_channel("cosigner") as channel:
         call = _cosigner(channel).KeyGen()
