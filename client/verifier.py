@@ -17,18 +17,15 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
+from client.errors import ClientError
 from mobilesign import auditlog, pkix, records
 from mobilesign.v1 import gateway_pb2
 
 RECEIPT_FORMAT = "mobilesign-receipt-v1"
 
 
-class VerificationFailed(Exception):
+class VerificationFailed(ClientError):
     """The receipt or proof does not verify; ``reason`` says which check failed."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(f"{reason}: {message}")
-        self.reason = reason
 
 
 @dataclass(frozen=True)

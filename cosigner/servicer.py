@@ -7,10 +7,10 @@ from typing import Any
 import grpc
 
 from cosigner import enrolment, signing
-from cosigner.context import Cosigner, check_key_id
+from cosigner.context import Cosigner
 from cosigner.errors import CosignerError
 from cosigner.stream import StepStream
-from mobilesign import records
+from mobilesign import ids, records
 from mobilesign.errors import Kind
 from mobilesign.hosting import access
 from mobilesign.rpc import wire
@@ -47,7 +47,7 @@ class CosignerServicer(cosigner_pb2_grpc.CosignerServiceServicer):
         await signing.sign(self._cosigner, StepStream(context, self._cosigner.step_timeout))
 
     async def GetKey(self, request: pb.GetKeyRequest, context: _Context) -> pb.GetKeyResponse:
-        check_key_id(request.key_id)
+        ids.USER_KEY_ID.check(request.key_id)
         key = await self._cosigner.store.get(request.key_id)
         if key is None:
             raise CosignerError(Kind.NOT_FOUND, "KEY_NOT_FOUND", "no such key")
@@ -67,7 +67,7 @@ class CosignerServicer(cosigner_pb2_grpc.CosignerServiceServicer):
     async def UnlockKey(
         self, request: pb.UnlockKeyRequest, context: _Context
     ) -> pb.UnlockKeyResponse:
-        check_key_id(request.key_id)
+        ids.USER_KEY_ID.check(request.key_id)
         if not await self._cosigner.store.unlock(request.key_id):
             raise CosignerError(Kind.NOT_FOUND, "KEY_NOT_FOUND", "no such key")
         return pb.UnlockKeyResponse()

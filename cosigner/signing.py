@@ -14,11 +14,11 @@ import logging
 import secrets
 import time
 
-from cosigner.context import Cosigner, check_key_id, key_package_aad, pin_verifier_aad
+from cosigner.context import Cosigner, key_package_aad, pin_verifier_aad
 from cosigner.errors import CosignerError
 from cosigner.repository import CommitmentReplayed, StoredKey
 from cosigner.stream import StepStream
-from mobilesign import deviceauth, twoparty
+from mobilesign import deviceauth, ids, twoparty
 from mobilesign.errors import Kind
 from mobilesign.rpc import wire
 from mobilesign.v1 import cosigner_pb2 as pb
@@ -35,21 +35,21 @@ def _replayed() -> CosignerError:
     )
 
 
-def _denied(reason: str, message: str) -> CosignerError:
-    return CosignerError(Kind.DENIED, reason, message)
-
-
 async def _key(cosigner: Cosigner, key_id: str, scheme: twoparty.Scheme) -> StoredKey:
-    check_key_id(key_id)
+    ids.USER_KEY_ID.check(key_id)
     key = await cosigner.store.get(key_id)
     if key is None:
         raise CosignerError(Kind.NOT_FOUND, "KEY_NOT_FOUND", "no such key")
     if key.scheme != scheme.value:
         raise CosignerError(Kind.INVALID, "SCHEME_MISMATCH", "the key has another scheme")
     if key.locked:
-        raise _denied("KEY_LOCKED", "the key is locked after repeated wrong PINs")
+        raise CosignerError(
+            Kind.DENIED, "KEY_LOCKED", "the key is locked after repeated wrong PINs"
+        )
     if await cosigner.gateway.key_revoked(key.key_id):
-        raise _denied("CERTIFICATE_REVOKED", "the key's certificate has been revoked")
+        raise CosignerError(
+            Kind.DENIED, "CERTIFICATE_REVOKED", "the key's certificate has been revoked"
+        )
     return key
 
 
@@ -63,7 +63,9 @@ async def _authenticate(
     device_key = deviceauth.load_device_key(key.device_public_key)
     # The device proof comes first: only the enrolled device may even try a PIN.
     if not deviceauth.verify(device_key, request.proof.device_signature, transcript):
-        raise _denied("DEVICE_PROOF_INVALID", "the device key did not sign the challenge")
+        raise CosignerError(
+            Kind.DENIED, "DEVICE_PROOF_INVALID", "the device key did not sign the challenge"
+        )
     verifier = await cosigner.sealer.unseal(key.sealed_pin_verifier, pin_verifier_aad(key.key_id))
     if not deviceauth.check_pin_proof(verifier, transcript, request.proof.pin_proof):
         failures, locked = await cosigner.store.record_pin_failure(
@@ -71,14 +73,18 @@ async def _authenticate(
         )
         _log.warning("wrong PIN", extra={"fields": {"key_id": key.key_id, "failures": failures}})
         if locked:
-            raise _denied("KEY_LOCKED", "wrong PIN; the key is now locked")
+            raise CosignerError(Kind.DENIED, "KEY_LOCKED", "wrong PIN; the key is now locked")
         left = cosigner.max_pin_attempts - failures
-        raise _denied("WRONG_PIN", f"wrong PIN; attempts left before the key locks: {left}")
+        raise CosignerError(
+            Kind.DENIED, "WRONG_PIN", f"wrong PIN; attempts left before the key locks: {left}"
+        )
     await cosigner.store.reset_pin_failures(key.key_id)
     # A concurrent session may have locked the key while this proof was checked.
     current = await cosigner.store.get(key.key_id)
     if current is None or current.locked:
-        raise _denied("KEY_LOCKED", "the key is locked after repeated wrong PINs")
+        raise CosignerError(
+            Kind.DENIED, "KEY_LOCKED", "the key is locked after repeated wrong PINs"
+        )
 
 
 async def sign(cosigner: Cosigner, stream: StepStream[pb.SignRequest, pb.SignResponse]) -> None:

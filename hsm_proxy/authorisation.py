@@ -39,10 +39,6 @@ KeyLister = Callable[[keys.Purpose], Awaitable[list[keys.KeyRecord]]]
 CosignerUnsealer = Callable[[bytes, bytes], Awaitable[bytes]]
 
 
-def _denied(reason: str, message: str) -> HsmProxyError:
-    return HsmProxyError(Kind.DENIED, reason, message)
-
-
 def _load(spki: bytes) -> object:
     return serialization.load_der_public_key(spki)
 
@@ -84,7 +80,11 @@ class AuthorisationChecker:
                 if isinstance(public, ec.EllipticCurvePublicKey):
                     self._authoriser_cache = public
                     return public
-        raise _denied("GATEWAY_AUTHORISATION_INVALID", "no gateway authorisation key in the token")
+        raise HsmProxyError(
+            Kind.DENIED,
+            "GATEWAY_AUTHORISATION_INVALID",
+            "no gateway authorisation key in the token",
+        )
 
     @staticmethod
     def _issued_by_one_of(
@@ -106,26 +106,32 @@ class AuthorisationChecker:
         try:
             certificate = x509.load_der_x509_certificate(der)
         except ValueError:
-            raise _denied(
-                "USER_CERTIFICATE_UNTRUSTED", "the user certificate is malformed"
+            raise HsmProxyError(
+                Kind.DENIED, "USER_CERTIFICATE_UNTRUSTED", "the user certificate is malformed"
             ) from None
         if not self._issued_by_one_of(certificate, self._ca_cache) and not self._issued_by_one_of(
             certificate, await self._ca_keys()
         ):
-            raise _denied(
-                "USER_CERTIFICATE_UNTRUSTED", "the user certificate is not from a CA in this token"
+            raise HsmProxyError(
+                Kind.DENIED,
+                "USER_CERTIFICATE_UNTRUSTED",
+                "the user certificate is not from a CA in this token",
             )
         now = datetime.datetime.now(datetime.UTC)
         if not certificate.not_valid_before_utc <= now < certificate.not_valid_after_utc:
-            raise _denied("USER_CERTIFICATE_EXPIRED", "the user certificate is not valid now")
+            raise HsmProxyError(
+                Kind.DENIED, "USER_CERTIFICATE_EXPIRED", "the user certificate is not valid now"
+            )
         try:
             usage = certificate.extensions.get_extension_for_class(x509.KeyUsage).value
         except x509.ExtensionNotFound:
-            raise _denied(
-                "USER_CERTIFICATE_UNTRUSTED", "the certificate has no key usage"
+            raise HsmProxyError(
+                Kind.DENIED, "USER_CERTIFICATE_UNTRUSTED", "the certificate has no key usage"
             ) from None
         if not (usage.digital_signature and usage.content_commitment):
-            raise _denied("USER_CERTIFICATE_UNTRUSTED", "the certificate does not allow signing")
+            raise HsmProxyError(
+                Kind.DENIED, "USER_CERTIFICATE_UNTRUSTED", "the certificate does not allow signing"
+            )
         return certificate
 
     async def _check_attestation(self, user_key_id: str, attestation: bytes) -> None:
@@ -138,8 +144,10 @@ class AuthorisationChecker:
                 raise  # e.g. the HSM queue is full: not the attestation's fault
             opened = b""
         if not hmac.compare_digest(opened, records.key_attestation(user_key_id)):
-            raise _denied(
-                "COSIGNER_ATTESTATION_INVALID", "the cosigner does not vouch for the user's key"
+            raise HsmProxyError(
+                Kind.DENIED,
+                "COSIGNER_ATTESTATION_INVALID",
+                "the cosigner does not vouch for the user's key",
             )
 
     async def check(
@@ -153,7 +161,9 @@ class AuthorisationChecker:
         for the first time. The record id is consumed (durably) only once every check passed;
         it is returned."""
         if not authorisation.record:
-            raise _denied("AUTHORISATION_REQUIRED", "organisation keys need a co-signed record")
+            raise HsmProxyError(
+                Kind.DENIED, "AUTHORISATION_REQUIRED", "organisation keys need a co-signed record"
+            )
         if any(
             len(f) > MAX_FIELD_BYTES
             for f in (
@@ -163,29 +173,43 @@ class AuthorisationChecker:
                 authorisation.gateway_signature,
             )
         ):
-            raise _denied("RECORD_MALFORMED", "an authorisation field is too large")
+            raise HsmProxyError(
+                Kind.DENIED, "RECORD_MALFORMED", "an authorisation field is too large"
+            )
         try:
             record = records.decode_record(authorisation.record)
         except records.RecordError:
-            raise _denied("RECORD_MALFORMED", "the service record is malformed") from None
+            raise HsmProxyError(
+                Kind.DENIED, "RECORD_MALFORMED", "the service record is malformed"
+            ) from None
         if record.organisation_key_id != key_id.hex():
-            raise _denied("RECORD_KEY_MISMATCH", "the record names another key")
+            raise HsmProxyError(Kind.DENIED, "RECORD_KEY_MISMATCH", "the record names another key")
         if record.operation is not operation:
-            raise _denied("RECORD_OPERATION_MISMATCH", "the record allows another operation")
+            raise HsmProxyError(
+                Kind.DENIED, "RECORD_OPERATION_MISMATCH", "the record allows another operation"
+            )
         if hashlib.sha256(data).digest() != record.input_sha256:
-            raise _denied("RECORD_INPUT_MISMATCH", "the record is for other data")
+            raise HsmProxyError(
+                Kind.DENIED, "RECORD_INPUT_MISMATCH", "the record is for other data"
+            )
         if abs(time.time() * 1000 - record.time_ms) > MAX_RECORD_AGE_SECONDS * 1000:
-            raise _denied("RECORD_STALE", "the record is too old or from the future")
+            raise HsmProxyError(
+                Kind.DENIED, "RECORD_STALE", "the record is too old or from the future"
+            )
         certificate = await self._certificate(authorisation.user_certificate)
         user_key = certificate.public_key()
         if not isinstance(user_key, ed25519.Ed25519PublicKey) or not records.names_certificate(
             record, certificate
         ):
-            raise _denied("RECORD_CERTIFICATE_MISMATCH", "the record names another certificate")
+            raise HsmProxyError(
+                Kind.DENIED, "RECORD_CERTIFICATE_MISMATCH", "the record names another certificate"
+            )
         try:
             user_key.verify(authorisation.user_signature, authorisation.record)
         except InvalidSignature:
-            raise _denied("USER_SIGNATURE_INVALID", "the user did not sign this record") from None
+            raise HsmProxyError(
+                Kind.DENIED, "USER_SIGNATURE_INVALID", "the user did not sign this record"
+            ) from None
         await self._check_attestation(record.user_key_id, authorisation.cosigner_attestation)
         try:
             (await self._authoriser()).verify(
@@ -194,11 +218,15 @@ class AuthorisationChecker:
                 ec.ECDSA(utils.Prehashed(hashes.SHA256())),
             )
         except InvalidSignature:
-            raise _denied(
-                "GATEWAY_AUTHORISATION_INVALID", "the gateway did not authorise this record"
+            raise HsmProxyError(
+                Kind.DENIED,
+                "GATEWAY_AUTHORISATION_INVALID",
+                "the gateway did not authorise this record",
             ) from None
         if not await self._used.consume(record.record_id, key_id.hex(), int(time.time())):
-            raise _denied("AUTHORISATION_REPLAYED", "this record was already used")
+            raise HsmProxyError(
+                Kind.DENIED, "AUTHORISATION_REPLAYED", "this record was already used"
+            )
         return record.record_id
 
     async def failed_before_use(self, record_id: str) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import enum
 import os
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TypeVar
@@ -26,9 +25,9 @@ from pkcs11.util.ec import encode_ec_public_key, encode_named_curve_parameters
 
 from hsm_proxy import oaep
 from hsm_proxy.errors import HsmProxyError
+from mobilesign import domains, ids
 from mobilesign.errors import Kind
 
-_LABEL = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _KEY_ID_BYTES = 16
 DIGEST_BYTES = 32
 MAX_SEAL_BYTES = 4096
@@ -74,24 +73,13 @@ class KeyRecord:
     spki: bytes
 
 
-def _invalid(reason: str, message: str) -> HsmProxyError:
-    return HsmProxyError(Kind.INVALID, reason, message)
-
-
 def parse_key_id(text: str) -> bytes:
-    """Decode a key id (32 hex digits) or refuse it."""
-    if len(text) != 2 * _KEY_ID_BYTES:
-        raise _invalid("MALFORMED_KEY_ID", "a key id is 32 hexadecimal digits")
-    try:
-        return bytes.fromhex(text)
-    except ValueError:
-        raise _invalid("MALFORMED_KEY_ID", "a key id is 32 hexadecimal digits") from None
-
-
-def check_label(label: str) -> None:
-    """Refuse labels outside 1 to 64 characters of ``[A-Za-z0-9._-]``."""
-    if not _LABEL.fullmatch(label):
-        raise _invalid("MALFORMED_LABEL", "a label is 1 to 64 characters of [A-Za-z0-9._-]")
+    """Decode a key id (32 lowercase hex digits, one spelling per key) or refuse it."""
+    return bytes.fromhex(
+        ids.ORGANISATION_KEY_ID.check(
+            text, reason="MALFORMED_KEY_ID", message="a key id is 32 hexadecimal digits"
+        )
+    )
 
 
 def _public_spki(public: PublicKey) -> tuple[Algorithm, bytes]:
@@ -128,7 +116,7 @@ def generate(
     session: pkcs11.Session, label: str, purpose: Purpose, algorithm: Algorithm
 ) -> KeyRecord:
     """Generate a non-extractable key pair in the token; labels are unique per purpose."""
-    check_label(label)
+    ids.KEY_LABEL.check(label)
     token_label = f"{purpose.value}:{label}"
     if any(True for _ in session.get_objects({Attribute.LABEL: token_label})):
         raise HsmProxyError(
@@ -221,7 +209,9 @@ def sign_digest(
     """Sign a SHA-256 digest with the key ``record`` describes; the mechanism must suit the key
     (checked before the token is)."""
     if len(digest) != DIGEST_BYTES:
-        raise _invalid("DIGEST_LENGTH", f"a SHA-256 digest is {DIGEST_BYTES} bytes")
+        raise HsmProxyError(
+            Kind.INVALID, "DIGEST_LENGTH", f"a SHA-256 digest is {DIGEST_BYTES} bytes"
+        )
     key_id = record.key_id
     is_ec = record.algorithm is Algorithm.EC_P256
     if is_ec != (mechanism is SignMechanism.ECDSA_SHA256):
@@ -258,7 +248,9 @@ def check_decryptable(record: KeyRecord, ciphertext: bytes) -> None:
         )
     size = 256 if record.algorithm is Algorithm.RSA_2048 else 384
     if len(ciphertext) != size:
-        raise _invalid("CIPHERTEXT_LENGTH", f"the ciphertext must be {size} bytes for this key")
+        raise HsmProxyError(
+            Kind.INVALID, "CIPHERTEXT_LENGTH", f"the ciphertext must be {size} bytes for this key"
+        )
 
 
 def decrypt_oaep(session: pkcs11.Session, record: KeyRecord, ciphertext: bytes) -> bytes:
@@ -267,7 +259,7 @@ def decrypt_oaep(session: pkcs11.Session, record: KeyRecord, ciphertext: bytes) 
     key_id = record.key_id
     size = len(ciphertext)
     private = _find(session, key_id, ObjectClass.PRIVATE_KEY, DecryptMixin)
-    failed = _invalid("DECRYPTION_FAILED", "the ciphertext does not decrypt")
+    failed = HsmProxyError(Kind.INVALID, "DECRYPTION_FAILED", "the ciphertext does not decrypt")
     if _native_oaep_sha256:
         try:
             return _output(
@@ -339,13 +331,15 @@ def _output(result: bytes | Iterator[bytes]) -> bytes:
 
 def _seal_aad(caller: str, associated_data: bytes) -> bytes:
     # Binds the blob to its owner as well as to the caller's context.
-    return b"mobilesign-seal-v1\x00" + caller.encode() + b"\x00" + associated_data
+    return domains.HSM_SEAL_AAD + caller.encode() + b"\x00" + associated_data
 
 
 def seal(session: pkcs11.Session, caller: str, plaintext: bytes, associated_data: bytes) -> bytes:
     """AES-256-GCM under the caller's sealing key: version || key id || IV || ciphertext+tag."""
     if not plaintext or len(plaintext) > MAX_SEAL_BYTES:
-        raise _invalid("PLAINTEXT_LENGTH", f"a sealed secret is 1 to {MAX_SEAL_BYTES} bytes")
+        raise HsmProxyError(
+            Kind.INVALID, "PLAINTEXT_LENGTH", f"a sealed secret is 1 to {MAX_SEAL_BYTES} bytes"
+        )
     key = _sealing_key(session, caller, create=True)
     if key is None:
         raise HsmProxyError(Kind.INTERNAL, "UNSUPPORTED_KEY", "no sealing key")
@@ -362,7 +356,7 @@ def seal(session: pkcs11.Session, caller: str, plaintext: bytes, associated_data
 def unseal(session: pkcs11.Session, caller: str, sealed: bytes, associated_data: bytes) -> bytes:
     """Open a blob made by :func:`seal` for the same caller and associated data."""
     header = 1 + _KEY_ID_BYTES + _GCM_IV_BYTES
-    refused = _invalid("SEALED_BLOB_INVALID", "the sealed blob does not open")
+    refused = HsmProxyError(Kind.INVALID, "SEALED_BLOB_INVALID", "the sealed blob does not open")
     if len(sealed) < header + _GCM_TAG_BYTES + 1 or sealed[:1] != _SEAL_VERSION:
         raise refused
     if len(sealed) > header + _GCM_TAG_BYTES + MAX_SEAL_BYTES:

@@ -18,7 +18,7 @@ from hsm_proxy import keys
 from hsm_proxy.authorisation import AuthorisationChecker
 from hsm_proxy.errors import HsmProxyError
 from hsm_proxy.token import PoolFull, SessionPool
-from mobilesign import pkix, records
+from mobilesign import ids, pkix, records
 from mobilesign.errors import Kind
 from mobilesign.hosting import access
 from mobilesign.v1 import hsm_pb2, hsm_pb2_grpc
@@ -182,7 +182,7 @@ class HsmServicer(hsm_pb2_grpc.HsmServiceServicer):
     async def GenerateKeyPair(
         self, request: hsm_pb2.GenerateKeyPairRequest, context: _Context
     ) -> hsm_pb2.GenerateKeyPairResponse:
-        keys.check_label(request.label)
+        ids.KEY_LABEL.check(request.label)
         purpose = _enum(_PURPOSES, request.purpose, "PURPOSE_REQUIRED", "a key purpose")
         algorithm = _enum(_ALGORITHMS, request.algorithm, "ALGORITHM_REQUIRED", "a key algorithm")
         async with self._generate_lock:

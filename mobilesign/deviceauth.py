@@ -20,6 +20,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from mobilesign import domains
 from mobilesign.errors import Error, Kind
 
 PIN_VERIFIER_BYTES = 32
@@ -28,12 +29,6 @@ PBKDF2_ITERATIONS = 200_000
 MIN_PIN_LENGTH = 4
 MAX_PIN_LENGTH = 64
 MAX_DEVICE_KEY_BYTES = 200
-
-_ENROL = b"mobilesign/v1 enrol\x00"
-_SESSION = b"mobilesign/v1 session\x00"
-_PIN_PROOF = b"mobilesign/v1 pin-proof\x00"
-_PIN_SALT = b"mobilesign/v1 pin-verifier\x00"
-_GATEWAY_SESSION = b"mobilesign/v1 gateway-session\x00"
 
 
 class DeviceKeyError(Error):
@@ -67,7 +62,7 @@ def pin_verifier(pin: str, device_spki: bytes) -> bytes:
     """The PIN verifier registered at enrolment (computed on the phone only)."""
     if not MIN_PIN_LENGTH <= len(pin) <= MAX_PIN_LENGTH:
         raise ValueError(f"a PIN has {MIN_PIN_LENGTH} to {MAX_PIN_LENGTH} characters")
-    salt = hashlib.sha256(_PIN_SALT + device_spki).digest()
+    salt = hashlib.sha256(domains.PIN_VERIFIER_SALT + device_spki).digest()
     return hashlib.pbkdf2_hmac(
         "sha256", pin.encode(), salt, PBKDF2_ITERATIONS, dklen=PIN_VERIFIER_BYTES
     )
@@ -76,7 +71,7 @@ def pin_verifier(pin: str, device_spki: bytes) -> bytes:
 def enrol_transcript(ticket: bytes, group_public_key: bytes, device_spki: bytes) -> bytes:
     """What the device key signs at the end of enrolment: it binds the device to the new key."""
     return (
-        _ENROL
+        domains.ENROL
         + hashlib.sha256(ticket).digest()
         + group_public_key
         + hashlib.sha256(device_spki).digest()
@@ -85,12 +80,12 @@ def enrol_transcript(ticket: bytes, group_public_key: bytes, device_spki: bytes)
 
 def session_transcript(key_id: bytes, challenge: bytes) -> bytes:
     """What the device key signs, and the PIN proof covers, when a signing session opens."""
-    return _SESSION + key_id + challenge
+    return domains.SESSION + key_id + challenge
 
 
 def gateway_session_transcript(key_id: bytes, challenge: bytes) -> bytes:
     """What the device key signs to open a session with the gateway."""
-    return _GATEWAY_SESSION + key_id + challenge
+    return domains.GATEWAY_SESSION + key_id + challenge
 
 
 def sign(device_key: ec.EllipticCurvePrivateKey, transcript: bytes) -> bytes:
@@ -109,7 +104,7 @@ def verify(device_key: ec.EllipticCurvePublicKey, signature: bytes, transcript: 
 
 def pin_proof(verifier: bytes, transcript: bytes) -> bytes:
     """HMAC-SHA256 under the PIN verifier over the session transcript."""
-    return hmac.new(verifier, _PIN_PROOF + transcript, hashlib.sha256).digest()
+    return hmac.new(verifier, domains.PIN_PROOF + transcript, hashlib.sha256).digest()
 
 
 def check_pin_proof(verifier: bytes, transcript: bytes, proof: bytes) -> bool:

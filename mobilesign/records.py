@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import enum
 import hashlib
-import re
 import struct
 from dataclasses import dataclass
 
@@ -26,14 +25,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.x509.oid import NameOID
 
+from mobilesign import domains
 from mobilesign.errors import Error, Kind
 
 RECORD_MAGIC = b"MSR1"
 ENTRY_MAGIC = b"MSL1"
 MAX_PURPOSE = 200
-_AUTHORISATION_DOMAIN = b"mobilesign/v1 authorisation\x00"
-_HEX32 = re.compile(r"^[0-9a-f]{32}$")
-_HEX64 = re.compile(r"^[0-9a-f]{64}$")
 
 
 class RecordError(Error):
@@ -225,18 +222,19 @@ def decode_entry(data: bytes) -> RecordEntry | OutcomeEntry:
     return entry
 
 
-KEY_ATTESTATION_AAD = b"mobilesign/v1 key-attestation"
+#: Associated data of the cosigner's sealed key attestation (see :func:`key_attestation`).
+KEY_ATTESTATION_AAD = domains.KEY_ATTESTATION_AAD
 
 
 def key_attestation(user_key_id: str) -> bytes:
     """The plaintext the cosigner seals to attest that it holds a share of ``user_key_id``."""
-    return b"mobilesign/v1 enrolled-key\x00" + bytes.fromhex(user_key_id)
+    return domains.ENROLLED_KEY + bytes.fromhex(user_key_id)
 
 
 def authorisation_digest(record: bytes, user_signature: bytes) -> bytes:
     """What the gateway's authorisation key signs (as a SHA-256 digest) for one record."""
     return hashlib.sha256(
-        _AUTHORISATION_DOMAIN
+        domains.AUTHORISATION
         + hashlib.sha256(record).digest()
         + hashlib.sha256(user_signature).digest()
     ).digest()
@@ -255,13 +253,3 @@ def names_certificate(record: ServiceRecord, certificate: x509.Certificate) -> b
         and format(certificate.serial_number, "x") == record.certificate_serial
         and names == [record.user_id]
     )
-
-
-def is_record_id(value: str) -> bool:
-    """True for 32 lowercase hex digits."""
-    return bool(_HEX32.fullmatch(value))
-
-
-def is_user_key_id(value: str) -> bool:
-    """True for 64 lowercase hex digits."""
-    return bool(_HEX64.fullmatch(value))

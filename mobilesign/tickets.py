@@ -9,7 +9,6 @@ consumes the ticket id in the same transaction that stores the new key.
 from __future__ import annotations
 
 import hashlib
-import re
 from dataclasses import dataclass
 
 from cryptography.exceptions import InvalidSignature
@@ -17,6 +16,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 from google.protobuf.message import DecodeError
 
+from mobilesign import domains, ids
 from mobilesign.errors import Error, Kind
 from mobilesign.v1 import gateway_pb2
 
@@ -24,8 +24,6 @@ AUDIENCE = "cosigner"
 MAX_TICKET_BYTES = 2048
 #: Tolerated difference between the gateway's and the cosigner's clocks.
 CLOCK_SKEW_SECONDS = 60
-_DOMAIN = b"mobilesign/v1 enrolment-ticket\x00"
-_TICKET_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 class TicketError(Error):
@@ -45,7 +43,7 @@ class Claims:
 
 def signing_digest(claims: bytes) -> bytes:
     """SHA-256 of the domain-separated claims: what the ticket key signs."""
-    return hashlib.sha256(_DOMAIN + claims).digest()
+    return hashlib.sha256(domains.ENROLMENT_TICKET + claims).digest()
 
 
 def encode(claims: Claims) -> bytes:
@@ -87,7 +85,7 @@ def verify(ticket: bytes, public_key: ec.EllipticCurvePublicKey, now: int) -> Cl
         raise TicketError(
             Kind.DENIED, "TICKET_FORGED", "the enrolment ticket's signature is invalid"
         ) from None
-    well_formed = _TICKET_ID.fullmatch(claims.ticket_id) and claims.user_id
+    well_formed = ids.TICKET_ID.matches(claims.ticket_id) and claims.user_id
     if claims.audience != AUDIENCE or not well_formed:
         raise TicketError(Kind.INVALID, "TICKET_MALFORMED", "the enrolment ticket is malformed")
     if not claims.issued_at_unix - CLOCK_SKEW_SECONDS <= now < claims.expires_at_unix:

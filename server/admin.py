@@ -2,22 +2,20 @@
 
 from __future__ import annotations
 
-import re
 import secrets
 import time
 from typing import Any
 
 import grpc
 
-from hsm_proxy.keys import check_label
-from mobilesign import records, tickets
+from mobilesign import ids, tickets
 from mobilesign.ca import CertificateAuthority
 from mobilesign.errors import Kind
 from mobilesign.hosting import access
 from mobilesign.v1 import gateway_pb2, gateway_pb2_grpc, hsm_pb2
 from server.errors import GatewayError
 from server.hsm_proxy_client import HsmClient
-from server.operations import Operations, grant_message
+from server.operations import Operations, grant_message, operation_name
 from server.organisations import OrganisationKey, OrganisationStore
 from server.registration import RegistrationAuthority
 from server.users import User, UserStore
@@ -56,18 +54,6 @@ _REASONS = {
     gateway_pb2.REVOCATION_REASON_CESSATION_OF_OPERATION: "cessation_of_operation",
     gateway_pb2.REVOCATION_REASON_PRIVILEGE_WITHDRAWN: "privilege_withdrawn",
 }
-_SERIAL = re.compile(r"^[0-9a-f]{1,40}$")
-
-
-def check_serial(serial: str) -> None:
-    """Refuse serials that are not lowercase hex of at most 20 octets."""
-    if not _SERIAL.fullmatch(serial):
-        raise GatewayError(
-            Kind.INVALID,
-            "MALFORMED_SERIAL",
-            "a serial is lowercase hex, at most 40 digits",
-        )
-
 
 _MIN_TTL = 60
 _MAX_TTL = 7 * 86_400
@@ -170,7 +156,7 @@ class AdminServicer(gateway_pb2_grpc.AdminServiceServicer):
                 "ALGORITHM_REQUIRED",
                 "a key algorithm is required",
             )
-        check_label(request.label)
+        ids.KEY_LABEL.check(request.label)
         key, issued, csr = await self._ra.create_organisation_key(
             request.organisation_id, request.label, algorithm
         )
@@ -195,7 +181,7 @@ class AdminServicer(gateway_pb2_grpc.AdminServiceServicer):
     async def RevokeCertificate(
         self, request: gateway_pb2.RevokeCertificateRequest, context: _Context
     ) -> gateway_pb2.RevokeCertificateResponse:
-        check_serial(request.serial)
+        ids.CERTIFICATE_SERIAL.check(request.serial)
         reason = _REASONS.get(request.reason)
         if reason is None:
             raise GatewayError(
@@ -210,11 +196,12 @@ class AdminServicer(gateway_pb2_grpc.AdminServiceServicer):
         self, request: gateway_pb2.GetKeyStatusRequest, context: _Context
     ) -> gateway_pb2.GetKeyStatusResponse:
         # A user key (the joint key, 64 hex digits) or an organisation key (HSM id, 32).
-        if not (records.is_user_key_id(request.key_id) or records.is_record_id(request.key_id)):
-            raise GatewayError(
-                Kind.INVALID,
-                "MALFORMED_KEY_ID",
-                "a key id is 64 (user key) or 32 (organisation key) hex digits",
+        if not (
+            ids.USER_KEY_ID.matches(request.key_id)
+            or ids.ORGANISATION_KEY_ID.matches(request.key_id)
+        ):
+            raise ids.IdError(
+                "MALFORMED_KEY_ID", "a key id is 64 (user key) or 32 (organisation key) hex digits"
             )
         current = await self._ca.current_for_key(request.key_id)
         return gateway_pb2.GetKeyStatusResponse(
@@ -225,7 +212,16 @@ class AdminServicer(gateway_pb2_grpc.AdminServiceServicer):
     async def CreateGrant(
         self, request: gateway_pb2.CreateGrantRequest, context: _Context
     ) -> gateway_pb2.CreateGrantResponse:
-        grant = await self._operations.create_grant(request)
+        grant = await self._operations.create_grant(
+            user_id=request.user_id,
+            key_id=request.key_id,
+            operations=[operation_name(op) for op in request.operations],
+            not_before=request.not_before_unix,
+            not_after=request.not_after_unix,
+            quota_total=request.quota_total,
+            quota_daily=request.quota_daily,
+            purpose=request.purpose,
+        )
         return gateway_pb2.CreateGrantResponse(grant=grant_message(grant))
 
     async def ListGrants(

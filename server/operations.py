@@ -14,13 +14,14 @@ import hashlib
 import secrets
 import time
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from mobilesign import records
+from mobilesign import ids, records
 from mobilesign.ca import CertificateAuthority
 from mobilesign.errors import Kind
 from mobilesign.v1 import gateway_pb2, hsm_pb2
@@ -45,12 +46,12 @@ _OPERATION_VALUES = {v: k for k, v in _OPERATION_NAMES.items()}
 _RETRYABLE = frozenset({Kind.EXHAUSTED, Kind.UNAVAILABLE})
 
 
-def _denied(reason: str, message: str) -> GatewayError:
-    return GatewayError(Kind.DENIED, reason, message)
-
-
-def _invalid(reason: str, message: str) -> GatewayError:
-    return GatewayError(Kind.INVALID, reason, message)
+def operation_name(value: int) -> str:
+    """The operation an API enum value names (``sign`` or ``decrypt``); INVALID otherwise."""
+    name = _OPERATION_NAMES.get(gateway_pb2.Operation.ValueType(value))
+    if name is None:
+        raise GatewayError(Kind.INVALID, "OPERATION_INVALID", "unknown operation")
+    return name
 
 
 def grant_message(grant: GrantRow) -> gateway_pb2.Grant:
@@ -115,44 +116,57 @@ class Operations:
         return self._ledger
 
     # Grants ------------------------------------------------------------------------------
-    async def create_grant(self, request: gateway_pb2.CreateGrantRequest) -> GrantRow:
-        """Check and store a new grant."""
-        await self._users.get(request.user_id)
-        key = await self._organisations.key(request.key_id)
+    async def create_grant(
+        self,
+        *,
+        user_id: str,
+        key_id: str,
+        operations: Sequence[str],
+        not_before: int,
+        not_after: int,
+        quota_total: int,
+        quota_daily: int,
+        purpose: str,
+    ) -> GrantRow:
+        """Check and store a new grant (operations named as by :func:`operation_name`)."""
+        await self._users.get(user_id)
+        key = await self._organisations.key(key_id)
         if key is None:
             raise GatewayError(
                 Kind.NOT_FOUND, "ORGANISATION_KEY_NOT_FOUND", "no such organisation key"
             )
         names = []
-        for operation in request.operations:
-            name = _OPERATION_NAMES.get(operation)
-            if name is None:
-                raise _invalid("OPERATION_INVALID", "unknown operation")
+        for name in operations:
+            if name not in _OPERATION_VALUES:
+                raise GatewayError(Kind.INVALID, "OPERATION_INVALID", "unknown operation")
             if name == "decrypt" and key.algorithm == hsm_pb2.KEY_ALGORITHM_EC_P256:
-                raise _invalid("OPERATION_INVALID", "EC organisation keys do not decrypt")
+                raise GatewayError(
+                    Kind.INVALID, "OPERATION_INVALID", "EC organisation keys do not decrypt"
+                )
             if name not in names:
                 names.append(name)
         if not names:
-            raise _invalid("OPERATION_INVALID", "a grant allows at least one operation")
-        if not 0 <= request.not_before_unix < request.not_after_unix:
-            raise _invalid("WINDOW_INVALID", "the validity window is empty")
-        if not (
-            0 < request.quota_daily <= MAX_GRANT_QUOTA
-            and 0 < request.quota_total <= MAX_GRANT_QUOTA
-        ):
-            raise _invalid("QUOTA_INVALID", f"quotas are 1 to {MAX_GRANT_QUOTA}")
-        if len(request.purpose) > records.MAX_PURPOSE:
-            raise _invalid("PURPOSE_TOO_LONG", f"at most {records.MAX_PURPOSE} characters")
+            raise GatewayError(
+                Kind.INVALID, "OPERATION_INVALID", "a grant allows at least one operation"
+            )
+        if not 0 <= not_before < not_after:
+            raise GatewayError(Kind.INVALID, "WINDOW_INVALID", "the validity window is empty")
+        if not (0 < quota_daily <= MAX_GRANT_QUOTA and 0 < quota_total <= MAX_GRANT_QUOTA):
+            raise GatewayError(Kind.INVALID, "QUOTA_INVALID", f"quotas are 1 to {MAX_GRANT_QUOTA}")
+        if len(purpose) > records.MAX_PURPOSE:
+            raise GatewayError(
+                Kind.INVALID, "PURPOSE_TOO_LONG", f"at most {records.MAX_PURPOSE} characters"
+            )
         grant = GrantRow(
             grant_id=secrets.token_hex(16),
-            user_id=request.user_id,
-            key_id=request.key_id,
+            user_id=user_id,
+            key_id=key_id,
             operations=tuple(names),
-            not_before=request.not_before_unix,
-            not_after=request.not_after_unix,
-            quota_total=request.quota_total,
-            quota_daily=request.quota_daily,
-            purpose=request.purpose,
+            not_before=not_before,
+            not_after=not_after,
+            quota_total=quota_total,
+            quota_daily=quota_daily,
+            purpose=purpose,
             revoked=False,
             used_total=0,
             used_today=0,
@@ -161,33 +175,38 @@ class Operations:
         return grant
 
     async def _usable_grant(self, grant_id: str, session: Session, operation: str) -> GrantRow:
-        grant = await self._ledger.grant(grant_id) if records.is_record_id(grant_id) else None
+        grant = await self._ledger.grant(grant_id) if ids.GRANT_ID.matches(grant_id) else None
         if grant is None or grant.user_id != session.user_id:
-            raise _denied("NO_GRANT", "the user has no such grant")
+            raise GatewayError(Kind.DENIED, "NO_GRANT", "the user has no such grant")
         if grant.revoked:
-            raise _denied("GRANT_REVOKED", "the grant has been revoked")
+            raise GatewayError(Kind.DENIED, "GRANT_REVOKED", "the grant has been revoked")
         now = time.time()
         if now < grant.not_before:
-            raise _denied("GRANT_NOT_YET_VALID", "the grant is not valid yet")
+            raise GatewayError(Kind.DENIED, "GRANT_NOT_YET_VALID", "the grant is not valid yet")
         if now >= grant.not_after:
-            raise _denied("GRANT_EXPIRED", "the grant has expired")
+            raise GatewayError(Kind.DENIED, "GRANT_EXPIRED", "the grant has expired")
         if operation not in grant.operations:
-            raise _denied("OPERATION_NOT_GRANTED", "the grant does not allow this operation")
+            raise GatewayError(
+                Kind.DENIED, "OPERATION_NOT_GRANTED", "the grant does not allow this operation"
+            )
         if grant.used_total >= grant.quota_total or grant.used_today >= grant.quota_daily:
             raise GatewayError(Kind.EXHAUSTED, "QUOTA_EXCEEDED", "the grant's quota is used up")
         return grant
 
     # Prepare -----------------------------------------------------------------------------
     async def prepare(
-        self, session: Session, request: gateway_pb2.PrepareOperationRequest
+        self, session: Session, *, grant_id: str, operation: str, data: bytes, purpose: str
     ) -> tuple[str, bytes]:
-        """Check the grant and fix the record's bytes; returns (record id, record)."""
-        name = _OPERATION_NAMES.get(request.operation)
-        if name is None:
-            raise _invalid("OPERATION_INVALID", "unknown operation")
-        if len(request.purpose) > records.MAX_PURPOSE:
-            raise _invalid("PURPOSE_TOO_LONG", f"at most {records.MAX_PURPOSE} characters")
-        grant = await self._usable_grant(request.grant_id, session, name)
+        """Check the grant and fix the record's bytes for ``operation`` (``sign`` or
+        ``decrypt``) on ``data``; returns (record id, record)."""
+        name = operation
+        if name not in _OPERATION_VALUES:
+            raise GatewayError(Kind.INVALID, "OPERATION_INVALID", "unknown operation")
+        if len(purpose) > records.MAX_PURPOSE:
+            raise GatewayError(
+                Kind.INVALID, "PURPOSE_TOO_LONG", f"at most {records.MAX_PURPOSE} characters"
+            )
+        grant = await self._usable_grant(grant_id, session, name)
         key = await self._organisations.key(grant.key_id)
         organisation_certificate = await self._ca.current_for_key(grant.key_id)
         if key is None or organisation_certificate is None:
@@ -199,18 +218,20 @@ class Operations:
                 "the organisation certificate has been revoked",
             )
         if name == "sign":
-            if len(request.input) != 32:
-                raise _invalid("INPUT_INVALID", "sign a 32-byte SHA-256 digest")
-            operation = (
+            if len(data) != 32:
+                raise GatewayError(Kind.INVALID, "INPUT_INVALID", "sign a 32-byte SHA-256 digest")
+            record_operation = (
                 records.Operation.SIGN_ECDSA_SHA256
                 if key.algorithm == hsm_pb2.KEY_ALGORITHM_EC_P256
                 else records.Operation.SIGN_RSA_PSS_SHA256
             )
         else:
             size = 256 if key.algorithm == hsm_pb2.KEY_ALGORITHM_RSA_2048 else 384
-            if len(request.input) != size:
-                raise _invalid("INPUT_INVALID", f"the ciphertext must be {size} bytes")
-            operation = records.Operation.DECRYPT_RSA_OAEP_SHA256
+            if len(data) != size:
+                raise GatewayError(
+                    Kind.INVALID, "INPUT_INVALID", f"the ciphertext must be {size} bytes"
+                )
+            record_operation = records.Operation.DECRYPT_RSA_OAEP_SHA256
         record = records.ServiceRecord(
             record_id=secrets.token_hex(16),
             user_id=session.user_id,
@@ -218,9 +239,9 @@ class Operations:
             certificate_serial=session.certificate.serial,
             organisation_key_id=grant.key_id,
             organisation_certificate_sha256=hashlib.sha256(organisation_certificate.der).digest(),
-            operation=operation,
-            input_sha256=hashlib.sha256(request.input).digest(),
-            purpose=request.purpose or grant.purpose,
+            operation=record_operation,
+            input_sha256=hashlib.sha256(data).digest(),
+            purpose=purpose or grant.purpose,
             grant_id=grant.grant_id,
             time_ms=int(time.time() * 1000),
             gateway_nonce=secrets.token_bytes(16),
@@ -233,24 +254,26 @@ class Operations:
 
     # Execute -----------------------------------------------------------------------------
     async def execute(
-        self, session: Session, request: gateway_pb2.ExecuteOperationRequest
+        self, session: Session, *, record_id: str, data: bytes, user_signature: bytes
     ) -> Executed:
-        """Verify, log, execute, log the outcome, and return the result with a receipt."""
-        if not records.is_record_id(request.record_id):
-            raise _invalid("MALFORMED_RECORD_ID", "a record id is 32 hex digits")
-        lock = self._record_locks.setdefault(request.record_id, asyncio.Lock())
+        """Verify the user's ``user_signature`` on the prepared record ``record_id``, log it,
+        execute it on ``data``, log the outcome, and return the result with a receipt."""
+        ids.RECORD_ID.check(record_id)
+        lock = self._record_locks.setdefault(record_id, asyncio.Lock())
         async with lock:
-            return await self._execute(session, request)
+            return await self._execute(session, record_id, data, user_signature)
 
     async def _execute(
-        self, session: Session, request: gateway_pb2.ExecuteOperationRequest
+        self, session: Session, record_id: str, data: bytes, user_signature: bytes
     ) -> Executed:
-        row = await self._ledger.record(request.record_id)
+        row = await self._ledger.record(record_id)
         if row is None or row.user_key_id != session.user_key_id:
             raise GatewayError(Kind.NOT_FOUND, "RECORD_NOT_FOUND", "no such record")
         record = records.decode_record(row.record)
-        if hashlib.sha256(request.input).digest() != record.input_sha256:
-            raise _invalid("INPUT_MISMATCH", "the input is not the one in the record")
+        if hashlib.sha256(data).digest() != record.input_sha256:
+            raise GatewayError(
+                Kind.INVALID, "INPUT_MISMATCH", "the input is not the one in the record"
+            )
         if row.state == "done":
             if row.result is None or row.entry_index is None or row.user_signature is None:
                 raise GatewayError(
@@ -271,8 +294,8 @@ class Operations:
             # The authorisation is signed while the record is logged: it only ever reaches the
             # HSM proxy once the record is in the log.
             entry_index, authorisation = await asyncio.gather(
-                self._log(session, row.grant_id, record, row.record, request),
-                self._authorisation(row.record, request.user_signature, session),
+                self._log(session, row.grant_id, record, row.record, user_signature),
+                self._authorisation(row.record, user_signature, session),
             )
         else:  # logged before a crash, not yet executed: carry on
             assert row.entry_index is not None
@@ -281,7 +304,7 @@ class Operations:
             authorisation = await self._authorisation(row.record, row.user_signature, session)
         # The receipt's checkpoint already covers the record entry: sign it meanwhile.
         result, receipt = await asyncio.gather(
-            self._run(record, authorisation, request.input),
+            self._run(record, authorisation, data),
             self._receipt(row.record, authorisation.user_signature, entry_index),
         )
         return Executed(result, receipt)
@@ -292,24 +315,26 @@ class Operations:
         grant_id: str,
         record: records.ServiceRecord,
         encoded: bytes,
-        request: gateway_pb2.ExecuteOperationRequest,
+        user_signature: bytes,
     ) -> int:
         if time.time() * 1000 - record.time_ms > RECORD_LIFETIME_SECONDS * 1000:
             raise GatewayError(Kind.PRECONDITION, "RECORD_EXPIRED", "prepare the operation again")
         user_key = x509.load_der_x509_certificate(session.certificate.der).public_key()
         assert isinstance(user_key, ed25519.Ed25519PublicKey)
         try:
-            user_key.verify(request.user_signature, encoded)
+            user_key.verify(user_signature, encoded)
         except InvalidSignature:
-            raise _denied(
-                "USER_SIGNATURE_INVALID", "the signature on the record is not the user's"
+            raise GatewayError(
+                Kind.DENIED,
+                "USER_SIGNATURE_INVALID",
+                "the signature on the record is not the user's",
             ) from None
         name = "sign" if record.operation.is_sign else "decrypt"
         await self._usable_grant(grant_id, session, name)
-        entry = records.RecordEntry(encoded, request.user_signature).encode()
+        entry = records.RecordEntry(encoded, user_signature).encode()
         try:
             index = await self._ledger.log_use(
-                record.record_id, grant_id, entry, request.user_signature, time.time()
+                record.record_id, grant_id, entry, user_signature, time.time()
             )
         except QuotaExceeded:
             # Say which: revoked or expired meanwhile, or the quota.
@@ -331,7 +356,9 @@ class Operations:
         if attestation is None:
             key = await self._cosigner.key(session.user_key_id)
             if key is None:
-                raise _denied("KEY_NOT_ENROLLED", "the cosigner holds no share of this key")
+                raise GatewayError(
+                    Kind.DENIED, "KEY_NOT_ENROLLED", "the cosigner holds no share of this key"
+                )
             attestation = self._attestations[session.user_key_id] = key.attestation
         return hsm_pb2.OrganisationKeyAuthorisation(
             record=encoded,

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import re
 import sqlite3
 from dataclasses import dataclass
 
 import aiosqlite
 
+from mobilesign import ids
 from mobilesign.errors import Kind
 from server.errors import GatewayError
 
-_ORGANISATION_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _MAX_NAME = 64  # RFC 5280 ub-organization-name
 
 
@@ -45,12 +44,7 @@ class OrganisationStore:
 
     async def create(self, organisation_id: str, name: str, now: int) -> Organisation:
         """Register an organisation; ALREADY_EXISTS if the id is taken."""
-        if not _ORGANISATION_ID.fullmatch(organisation_id):
-            raise GatewayError(
-                Kind.INVALID,
-                "MALFORMED_ORGANISATION_ID",
-                "an organisation id is 1 to 64 characters of [A-Za-z0-9._-]",
-            )
+        ids.ORGANISATION_ID.check(organisation_id)
         if not name or len(name) > _MAX_NAME:
             raise GatewayError(
                 Kind.INVALID,

@@ -7,14 +7,14 @@ from typing import Any
 
 import grpc
 
+from mobilesign import ids
 from mobilesign.ca import CertificateAuthority, Status
 from mobilesign.errors import Kind
 from mobilesign.hosting import access
 from mobilesign.v1 import gateway_pb2, gateway_pb2_grpc
-from server.admin import check_serial
 from server.audit import AuditLog
 from server.errors import GatewayError
-from server.operations import Operations, grant_message
+from server.operations import Operations, grant_message, operation_name
 from server.registration import RegistrationAuthority
 from server.sessions import Sessions
 
@@ -103,7 +103,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     async def GetCertificateStatus(
         self, request: gateway_pb2.GetCertificateStatusRequest, context: _Context
     ) -> gateway_pb2.GetCertificateStatusResponse:
-        check_serial(request.serial)
+        ids.CERTIFICATE_SERIAL.check(request.serial)
         status, record = await self._ca.status(request.serial)
         if status is Status.UNKNOWN:
             return gateway_pb2.GetCertificateStatusResponse(
@@ -147,14 +147,25 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self, request: gateway_pb2.PrepareOperationRequest, context: _Context
     ) -> gateway_pb2.PrepareOperationResponse:
         session = await self._sessions.authenticate(context)
-        record_id, record = await self._operations.prepare(session, request)
+        record_id, record = await self._operations.prepare(
+            session,
+            grant_id=request.grant_id,
+            operation=operation_name(request.operation),
+            data=request.input,
+            purpose=request.purpose,
+        )
         return gateway_pb2.PrepareOperationResponse(record_id=record_id, record=record)
 
     async def ExecuteOperation(
         self, request: gateway_pb2.ExecuteOperationRequest, context: _Context
     ) -> gateway_pb2.ExecuteOperationResponse:
         session = await self._sessions.authenticate(context)
-        executed = await self._operations.execute(session, request)
+        executed = await self._operations.execute(
+            session,
+            record_id=request.record_id,
+            data=request.input,
+            user_signature=request.user_signature,
+        )
         return gateway_pb2.ExecuteOperationResponse(
             result=executed.result, receipt=executed.receipt
         )

@@ -34,10 +34,6 @@ from server.users import UserStore
 MAX_CSR_BYTES = 4096
 
 
-def _denied(reason: str, message: str) -> GatewayError:
-    return GatewayError(Kind.DENIED, reason, message)
-
-
 def _spki(key: x509.Certificate | x509.CertificateSigningRequest) -> bytes:
     return key.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -138,7 +134,9 @@ class RegistrationAuthority:
         claims = await self._ticket(ticket)
         expected = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, claims.user_id)])
         if csr.subject != expected:
-            raise _denied("SUBJECT_MISMATCH", "the CSR subject must be CN=<the ticket's user>")
+            raise GatewayError(
+                Kind.DENIED, "SUBJECT_MISMATCH", "the CSR subject must be CN=<the ticket's user>"
+            )
         key_id = public.public_bytes(
             serialization.Encoding.Raw, serialization.PublicFormat.Raw
         ).hex()
@@ -148,16 +146,22 @@ class RegistrationAuthority:
             or enrolled.user_id != claims.user_id
             or enrolled.enrolment_ticket_id != claims.ticket_id
         ):
-            raise _denied(
-                "KEY_NOT_ENROLLED", "the cosigner holds no share of this key for this ticket"
+            raise GatewayError(
+                Kind.DENIED,
+                "KEY_NOT_ENROLLED",
+                "the cosigner holds no share of this key for this ticket",
             )
         async with self._personal_lock:
             state = await self._users.ticket_state(claims.ticket_id)
             # A validly signed ticket the gateway has no record of was not issued through it.
             if state is None or state.user_id != claims.user_id:
-                raise _denied("TICKET_UNKNOWN", "the gateway did not issue this ticket")
+                raise GatewayError(
+                    Kind.DENIED, "TICKET_UNKNOWN", "the gateway did not issue this ticket"
+                )
             if state.certificate_serial is not None:
-                raise _denied("TICKET_USED", "a certificate was already issued for this ticket")
+                raise GatewayError(
+                    Kind.DENIED, "TICKET_USED", "a certificate was already issued for this ticket"
+                )
             issued = await self._ca.issue_personal(
                 user_id=claims.user_id, key_id=key_id, spki=_spki(csr)
             )

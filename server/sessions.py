@@ -17,7 +17,7 @@ import aiosqlite
 import grpc
 from cryptography import x509
 
-from mobilesign import deviceauth, records
+from mobilesign import deviceauth, ids
 from mobilesign.ca import CertificateAuthority, CertificateRecord
 from mobilesign.errors import Kind
 from server.cosigner_client import CosignerClient
@@ -26,10 +26,6 @@ from server.errors import GatewayError
 CHALLENGE_SECONDS = 60
 SESSION_SECONDS = 900
 _MAX_CHALLENGES = 10_000
-
-
-def _unauthenticated(reason: str, message: str) -> GatewayError:
-    return GatewayError(Kind.UNAUTHENTICATED, reason, message)
 
 
 @dataclass(frozen=True)
@@ -79,8 +75,7 @@ class Sessions:
 
     def challenge(self, user_key_id: str) -> bytes:
         """A fresh single-use challenge for ``user_key_id``."""
-        if not records.is_user_key_id(user_key_id):
-            raise GatewayError(Kind.INVALID, "MALFORMED_KEY_ID", "a key id is 64 hex digits")
+        ids.USER_KEY_ID.check(user_key_id)
         now = time.monotonic()
         self._challenges = {k: t for k, t in self._challenges.items() if t > now}
         if len(self._challenges) >= _MAX_CHALLENGES:
@@ -95,14 +90,18 @@ class Sessions:
         """Check the device's answer; return (token, expiry, user id)."""
         expiry = self._challenges.pop((user_key_id, challenge), None)
         if expiry is None or expiry < time.monotonic():
-            raise _unauthenticated("CHALLENGE_INVALID", "unknown, used or expired challenge")
+            raise GatewayError(
+                Kind.UNAUTHENTICATED, "CHALLENGE_INVALID", "unknown, used or expired challenge"
+            )
         key = await self._cosigner.key(user_key_id)
         if key is None:
-            raise _unauthenticated("KEY_NOT_ENROLLED", "no such enrolled key")
+            raise GatewayError(Kind.UNAUTHENTICATED, "KEY_NOT_ENROLLED", "no such enrolled key")
         transcript = deviceauth.gateway_session_transcript(bytes.fromhex(user_key_id), challenge)
         device_key = deviceauth.load_device_key(key.device_public_key)
         if not deviceauth.verify(device_key, device_signature, transcript):
-            raise _unauthenticated("DEVICE_PROOF_INVALID", "the device key did not sign")
+            raise GatewayError(
+                Kind.UNAUTHENTICATED, "DEVICE_PROOF_INVALID", "the device key did not sign"
+            )
         await self.certificate(user_key_id)
         token = secrets.token_urlsafe(32)
         now = int(time.time())
@@ -122,13 +121,17 @@ class Sessions:
             if key == "authorization" and isinstance(value, str) and value.startswith("Bearer "):
                 token = value[len("Bearer ") :]
         if not token or len(token) > 128:
-            raise _unauthenticated("SESSION_REQUIRED", "a session token is required")
+            raise GatewayError(
+                Kind.UNAUTHENTICATED, "SESSION_REQUIRED", "a session token is required"
+            )
         async with self._db.execute(
             "SELECT user_key_id, user_id, expires_at FROM sessions WHERE token_sha256 = ?",
             (hashlib.sha256(token.encode()).digest(),),
         ) as cursor:
             row = await cursor.fetchone()
         if row is None or row["expires_at"] <= time.time():
-            raise _unauthenticated("SESSION_EXPIRED", "the session is unknown or has expired")
+            raise GatewayError(
+                Kind.UNAUTHENTICATED, "SESSION_EXPIRED", "the session is unknown or has expired"
+            )
         certificate = await self.certificate(row["user_key_id"])
         return Session(row["user_id"], row["user_key_id"], certificate)

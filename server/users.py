@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import re
 import sqlite3
 from dataclasses import dataclass
 
 import aiosqlite
 
+from mobilesign import ids
 from mobilesign.errors import Kind
 from server.errors import GatewayError
 
-_USER_ID = re.compile(r"^[A-Za-z0-9._@-]{1,64}$")
 _MAX_DISPLAY_NAME = 200
 
 
@@ -32,16 +31,6 @@ class TicketState:
     certificate_serial: str | None
 
 
-def check_user_id(user_id: str) -> None:
-    """Refuse user ids outside 1 to 64 characters of ``[A-Za-z0-9._@-]``."""
-    if not _USER_ID.fullmatch(user_id):
-        raise GatewayError(
-            Kind.INVALID,
-            "MALFORMED_USER_ID",
-            "a user id is 1 to 64 characters of [A-Za-z0-9._@-]",
-        )
-
-
 class UserStore:
     """Users and the tickets issued to them."""
 
@@ -50,7 +39,7 @@ class UserStore:
 
     async def create(self, user_id: str, display_name: str, now: int) -> User:
         """Register a user; ALREADY_EXISTS if the id is taken."""
-        check_user_id(user_id)
+        ids.USER_ID.check(user_id)
         if len(display_name) > _MAX_DISPLAY_NAME:
             raise GatewayError(Kind.INVALID, "MALFORMED_DISPLAY_NAME", "display name too long")
         try:
@@ -64,7 +53,7 @@ class UserStore:
 
     async def get(self, user_id: str) -> User:
         """A registered user; NOT_FOUND otherwise."""
-        check_user_id(user_id)
+        ids.USER_ID.check(user_id)
         async with self._db.execute(
             "SELECT user_id, display_name, created_at FROM users WHERE user_id = ?", (user_id,)
         ) as cursor:

@@ -57,6 +57,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from mobilesign.auditlog.merkle import HASH_SIZE
+from mobilesign.errors import Error, Kind
 
 __all__ = [
     "MAX_NOTE_SIZE",
@@ -89,28 +90,29 @@ PublicKey = Ed25519PublicKey | ec.EllipticCurvePublicKey
 """Log key types accepted: Ed25519, or ECDSA on NIST P-256."""
 
 NoteFailure = Literal[
-    "too_large",  # note over MAX_NOTE_SIZE bytes
-    "encoding",  # not UTF-8, or a control character other than newline
-    "malformed",  # no blank line before signatures, no final newline, bad signature line
-    "bad_key_name",  # key name empty or containing a space or "+"
-    "bad_base64",  # signature or root hash not canonical standard base64
-    "too_many_signatures",  # more than MAX_SIGNATURES signature lines
-    "duplicate_signature",  # two signature lines with the same key name and key ID
-    "bad_signature",  # the trusted key's signature does not verify
-    "untrusted",  # no signature from the trusted key
-    "signer_failure",  # the signing callback returned a signature that does not verify
-    "bad_checkpoint",  # checkpoint text: missing newline, fewer than 3 lines, an empty line
-    "bad_size",  # tree size not canonical decimal or above 2**64 - 1
-    "bad_root_hash",  # root hash not 32 bytes
-    "origin_mismatch",  # checkpoint origin differs from the expected one
+    "TOO_LARGE",  # note over MAX_NOTE_SIZE bytes
+    "ENCODING",  # not UTF-8, or a control character other than newline
+    "MALFORMED",  # no blank line before signatures, no final newline, bad signature line
+    "BAD_KEY_NAME",  # key name empty or containing a space or "+"
+    "BAD_BASE64",  # signature or root hash not canonical standard base64
+    "TOO_MANY_SIGNATURES",  # more than MAX_SIGNATURES signature lines
+    "DUPLICATE_SIGNATURE",  # two signature lines with the same key name and key ID
+    "BAD_SIGNATURE",  # the trusted key's signature does not verify
+    "UNTRUSTED",  # no signature from the trusted key
+    "SIGNER_FAILURE",  # the signing callback returned a signature that does not verify
+    "BAD_CHECKPOINT",  # checkpoint text: missing newline, fewer than 3 lines, an empty line
+    "BAD_SIZE",  # tree size not canonical decimal or above 2**64 - 1
+    "BAD_ROOT_HASH",  # root hash not 32 bytes
+    "ORIGIN_MISMATCH",  # checkpoint origin differs from the expected one
 ]
 
 
-class NoteError(ValueError):
-    """A signed note or checkpoint was rejected; ``reason`` is a stable :data:`NoteFailure`."""
+class NoteError(Error):
+    """A signed note or checkpoint was rejected (INVALID); ``reason`` is a stable
+    :data:`NoteFailure`."""
 
     def __init__(self, reason: NoteFailure, message: str) -> None:
-        super().__init__(f"{reason}: {message}")
+        super().__init__(Kind.INVALID, reason, message)
         self.reason: NoteFailure = reason
 
 
@@ -130,9 +132,9 @@ def _decode_text(data: bytes) -> str:
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise NoteError("encoding", "not valid UTF-8") from exc
+        raise NoteError("ENCODING", "not valid UTF-8") from exc
     if _CONTROL.search(text):
-        raise NoteError("encoding", "control character other than newline")
+        raise NoteError("ENCODING", "control character other than newline")
     return text
 
 
@@ -216,7 +218,7 @@ class NoteSigner:
     def _signature_line(self, text: bytes) -> bytes:
         signature = self._sign(text)
         if not self._verifier.verify(text, signature):
-            raise NoteError("signer_failure", f"key {self.name!r} produced an invalid signature")
+            raise NoteError("SIGNER_FAILURE", f"key {self.name!r} produced an invalid signature")
         encoded = base64.b64encode(self._verifier.key_id + signature)
         return _SIG_PREFIX + self.name.encode() + b" " + encoded + b"\n"
 
@@ -228,14 +230,14 @@ def sign_note(text: bytes, signers: Sequence[NoteSigner]) -> bytes:
     """Sign note ``text`` (UTF-8, ending in a newline) with each signer, in order."""
     _decode_text(text)
     if not text.endswith(b"\n"):
-        raise NoteError("malformed", "note text must end with a newline")
+        raise NoteError("MALFORMED", "note text must end with a newline")
     if not signers:
         raise ValueError("at least one signer is required")
     if len({(s.name, s.verifier.key_id) for s in signers}) != len(signers):
         raise ValueError("signers must differ in key name or key ID")
     note = text + b"\n" + b"".join(s._signature_line(text) for s in signers)
     if len(note) > MAX_NOTE_SIZE:  # never publish a note our own parser would refuse
-        raise NoteError("too_large", f"note is {len(note)} bytes, limit {MAX_NOTE_SIZE}")
+        raise NoteError("TOO_LARGE", f"note is {len(note)} bytes, limit {MAX_NOTE_SIZE}")
     return note
 
 
@@ -246,49 +248,49 @@ def open_note(note: bytes, verifiers: Sequence[NoteVerifier]) -> bytes:
     trusted key signed it.
     """
     if len(note) > MAX_NOTE_SIZE:
-        raise NoteError("too_large", f"note is {len(note)} bytes, limit {MAX_NOTE_SIZE}")
+        raise NoteError("TOO_LARGE", f"note is {len(note)} bytes, limit {MAX_NOTE_SIZE}")
     _decode_text(note)
     split = note.rfind(b"\n\n")
     if split < 0:
-        raise NoteError("malformed", "no blank line between text and signatures")
+        raise NoteError("MALFORMED", "no blank line between text and signatures")
     text, signature_block = note[: split + 1], note[split + 2 :]
     if not signature_block:
-        raise NoteError("malformed", "no signature lines")
+        raise NoteError("MALFORMED", "no signature lines")
     if not signature_block.endswith(b"\n"):
-        raise NoteError("malformed", "signature block must end with a newline")
+        raise NoteError("MALFORMED", "signature block must end with a newline")
     lines = signature_block[:-1].split(b"\n")
     if len(lines) > MAX_SIGNATURES:
-        raise NoteError("too_many_signatures", f"{len(lines)} signatures, limit {MAX_SIGNATURES}")
+        raise NoteError("TOO_MANY_SIGNATURES", f"{len(lines)} signatures, limit {MAX_SIGNATURES}")
 
     trusted = {(v.name, v.key_id): v for v in verifiers}
     seen: set[tuple[str, bytes]] = set()
     verified = False
     for line in lines:
         if not line.startswith(_SIG_PREFIX):
-            raise NoteError("malformed", "signature line must start with an em dash and a space")
+            raise NoteError("MALFORMED", "signature line must start with an em dash and a space")
         name_bytes, space, encoded = line[len(_SIG_PREFIX) :].partition(b" ")
         if not space:
-            raise NoteError("malformed", "signature line needs a key name and a signature")
+            raise NoteError("MALFORMED", "signature line needs a key name and a signature")
         name = name_bytes.decode()  # cannot fail: the note is valid UTF-8, split at ASCII bytes
         if not _is_key_name(name):
-            raise NoteError("bad_key_name", f"invalid key name {name!r}")
+            raise NoteError("BAD_KEY_NAME", f"invalid key name {name!r}")
         raw = _b64decode_canonical(encoded)
         if raw is None:
-            raise NoteError("bad_base64", "signature is not canonical base64")
+            raise NoteError("BAD_BASE64", "signature is not canonical base64")
         if len(raw) < 5:
-            raise NoteError("malformed", "signature shorter than key ID plus one byte")
+            raise NoteError("MALFORMED", "signature shorter than key ID plus one byte")
         key = (name, raw[:4])
         if key in seen:
-            raise NoteError("duplicate_signature", f"repeated signature by {name!r}")
+            raise NoteError("DUPLICATE_SIGNATURE", f"repeated signature by {name!r}")
         seen.add(key)
         verifier = trusted.get(key)
         if verifier is None:
             continue  # the spec requires ignoring unknown keys (witnesses, rotated keys)
         if not verifier.verify(text, raw[4:]):
-            raise NoteError("bad_signature", f"signature by {name!r} does not verify")
+            raise NoteError("BAD_SIGNATURE", f"signature by {name!r} does not verify")
         verified = True
     if not verified:
-        raise NoteError("untrusted", "no signature from a trusted key")
+        raise NoteError("UNTRUSTED", "no signature from a trusted key")
     return text
 
 
@@ -303,14 +305,14 @@ class Checkpoint:
 
     def __post_init__(self) -> None:
         if not self.origin or not _is_text_line(self.origin):
-            raise NoteError("bad_checkpoint", "origin must be a non-empty single line")
+            raise NoteError("BAD_CHECKPOINT", "origin must be a non-empty single line")
         if not 0 <= self.size <= _MAX_TREE_SIZE:
-            raise NoteError("bad_size", f"tree size {self.size} is outside 0..2**64-1")
+            raise NoteError("BAD_SIZE", f"tree size {self.size} is outside 0..2**64-1")
         if len(self.root_hash) != HASH_SIZE:
-            raise NoteError("bad_root_hash", f"root hash is {len(self.root_hash)} bytes")
+            raise NoteError("BAD_ROOT_HASH", f"root hash is {len(self.root_hash)} bytes")
         for line in self.extensions:
             if not line or not _is_text_line(line):
-                raise NoteError("bad_checkpoint", "extension lines must be non-empty single lines")
+                raise NoteError("BAD_CHECKPOINT", "extension lines must be non-empty single lines")
 
     def to_body(self) -> bytes:
         """The checkpoint note text, final newline included."""
@@ -322,16 +324,16 @@ class Checkpoint:
         """Parse checkpoint note text strictly. Raises :class:`NoteError`."""
         decoded = _decode_text(text)
         if not decoded.endswith("\n"):
-            raise NoteError("bad_checkpoint", "checkpoint text must end with a newline")
+            raise NoteError("BAD_CHECKPOINT", "checkpoint text must end with a newline")
         lines = decoded[:-1].split("\n")
         if len(lines) < 3 or not all(lines):
-            raise NoteError("bad_checkpoint", "need origin, size and root lines, none empty")
+            raise NoteError("BAD_CHECKPOINT", "need origin, size and root lines, none empty")
         origin, size_line, root_line, *extensions = lines
         if not _TREE_SIZE.fullmatch(size_line):
-            raise NoteError("bad_size", "tree size must be decimal without leading zeros")
+            raise NoteError("BAD_SIZE", "tree size must be decimal without leading zeros")
         root_hash = _b64decode_canonical(root_line)
         if root_hash is None:
-            raise NoteError("bad_base64", "root hash is not canonical base64")
+            raise NoteError("BAD_BASE64", "root hash is not canonical base64")
         return cls(origin, int(size_line), root_hash, tuple(extensions))
 
 
@@ -352,5 +354,5 @@ def verify_checkpoint(
     checkpoint = Checkpoint.from_body(open_note(note, [verifier]))
     expected = verifier.name if origin is None else origin
     if checkpoint.origin != expected:
-        raise NoteError("origin_mismatch", f"origin {checkpoint.origin!r}, expected {expected!r}")
+        raise NoteError("ORIGIN_MISMATCH", f"origin {checkpoint.origin!r}, expected {expected!r}")
     return checkpoint

@@ -33,6 +33,8 @@ import hmac
 from collections.abc import Callable, Iterable, Sequence
 from typing import Literal
 
+from mobilesign.errors import Error, Kind
+
 __all__ = [
     "EMPTY_ROOT",
     "HASH_SIZE",
@@ -61,21 +63,21 @@ NodeReader = Callable[[int, int], bytes]
 ``[index * 2**level, (index + 1) * 2**level)``; level 0 must return the leaf hashes."""
 
 ProofFailure = Literal[
-    "bad_size",  # a tree size or index is negative or above 2**64 - 1
-    "index_out_of_range",  # inclusion: index >= size
-    "size_order",  # consistency: old size > new size
-    "empty_tree",  # consistency from an empty tree to a non-empty one proves nothing
-    "bad_hash_length",  # leaf hash or proof element is not 32 bytes
-    "proof_length",  # wrong number of proof elements for the sizes given
-    "root_mismatch",  # the proof does not lead to the root(s) given
+    "BAD_SIZE",  # a tree size or index is negative or above 2**64 - 1
+    "INDEX_OUT_OF_RANGE",  # inclusion: index >= size
+    "SIZE_ORDER",  # consistency: old size > new size
+    "EMPTY_TREE",  # consistency from an empty tree to a non-empty one proves nothing
+    "BAD_HASH_LENGTH",  # leaf hash or proof element is not 32 bytes
+    "PROOF_LENGTH",  # wrong number of proof elements for the sizes given
+    "ROOT_MISMATCH",  # the proof does not lead to the root(s) given
 ]
 
 
-class ProofError(ValueError):
-    """A Merkle proof failed to verify; ``reason`` is a stable :data:`ProofFailure` code."""
+class ProofError(Error):
+    """A Merkle proof failed to verify (INVALID); ``reason`` is a stable :data:`ProofFailure`."""
 
     def __init__(self, reason: ProofFailure, message: str) -> None:
-        super().__init__(f"{reason}: {message}")
+        super().__init__(Kind.INVALID, reason, message)
         self.reason: ProofFailure = reason
 
 
@@ -286,13 +288,13 @@ def _check_size(size: int) -> None:
 def _verify_sizes(*sizes: int) -> None:
     for size in sizes:
         if not 0 <= size <= _MAX_SIZE:
-            raise ProofError("bad_size", f"{size} is outside 0..2**64-1")
+            raise ProofError("BAD_SIZE", f"{size} is outside 0..2**64-1")
 
 
 def _verify_hash_lengths(what: str, hashes: Iterable[bytes]) -> None:
     for h in hashes:
         if len(h) != HASH_SIZE:
-            raise ProofError("bad_hash_length", f"{what} is {len(h)} bytes, expected {HASH_SIZE}")
+            raise ProofError("BAD_HASH_LENGTH", f"{what} is {len(h)} bytes, expected {HASH_SIZE}")
 
 
 def _roots_match(computed: bytes, expected: bytes) -> bool:
@@ -309,14 +311,14 @@ def verify_inclusion(
     """
     _verify_sizes(index, size)
     if index >= size:
-        raise ProofError("index_out_of_range", f"leaf index {index} >= tree size {size}")
+        raise ProofError("INDEX_OUT_OF_RANGE", f"leaf index {index} >= tree size {size}")
     _verify_hash_lengths("leaf hash", [leaf_hash])
     _verify_hash_lengths("proof element", proof)
 
     fn, sn, r = index, size - 1, leaf_hash
     for p in proof:
         if sn == 0:
-            raise ProofError("proof_length", "proof continues past the root")
+            raise ProofError("PROOF_LENGTH", "proof continues past the root")
         if fn & 1 or fn == sn:
             r = node_hash(p, r)
             while fn and not fn & 1:
@@ -327,9 +329,9 @@ def verify_inclusion(
         fn >>= 1
         sn >>= 1
     if sn != 0:
-        raise ProofError("proof_length", "proof ends below the root")
+        raise ProofError("PROOF_LENGTH", "proof ends below the root")
     if not _roots_match(r, root):
-        raise ProofError("root_mismatch", "computed root differs from the expected root")
+        raise ProofError("ROOT_MISMATCH", "computed root differs from the expected root")
 
 
 def verify_consistency(
@@ -344,19 +346,19 @@ def verify_consistency(
     """
     _verify_sizes(old_size, new_size)
     if old_size > new_size:
-        raise ProofError("size_order", f"old size {old_size} > new size {new_size}")
+        raise ProofError("SIZE_ORDER", f"old size {old_size} > new size {new_size}")
     if old_size == new_size:
         if proof:
-            raise ProofError("proof_length", "equal sizes need an empty proof")
+            raise ProofError("PROOF_LENGTH", "equal sizes need an empty proof")
         if old_size == 0 and not _roots_match(old_root, EMPTY_ROOT):
-            raise ProofError("root_mismatch", "root of the empty tree is not SHA-256('')")
+            raise ProofError("ROOT_MISMATCH", "root of the empty tree is not SHA-256('')")
         if not _roots_match(old_root, new_root):
-            raise ProofError("root_mismatch", "equal sizes but different roots")
+            raise ProofError("ROOT_MISMATCH", "equal sizes but different roots")
         return
     if old_size == 0:
-        raise ProofError("empty_tree", "consistency from the empty tree proves nothing")
+        raise ProofError("EMPTY_TREE", "consistency from the empty tree proves nothing")
     if not proof:
-        raise ProofError("proof_length", "different sizes need a non-empty proof")
+        raise ProofError("PROOF_LENGTH", "different sizes need a non-empty proof")
     _verify_hash_lengths("proof element", proof)
 
     # A power-of-two old tree is itself a subtree of the new one, so the proof omits its hash.
@@ -369,7 +371,7 @@ def verify_consistency(
     fr = sr = path[0]
     for c in path[1:]:
         if sn == 0:
-            raise ProofError("proof_length", "proof continues past the root")
+            raise ProofError("PROOF_LENGTH", "proof continues past the root")
         if fn & 1 or fn == sn:
             fr = node_hash(c, fr)
             sr = node_hash(c, sr)
@@ -381,8 +383,8 @@ def verify_consistency(
         fn >>= 1
         sn >>= 1
     if sn != 0:
-        raise ProofError("proof_length", "proof ends below the root")
+        raise ProofError("PROOF_LENGTH", "proof ends below the root")
     if not _roots_match(fr, old_root):
-        raise ProofError("root_mismatch", "proof does not lead to the old root")
+        raise ProofError("ROOT_MISMATCH", "proof does not lead to the old root")
     if not _roots_match(sr, new_root):
-        raise ProofError("root_mismatch", "proof does not lead to the new root")
+        raise ProofError("ROOT_MISMATCH", "proof does not lead to the new root")

@@ -194,9 +194,9 @@ def test_ecdsa_matches_published_checkpoints(
     assert verifier.key_id.hex() == key_hash
     checkpoint = verify_checkpoint(note.encode(), verifier, origin=origin)
     assert (checkpoint.origin, checkpoint.size) == (origin, size)
-    assert _reason(note.encode(), verifier) == "origin_mismatch"
+    assert _reason(note.encode(), verifier) == "ORIGIN_MISMATCH"
     tampered = note.replace(f"\n{size}\n", f"\n{size + 1}\n").encode()
-    assert _reason(tampered, verifier, origin) == "bad_signature"
+    assert _reason(tampered, verifier, origin) == "BAD_SIGNATURE"
 
 
 # --- Rejections: signatures.
@@ -204,14 +204,14 @@ def test_ecdsa_matches_published_checkpoints(
 
 def test_tampered_body_rejected() -> None:
     tampered = NOTE.replace(b"\n20852163\n", b"\n20852164\n")
-    assert _reason(tampered) == "bad_signature"
+    assert _reason(tampered) == "BAD_SIGNATURE"
 
 
 def test_tampered_signature_rejected() -> None:
     body, line = NOTE.split(b"\n\n")
     raw = bytearray(base64.b64decode(line.rsplit(b" ", 1)[1]))
     raw[-1] ^= 1
-    assert _reason(body + b"\n\n" + _sig_line(ORIGIN, bytes(raw))) == "bad_signature"
+    assert _reason(body + b"\n\n" + _sig_line(ORIGIN, bytes(raw))) == "BAD_SIGNATURE"
 
 
 @pytest.mark.parametrize("kind", SIGNERS)
@@ -228,16 +228,16 @@ def test_wrong_key_rejected(kind: str) -> None:
         other = ed25519_signer(ORIGIN, other_ed)
         forged_sig = other_ed.sign(text)
     # Same name, different key: a different key ID, so the signature is not from a trusted key.
-    assert _reason(note, other.verifier) == "untrusted"
+    assert _reason(note, other.verifier) == "UNTRUSTED"
     # The trusted key's ID on a signature made by another key.
     forged = text + b"\n" + _sig_line(ORIGIN, signer.verifier.key_id + forged_sig)
-    assert _reason(forged, signer.verifier) == "bad_signature"
+    assert _reason(forged, signer.verifier) == "BAD_SIGNATURE"
 
 
 def test_wrong_key_name_rejected() -> None:
     renamed = p256_signer("log.mobilesign.example/other").verifier
-    assert _reason(NOTE, renamed) == "untrusted"
-    assert _reason(NOTE, renamed, origin=ORIGIN) == "untrusted"
+    assert _reason(NOTE, renamed) == "UNTRUSTED"
+    assert _reason(NOTE, renamed, origin=ORIGIN) == "UNTRUSTED"
     with pytest.raises(ValueError, match="differs from origin"):
         sign_checkpoint(CHECKPOINT, p256_signer("log.mobilesign.example/other"))
 
@@ -245,7 +245,7 @@ def test_wrong_key_name_rejected() -> None:
 def test_origin_must_match() -> None:
     other = p256_signer("other.example/log")
     note = sign_note(CHECKPOINT.to_body(), [other])
-    assert _reason(note, other.verifier) == "origin_mismatch"
+    assert _reason(note, other.verifier) == "ORIGIN_MISMATCH"
     assert verify_checkpoint(note, other.verifier, origin=ORIGIN) == CHECKPOINT
 
 
@@ -257,15 +257,15 @@ def test_unknown_signatures_ignored_but_known_failures_fatal() -> None:
     # Unknown name with the trusted key ID, and trusted name with an unknown key ID: ignored.
     junk = _sig_line("someone.else", VERIFIER.key_id + b"sig") + _sig_line(ORIGIN, b"\0\0\0\0sig")
     assert verify_checkpoint(NOTE + junk, VERIFIER) == CHECKPOINT
-    assert _reason(CHECKPOINT.to_body() + b"\n" + junk) == "untrusted"
+    assert _reason(CHECKPOINT.to_body() + b"\n" + junk) == "UNTRUSTED"
     # A trusted witness whose signature fails rejects the note, even though the log's verifies.
     bad_witness = _sig_line(witness.name, witness.verifier.key_id + b"\0" * 64)
     with pytest.raises(NoteError) as info:
         open_note(NOTE + bad_witness, [VERIFIER, witness.verifier])
-    assert info.value.reason == "bad_signature"
+    assert info.value.reason == "BAD_SIGNATURE"
     assert open_note(NOTE + bad_witness, [VERIFIER]) == CHECKPOINT.to_body()
     # The same key twice is malformed, whatever the signatures.
-    assert _reason(NOTE + NOTE.split(b"\n\n")[1]) == "duplicate_signature"
+    assert _reason(NOTE + NOTE.split(b"\n\n")[1]) == "DUPLICATE_SIGNATURE"
 
 
 def test_signer_failures_are_caught() -> None:
@@ -279,7 +279,7 @@ def test_signer_failures_are_caught() -> None:
         signer = NoteSigner(ORIGIN, P256_KEY.public_key(), sign)
         with pytest.raises(NoteError) as info:
             sign_checkpoint(CHECKPOINT, signer)
-        assert info.value.reason == "signer_failure"
+        assert info.value.reason == "SIGNER_FAILURE"
 
 
 def test_key_and_name_validation() -> None:
@@ -321,48 +321,48 @@ def _noncanonical(b64: bytes) -> bytes:
 
 
 MALFORMED = {
-    "missing final newline": (NOTE[:-1], "malformed"),
-    "no blank line": (BODY + b"\n" + SIGS, "malformed"),
-    "no signatures": (BODY + b"\n\n", "malformed"),
-    "trailing blank line": (NOTE + b"\n", "malformed"),
-    "extra blank line before signatures": (BODY + b"\n\n\n" + SIGS, "bad_signature"),
+    "missing final newline": (NOTE[:-1], "MALFORMED"),
+    "no blank line": (BODY + b"\n" + SIGS, "MALFORMED"),
+    "no signatures": (BODY + b"\n\n", "MALFORMED"),
+    "trailing blank line": (NOTE + b"\n", "MALFORMED"),
+    "extra blank line before signatures": (BODY + b"\n\n\n" + SIGS, "BAD_SIGNATURE"),
     "blank line between signatures": (
         NOTE + b"\n" + _sig_line("w.example", b"\1\2\3\4\5"),
-        "untrusted",
+        "UNTRUSTED",
     ),
-    "hyphen instead of em dash": (BODY + b"\n\n- " + SIGS[4:], "malformed"),
-    "no space after em dash": (BODY + b"\n\n" + EM_DASH + SIGS[4:], "malformed"),
-    "no signature field": (BODY + b"\n\n" + EM_DASH + b" " + ORIGIN.encode() + b"\n", "malformed"),
-    "empty key name": (BODY + b"\n\n" + EM_DASH + b"  " + SIG_B64 + b"\n", "bad_key_name"),
-    "plus in key name": (BODY + b"\n\n" + EM_DASH + b" a+b " + SIG_B64 + b"\n", "bad_key_name"),
+    "hyphen instead of em dash": (BODY + b"\n\n- " + SIGS[4:], "MALFORMED"),
+    "no space after em dash": (BODY + b"\n\n" + EM_DASH + SIGS[4:], "MALFORMED"),
+    "no signature field": (BODY + b"\n\n" + EM_DASH + b" " + ORIGIN.encode() + b"\n", "MALFORMED"),
+    "empty key name": (BODY + b"\n\n" + EM_DASH + b"  " + SIG_B64 + b"\n", "BAD_KEY_NAME"),
+    "plus in key name": (BODY + b"\n\n" + EM_DASH + b" a+b " + SIG_B64 + b"\n", "BAD_KEY_NAME"),
     "nbsp in key name": (
         BODY + b"\n\n" + EM_DASH + " a\u00a0b ".encode() + SIG_B64 + b"\n",
-        "bad_key_name",
+        "BAD_KEY_NAME",
     ),
-    "bad base64": (BODY + b"\n\n" + PREFIX + b"!!!!\n", "bad_base64"),
-    "unpadded base64": (BODY + b"\n\n" + PREFIX + PADDED_B64[:-1] + b"\n", "bad_base64"),
+    "bad base64": (BODY + b"\n\n" + PREFIX + b"!!!!\n", "BAD_BASE64"),
+    "unpadded base64": (BODY + b"\n\n" + PREFIX + PADDED_B64[:-1] + b"\n", "BAD_BASE64"),
     "non-canonical base64": (
         BODY + b"\n\n" + PREFIX + _noncanonical(PADDED_B64) + b"\n",
-        "bad_base64",
+        "BAD_BASE64",
     ),
     "space in base64": (
         BODY + b"\n\n" + PREFIX + SIG_B64[:8] + b" " + SIG_B64[8:] + b"\n",
-        "bad_base64",
+        "BAD_BASE64",
     ),
-    "signature too short": (BODY + b"\n\n" + _sig_line(ORIGIN, SIG_RAW[:4]), "malformed"),
-    "crlf": (NOTE.replace(b"\n", b"\r\n"), "encoding"),
-    "nul byte": (NOTE.replace(b"audit", b"au\0it", 1), "encoding"),
-    "invalid utf-8": (NOTE.replace(b"audit", b"au\xffit", 1), "encoding"),
-    "overlong utf-8": (NOTE.replace(b"audit", b"au\xc0\xafit", 1), "encoding"),
+    "signature too short": (BODY + b"\n\n" + _sig_line(ORIGIN, SIG_RAW[:4]), "MALFORMED"),
+    "crlf": (NOTE.replace(b"\n", b"\r\n"), "ENCODING"),
+    "nul byte": (NOTE.replace(b"audit", b"au\0it", 1), "ENCODING"),
+    "invalid utf-8": (NOTE.replace(b"audit", b"au\xffit", 1), "ENCODING"),
+    "overlong utf-8": (NOTE.replace(b"audit", b"au\xc0\xafit", 1), "ENCODING"),
     "oversized": (
         BODY + b"\n" + b"x" * MAX_NOTE_SIZE + b"\n\n" + SIGS,
-        "too_large",
+        "TOO_LARGE",
     ),
     "too many signatures": (
         NOTE + b"".join(_sig_line(f"w{i}.example", b"\1\2\3\4\5") for i in range(MAX_SIGNATURES)),
-        "too_many_signatures",
+        "TOO_MANY_SIGNATURES",
     ),
-    "empty": (b"", "malformed"),
+    "empty": (b"", "MALFORMED"),
 }
 
 
@@ -386,23 +386,23 @@ def test_signature_limit_is_inclusive() -> None:
 
 ROOT_B64 = base64.b64encode(ROOT).decode()
 BAD_BODIES = {
-    "two lines": (f"{ORIGIN}\n1\n", "bad_checkpoint"),
-    "empty origin": (f"\n1\n{ROOT_B64}\n", "bad_checkpoint"),
-    "empty extension": (f"{ORIGIN}\n1\n{ROOT_B64}\n\next\n", "bad_checkpoint"),
-    "blank size": (f"{ORIGIN}\n\n{ROOT_B64}\n", "bad_checkpoint"),
-    "leading zero": (f"{ORIGIN}\n01\n{ROOT_B64}\n", "bad_size"),
-    "plus sign": (f"{ORIGIN}\n+1\n{ROOT_B64}\n", "bad_size"),
-    "negative": (f"{ORIGIN}\n-1\n{ROOT_B64}\n", "bad_size"),
-    "space": (f"{ORIGIN}\n 1\n{ROOT_B64}\n", "bad_size"),
-    "underscore": (f"{ORIGIN}\n1_0\n{ROOT_B64}\n", "bad_size"),
-    "non-ascii digits": (f"{ORIGIN}\n\u0661\u0662\n{ROOT_B64}\n", "bad_size"),
-    "hex": (f"{ORIGIN}\n0x10\n{ROOT_B64}\n", "bad_size"),
-    "above uint64": (f"{ORIGIN}\n{2**64}\n{ROOT_B64}\n", "bad_size"),
-    "huge": (f"{ORIGIN}\n{'9' * 4000}\n{ROOT_B64}\n", "bad_size"),
-    "root not base64": (f"{ORIGIN}\n1\n{ROOT_B64[:-2]}!=\n", "bad_base64"),
-    "root unpadded": (f"{ORIGIN}\n1\n{ROOT_B64.rstrip('=')}\n", "bad_base64"),
-    "root 31 bytes": (f"{ORIGIN}\n1\n{base64.b64encode(ROOT[:31]).decode()}\n", "bad_root_hash"),
-    "root 33 bytes": (f"{ORIGIN}\n1\n{base64.b64encode(ROOT + b'x').decode()}\n", "bad_root_hash"),
+    "two lines": (f"{ORIGIN}\n1\n", "BAD_CHECKPOINT"),
+    "empty origin": (f"\n1\n{ROOT_B64}\n", "BAD_CHECKPOINT"),
+    "empty extension": (f"{ORIGIN}\n1\n{ROOT_B64}\n\next\n", "BAD_CHECKPOINT"),
+    "blank size": (f"{ORIGIN}\n\n{ROOT_B64}\n", "BAD_CHECKPOINT"),
+    "leading zero": (f"{ORIGIN}\n01\n{ROOT_B64}\n", "BAD_SIZE"),
+    "plus sign": (f"{ORIGIN}\n+1\n{ROOT_B64}\n", "BAD_SIZE"),
+    "negative": (f"{ORIGIN}\n-1\n{ROOT_B64}\n", "BAD_SIZE"),
+    "space": (f"{ORIGIN}\n 1\n{ROOT_B64}\n", "BAD_SIZE"),
+    "underscore": (f"{ORIGIN}\n1_0\n{ROOT_B64}\n", "BAD_SIZE"),
+    "non-ascii digits": (f"{ORIGIN}\n\u0661\u0662\n{ROOT_B64}\n", "BAD_SIZE"),
+    "hex": (f"{ORIGIN}\n0x10\n{ROOT_B64}\n", "BAD_SIZE"),
+    "above uint64": (f"{ORIGIN}\n{2**64}\n{ROOT_B64}\n", "BAD_SIZE"),
+    "huge": (f"{ORIGIN}\n{'9' * 4000}\n{ROOT_B64}\n", "BAD_SIZE"),
+    "root not base64": (f"{ORIGIN}\n1\n{ROOT_B64[:-2]}!=\n", "BAD_BASE64"),
+    "root unpadded": (f"{ORIGIN}\n1\n{ROOT_B64.rstrip('=')}\n", "BAD_BASE64"),
+    "root 31 bytes": (f"{ORIGIN}\n1\n{base64.b64encode(ROOT[:31]).decode()}\n", "BAD_ROOT_HASH"),
+    "root 33 bytes": (f"{ORIGIN}\n1\n{base64.b64encode(ROOT + b'x').decode()}\n", "BAD_ROOT_HASH"),
 }
 
 
@@ -419,20 +419,20 @@ def test_bad_checkpoint_body_rejected(case: str) -> None:
 def test_from_body_requires_final_newline() -> None:
     with pytest.raises(NoteError) as info:
         Checkpoint.from_body(CHECKPOINT.to_body()[:-1])
-    assert info.value.reason == "bad_checkpoint"
+    assert info.value.reason == "BAD_CHECKPOINT"
 
 
 @pytest.mark.parametrize(
     ("kwargs", "reason"),
     [
-        ({"origin": ""}, "bad_checkpoint"),
-        ({"origin": "a\nb"}, "bad_checkpoint"),
-        ({"origin": "a\ud800"}, "bad_checkpoint"),
-        ({"size": -1}, "bad_size"),
-        ({"size": 2**64}, "bad_size"),
-        ({"root_hash": ROOT[:16]}, "bad_root_hash"),
-        ({"extensions": ("",)}, "bad_checkpoint"),
-        ({"extensions": ("a\nb",)}, "bad_checkpoint"),
+        ({"origin": ""}, "BAD_CHECKPOINT"),
+        ({"origin": "a\nb"}, "BAD_CHECKPOINT"),
+        ({"origin": "a\ud800"}, "BAD_CHECKPOINT"),
+        ({"size": -1}, "BAD_SIZE"),
+        ({"size": 2**64}, "BAD_SIZE"),
+        ({"root_hash": ROOT[:16]}, "BAD_ROOT_HASH"),
+        ({"extensions": ("",)}, "BAD_CHECKPOINT"),
+        ({"extensions": ("a\nb",)}, "BAD_CHECKPOINT"),
     ],
 )
 def test_checkpoint_constructor_validates(kwargs: dict[str, object], reason: str) -> None:

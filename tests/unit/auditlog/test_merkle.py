@@ -252,36 +252,36 @@ def test_verifier_reasons() -> None:
             verify_inclusion(**args)  # type: ignore[arg-type]
         return info.value.reason
 
-    assert inclusion_reason(index=1) == "index_out_of_range"
-    assert inclusion_reason(size=0) == "index_out_of_range"
-    assert inclusion_reason(index=-1) == "bad_size"
-    assert inclusion_reason(size=1 << 64) == "bad_size"
-    assert inclusion_reason(leaf_hash=leaf[:31]) == "bad_hash_length"
-    assert inclusion_reason(proof=[b"x" * 33]) == "bad_hash_length"
-    assert inclusion_reason(proof=[leaf]) == "proof_length"
-    assert inclusion_reason(root=_flip(root)) == "root_mismatch"
+    assert inclusion_reason(index=1) == "INDEX_OUT_OF_RANGE"
+    assert inclusion_reason(size=0) == "INDEX_OUT_OF_RANGE"
+    assert inclusion_reason(index=-1) == "BAD_SIZE"
+    assert inclusion_reason(size=1 << 64) == "BAD_SIZE"
+    assert inclusion_reason(leaf_hash=leaf[:31]) == "BAD_HASH_LENGTH"
+    assert inclusion_reason(proof=[b"x" * 33]) == "BAD_HASH_LENGTH"
+    assert inclusion_reason(proof=[leaf]) == "PROOF_LENGTH"
+    assert inclusion_reason(root=_flip(root)) == "ROOT_MISMATCH"
 
     def consistency_reason(m: int, n: int, proof: list[bytes], r1: bytes, r2: bytes) -> str:
         with pytest.raises(ProofError) as info:
             verify_consistency(old_size=m, new_size=n, proof=proof, old_root=r1, new_root=r2)
         return info.value.reason
 
-    assert consistency_reason(2, 1, [], root, root) == "size_order"
-    assert consistency_reason(0, 1, [], EMPTY_ROOT, root) == "empty_tree"
-    assert consistency_reason(1, 1, [root], root, root) == "proof_length"
-    assert consistency_reason(1, 2, [], root, root) == "proof_length"
-    assert consistency_reason(0, 0, [], root, root) == "root_mismatch"
-    assert consistency_reason(1, 2, [b"short"], root, root) == "bad_hash_length"
+    assert consistency_reason(2, 1, [], root, root) == "SIZE_ORDER"
+    assert consistency_reason(0, 1, [], EMPTY_ROOT, root) == "EMPTY_TREE"
+    assert consistency_reason(1, 1, [root], root, root) == "PROOF_LENGTH"
+    assert consistency_reason(1, 2, [], root, root) == "PROOF_LENGTH"
+    assert consistency_reason(0, 0, [], root, root) == "ROOT_MISMATCH"
+    assert consistency_reason(1, 2, [b"short"], root, root) == "BAD_HASH_LENGTH"
     # Too long or too short is caught by the RFC's sn checks, before comparing roots.
     good = TREES["leaf-sequence"].consistency_proof(3, 7)
     r3, r7 = NAIVE_ROOTS[3], NAIVE_ROOTS[7]
-    assert consistency_reason(3, 7, [*good, leaf], r3, r7) == "proof_length"
-    assert consistency_reason(3, 7, good[:-1], r3, r7) == "proof_length"
-    assert consistency_reason(3, 7, good, r3, _flip(r7)) == "root_mismatch"
-    assert consistency_reason(3, 7, good, _flip(r3), r7) == "root_mismatch"
+    assert consistency_reason(3, 7, [*good, leaf], r3, r7) == "PROOF_LENGTH"
+    assert consistency_reason(3, 7, good[:-1], r3, r7) == "PROOF_LENGTH"
+    assert consistency_reason(3, 7, good, r3, _flip(r7)) == "ROOT_MISMATCH"
+    assert consistency_reason(3, 7, good, _flip(r3), r7) == "ROOT_MISMATCH"
     path = TREES["leaf-sequence"].inclusion_proof(2, 7)
-    assert inclusion_reason(index=2, size=7, proof=[*path, leaf], root=r7) == "proof_length"
-    assert inclusion_reason(index=2, size=7, proof=path[:-1], root=r7) == "proof_length"
+    assert inclusion_reason(index=2, size=7, proof=[*path, leaf], root=r7) == "PROOF_LENGTH"
+    assert inclusion_reason(index=2, size=7, proof=path[:-1], root=r7) == "PROOF_LENGTH"
     # Equal sizes: trivially consistent when the roots agree.
     verify_consistency(old_size=0, new_size=0, proof=[], old_root=EMPTY_ROOT, new_root=EMPTY_ROOT)
     verify_consistency(old_size=5, new_size=5, proof=[], old_root=root, new_root=root)

@@ -152,18 +152,3 @@ def test_authorisation_digest_binds_record_and_signature() -> None:
     assert digest != records.authorisation_digest(other, b"s" * 64)
     assert digest != records.authorisation_digest(record, b"t" * 64)
     assert len(digest) == 32
-
-
-@pytest.mark.parametrize(
-    ("value", "record_id", "key_id"),
-    [
-        ("ab" * 16, True, False),
-        ("ab" * 32, False, True),
-        ("AB" * 16, False, False),
-        ("ab" * 16 + "\n", False, False),
-        ("", False, False),
-    ],
-)
-def test_identifier_checks(value: str, record_id: bool, key_id: bool) -> None:
-    assert records.is_record_id(value) is record_id
-    assert records.is_user_key_id(value) is key_id
