@@ -1,0 +1,373 @@
+"""The gateway's ledger on a temporary SQLite file: grants and their quotas (total and daily),
+the one transaction that consumes a use and appends to the audit log, refusals that change
+nothing, state that survives reopening, and a Merkle tree that matches :mod:`mobilesign.auditlog`
+computed independently from the entries."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import types
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from mobilesign import auditlog
+from server import ledger as ledger_module
+from server.ledger import GrantRow, Ledger, QuotaExceeded, utc_day
+
+#: A fixed "now" (seconds since the epoch), in the middle of a UTC day.
+NOW = 1_780_000_000 // 86_400 * 86_400 + 43_200
+DAY = 86_400
+
+
+@pytest.fixture(autouse=True)
+def fixed_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ledger reads the wall clock for "today" and record times: pin it to NOW."""
+    monkeypatch.setattr(ledger_module, "time", types.SimpleNamespace(time=lambda: float(NOW)))
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "gateway" / "ledger.db"
+
+
+@pytest.fixture
+async def ledger(path: Path) -> AsyncIterator[Ledger]:
+    opened = await Ledger.open(path)
+    yield opened
+    await opened.close()
+
+
+def _grant(
+    grant_id: str = "g1",
+    *,
+    user_id: str = "alice",
+    key_id: str = "seal",
+    quota_total: int = 10,
+    quota_daily: int = 10,
+    not_before: int = NOW - DAY,
+    not_after: int = NOW + 30 * DAY,
+) -> GrantRow:
+    return GrantRow(
+        grant_id=grant_id,
+        user_id=user_id,
+        key_id=key_id,
+        operations=("sign_digest", "decrypt"),
+        not_before=not_before,
+        not_after=not_after,
+        quota_total=quota_total,
+        quota_daily=quota_daily,
+        purpose="invoices",
+        revoked=False,
+        used_total=0,
+        used_today=0,
+    )
+
+
+async def _use(ledger: Ledger, grant_id: str, n: int, now: float = NOW) -> int:
+    """Prepare record ``<grant>-<n>`` and log its use; returns the entry index."""
+    record_id = f"{grant_id}-{n}"
+    await ledger.add_record(
+        record_id, "alice", "ab" * 32, grant_id, b"record " + record_id.encode()
+    )
+    return await ledger.log_use(
+        record_id, grant_id, _entry(record_id), b"sig " + record_id.encode(), now
+    )
+
+
+def _entry(record_id: str) -> bytes:
+    return b"log entry for " + record_id.encode()
+
+
+async def _stored(ledger: Ledger, grant_id: str) -> GrantRow:
+    grant = await ledger.grant(grant_id)
+    assert grant is not None
+    return grant
+
+
+async def _snapshot(ledger: Ledger, grant_id: str) -> tuple[object, ...]:
+    grant = await ledger.grant(grant_id)
+    assert grant is not None
+    entries = [await ledger.entry(i) for i in range(ledger.size + 1)]
+    return grant.used_total, grant.used_today, ledger.size, ledger.root(), entries
+
+
+# Grants --------------------------------------------------------------------------------------
+
+
+async def test_grants_are_stored_and_listed(ledger: Ledger) -> None:
+    await ledger.create_grant(_grant("g1"), NOW)
+    await ledger.create_grant(_grant("g2", user_id="bob"), NOW + 1)
+    await ledger.create_grant(_grant("g3", key_id="other"), NOW + 2)
+    stored = await ledger.grant("g1")
+    assert stored == _grant("g1")
+    assert await ledger.grant("nope") is None
+    assert [g.grant_id for g in await ledger.grants()] == ["g1", "g2", "g3"]
+    assert [g.grant_id for g in await ledger.grants(user_id="alice")] == ["g1", "g3"]
+    assert [g.grant_id for g in await ledger.grants(key_id="seal")] == ["g1", "g2"]
+    assert [g.grant_id for g in await ledger.grants("alice", "other")] == ["g3"]
+    with pytest.raises(sqlite3.IntegrityError):
+        await ledger.create_grant(_grant("g1"), NOW)
+
+
+async def test_revoking_a_grant(ledger: Ledger) -> None:
+    await ledger.create_grant(_grant(), NOW)
+    assert await ledger.revoke_grant("g1", NOW)
+    assert not await ledger.revoke_grant("g1", NOW + 1)
+    assert not await ledger.revoke_grant("unknown", NOW)
+    grant = await ledger.grant("g1")
+    assert grant is not None
+    assert grant.revoked
+    before = await _snapshot(ledger, "g1")
+    with pytest.raises(QuotaExceeded):
+        await _use(ledger, "g1", 1)
+    assert await _snapshot(ledger, "g1") == before
+
+
+# One use: quota, log, record, in one transaction --------------------------------------------
+
+
+async def test_a_use_consumes_quota_appends_and_marks_the_record(ledger: Ledger) -> None:
+    await ledger.create_grant(_grant(), NOW)
+    assert await _use(ledger, "g1", 1) == 0
+    assert await _use(ledger, "g1", 2) == 1
+    grant = await ledger.grant("g1")
+    assert grant is not None
+    assert (grant.used_total, grant.used_today) == (2, 2)
+    assert ledger.size == 2
+    assert await ledger.entry(1) == _entry("g1-2")
+    assert await ledger.entry(2) is None
+    record = await ledger.record("g1-2")
+    assert record is not None
+    assert (record.state, record.entry_index, record.user_signature) == ("logged", 1, b"sig g1-2")
+    assert record.record == b"record g1-2"
+
+    assert await ledger.log_outcome("g1-2", b"outcome", True, b"signature", "") == 2
+    done = await ledger.record("g1-2")
+    assert done is not None
+    assert (done.state, done.result, done.reason) == ("done", b"signature", "")
+    assert await ledger.log_outcome("g1-1", b"failure", False, None, "HSM_FAILED") == 3
+    failed = await ledger.record("g1-1")
+    assert failed is not None
+    assert (failed.state, failed.result, failed.reason) == ("failed", None, "HSM_FAILED")
+    assert ledger.size == 4
+
+
+async def test_total_quota(ledger: Ledger) -> None:
+    await ledger.create_grant(_grant(quota_total=2, quota_daily=10), NOW)
+    await _use(ledger, "g1", 1)
+    await _use(ledger, "g1", 2, NOW + 3 * DAY)
+    before = await _snapshot(ledger, "g1")
+    for later in (0, 10 * DAY):
+        with pytest.raises(QuotaExceeded):
+            await _use(ledger, "g1", 3 + later, NOW + later)
+    assert await _snapshot(ledger, "g1") == before
+    assert (await _stored(ledger, "g1")).used_total == 2
+    record = await ledger.record("g1-3")
+    assert record is not None
+    assert (record.state, record.entry_index) == ("prepared", None)
+
+
+async def test_daily_quota_resets_the_next_utc_day(ledger: Ledger) -> None:
+    await ledger.create_grant(_grant(quota_total=10, quota_daily=2), NOW)
+    await _use(ledger, "g1", 1)
+    await _use(ledger, "g1", 2)
+    before = await _snapshot(ledger, "g1")
+    with pytest.raises(QuotaExceeded):
+        await _use(ledger, "g1", 3)
+    # Refused: neither the total nor today's count moved, nothing was logged.
+    assert await _snapshot(ledger, "g1") == before
+    # The same UTC day, a few hours later: still refused.
+    end_of_day = (utc_day(NOW) + 1) * DAY - 1
+    with pytest.raises(QuotaExceeded):
+        await _use(ledger, "g1", 4, end_of_day)
+    # The next UTC day: two more.
+    assert await _use(ledger, "g1", 5, end_of_day + 1) == 2
+    assert await _use(ledger, "g1", 6, end_of_day + 2) == 3
+    with pytest.raises(QuotaExceeded):
+        await _use(ledger, "g1", 7, end_of_day + 3)
+    grant = await ledger.grant("g1")
+    assert grant is not None
+    assert (grant.used_total, grant.used_today) == (4, 2)  # "today" is NOW's day
+
+
+@pytest.mark.parametrize(
+    "now",
+    [NOW - 2 * DAY, NOW + 30 * DAY, NOW + 31 * DAY],
+    ids=["before-window", "at-end", "after-window"],
+)
+async def test_outside_the_window_is_refused(ledger: Ledger, now: int) -> None:
+    await ledger.create_grant(_grant(), NOW)
+    before = await _snapshot(ledger, "g1")
+    with pytest.raises(QuotaExceeded):
+        await _use(ledger, "g1", 1, now)
+    assert await _snapshot(ledger, "g1") == before
+
+
+async def test_a_use_of_an_unknown_grant_is_refused(ledger: Ledger) -> None:
+    with pytest.raises(QuotaExceeded):
+        await ledger.log_use("r", "no-such-grant", b"entry", b"sig", NOW)
+    assert ledger.size == 0
+
+
+async def test_a_record_not_prepared_rolls_the_quota_back(ledger: Ledger) -> None:
+    await ledger.create_grant(_grant(), NOW)
+    await _use(ledger, "g1", 1)
+    before = await _snapshot(ledger, "g1")
+    # Logged already, and never prepared: the log entry and the quota use are undone too.
+    for record_id in ("g1-1", "never-prepared"):
+        with pytest.raises(sqlite3.IntegrityError):
+            await ledger.log_use(record_id, "g1", b"again", b"sig", NOW)
+        assert await _snapshot(ledger, "g1") == before
+    # And the ledger still works.
+    assert await _use(ledger, "g1", 2) == 1
+
+
+async def test_concurrent_uses_never_exceed_the_quota(ledger: Ledger) -> None:
+    await ledger.create_grant(_grant(quota_total=3), NOW)
+    for n in range(8):
+        await ledger.add_record(f"c{n}", "alice", "ab" * 32, "g1", b"r")
+    results = await asyncio.gather(
+        *(ledger.log_use(f"c{n}", "g1", _entry(f"c{n}"), b"s", NOW) for n in range(8)),
+        return_exceptions=True,
+    )
+    indexes = sorted(r for r in results if isinstance(r, int))
+    assert indexes == [0, 1, 2]
+    assert sum(isinstance(r, QuotaExceeded) for r in results) == 5
+    assert ledger.size == 3
+    assert (await _stored(ledger, "g1")).used_total == 3
+
+
+async def test_records_need_an_existing_grant(ledger: Ledger) -> None:
+    with pytest.raises(sqlite3.IntegrityError):
+        await ledger.add_record("r", "alice", "ab" * 32, "no-such-grant", b"r")
+    assert await ledger.record("r") is None
+
+
+# The Merkle tree -------------------------------------------------------------------------------
+
+
+async def test_roots_and_proofs_match_auditlog(ledger: Ledger) -> None:
+    assert ledger.root() == auditlog.EMPTY_ROOT
+    await ledger.create_grant(_grant(quota_total=100, quota_daily=100), NOW)
+    entries: list[bytes] = []
+    for n in range(13):
+        await _use(ledger, "g1", n)
+        entries.append(_entry(f"g1-{n}"))
+        if n % 4 == 0:
+            outcome = f"outcome {n}".encode()
+            await ledger.log_outcome(f"g1-{n}", outcome, True, b"ok", "")
+            entries.append(outcome)
+    assert ledger.size == len(entries)
+    assert [await ledger.entry(i) for i in range(len(entries))] == entries
+    for size in range(len(entries) + 1):
+        assert ledger.root(size) == auditlog.merkle_tree_hash(entries[:size])
+    root = ledger.root()
+    assert root == auditlog.merkle_tree_hash(entries)
+    for index, entry in enumerate(entries):
+        auditlog.verify_inclusion(
+            leaf_hash=auditlog.leaf_hash(entry),
+            index=index,
+            size=len(entries),
+            proof=ledger.inclusion_proof(index, len(entries)),
+            root=root,
+        )
+    for old in range(1, len(entries)):
+        auditlog.verify_consistency(
+            old_size=old,
+            new_size=len(entries),
+            proof=ledger.consistency_proof(old, len(entries)),
+            old_root=auditlog.merkle_tree_hash(entries[:old]),
+            new_root=root,
+        )
+    # A proof for another entry does not pass.
+    with pytest.raises(auditlog.ProofError):
+        auditlog.verify_inclusion(
+            leaf_hash=auditlog.leaf_hash(b"not logged"),
+            index=0,
+            size=len(entries),
+            proof=ledger.inclusion_proof(0, len(entries)),
+            root=root,
+        )
+
+
+# Reopening the file ----------------------------------------------------------------------------
+
+
+async def test_reopening_keeps_grants_uses_records_and_the_tree(path: Path) -> None:
+    first = await Ledger.open(path)
+    try:
+        await first.create_grant(_grant(quota_total=5, quota_daily=3), NOW)
+        await first.create_grant(_grant("g2"), NOW)
+        for n in range(3):
+            await _use(first, "g1", n)
+        await first.log_outcome("g1-0", b"outcome", True, b"ok", "")
+        assert await first.revoke_grant("g2", NOW)
+        root, size = first.root(), first.size
+    finally:
+        await first.close()
+
+    again = await Ledger.open(path)
+    try:
+        assert (again.root(), again.size) == (root, size)
+        grant = await again.grant("g1")
+        assert grant is not None
+        assert (grant.used_total, grant.used_today) == (3, 3)
+        assert (await _stored(again, "g2")).revoked
+        record = await again.record("g1-0")
+        assert record is not None
+        assert record.state == "done"
+        # The daily quota counted before the restart still applies.
+        with pytest.raises(QuotaExceeded):
+            await _use(again, "g1", 3)
+        assert await _use(again, "g1", 4, NOW + DAY) == size
+        entries = [await again.entry(i) for i in range(again.size)]
+        assert all(e is not None for e in entries)
+        assert again.root() == auditlog.merkle_tree_hash([e for e in entries if e is not None])
+    finally:
+        await again.close()
+
+
+async def test_a_missing_entry_is_found_at_start(path: Path) -> None:
+    first = await Ledger.open(path)
+    try:
+        await first.create_grant(_grant(), NOW)
+        for n in range(3):
+            await _use(first, "g1", n)
+    finally:
+        await first.close()
+    connection = sqlite3.connect(path)
+    try:
+        connection.execute("DELETE FROM log_entries WHERE entry_index = 1")
+        connection.commit()
+    finally:
+        connection.close()
+    with pytest.raises(RuntimeError, match="entry 1 is missing"):
+        await Ledger.open(path)
+
+
+async def test_the_tree_is_recomputed_from_the_entries_at_start(path: Path) -> None:
+    first = await Ledger.open(path)
+    try:
+        await first.create_grant(_grant(), NOW)
+        for n in range(3):
+            await _use(first, "g1", n)
+        root = first.root()
+    finally:
+        await first.close()
+    connection = sqlite3.connect(path)
+    try:
+        connection.execute("UPDATE log_entries SET entry = ? WHERE entry_index = 2", (b"changed",))
+        connection.commit()
+    finally:
+        connection.close()
+    again = await Ledger.open(path)
+    try:
+        assert again.root() != root
+        assert again.root() == auditlog.merkle_tree_hash(
+            [_entry("g1-0"), _entry("g1-1"), b"changed"]
+        )
+    finally:
+        await again.close()
