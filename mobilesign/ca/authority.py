@@ -272,13 +272,22 @@ class CertificateAuthority:
                     "no certificate has this serial",
                 )
             if not await self._store.revoke(serial, int(self._clock().timestamp()), reason):
-                raise CaError(
-                    Kind.PRECONDITION,
-                    "ALREADY_REVOKED",
-                    "the certificate is already revoked",
-                )
+                current = await self._store.crl()
+                if current is not None and await self._publishes_all(current[0]):
+                    raise CaError(
+                        Kind.PRECONDITION,
+                        "ALREADY_REVOKED",
+                        "the certificate is already revoked",
+                    )
+                # Revoked earlier, but the CRL that should list it was never issued (the
+                # signer failed): publishing it now is what the caller asked for.
             await self._issue_crl()
         _log.info("certificate revoked", extra={"fields": {"serial": serial, "reason": reason}})
+
+    async def _publishes_all(self, crl_der: bytes) -> bool:
+        """True when the CRL lists every certificate the store says is revoked."""
+        listed = {entry.serial_number for entry in x509.load_der_x509_crl(crl_der)}
+        return all(int(r.serial, 16) in listed for r in await self._store.revoked())
 
     async def _issue_crl(self) -> bytes:
         now = self._clock()
@@ -303,10 +312,12 @@ class CertificateAuthority:
         return der
 
     async def crl(self) -> bytes:
-        """The current CRL, reissued once half its validity has passed."""
+        """The current CRL, reissued once half its validity has passed, or when it misses a
+        revocation (a reissue that failed after the revocation was stored)."""
         current = await self._store.crl()
         half = self._settings.crl_validity_days * 86_400 // 2
-        if current is not None and self._clock().timestamp() - current[1] < half:
+        fresh = current is not None and self._clock().timestamp() - current[1] < half
+        if current is not None and fresh and await self._publishes_all(current[0]):
             return current[0]
         async with self._lock:
             return await self._issue_crl()

@@ -57,6 +57,7 @@ class SoftwareSigner:
     def __init__(self) -> None:
         self.key = ec.generate_private_key(ec.SECP256R1())
         self.calls = 0
+        self.fail_next = False
 
     @property
     def algorithm(self) -> pkix.SignatureAlgorithm:
@@ -64,6 +65,9 @@ class SoftwareSigner:
 
     async def sign(self, data: bytes) -> bytes:
         self.calls += 1
+        if self.fail_next:
+            self.fail_next = False
+            raise ConnectionError("the HSM is unavailable")
         return self.key.sign(data, ec.ECDSA(hashes.SHA256()))
 
     @property
@@ -472,6 +476,35 @@ async def test_revoking_twice_is_refused_and_keeps_the_first_reason(
     assert record is not None
     assert (record.revocation_reason, record.revoked_at) == ("key_compromise", int(T0.timestamp()))
     assert await ca.crl() == crl_der
+
+
+async def test_a_revocation_whose_crl_failed_is_published_later(
+    ca: CertificateAuthority, signer: SoftwareSigner, clock: Clock
+) -> None:
+    serial = await _organisation(ca, "unpublished")
+    signer.fail_next = True
+    with pytest.raises(ConnectionError):
+        await ca.revoke(serial, "key_compromise")
+    status, _ = await ca.status(serial)
+    assert status is Status.REVOKED
+    # The next CRL asked for lists it, though the last one is far from half its validity.
+    clock.advance(datetime.timedelta(minutes=1))
+    listed = {entry.serial_number for entry in await _crl(ca)}
+    assert int(serial, 16) in listed
+
+
+async def test_retrying_a_revocation_whose_crl_failed_publishes_it(
+    ca: CertificateAuthority, signer: SoftwareSigner
+) -> None:
+    serial = await _organisation(ca, "retried")
+    signer.fail_next = True
+    with pytest.raises(ConnectionError):
+        await ca.revoke(serial, "key_compromise")
+    await ca.revoke(serial, "key_compromise")
+    assert int(serial, 16) in {entry.serial_number for entry in await _crl(ca)}
+    with pytest.raises(CaError) as info:
+        await ca.revoke(serial, "key_compromise")
+    _expect(info.value, Kind.PRECONDITION, "ALREADY_REVOKED")
 
 
 async def test_unknown_serial_is_not_found(ca: CertificateAuthority) -> None:
