@@ -13,14 +13,14 @@ import subprocess
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import TypeAlias
 
 import grpc
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtensionOID, NameOID, SignatureAlgorithmOID
+from cryptography.x509.oid import NameOID, SignatureAlgorithmOID
 
 from client import sdk
 from client.certificates import request_personal_certificate
@@ -28,6 +28,11 @@ from client.keystore import Keystore
 from mobilesign.rpc.status import reason_of
 from mobilesign.testing import Deployment
 from mobilesign.v1 import gateway_pb2, gateway_pb2_grpc, hsm_pb2, hsm_pb2_grpc
+from tests.certificate_checks import (
+    check_end_entity_extensions,
+    key_usage,
+    spki_of,
+)
 
 Code = grpc.StatusCode
 Algorithm: TypeAlias = gateway_pb2.OrganisationKeyAlgorithm.ValueType
@@ -58,40 +63,11 @@ ALGORITHMS = {
         hsm_pb2.KEY_ALGORITHM_RSA_3072,
     ),
 }
-END_ENTITY_EXTENSIONS = {
-    ExtensionOID.BASIC_CONSTRAINTS,
-    ExtensionOID.KEY_USAGE,
-    ExtensionOID.CERTIFICATE_POLICIES,
-    ExtensionOID.SUBJECT_KEY_IDENTIFIER,
-    ExtensionOID.AUTHORITY_KEY_IDENTIFIER,
-    ExtensionOID.CRL_DISTRIBUTION_POINTS,
-}
-
-
 # Expected settings ----------------------------------------------------------------------------
 
 
-def make_key_usage(**allowed: bool) -> x509.KeyUsage:
-    flags = dict.fromkeys(
-        (
-            "digital_signature",
-            "content_commitment",
-            "key_encipherment",
-            "data_encipherment",
-            "key_agreement",
-            "key_cert_sign",
-            "crl_sign",
-            "encipher_only",
-            "decipher_only",
-        ),
-        False,
-    )
-    flags.update(allowed)
-    return x509.KeyUsage(**flags)
-
-
-PERSONAL_USAGE = make_key_usage(digital_signature=True, content_commitment=True)
-CA_USAGE = make_key_usage(key_cert_sign=True, crl_sign=True)
+PERSONAL_USAGE = key_usage(digital_signature=True, content_commitment=True)
+CA_USAGE = key_usage(key_cert_sign=True, crl_sign=True)
 
 
 # What the pki fixture issues ------------------------------------------------------------------
@@ -263,14 +239,6 @@ def utc_now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
 
-def spki_of(key: Any) -> bytes:
-    return bytes(
-        key.public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
-
-
 def ca_public_key(root: x509.Certificate) -> ec.EllipticCurvePublicKey:
     public = root.public_key()
     assert isinstance(public, ec.EllipticCurvePublicKey)
@@ -301,10 +269,6 @@ def check_validity(certificate: x509.Certificate, days: int) -> None:
     )
 
 
-def extension_of(certificate: x509.Certificate, kind: type[Any]) -> x509.Extension[Any]:
-    return certificate.extensions.get_extension_for_class(kind)
-
-
 def check_end_entity(
     certificate: x509.Certificate,
     root: x509.Certificate,
@@ -324,30 +288,7 @@ def check_end_entity(
     assert certificate.signature_algorithm_oid == SignatureAlgorithmOID.ECDSA_WITH_SHA256
     certificate.verify_directly_issued_by(root)
 
-    assert {e.oid for e in certificate.extensions} == END_ENTITY_EXTENSIONS
-    constraints = extension_of(certificate, x509.BasicConstraints)
-    assert constraints.critical
-    assert constraints.value == x509.BasicConstraints(ca=False, path_length=None)
-    key_usage = extension_of(certificate, x509.KeyUsage)
-    assert key_usage.critical
-    assert key_usage.value == usage
-    policies = extension_of(certificate, x509.CertificatePolicies)
-    assert not policies.critical
-    assert [(p.policy_identifier.dotted_string, p.policy_qualifiers) for p in policies.value] == [
-        (policy, None)
-    ]
-    ski = extension_of(certificate, x509.SubjectKeyIdentifier)
-    assert not ski.critical
-    assert ski.value == x509.SubjectKeyIdentifier.from_public_key(certificate.public_key())
-    aki = extension_of(certificate, x509.AuthorityKeyIdentifier)
-    assert not aki.critical
-    root_ski = extension_of(root, x509.SubjectKeyIdentifier).value
-    assert aki.value == x509.AuthorityKeyIdentifier(root_ski.digest, None, None)
-    distribution = extension_of(certificate, x509.CRLDistributionPoints)
-    assert not distribution.critical
-    assert list(distribution.value) == [
-        x509.DistributionPoint([x509.UniformResourceIdentifier(CRL_URL)], None, None, None)
-    ]
+    check_end_entity_extensions(certificate, root, usage=usage, policy=policy, crl_url=CRL_URL)
 
 
 def personal_subject(user_id: str) -> x509.Name:

@@ -17,10 +17,10 @@ from pkcs11 import exceptions as p11e
 
 from hsm_proxy.config import HsmProxyConfig
 from mobilesign.testing import Deployment
+from tests.certificate_checks import spki_of
 from tests.integration.certificates import (
     CA_KEY_LABEL,
     Pki,
-    spki_of,
 )
 
 pytestmark = pytest.mark.integration

@@ -26,6 +26,7 @@ from cryptography.x509.verification import (
 
 from mobilesign.testing import Deployment
 from mobilesign.v1 import gateway_pb2, hsm_pb2
+from tests.certificate_checks import extension_of, spki_of
 from tests.integration.certificates import (
     BACKDATE_SLACK,
     CA_DAYS,
@@ -40,14 +41,12 @@ from tests.integration.certificates import (
     create_organisation,
     crl_number,
     crl_pem_of,
-    extension_of,
     fetch_crl,
     fetch_root,
     hsm_stub,
     pem_of,
     run_openssl,
     serial_hex,
-    spki_of,
     utc_now,
     write_file,
 )

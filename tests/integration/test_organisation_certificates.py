@@ -17,6 +17,7 @@ from mobilesign.ca.authority import ORGANISATION_POLICY_OID
 from mobilesign.rpc import channels
 from mobilesign.testing import Deployment
 from mobilesign.v1 import gateway_pb2, hsm_pb2
+from tests.certificate_checks import key_usage, spki_of
 from tests.integration.certificates import (
     ALGORITHMS,
     ORG_ID,
@@ -34,14 +35,12 @@ from tests.integration.certificates import (
     hsm_stub,
     issued_count,
     key_status,
-    make_key_usage,
     serial_hex,
-    spki_of,
 )
 
 pytestmark = pytest.mark.integration
 SIGNING_USAGE = PERSONAL_USAGE
-RSA_USAGE = make_key_usage(digital_signature=True, content_commitment=True, key_encipherment=True)
+RSA_USAGE = key_usage(digital_signature=True, content_commitment=True, key_encipherment=True)
 
 
 @pytest.fixture

@@ -31,6 +31,7 @@ from mobilesign import pkix, tickets
 from mobilesign.rpc.status import reason_of
 from mobilesign.testing import Deployment
 from mobilesign.v1 import gateway_pb2, hsm_pb2
+from tests.certificate_checks import spki_of
 from tests.integration.certificates import (
     ORG_NAME,
     PIN,
@@ -49,7 +50,6 @@ from tests.integration.certificates import (
     public_stub,
     serial_hex,
     signing_session,
-    spki_of,
 )
 
 pytestmark = pytest.mark.integration

@@ -29,6 +29,7 @@ from mobilesign import pkix
 from mobilesign.ca.authority import PERSONAL_POLICY_OID
 from mobilesign.testing import Deployment
 from mobilesign.v1 import gateway_pb2
+from tests.certificate_checks import spki_of
 from tests.integration.certificates import (
     CA_DAYS,
     CA_SUBJECT,
@@ -42,7 +43,6 @@ from tests.integration.certificates import (
     public_stub,
     run_openssl,
     signing_session,
-    spki_of,
     utc_now,
     write_file,
 )

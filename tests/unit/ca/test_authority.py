@@ -8,11 +8,10 @@ from __future__ import annotations
 import datetime
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtensionOID, NameOID, SignatureAlgorithmOID
 
@@ -21,6 +20,13 @@ from mobilesign.ca import CaError, CaSettings, CertificateAuthority, Status
 from mobilesign.ca.authority import ORGANISATION_POLICY_OID, PERSONAL_POLICY_OID
 from mobilesign.errors import Kind
 from server.ca_repository import CaStore
+from tests.certificate_checks import (
+    SoftwareSigner,
+    check_end_entity_extensions,
+    extension_of,
+    key_usage,
+    spki_of,
+)
 
 UTC = datetime.UTC
 T0 = datetime.datetime(2026, 5, 4, 10, 0, 0, tzinfo=UTC)
@@ -33,14 +39,6 @@ CA_SUBJECT = x509.Name(
         x509.NameAttribute(NameOID.COMMON_NAME, "mobilesign Root CA"),
     ]
 )
-END_ENTITY_EXTENSIONS = {
-    ExtensionOID.BASIC_CONSTRAINTS,
-    ExtensionOID.KEY_USAGE,
-    ExtensionOID.CERTIFICATE_POLICIES,
-    ExtensionOID.SUBJECT_KEY_IDENTIFIER,
-    ExtensionOID.AUTHORITY_KEY_IDENTIFIER,
-    ExtensionOID.CRL_DISTRIBUTION_POINTS,
-}
 REASONS = {
     "key_compromise": x509.ReasonFlags.key_compromise,
     "ca_compromise": x509.ReasonFlags.ca_compromise,
@@ -49,30 +47,6 @@ REASONS = {
     "cessation_of_operation": x509.ReasonFlags.cessation_of_operation,
     "privilege_withdrawn": x509.ReasonFlags.privilege_withdrawn,
 }
-
-
-class SoftwareSigner:
-    """A :class:`mobilesign.pkix.Signer` with an EC P-256 key in this process."""
-
-    def __init__(self) -> None:
-        self.key = ec.generate_private_key(ec.SECP256R1())
-        self.calls = 0
-        self.fail_next = False
-
-    @property
-    def algorithm(self) -> pkix.SignatureAlgorithm:
-        return pkix.SignatureAlgorithm.ECDSA_SHA256
-
-    async def sign(self, data: bytes) -> bytes:
-        self.calls += 1
-        if self.fail_next:
-            self.fail_next = False
-            raise ConnectionError("the HSM is unavailable")
-        return self.key.sign(data, ec.ECDSA(hashes.SHA256()))
-
-    @property
-    def spki(self) -> bytes:
-        return _spki(self.key.public_key())
 
 
 class Clock:
@@ -88,37 +62,9 @@ class Clock:
         self.now += delta
 
 
-def _spki(public_key: object) -> bytes:
-    assert isinstance(
-        public_key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey | ed25519.Ed25519PublicKey
-    )
-    return public_key.public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-
-
-def _usage(**allowed: bool) -> x509.KeyUsage:
-    flags = dict.fromkeys(
-        (
-            "digital_signature",
-            "content_commitment",
-            "key_encipherment",
-            "data_encipherment",
-            "key_agreement",
-            "key_cert_sign",
-            "crl_sign",
-            "encipher_only",
-            "decipher_only",
-        ),
-        False,
-    )
-    flags.update(allowed)
-    return x509.KeyUsage(**flags)
-
-
 @pytest.fixture
 def signer() -> SoftwareSigner:
-    return SoftwareSigner()
+    return SoftwareSigner(ec.generate_private_key(ec.SECP256R1()))
 
 
 @pytest.fixture
@@ -142,10 +88,6 @@ def _root(ca: CertificateAuthority) -> x509.Certificate:
     return x509.load_der_x509_certificate(ca.root_der)
 
 
-def _extension(certificate: x509.Certificate, kind: type[Any]) -> x509.Extension[Any]:
-    return certificate.extensions.get_extension_for_class(kind)
-
-
 async def _crl(ca: CertificateAuthority) -> x509.CertificateRevocationList:
     return x509.load_der_x509_crl(await ca.crl())
 
@@ -163,7 +105,7 @@ async def test_root_is_self_signed_for_the_signer_key(
     root = _root(ca)
     assert root.version is x509.Version.v3
     assert root.subject == root.issuer == CA_SUBJECT
-    assert _spki(root.public_key()) == signer.spki
+    assert spki_of(root.public_key()) == signer.spki
     assert root.signature_algorithm_oid == SignatureAlgorithmOID.ECDSA_WITH_SHA256
     root.verify_directly_issued_by(root)
     assert root.serial_number > 0
@@ -175,13 +117,13 @@ async def test_root_is_self_signed_for_the_signer_key(
         ExtensionOID.KEY_USAGE,
         ExtensionOID.SUBJECT_KEY_IDENTIFIER,
     }
-    constraints = _extension(root, x509.BasicConstraints)
+    constraints = extension_of(root, x509.BasicConstraints)
     assert constraints.critical
     assert constraints.value.ca
-    key_usage = _extension(root, x509.KeyUsage)
-    assert key_usage.critical
-    assert key_usage.value == _usage(key_cert_sign=True, crl_sign=True)
-    ski = _extension(root, x509.SubjectKeyIdentifier)
+    usage = extension_of(root, x509.KeyUsage)
+    assert usage.critical
+    assert usage.value == key_usage(key_cert_sign=True, crl_sign=True)
+    ski = extension_of(root, x509.SubjectKeyIdentifier)
     assert not ski.critical
     assert ski.value == x509.SubjectKeyIdentifier.from_public_key(signer.key.public_key())
 
@@ -227,7 +169,7 @@ def _check_end_entity(
     assert certificate.serial_number.bit_length() >= 64
     assert certificate.subject == subject
     assert certificate.issuer == root.subject
-    assert _spki(certificate.public_key()) == spki
+    assert spki_of(certificate.public_key()) == spki
     assert certificate.signature_algorithm_oid == SignatureAlgorithmOID.ECDSA_WITH_SHA256
     certificate.verify_directly_issued_by(root)
     pkix.verify_issued_by(certificate, root, issued_at)
@@ -237,30 +179,9 @@ def _check_end_entity(
         root.not_valid_after_utc,
     )
 
-    assert {e.oid for e in certificate.extensions} == END_ENTITY_EXTENSIONS
-    constraints = _extension(certificate, x509.BasicConstraints)
-    assert constraints.critical
-    assert constraints.value == x509.BasicConstraints(ca=False, path_length=None)
-    key_usage = _extension(certificate, x509.KeyUsage)
-    assert key_usage.critical
-    assert key_usage.value == usage
-    policies = _extension(certificate, x509.CertificatePolicies)
-    assert not policies.critical
-    assert [(p.policy_identifier.dotted_string, p.policy_qualifiers) for p in policies.value] == [
-        (policy, None)
-    ]
-    ski = _extension(certificate, x509.SubjectKeyIdentifier)
-    assert not ski.critical
-    assert ski.value == x509.SubjectKeyIdentifier.from_public_key(certificate.public_key())
-    aki = _extension(certificate, x509.AuthorityKeyIdentifier)
-    assert not aki.critical
-    root_ski = _extension(root, x509.SubjectKeyIdentifier).value
-    assert aki.value == x509.AuthorityKeyIdentifier(root_ski.digest, None, None)
-    distribution = _extension(certificate, x509.CRLDistributionPoints)
-    assert not distribution.critical
-    assert list(distribution.value) == [
-        x509.DistributionPoint([x509.UniformResourceIdentifier(SETTINGS.crl_url)], None, None, None)
-    ]
+    check_end_entity_extensions(
+        certificate, root, usage=usage, policy=policy, crl_url=SETTINGS.crl_url
+    )
 
 
 @pytest.mark.parametrize("kind", ["ec-p256", "rsa-2048"])
@@ -269,7 +190,7 @@ async def test_organisation_certificate_fields(ca: CertificateAuthority, kind: s
     private = (
         rsa.generate_private_key(65537, 2048) if is_rsa else ec.generate_private_key(ec.SECP256R1())
     )
-    spki = _spki(private.public_key())
+    spki = spki_of(private.public_key())
     issued = await ca.issue_organisation(
         organisation="ACME Trading, Société Anonyme",
         label="acme-seal",
@@ -285,7 +206,7 @@ async def test_organisation_certificate_fields(ca: CertificateAuthority, kind: s
             x509.NameAttribute(NameOID.COMMON_NAME, "acme-seal"),
         ]
     )
-    usage = _usage(digital_signature=True, content_commitment=True, key_encipherment=is_rsa)
+    usage = key_usage(digital_signature=True, content_commitment=True, key_encipherment=is_rsa)
     _check_end_entity(
         certificate,
         _root(ca),
@@ -311,14 +232,14 @@ async def test_personal_certificate_fields(ca: CertificateAuthority, clock: Cloc
     clock.advance(datetime.timedelta(days=30))
     joint = ed25519.Ed25519PrivateKey.generate().public_key()
     key_id = joint.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw).hex()
-    issued = await ca.issue_personal(user_id="alice", key_id=key_id, spki=_spki(joint))
+    issued = await ca.issue_personal(user_id="alice", key_id=key_id, spki=spki_of(joint))
     certificate = x509.load_der_x509_certificate(issued.der)
     _check_end_entity(
         certificate,
         _root(ca),
         subject=x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "alice")]),
-        spki=_spki(joint),
-        usage=_usage(digital_signature=True, content_commitment=True),
+        spki=spki_of(joint),
+        usage=key_usage(digital_signature=True, content_commitment=True),
         policy=PERSONAL_POLICY_OID,
         issued_at=clock.now,
     )
@@ -333,7 +254,7 @@ async def test_not_after_is_capped_by_the_root(ca: CertificateAuthority, clock: 
     issued = await ca.issue_personal(
         user_id="late",
         key_id="ab" * 32,
-        spki=_spki(ed25519.Ed25519PrivateKey.generate().public_key()),
+        spki=spki_of(ed25519.Ed25519PrivateKey.generate().public_key()),
     )
     certificate = x509.load_der_x509_certificate(issued.der)
     assert certificate.not_valid_after_utc == root.not_valid_after_utc
@@ -349,7 +270,7 @@ async def test_certificates_do_not_validate_outside_their_period_or_under_anothe
     issued = await ca.issue_personal(
         user_id="bob",
         key_id="cd" * 32,
-        spki=_spki(ed25519.Ed25519PrivateKey.generate().public_key()),
+        spki=spki_of(ed25519.Ed25519PrivateKey.generate().public_key()),
     )
     certificate = x509.load_der_x509_certificate(issued.der)
     root = _root(ca)
@@ -360,7 +281,7 @@ async def test_certificates_do_not_validate_outside_their_period_or_under_anothe
     with pytest.raises(pkix.ChainError):
         pkix.verify_issued_by(certificate, root, T0 - datetime.timedelta(hours=1))
 
-    other_signer = SoftwareSigner()
+    other_signer = SoftwareSigner(ec.generate_private_key(ec.SECP256R1()))
     other_store = await CaStore.open(tmp_path / "other.db")
     try:
         other = await CertificateAuthority.start(
@@ -375,7 +296,7 @@ async def test_certificates_do_not_validate_outside_their_period_or_under_anothe
 
 
 async def test_serials_are_unique(ca: CertificateAuthority) -> None:
-    spki = _spki(ec.generate_private_key(ec.SECP256R1()).public_key())
+    spki = spki_of(ec.generate_private_key(ec.SECP256R1()).public_key())
     serials = {
         (
             await ca.issue_organisation(
@@ -392,7 +313,7 @@ async def test_serials_are_unique(ca: CertificateAuthority) -> None:
 
 
 async def _organisation(ca: CertificateAuthority, label: str) -> str:
-    spki = _spki(ec.generate_private_key(ec.SECP256R1()).public_key())
+    spki = spki_of(ec.generate_private_key(ec.SECP256R1()).public_key())
     issued = await ca.issue_organisation(
         organisation="acme", label=label, key_id=label, spki=spki, encipherment=False
     )
@@ -429,7 +350,7 @@ async def test_revocation_lists_the_serial_with_its_reason(
     assert crl.is_signature_valid(root_key)
     assert crl.issuer == root.subject
     aki = crl.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value
-    assert aki.key_identifier == _extension(root, x509.SubjectKeyIdentifier).value.digest
+    assert aki.key_identifier == extension_of(root, x509.SubjectKeyIdentifier).value.digest
     assert {r.serial_number for r in crl} == {int(s, 16) for s in serials.values()}
     assert crl.get_revoked_certificate_by_serial_number(int(kept, 16)) is None
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Callable
-from typing import Any
 
 import pytest
 from asn1crypto import core as asn1_core
@@ -13,13 +12,12 @@ from asn1crypto import crl as asn1_crl
 from asn1crypto import csr as asn1_csr
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import ExtensionOID, NameOID, SignatureAlgorithmOID
 
 from mobilesign import pkix
-
-PrivateKey = ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey | rsa.RSAPrivateKey
+from tests.certificate_checks import PrivateKey, SoftwareSigner, key_usage, spki_of
 
 UTC = datetime.UTC
 NOT_BEFORE = datetime.datetime(2026, 3, 1, 8, 30, 15, tzinfo=UTC)
@@ -35,46 +33,6 @@ REASONS = {
     "cessation_of_operation": x509.ReasonFlags.cessation_of_operation,
     "privilege_withdrawn": x509.ReasonFlags.privilege_withdrawn,
 }
-
-
-class SoftwareSigner:
-    """A :class:`pkix.Signer` with the key in this process."""
-
-    def __init__(self, key: PrivateKey) -> None:
-        self.key = key
-        self.calls = 0
-
-    @property
-    def algorithm(self) -> pkix.SignatureAlgorithm:
-        if isinstance(self.key, ed25519.Ed25519PrivateKey):
-            return pkix.SignatureAlgorithm.ED25519
-        if isinstance(self.key, rsa.RSAPrivateKey):
-            return pkix.SignatureAlgorithm.RSA_PKCS1_SHA256
-        return pkix.SignatureAlgorithm.ECDSA_SHA256
-
-    async def sign(self, data: bytes) -> bytes:
-        self.calls += 1
-        if isinstance(self.key, ed25519.Ed25519PrivateKey):
-            return self.key.sign(data)
-        if isinstance(self.key, rsa.RSAPrivateKey):
-            return self.key.sign(data, padding.PKCS1v15(), hashes.SHA256())
-        return self.key.sign(data, ec.ECDSA(hashes.SHA256()))
-
-    @property
-    def public_key(self) -> Any:
-        return self.key.public_key()
-
-    @property
-    def spki(self) -> bytes:
-        return _spki(self.key.public_key())
-
-
-def _spki(public: Any) -> bytes:
-    return bytes(
-        public.public_bytes(
-            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-        )
-    )
 
 
 _RSA_KEY: list[rsa.RSAPrivateKey] = []
@@ -106,25 +64,6 @@ def kind(request: pytest.FixtureRequest) -> str:
 @pytest.fixture
 def signer(kind: str) -> SoftwareSigner:
     return SoftwareSigner(KEYS[kind]())
-
-
-def _usage(**allowed: bool) -> x509.KeyUsage:
-    flags = dict.fromkeys(
-        (
-            "digital_signature",
-            "content_commitment",
-            "key_encipherment",
-            "data_encipherment",
-            "key_agreement",
-            "key_cert_sign",
-            "crl_sign",
-            "encipher_only",
-            "decipher_only",
-        ),
-        False,
-    )
-    flags.update(allowed)
-    return x509.KeyUsage(**flags)
 
 
 def _key_id(spki: bytes) -> bytes:
@@ -185,7 +124,7 @@ async def test_self_signed_ca_certificate(kind: str, signer: SoftwareSigner) -> 
     )
     assert certificate.not_valid_before_utc == NOT_BEFORE
     assert certificate.not_valid_after_utc == NOT_AFTER
-    assert _spki(certificate.public_key()) == signer.spki
+    assert spki_of(certificate.public_key()) == signer.spki
     assert certificate.signature_algorithm_oid == SIGNATURE_OIDS[kind]
     certificate.verify_directly_issued_by(certificate)
 
@@ -194,7 +133,7 @@ async def test_self_signed_ca_certificate(kind: str, signer: SoftwareSigner) -> 
     assert constraints.value == x509.BasicConstraints(ca=True, path_length=None)
     usage = certificate.extensions.get_extension_for_class(x509.KeyUsage)
     assert usage.critical
-    assert usage.value == _usage(key_cert_sign=True, crl_sign=True)
+    assert usage.value == key_usage(key_cert_sign=True, crl_sign=True)
     ski = certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
     assert not ski.critical
     assert ski.value == x509.SubjectKeyIdentifier.from_public_key(certificate.public_key())
@@ -216,14 +155,14 @@ async def test_end_entity_certificate_with_every_extension(
         serial=serial,
         issuer=root.subject.public_bytes(),
         subject=pkix.name({"common_name": "alice@example.com"}),
-        subject_public_key_info=_spki(holder),
+        subject_public_key_info=spki_of(holder),
         not_before=NOT_BEFORE,
         not_after=NOT_AFTER,
         extensions=[
             pkix.basic_constraints(ca=False),
             pkix.key_usage("digital_signature", "non_repudiation"),
             pkix.certificate_policies(POLICY, other_policy),
-            pkix.subject_key_identifier(_key_id(_spki(holder))),
+            pkix.subject_key_identifier(_key_id(spki_of(holder))),
             pkix.authority_key_identifier(_key_id(signer.spki)),
             pkix.crl_distribution_point(CRL_URL),
         ],
@@ -235,7 +174,7 @@ async def test_end_entity_certificate_with_every_extension(
         [x509.NameAttribute(NameOID.COMMON_NAME, "alice@example.com")]
     )
     assert certificate.serial_number == serial
-    assert _spki(certificate.public_key()) == _spki(holder)
+    assert spki_of(certificate.public_key()) == spki_of(holder)
     assert [e.oid for e in certificate.extensions] == [
         ExtensionOID.BASIC_CONSTRAINTS,
         ExtensionOID.KEY_USAGE,
@@ -249,7 +188,7 @@ async def test_end_entity_certificate_with_every_extension(
     assert extensions[ExtensionOID.BASIC_CONSTRAINTS].value == x509.BasicConstraints(
         ca=False, path_length=None
     )
-    assert extensions[ExtensionOID.KEY_USAGE].value == _usage(
+    assert extensions[ExtensionOID.KEY_USAGE].value == key_usage(
         digital_signature=True, content_commitment=True
     )
     assert extensions[ExtensionOID.CERTIFICATE_POLICIES].value == x509.CertificatePolicies(
@@ -294,7 +233,7 @@ async def test_key_usage_bits_are_der(usages: tuple[str, ...]) -> None:
     )
     usage = x509.load_der_x509_certificate(der).extensions.get_extension_for_class(x509.KeyUsage)
     names = {"non_repudiation": "content_commitment"}
-    expected = _usage(**{names.get(u, u): True for u in usages})
+    expected = key_usage(**{names.get(u, u): True for u in usages})
     assert usage.value == expected
 
 
@@ -310,7 +249,7 @@ async def test_certificate_request(kind: str, signer: SoftwareSigner) -> None:
             x509.NameAttribute(NameOID.COMMON_NAME, "acme-seal"),
         ]
     )
-    assert _spki(csr.public_key()) == signer.spki
+    assert spki_of(csr.public_key()) == signer.spki
     assert len(csr.attributes) == 0
     parsed = asn1_csr.CertificationRequest.load(der)
     assert parsed["certification_request_info"]["version"].native == "v1"
