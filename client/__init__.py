@@ -12,7 +12,7 @@ from client.certificates import (
     verify_personal_certificate,
 )
 from client.errors import ClientError
-from client.gateway_client import GatewaySession, Use
+from client.gateway_client import GatewaySession, OrganisationKey, Use
 from client.keystore import Keystore
 from client.sdk import SigningSession, enrol
 from client.verifier import (
@@ -30,6 +30,7 @@ __all__ = [
     "ClientError",
     "GatewaySession",
     "Keystore",
+    "OrganisationKey",
     "SigningSession",
     "TrustAnchors",
     "Use",

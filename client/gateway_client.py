@@ -1,35 +1,98 @@
 """Using an organisation key from the phone (flows S3 and S4).
 
 The phone logs into the gateway with its device key, asks for an operation under a grant, checks
-the service record the gateway built (it must say exactly what the user asked for), co-signs it
-with the cosigner, and gets the result with a receipt, which it verifies before returning.
+the service record the gateway built, co-signs it with the cosigner, and gets the result with a
+receipt, which it verifies before returning.
+
+The gateway is not trusted to build the record honestly: before co-signing, the phone checks that
+the record names exactly what the user asked for: the user and key, the grant and the
+organisation key it covers, the hash of that key's certificate (which must chain to the CA the
+phone trusts), the exact operation for that key's algorithm, the data and the purpose.
 """
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import time
 from dataclasses import dataclass
 
 import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from client.errors import ClientError
 from client.keystore import Keystore
 from client.sdk import SigningSession
 from client.verifier import TrustAnchors, VerificationFailed, verify_receipt
-from mobilesign import deviceauth, records
+from mobilesign import deviceauth, pkix, records
 from mobilesign.v1 import gateway_pb2, gateway_pb2_grpc
 
 _MAX_CLOCK_SKEW_MS = 300_000
 
 
 @dataclass(frozen=True)
+class OrganisationKey:
+    """An organisation key as the phone checked it: its certificate chains to the trusted CA."""
+
+    key_id: str
+    organisation_id: str
+    label: str
+    certificate: bytes
+    certificate_sha256: bytes
+    public_key: ec.EllipticCurvePublicKey | rsa.RSAPublicKey
+
+    def operation_for(self, operation: int) -> records.Operation:
+        """The record operation an API operation must be, for this key's algorithm."""
+        if operation == gateway_pb2.OPERATION_SIGN_DIGEST:
+            if isinstance(self.public_key, ec.EllipticCurvePublicKey):
+                return records.Operation.SIGN_ECDSA_SHA256
+            return records.Operation.SIGN_RSA_PSS_SHA256
+        if operation == gateway_pb2.OPERATION_DECRYPT and isinstance(
+            self.public_key, rsa.RSAPublicKey
+        ):
+            return records.Operation.DECRYPT_RSA_OAEP_SHA256
+        raise ClientError("OPERATION_INVALID", "this key does not offer that operation")
+
+
+@dataclass(frozen=True)
 class Use:
-    """The result of an organisation-key operation and its verified receipt."""
+    """The result of an organisation-key operation, its verified receipt, the record the user
+    co-signed and the organisation key it named (its ``label`` is what to show the user)."""
 
     result: bytes
     receipt: gateway_pb2.Receipt
     record: records.ServiceRecord
+    key: OrganisationKey
+
+
+def _checked_key(
+    message: gateway_pb2.OrganisationKey, key_id: str, ca_certificate: bytes
+) -> OrganisationKey:
+    try:
+        certificate = x509.load_der_x509_certificate(message.certificate)
+        pkix.verify_issued_by(
+            certificate,
+            x509.load_der_x509_certificate(ca_certificate),
+            datetime.datetime.now(datetime.UTC),
+        )
+    except (ValueError, pkix.ChainError) as exc:
+        raise ClientError(
+            "ORGANISATION_CERTIFICATE_UNTRUSTED", "the organisation certificate does not verify"
+        ) from exc
+    public_key = certificate.public_key()
+    if message.key_id != key_id or not isinstance(
+        public_key, ec.EllipticCurvePublicKey | rsa.RSAPublicKey
+    ):
+        raise ClientError("ORGANISATION_KEY_MISMATCH", "the gateway described another key")
+    return OrganisationKey(
+        key_id=key_id,
+        organisation_id=message.organisation_id,
+        label=message.label,
+        certificate=message.certificate,
+        certificate_sha256=hashlib.sha256(message.certificate).digest(),
+        public_key=public_key,
+    )
 
 
 class GatewaySession:
@@ -39,6 +102,9 @@ class GatewaySession:
         self._stub = gateway_pb2_grpc.GatewayServiceStub(channel)
         self._keystore = keystore
         self._token = ""
+        # What a grant covers and a key's certificate do not change: fetched once, then checked.
+        self._grants: dict[str, gateway_pb2.Grant] = {}
+        self._keys: dict[str, OrganisationKey] = {}
 
     @property
     def _metadata(self) -> tuple[tuple[str, str]]:
@@ -74,23 +140,51 @@ class GatewaySession:
             )
         except grpc.aio.AioRpcError as exc:
             raise ClientError.from_rpc(exc) from None
+        self._grants.update((g.grant_id, g) for g in reply.grants)
         return list(reply.grants)
 
+    async def _grant(self, grant_id: str) -> gateway_pb2.Grant:
+        if grant_id not in self._grants:
+            await self.grants()
+        grant = self._grants.get(grant_id)
+        if grant is None:
+            raise ClientError("NO_GRANT", "the user has no such grant")
+        return grant
+
+    async def organisation_key(self, key_id: str, ca_certificate: bytes) -> OrganisationKey:
+        """An organisation key and its certificate, checked against the trusted CA."""
+        if key_id not in self._keys:
+            try:
+                reply = await self._stub.GetOrganisationKey(
+                    gateway_pb2.GetOrganisationKeyRequest(key_id=key_id), timeout=10
+                )
+            except grpc.aio.AioRpcError as exc:
+                raise ClientError.from_rpc(exc) from None
+            self._keys[key_id] = _checked_key(reply.key, key_id, ca_certificate)
+        return self._keys[key_id]
+
     def _check_record(
-        self, encoded: bytes, grant_id: str, operation: int, data: bytes, purpose: str
+        self,
+        encoded: bytes,
+        grant: gateway_pb2.Grant,
+        key: OrganisationKey,
+        operation: int,
+        data: bytes,
+        purpose: str,
     ) -> records.ServiceRecord:
         try:
             record = records.decode_record(encoded)
         except records.RecordError as exc:
             raise ClientError("RECORD_MALFORMED", str(exc)) from None
-        wants_sign = operation == gateway_pb2.OPERATION_SIGN_DIGEST
         if (
             record.user_id != self._keystore.user_id
             or record.user_key_id != self._keystore.key_id
-            or record.grant_id != grant_id
+            or record.grant_id != grant.grant_id
+            or record.organisation_key_id != grant.key_id
+            or record.organisation_certificate_sha256 != key.certificate_sha256
+            or record.operation is not key.operation_for(operation)
             or record.input_sha256 != hashlib.sha256(data).digest()
-            or record.operation.is_sign != wants_sign
-            or (purpose and record.purpose != purpose)
+            or record.purpose != (purpose or grant.purpose)
             or abs(record.time_ms - time.time() * 1000) > _MAX_CLOCK_SKEW_MS
         ):
             raise ClientError("RECORD_MISMATCH", "the record is not what was asked for")
@@ -106,7 +200,13 @@ class GatewaySession:
         purpose: str = "",
         trust: TrustAnchors,
     ) -> Use:
-        """Sign a digest or decrypt a ciphertext with an organisation key under a grant."""
+        """Sign a digest or decrypt a ciphertext with an organisation key under a grant.
+
+        Nothing is co-signed unless the record names exactly this grant's key, its certificate,
+        the operation and the data (``RECORD_MISMATCH`` otherwise)."""
+        grant = await self._grant(grant_id)
+        key = await self.organisation_key(grant.key_id, trust.ca_certificate)
+        key.operation_for(operation)  # refuse what this key cannot do before asking for it
         try:
             prepared = await self._stub.PrepareOperation(
                 gateway_pb2.PrepareOperationRequest(
@@ -117,7 +217,7 @@ class GatewaySession:
             )
         except grpc.aio.AioRpcError as exc:
             raise ClientError.from_rpc(exc) from None
-        record = self._check_record(prepared.record, grant_id, operation, data, purpose)
+        record = self._check_record(prepared.record, grant, key, operation, data, purpose)
         user_signature = await signing.sign(prepared.record)
         try:
             executed = await self._stub.ExecuteOperation(
@@ -137,4 +237,4 @@ class GatewaySession:
             )
         except VerificationFailed as exc:
             raise ClientError(exc.reason, str(exc)) from None
-        return Use(executed.result, executed.receipt, record)
+        return Use(executed.result, executed.receipt, record, key)

@@ -261,6 +261,11 @@ async def escrowed_use(
                 trust=trust,
             )
             print(
+                f"alice's phone checked the record names key {signed.key.label!r} "
+                f"({signed.key.organisation_id}), its certificate, the operation, the document's "
+                f"digest and the purpose {signed.record.purpose!r}"
+            )
+            print(
                 f"record {signed.record.record_id} co-signed by alice, logged as entry "
                 f"{signed.receipt.entry_index}, checked by the HSM proxy, then signed in the HSM"
             )

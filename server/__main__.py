@@ -101,6 +101,7 @@ async def _main(
     public_servicer = public.GatewayServicer(
         ca=ca,
         ra=ra,
+        organisations=organisations,
         sessions=Sessions(db, ca, cosigner),
         operations=operations,
         audit=audit,

@@ -16,7 +16,7 @@ from mobilesign.v1 import gateway_pb2, gateway_pb2_grpc, hsm_pb2
 from server.errors import GatewayError
 from server.hsm_proxy_client import HsmClient
 from server.operations import Operations, grant_message, operation_name
-from server.organisations import OrganisationKey, OrganisationStore
+from server.organisations import OrganisationStore, key_message
 from server.registration import RegistrationAuthority
 from server.users import User, UserStore
 
@@ -161,7 +161,7 @@ class AdminServicer(gateway_pb2_grpc.AdminServiceServicer):
             request.organisation_id, request.label, algorithm
         )
         return gateway_pb2.CreateOrganisationKeyResponse(
-            key=_organisation_key(key, issued.der, issued.serial), csr=csr
+            key=key_message(key, issued.der, issued.serial), csr=csr
         )
 
     async def ListOrganisationKeys(
@@ -172,9 +172,7 @@ class AdminServicer(gateway_pb2_grpc.AdminServiceServicer):
         for key in await self._organisations.keys(request.organisation_id):
             record = await self._ca.current_for_key(key.key_id)
             listed.append(
-                _organisation_key(
-                    key, record.der if record else b"", record.serial if record else ""
-                )
+                key_message(key, record.der if record else b"", record.serial if record else "")
             )
         return gateway_pb2.ListOrganisationKeysResponse(keys=listed)
 
@@ -238,16 +236,3 @@ class AdminServicer(gateway_pb2_grpc.AdminServiceServicer):
                 Kind.NOT_FOUND, "GRANT_NOT_FOUND", "no such grant, or already revoked"
             )
         return gateway_pb2.RevokeGrantResponse()
-
-
-def _organisation_key(
-    key: OrganisationKey, certificate: bytes, serial: str
-) -> gateway_pb2.OrganisationKey:
-    return gateway_pb2.OrganisationKey(
-        key_id=key.key_id,
-        organisation_id=key.organisation_id,
-        label=key.label,
-        algorithm=gateway_pb2.OrganisationKeyAlgorithm.ValueType(key.algorithm),
-        certificate=certificate,
-        certificate_serial=serial,
-    )

@@ -9,6 +9,7 @@ import aiosqlite
 
 from mobilesign import ids
 from mobilesign.errors import Kind
+from mobilesign.v1 import gateway_pb2
 from server.errors import GatewayError
 
 _MAX_NAME = 64  # RFC 5280 ub-organization-name
@@ -106,3 +107,17 @@ class OrganisationStore:
         if r is None:
             return None
         return OrganisationKey(r["key_id"], r["organisation_id"], r["label"], r["algorithm"])
+
+
+def key_message(
+    key: OrganisationKey, certificate: bytes, serial: str
+) -> gateway_pb2.OrganisationKey:
+    """An organisation key as the API shows it, with its current certificate (DER)."""
+    return gateway_pb2.OrganisationKey(
+        key_id=key.key_id,
+        organisation_id=key.organisation_id,
+        label=key.label,
+        algorithm=gateway_pb2.OrganisationKeyAlgorithm.ValueType(key.algorithm),
+        certificate=certificate,
+        certificate_serial=serial,
+    )

@@ -15,6 +15,7 @@ from mobilesign.v1 import gateway_pb2, gateway_pb2_grpc
 from server.audit import AuditLog
 from server.errors import GatewayError
 from server.operations import Operations, grant_message, operation_name
+from server.organisations import OrganisationStore, key_message
 from server.registration import RegistrationAuthority
 from server.sessions import Sessions
 
@@ -25,6 +26,7 @@ POLICY = access.AccessPolicy(
         "RequestPersonalCertificate": access.ANYONE,
         "GetPersonalCertificate": access.ANYONE,
         "GetCaCertificate": access.ANYONE,
+        "GetOrganisationKey": access.ANYONE,
         "GetCrl": access.ANYONE,
         "GetCertificateStatus": access.ANYONE,
         # Phones authenticate inside: device challenge, then a bearer session token.
@@ -60,12 +62,14 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         *,
         ca: CertificateAuthority,
         ra: RegistrationAuthority,
+        organisations: OrganisationStore,
         sessions: Sessions,
         operations: Operations,
         audit: AuditLog,
     ) -> None:
         self._ca = ca
         self._ra = ra
+        self._organisations = organisations
         self._sessions = sessions
         self._operations = operations
         self._audit = audit
@@ -81,6 +85,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     async def GetPersonalCertificate(
         self, request: gateway_pb2.GetPersonalCertificateRequest, context: _Context
     ) -> gateway_pb2.GetPersonalCertificateResponse:
+        ids.USER_KEY_ID.check(request.key_id)
         record = await self._ca.current_for_key(request.key_id)
         if record is None or record.kind != "personal":
             raise GatewayError(
@@ -94,6 +99,20 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self, request: gateway_pb2.GetCaCertificateRequest, context: _Context
     ) -> gateway_pb2.GetCaCertificateResponse:
         return gateway_pb2.GetCaCertificateResponse(certificate=self._ca.root_der)
+
+    async def GetOrganisationKey(
+        self, request: gateway_pb2.GetOrganisationKeyRequest, context: _Context
+    ) -> gateway_pb2.GetOrganisationKeyResponse:
+        ids.ORGANISATION_KEY_ID.check(request.key_id)
+        key = await self._organisations.key(request.key_id)
+        record = await self._ca.current_for_key(request.key_id)
+        if key is None or record is None or record.kind != "organisation":
+            raise GatewayError(
+                Kind.NOT_FOUND, "ORGANISATION_KEY_NOT_FOUND", "no such organisation key"
+            )
+        return gateway_pb2.GetOrganisationKeyResponse(
+            key=key_message(key, record.der, record.serial)
+        )
 
     async def GetCrl(
         self, request: gateway_pb2.GetCrlRequest, context: _Context

@@ -1259,6 +1259,50 @@ class GetCaCertificateResponse(_message.Message):
 Global___GetCaCertificateResponse: _TypeAlias = GetCaCertificateResponse  # noqa: Y015
 
 @_typing.final
+class GetOrganisationKeyRequest(_message.Message):
+    """GetOrganisationKeyRequest names an organisation key."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    key_id: _builtins.str
+    """The HSM key id (32 lowercase hex digits)."""
+    def __init__(
+        self,
+        *,
+        key_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetOrganisationKeyRequest: _TypeAlias = GetOrganisationKeyRequest  # noqa: Y015
+
+@_typing.final
+class GetOrganisationKeyResponse(_message.Message):
+    """GetOrganisationKeyResponse describes the key; its certificate is the current one."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEY_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def key(self) -> Global___OrganisationKey: ...
+    def __init__(
+        self,
+        *,
+        key: Global___OrganisationKey | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["key", b"key"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetOrganisationKeyResponse: _TypeAlias = GetOrganisationKeyResponse  # noqa: Y015
+
+@_typing.final
 class GetCrlRequest(_message.Message):
     """GetCrlRequest is empty."""
 

@@ -618,6 +618,11 @@ class GatewayServiceStub:
                 request_serializer=mobilesign_dot_v1_dot_gateway__pb2.GetCaCertificateRequest.SerializeToString,
                 response_deserializer=mobilesign_dot_v1_dot_gateway__pb2.GetCaCertificateResponse.FromString,
                 _registered_method=True)
+        self.GetOrganisationKey = channel.unary_unary(
+                '/mobilesign.v1.GatewayService/GetOrganisationKey',
+                request_serializer=mobilesign_dot_v1_dot_gateway__pb2.GetOrganisationKeyRequest.SerializeToString,
+                response_deserializer=mobilesign_dot_v1_dot_gateway__pb2.GetOrganisationKeyResponse.FromString,
+                _registered_method=True)
         self.GetCrl = channel.unary_unary(
                 '/mobilesign.v1.GatewayService/GetCrl',
                 request_serializer=mobilesign_dot_v1_dot_gateway__pb2.GetCrlRequest.SerializeToString,
@@ -702,6 +707,14 @@ class GatewayServiceServicer:
 
     def GetCaCertificate(self, request, context):
         """GetCaCertificate returns the CA certificate (the trust anchor of every certificate issued).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetOrganisationKey(self, request, context):
+        """GetOrganisationKey describes an organisation key with its current certificate, so that a
+        phone can check what a service record names before co-signing it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -810,6 +823,11 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.GetCaCertificate,
                     request_deserializer=mobilesign_dot_v1_dot_gateway__pb2.GetCaCertificateRequest.FromString,
                     response_serializer=mobilesign_dot_v1_dot_gateway__pb2.GetCaCertificateResponse.SerializeToString,
+            ),
+            'GetOrganisationKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetOrganisationKey,
+                    request_deserializer=mobilesign_dot_v1_dot_gateway__pb2.GetOrganisationKeyRequest.FromString,
+                    response_serializer=mobilesign_dot_v1_dot_gateway__pb2.GetOrganisationKeyResponse.SerializeToString,
             ),
             'GetCrl': grpc.unary_unary_rpc_method_handler(
                     servicer.GetCrl,
@@ -955,6 +973,33 @@ class GatewayService:
             '/mobilesign.v1.GatewayService/GetCaCertificate',
             mobilesign_dot_v1_dot_gateway__pb2.GetCaCertificateRequest.SerializeToString,
             mobilesign_dot_v1_dot_gateway__pb2.GetCaCertificateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetOrganisationKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mobilesign.v1.GatewayService/GetOrganisationKey',
+            mobilesign_dot_v1_dot_gateway__pb2.GetOrganisationKeyRequest.SerializeToString,
+            mobilesign_dot_v1_dot_gateway__pb2.GetOrganisationKeyResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -236,6 +236,10 @@ class GatewayServiceStub:
     """GetPersonalCertificate returns the current personal certificate of a user key."""
     GetCaCertificate: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.GetCaCertificateRequest, _gateway_pb2.GetCaCertificateResponse]
     """GetCaCertificate returns the CA certificate (the trust anchor of every certificate issued)."""
+    GetOrganisationKey: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.GetOrganisationKeyRequest, _gateway_pb2.GetOrganisationKeyResponse]
+    """GetOrganisationKey describes an organisation key with its current certificate, so that a
+    phone can check what a service record names before co-signing it.
+    """
     GetCrl: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.GetCrlRequest, _gateway_pb2.GetCrlResponse]
     """GetCrl returns the current CRL, signed through the HSM."""
     GetCertificateStatus: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.GetCertificateStatusRequest, _gateway_pb2.GetCertificateStatusResponse]
@@ -280,6 +284,10 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     """GetPersonalCertificate returns the current personal certificate of a user key."""
     GetCaCertificate: _aio.UnaryUnaryMultiCallable[_gateway_pb2.GetCaCertificateRequest, _gateway_pb2.GetCaCertificateResponse]  # type: ignore[assignment]
     """GetCaCertificate returns the CA certificate (the trust anchor of every certificate issued)."""
+    GetOrganisationKey: _aio.UnaryUnaryMultiCallable[_gateway_pb2.GetOrganisationKeyRequest, _gateway_pb2.GetOrganisationKeyResponse]  # type: ignore[assignment]
+    """GetOrganisationKey describes an organisation key with its current certificate, so that a
+    phone can check what a service record names before co-signing it.
+    """
     GetCrl: _aio.UnaryUnaryMultiCallable[_gateway_pb2.GetCrlRequest, _gateway_pb2.GetCrlResponse]  # type: ignore[assignment]
     """GetCrl returns the current CRL, signed through the HSM."""
     GetCertificateStatus: _aio.UnaryUnaryMultiCallable[_gateway_pb2.GetCertificateStatusRequest, _gateway_pb2.GetCertificateStatusResponse]  # type: ignore[assignment]
@@ -339,6 +347,16 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_pb2.GetCaCertificateResponse, _abc.Awaitable[_gateway_pb2.GetCaCertificateResponse]]:
         """GetCaCertificate returns the CA certificate (the trust anchor of every certificate issued)."""
+
+    @_abc_1.abstractmethod
+    def GetOrganisationKey(
+        self,
+        request: _gateway_pb2.GetOrganisationKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.GetOrganisationKeyResponse, _abc.Awaitable[_gateway_pb2.GetOrganisationKeyResponse]]:
+        """GetOrganisationKey describes an organisation key with its current certificate, so that a
+        phone can check what a service record names before co-signing it.
+        """
 
     @_abc_1.abstractmethod
     def GetCrl(

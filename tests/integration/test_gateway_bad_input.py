@@ -200,3 +200,49 @@ async def test_operations_and_log_queries(
         assert await escrow.log_size(deployment) == size
     finally:
         await phone.close()
+
+
+@pytest.mark.parametrize(
+    ("key_id", "code", "reason"),
+    [
+        ("", Code.INVALID_ARGUMENT, "MALFORMED_KEY_ID"),
+        ("A" * 32, Code.INVALID_ARGUMENT, "MALFORMED_KEY_ID"),
+        ("0" * 31, Code.INVALID_ARGUMENT, "MALFORMED_KEY_ID"),
+        ("0" * 32 + "\n", Code.INVALID_ARGUMENT, "MALFORMED_KEY_ID"),
+        ("0" * 64, Code.INVALID_ARGUMENT, "MALFORMED_KEY_ID"),
+        ("0" * 32, Code.NOT_FOUND, "ORGANISATION_KEY_NOT_FOUND"),
+    ],
+)
+async def test_organisation_key_lookup(
+    deployment: Deployment,
+    organisation: escrow.Organisation,
+    key_id: str,
+    code: grpc.StatusCode,
+    reason: str,
+) -> None:
+    async with deployment.public_channel("gateway") as channel:
+        stub = escrow.public(channel)
+        await _expect(
+            stub.GetOrganisationKey(gateway_pb2.GetOrganisationKeyRequest(key_id=key_id)),
+            code,
+            reason,
+        )
+        # Anyone may read a real key's description: it is what phones check records against.
+        found = await stub.GetOrganisationKey(
+            gateway_pb2.GetOrganisationKeyRequest(key_id=organisation.seal.key_id)
+        )
+    assert found.key == organisation.seal
+
+
+@pytest.mark.parametrize("key_id", ["", "0" * 63, "G" * 64, "0" * 32, "0" * 64 + " "])
+async def test_personal_certificate_lookup_refuses_malformed_key_ids(
+    deployment: Deployment, key_id: str
+) -> None:
+    async with deployment.public_channel("gateway") as channel:
+        await _expect(
+            escrow.public(channel).GetPersonalCertificate(
+                gateway_pb2.GetPersonalCertificateRequest(key_id=key_id)
+            ),
+            Code.INVALID_ARGUMENT,
+            "MALFORMED_KEY_ID",
+        )

@@ -245,7 +245,8 @@ async def test_revoked_organisation_certificates_with_every_reason(
     assert sorted(k.certificate for k in listed.keys) == sorted(
         k.key.certificate for k in keys.values()
     )
-    # An organisation key is not a personal key: the phone-facing RPC does not serve it.
+    # An organisation key is not a personal key: its id (32 hex digits, not the 64 of a joint
+    # key) is refused by the phone-facing RPC before any lookup.
     async with deployment.public_channel("gateway") as channel:
         await expect_refusal(
             public_stub(channel).GetPersonalCertificate(
@@ -253,6 +254,6 @@ async def test_revoked_organisation_certificates_with_every_reason(
                     key_id=next(iter(keys.values())).key.key_id
                 )
             ),
-            Code.NOT_FOUND,
-            "CERTIFICATE_NOT_FOUND",
+            Code.INVALID_ARGUMENT,
+            "MALFORMED_KEY_ID",
         )
