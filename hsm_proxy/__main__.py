@@ -11,6 +11,7 @@ from hsm_proxy import config as hsm_config
 from hsm_proxy import keys, servicer, token
 from hsm_proxy.authorisation import AuthorisationChecker
 from hsm_proxy.replay import UsedRecords
+from hsm_proxy.witness import Witness
 from mobilesign.hosting import devpki, entrypoint, logs, serve
 from mobilesign.v1 import hsm_pb2_grpc
 
@@ -42,11 +43,24 @@ async def _main(
         cfg.authoriser_key_label,
     )
 
+    log_key = await servicer.run_in_token(
+        pool, lambda s: keys.ensure(s, cfg.log_key_label, keys.Purpose.LOG, keys.Algorithm.EC_P256)
+    )
+    witness = await Witness.open(
+        hsm_dir / "witness.db",
+        cfg.log_origin,
+        log_key.spki,
+        lambda digest: servicer.run_in_token(
+            pool, lambda s: keys.sign_digest(s, log_key, keys.SignMechanism.ECDSA_SHA256, digest)
+        ),
+    )
+    resources.push_async_callback(witness.close)
+
     await serve.serve(
         name="hsm-proxy",
         services={servicer.SERVICE: servicer.POLICY},
         register=lambda server: hsm_pb2_grpc.add_HsmServiceServicer_to_server(
-            servicer.HsmServicer(pool, checker), server
+            servicer.HsmServicer(pool, checker, witness), server
         ),
         listeners=[serve.Listener("internal", cfg.listen, mutual=True)],
         credential=devpki.credential(state, "hsm-proxy"),

@@ -31,6 +31,10 @@ class HsmProxyConfig:
     init_softhsm_token: bool = True
     #: Label of the gateway's service key whose signature authorises organisation-key use.
     authoriser_key_label: str = "gateway-authorisation"
+    #: Label of the audit log's key (created at the first start; it signs only checkpoints).
+    log_key_label: str = "audit-log"
+    #: The log's origin line in every checkpoint, and the note key name.
+    log_origin: str = "mobilesign.invalid/audit-log"
     workers: int = 4
     queue_size: int = 256
     max_message_bytes: int = 64 * 1024

@@ -44,6 +44,7 @@ class Purpose(enum.Enum):
     ORGANISATION = "organisation"
     CA = "ca"
     SERVICE = "service"
+    LOG = "log"
 
 
 class Algorithm(enum.Enum):
@@ -168,6 +169,17 @@ def generate(
     record = _record(public)
     assert record is not None
     return record
+
+
+def ensure(
+    session: pkcs11.Session, label: str, purpose: Purpose, algorithm: Algorithm
+) -> KeyRecord:
+    """The key pair of this purpose and label, generated when the token has none (run where
+    no other caller can generate the same key at once, such as at start-up)."""
+    for record in list_keys(session, purpose):
+        if record.label == label:
+            return record
+    return generate(session, label, purpose, algorithm)
 
 
 def list_keys(session: pkcs11.Session, purpose: Purpose | None) -> list[KeyRecord]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import time
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
@@ -18,6 +19,7 @@ from hsm_proxy import keys
 from hsm_proxy.authorisation import AuthorisationChecker
 from hsm_proxy.errors import HsmProxyError
 from hsm_proxy.token import PoolFull, SessionPool
+from hsm_proxy.witness import Witness
 from mobilesign import ids, pkix, records
 from mobilesign.errors import Kind
 from mobilesign.hosting import access
@@ -40,6 +42,9 @@ POLICY = access.AccessPolicy(
         "Decrypt": frozenset({"gateway", "admin"}),
         "Seal": frozenset({"cosigner"}),
         "Unseal": frozenset({"cosigner"}),
+        "GetLogState": frozenset({"gateway", "admin"}),
+        # The log's sequencer asks; the proxy signs only what extends what it signed before.
+        "SignCheckpoint": frozenset({"gateway"}),
     }
 )
 
@@ -47,6 +52,7 @@ _PURPOSES = {
     hsm_pb2.KEY_PURPOSE_ORGANISATION: keys.Purpose.ORGANISATION,
     hsm_pb2.KEY_PURPOSE_CA: keys.Purpose.CA,
     hsm_pb2.KEY_PURPOSE_SERVICE: keys.Purpose.SERVICE,
+    hsm_pb2.KEY_PURPOSE_LOG: keys.Purpose.LOG,
 }
 _ALGORITHMS = {
     hsm_pb2.KEY_ALGORITHM_EC_P256: keys.Algorithm.EC_P256,
@@ -83,6 +89,12 @@ def _key_info(record: keys.KeyRecord) -> hsm_pb2.KeyInfo:
         purpose=_PURPOSE_VALUES[record.purpose],
         algorithm=_ALGORITHM_VALUES[record.algorithm],
         public_key_spki=record.spki,
+    )
+
+
+def _log_key_reserved() -> HsmProxyError:
+    return HsmProxyError(
+        Kind.DENIED, "LOG_KEY_RESERVED", "the log key signs checkpoints only (SignCheckpoint)"
     )
 
 
@@ -149,9 +161,10 @@ class _TokenSigner:
 class HsmServicer(hsm_pb2_grpc.HsmServiceServicer):
     """Implements ``mobilesign.v1.HsmService`` over a :class:`SessionPool`."""
 
-    def __init__(self, pool: SessionPool, checker: AuthorisationChecker) -> None:
+    def __init__(self, pool: SessionPool, checker: AuthorisationChecker, witness: Witness) -> None:
         self._pool = pool
         self._checker = checker
+        self._witness = witness
         self._records: dict[bytes, keys.KeyRecord] = {}
         # Serialises key generation so that the label check and the creation are atomic.
         self._generate_lock = asyncio.Lock()
@@ -185,6 +198,8 @@ class HsmServicer(hsm_pb2_grpc.HsmServiceServicer):
         ids.KEY_LABEL.check(request.label)
         purpose = _enum(_PURPOSES, request.purpose, "PURPOSE_REQUIRED", "a key purpose")
         algorithm = _enum(_ALGORITHMS, request.algorithm, "ALGORITHM_REQUIRED", "a key algorithm")
+        if purpose is keys.Purpose.LOG:
+            raise _log_key_reserved()
         async with self._generate_lock:
             record = await self._run(lambda s: keys.generate(s, request.label, purpose, algorithm))
         _log.info(
@@ -223,6 +238,8 @@ class HsmServicer(hsm_pb2_grpc.HsmServiceServicer):
         if len(request.digest) != keys.DIGEST_BYTES:
             raise HsmProxyError(Kind.INVALID, "DIGEST_LENGTH", "a SHA-256 digest is 32 bytes")
         record = await self._describe(key_id)
+        if record.purpose is keys.Purpose.LOG:
+            raise _log_key_reserved()
         if record.purpose is keys.Purpose.ORGANISATION:
             operation = _RECORD_OPERATIONS.get(mechanism)
             if operation is None:
@@ -261,6 +278,8 @@ class HsmServicer(hsm_pb2_grpc.HsmServiceServicer):
                 Kind.INVALID, "MALFORMED_SUBJECT", "the subject is not DER"
             ) from None
         record = await self._describe(key_id)
+        if record.purpose is keys.Purpose.LOG:
+            raise _log_key_reserved()
         csr = await pkix.build_csr(
             signer=_TokenSigner(self, record),
             subject=request.subject,
@@ -302,3 +321,26 @@ class HsmServicer(hsm_pb2_grpc.HsmServiceServicer):
             lambda s: keys.unseal(s, caller, request.sealed, request.associated_data)
         )
         return hsm_pb2.UnsealResponse(plaintext=plaintext)
+
+    async def GetLogState(
+        self, request: hsm_pb2.GetLogStateRequest, context: _Context
+    ) -> hsm_pb2.GetLogStateResponse:
+        state = self._witness.state
+        return hsm_pb2.GetLogStateResponse(
+            public_key_spki=self._witness.public_key_spki,
+            origin=self._witness.origin,
+            tree_size=state.tree_size,
+            root_hash=state.root_hash,
+        )
+
+    async def SignCheckpoint(
+        self, request: hsm_pb2.SignCheckpointRequest, context: _Context
+    ) -> hsm_pb2.SignCheckpointResponse:
+        note = await self._witness.sign(
+            old_size=request.old_size,
+            tree_size=request.tree_size,
+            root_hash=request.root_hash,
+            proof=list(request.consistency_proof),
+            now=int(time.time()),
+        )
+        return hsm_pb2.SignCheckpointResponse(checkpoint=note)

@@ -70,12 +70,7 @@ async def _main(
     )
     ledger = await Ledger.open(state / "gateway" / "ledger.db")
     resources.push_async_callback(ledger.close)
-    audit = AuditLog(
-        ledger,
-        hsm,
-        await hsm.ensure_key(cfg.log_key_label, hsm_pb2.KEY_PURPOSE_SERVICE),
-        cfg.log_origin,
-    )
+    audit = AuditLog(ledger, hsm, await hsm.log_state())
     # Created now so that the HSM proxy can find it as soon as it must check an authorisation.
     await hsm.ensure_key(cfg.authoriser_key_label, hsm_pb2.KEY_PURPOSE_SERVICE)
     operations = Operations(

@@ -1,19 +1,16 @@
 """The audit log as the outside world sees it: signed checkpoints and proofs.
 
-Checkpoints are C2SP tlog-checkpoint notes signed by the log key, an EC P-256 service key in the
-HSM (note signature type 0x02: DER ECDSA over SHA-256 of the note text). A checkpoint is signed
-when one is asked for and the tree has grown since the last one.
+Checkpoints are C2SP tlog-checkpoint notes signed by the log key, an EC P-256 key that only the
+HSM proxy uses, as the log's witness (note signature type 0x02: DER ECDSA over SHA-256 of the
+note text). The gateway asks for one when one is wanted and the tree has grown, handing the
+proxy a consistency proof from the last checkpoint it signed; a tree that does not extend that
+one (rewritten, truncated, forked) gets no signature at all.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-
-from mobilesign import auditlog
 from mobilesign.errors import Kind
 from mobilesign.v1 import hsm_pb2
 from server.errors import GatewayError
@@ -24,21 +21,20 @@ from server.ledger import Ledger
 class AuditLog:
     """Checkpoints and proofs over the ledger's Merkle tree."""
 
-    def __init__(self, ledger: Ledger, hsm: HsmClient, key: hsm_pb2.KeyInfo, origin: str) -> None:
+    def __init__(self, ledger: Ledger, hsm: HsmClient, state: hsm_pb2.GetLogStateResponse) -> None:
         self._ledger = ledger
         self._hsm = hsm
-        self._key = key
-        self.origin = origin
-        public = serialization.load_der_public_key(key.public_key_spki)
-        assert isinstance(public, ec.EllipticCurvePublicKey)
-        self._public = public
+        self.origin = state.origin
+        self._public_key_spki = state.public_key_spki
+        # The last checkpoint the HSM proxy signed, as far as this gateway knows.
+        self._witnessed = state.tree_size
         self._lock = asyncio.Lock()
         self._latest: tuple[int, bytes] | None = None
 
     @property
     def public_key_spki(self) -> bytes:
         """The log key (DER SubjectPublicKeyInfo)."""
-        return self._key.public_key_spki
+        return self._public_key_spki
 
     @property
     def ledger(self) -> Ledger:
@@ -46,28 +42,28 @@ class AuditLog:
         return self._ledger
 
     async def checkpoint(self) -> tuple[int, bytes]:
-        """(tree size, signed note) for the current tree."""
+        """(tree size, signed note) for the current tree, signed by the HSM proxy."""
         async with self._lock:
             size = self._ledger.size
             if self._latest is not None and self._latest[0] == size:
                 return self._latest
-            body = auditlog.Checkpoint(self.origin, size, self._ledger.root(size)).to_body()
-            signature = await self._hsm.sign_digest(
-                self._key.key_id,
-                hsm_pb2.SIGNATURE_MECHANISM_ECDSA_SHA256,
-                hashlib.sha256(body).digest(),
-            )
-
-            def precomputed(text: bytes) -> bytes:
-                # The HSM signed exactly this text; the note code checks the signature again.
-                assert text == body
-                return signature
-
-            note = auditlog.sign_note(
-                body, [auditlog.NoteSigner(self.origin, self._public, precomputed)]
-            )
+            try:
+                note = await self._witness(size)
+            except GatewayError as exc:
+                if exc.reason != "WITNESS_STATE_STALE":
+                    raise
+                # Another sequencer (or a restart) moved the proxy on: ask where it is, once.
+                self._witnessed = (await self._hsm.log_state()).tree_size
+                note = await self._witness(size)
+            self._witnessed = size
             self._latest = (size, note)
             return self._latest
+
+    async def _witness(self, size: int) -> bytes:
+        old = self._witnessed
+        # A tree smaller than the witnessed one gets no proof: the proxy refuses it as it is.
+        proof = self._ledger.consistency_proof(old, size) if 0 < old < size else []
+        return await self._hsm.sign_checkpoint(old, size, self._ledger.root(size), proof)
 
     def _check_sizes(self, *sizes: int) -> None:
         if any(size > self._ledger.size for size in sizes):

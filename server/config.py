@@ -30,9 +30,6 @@ class GatewayConfig:
     certificate_validity_days: int = 365
     #: Label of the service key that signs the gateway's authorisations for the HSM proxy.
     authoriser_key_label: str = "gateway-authorisation"
-    #: Label of the log key (checkpoint signatures) and the log's origin line.
-    log_key_label: str = "audit-log"
-    log_origin: str = "mobilesign.invalid/audit-log"
     max_message_bytes: int = 256 * 1024
     max_concurrent_rpcs: int = 1024
     grace_seconds: float = 5.0

@@ -98,6 +98,31 @@ class HsmClient:
             raise _failed(exc) from None
         return reply.plaintext
 
+    async def log_state(self) -> hsm_pb2.GetLogStateResponse:
+        """The log key, the log's origin and the last checkpoint the proxy signed."""
+        try:
+            return await self._stub.GetLogState(hsm_pb2.GetLogStateRequest(), timeout=10)
+        except grpc.aio.AioRpcError as exc:
+            raise _failed(exc) from None
+
+    async def sign_checkpoint(
+        self, old_size: int, tree_size: int, root_hash: bytes, proof: list[bytes]
+    ) -> bytes:
+        """The proxy's signed note for a tree that extends the one of ``old_size`` entries."""
+        try:
+            reply = await self._stub.SignCheckpoint(
+                hsm_pb2.SignCheckpointRequest(
+                    old_size=old_size,
+                    tree_size=tree_size,
+                    root_hash=root_hash,
+                    consistency_proof=proof,
+                ),
+                timeout=10,
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise _failed(exc) from None
+        return reply.checkpoint
+
     async def certificate_request(self, key_id: str, subject: bytes) -> bytes:
         """A PKCS#10 request built and signed by the HSM proxy with the key itself."""
         try:

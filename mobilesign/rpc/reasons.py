@@ -31,7 +31,9 @@ REASONS: frozenset[str] = frozenset(
         "CERTIFICATE_UNTRUSTED",
         "CHAIN_INVALID",
         "CHALLENGE_INVALID",
+        "CHECKPOINT_INCONSISTENT",
         "CHECKPOINT_INVALID",
+        "CHECKPOINT_MALFORMED",
         "CIPHERTEXT_LENGTH",
         "CONSISTENCY_INVALID",
         "COSIGNER_ATTESTATION_INVALID",
@@ -79,6 +81,7 @@ REASONS: frozenset[str] = frozenset(
         "KEY_USAGE_INVALID",
         "LABEL_IN_USE",
         "LOG_KEY_INVALID",
+        "LOG_KEY_RESERVED",
         "MALFORMED",
         "MALFORMED_CHALLENGE",
         "MALFORMED_DISPLAY_NAME",
@@ -172,6 +175,7 @@ REASONS: frozenset[str] = frozenset(
         "USER_NOT_FOUND",
         "USER_SIGNATURE_INVALID",
         "WINDOW_INVALID",
+        "WITNESS_STATE_STALE",
         "WRONG_PIN",
     }
 )

@@ -51,7 +51,11 @@ class _KeyPurposeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_KeyPurpose
     KEY_PURPOSE_CA: _KeyPurpose.ValueType  # 2
     """A certification authority key: signs certificates and CRLs."""
     KEY_PURPOSE_SERVICE: _KeyPurpose.ValueType  # 3
-    """A service's own signing key (tickets, log checkpoints, authorisations)."""
+    """A service's own signing key (tickets, authorisations)."""
+    KEY_PURPOSE_LOG: _KeyPurpose.ValueType  # 4
+    """The audit log's key: the proxy's own, created at its start; it signs only checkpoints,
+    through SignCheckpoint.
+    """
 
 class KeyPurpose(_KeyPurpose, metaclass=_KeyPurposeEnumTypeWrapper):
     """KeyPurpose says what a key pair is for; it decides which operations it may perform."""
@@ -62,7 +66,11 @@ KEY_PURPOSE_ORGANISATION: KeyPurpose.ValueType  # 1
 KEY_PURPOSE_CA: KeyPurpose.ValueType  # 2
 """A certification authority key: signs certificates and CRLs."""
 KEY_PURPOSE_SERVICE: KeyPurpose.ValueType  # 3
-"""A service's own signing key (tickets, log checkpoints, authorisations)."""
+"""A service's own signing key (tickets, authorisations)."""
+KEY_PURPOSE_LOG: KeyPurpose.ValueType  # 4
+"""The audit log's key: the proxy's own, created at its start; it signs only checkpoints,
+through SignCheckpoint.
+"""
 Global___KeyPurpose: _TypeAlias = KeyPurpose  # noqa: Y015
 
 class _SignatureMechanism:
@@ -572,3 +580,109 @@ class UnsealResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UnsealResponse: _TypeAlias = UnsealResponse  # noqa: Y015
+
+@_typing.final
+class GetLogStateRequest(_message.Message):
+    """GetLogStateRequest is empty."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetLogStateRequest: _TypeAlias = GetLogStateRequest  # noqa: Y015
+
+@_typing.final
+class GetLogStateResponse(_message.Message):
+    """GetLogStateResponse describes the log key and the last checkpoint signed with it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PUBLIC_KEY_SPKI_FIELD_NUMBER: _builtins.int
+    ORIGIN_FIELD_NUMBER: _builtins.int
+    TREE_SIZE_FIELD_NUMBER: _builtins.int
+    ROOT_HASH_FIELD_NUMBER: _builtins.int
+    public_key_spki: _builtins.bytes
+    """The log key (DER SubjectPublicKeyInfo, EC P-256)."""
+    origin: _builtins.str
+    """The checkpoints' origin line (also the note's key name)."""
+    tree_size: _builtins.int
+    """Size and root hash of the last checkpoint signed; 0 and empty before the first."""
+    root_hash: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        public_key_spki: _builtins.bytes = ...,
+        origin: _builtins.str = ...,
+        tree_size: _builtins.int = ...,
+        root_hash: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["origin", b"origin", "public_key_spki", b"public_key_spki", "root_hash", b"root_hash", "tree_size", b"tree_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetLogStateResponse: _TypeAlias = GetLogStateResponse  # noqa: Y015
+
+@_typing.final
+class SignCheckpointRequest(_message.Message):
+    """SignCheckpointRequest asks for a signed checkpoint of a tree that extends the last one."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OLD_SIZE_FIELD_NUMBER: _builtins.int
+    TREE_SIZE_FIELD_NUMBER: _builtins.int
+    ROOT_HASH_FIELD_NUMBER: _builtins.int
+    CONSISTENCY_PROOF_FIELD_NUMBER: _builtins.int
+    old_size: _builtins.int
+    """The size of the last checkpoint the proxy signed, as the caller believes it (GetLogState)."""
+    tree_size: _builtins.int
+    """The new tree: at least old_size entries."""
+    root_hash: _builtins.bytes
+    @_builtins.property
+    def consistency_proof(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """RFC 9162 consistency proof from old_size to tree_size; empty when old_size is 0 or equal."""
+
+    def __init__(
+        self,
+        *,
+        old_size: _builtins.int = ...,
+        tree_size: _builtins.int = ...,
+        root_hash: _builtins.bytes = ...,
+        consistency_proof: _abc.Iterable[_builtins.bytes] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consistency_proof", b"consistency_proof", "old_size", b"old_size", "root_hash", b"root_hash", "tree_size", b"tree_size"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SignCheckpointRequest: _TypeAlias = SignCheckpointRequest  # noqa: Y015
+
+@_typing.final
+class SignCheckpointResponse(_message.Message):
+    """SignCheckpointResponse carries the C2SP signed note (checkpoint text and the log key's line)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CHECKPOINT_FIELD_NUMBER: _builtins.int
+    checkpoint: _builtins.bytes
+    def __init__(
+        self,
+        *,
+        checkpoint: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SignCheckpointResponse: _TypeAlias = SignCheckpointResponse  # noqa: Y015

@@ -77,6 +77,16 @@ class HsmServiceStub:
                 request_serializer=mobilesign_dot_v1_dot_hsm__pb2.UnsealRequest.SerializeToString,
                 response_deserializer=mobilesign_dot_v1_dot_hsm__pb2.UnsealResponse.FromString,
                 _registered_method=True)
+        self.GetLogState = channel.unary_unary(
+                '/mobilesign.v1.HsmService/GetLogState',
+                request_serializer=mobilesign_dot_v1_dot_hsm__pb2.GetLogStateRequest.SerializeToString,
+                response_deserializer=mobilesign_dot_v1_dot_hsm__pb2.GetLogStateResponse.FromString,
+                _registered_method=True)
+        self.SignCheckpoint = channel.unary_unary(
+                '/mobilesign.v1.HsmService/SignCheckpoint',
+                request_serializer=mobilesign_dot_v1_dot_hsm__pb2.SignCheckpointRequest.SerializeToString,
+                response_deserializer=mobilesign_dot_v1_dot_hsm__pb2.SignCheckpointResponse.FromString,
+                _registered_method=True)
 
 
 class HsmServiceServicer:
@@ -142,6 +152,23 @@ class HsmServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetLogState(self, request, context):
+        """GetLogState returns the log key, the log's origin and the last checkpoint the proxy signed.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SignCheckpoint(self, request, context):
+        """SignCheckpoint signs a checkpoint of the audit log with the log key, only if the tree
+        extends the last one the proxy signed (checked with the consistency proof given); the new
+        size and root are stored durably before the signed note is released. The log key signs
+        nothing else.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_HsmServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -184,6 +211,16 @@ def add_HsmServiceServicer_to_server(servicer, server):
                     servicer.Unseal,
                     request_deserializer=mobilesign_dot_v1_dot_hsm__pb2.UnsealRequest.FromString,
                     response_serializer=mobilesign_dot_v1_dot_hsm__pb2.UnsealResponse.SerializeToString,
+            ),
+            'GetLogState': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetLogState,
+                    request_deserializer=mobilesign_dot_v1_dot_hsm__pb2.GetLogStateRequest.FromString,
+                    response_serializer=mobilesign_dot_v1_dot_hsm__pb2.GetLogStateResponse.SerializeToString,
+            ),
+            'SignCheckpoint': grpc.unary_unary_rpc_method_handler(
+                    servicer.SignCheckpoint,
+                    request_deserializer=mobilesign_dot_v1_dot_hsm__pb2.SignCheckpointRequest.FromString,
+                    response_serializer=mobilesign_dot_v1_dot_hsm__pb2.SignCheckpointResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -405,6 +442,60 @@ class HsmService:
             '/mobilesign.v1.HsmService/Unseal',
             mobilesign_dot_v1_dot_hsm__pb2.UnsealRequest.SerializeToString,
             mobilesign_dot_v1_dot_hsm__pb2.UnsealResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetLogState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mobilesign.v1.HsmService/GetLogState',
+            mobilesign_dot_v1_dot_hsm__pb2.GetLogStateRequest.SerializeToString,
+            mobilesign_dot_v1_dot_hsm__pb2.GetLogStateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SignCheckpoint(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mobilesign.v1.HsmService/SignCheckpoint',
+            mobilesign_dot_v1_dot_hsm__pb2.SignCheckpointRequest.SerializeToString,
+            mobilesign_dot_v1_dot_hsm__pb2.SignCheckpointResponse.FromString,
             options,
             channel_credentials,
             insecure,

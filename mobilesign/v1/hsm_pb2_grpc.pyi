@@ -54,6 +54,14 @@ class HsmServiceStub:
     """Seal encrypts a small secret with AES-256-GCM under the caller's sealing key in the token."""
     Unseal: _grpc.UnaryUnaryMultiCallable[_hsm_pb2.UnsealRequest, _hsm_pb2.UnsealResponse]
     """Unseal reverses Seal; a blob that was altered, or sealed for another caller, is refused."""
+    GetLogState: _grpc.UnaryUnaryMultiCallable[_hsm_pb2.GetLogStateRequest, _hsm_pb2.GetLogStateResponse]
+    """GetLogState returns the log key, the log's origin and the last checkpoint the proxy signed."""
+    SignCheckpoint: _grpc.UnaryUnaryMultiCallable[_hsm_pb2.SignCheckpointRequest, _hsm_pb2.SignCheckpointResponse]
+    """SignCheckpoint signs a checkpoint of the audit log with the log key, only if the tree
+    extends the last one the proxy signed (checked with the consistency proof given); the new
+    size and root are stored durably before the signed note is released. The log key signs
+    nothing else.
+    """
 
 @_typing.type_check_only
 class HsmServiceAsyncStub(HsmServiceStub):
@@ -81,6 +89,14 @@ class HsmServiceAsyncStub(HsmServiceStub):
     """Seal encrypts a small secret with AES-256-GCM under the caller's sealing key in the token."""
     Unseal: _aio.UnaryUnaryMultiCallable[_hsm_pb2.UnsealRequest, _hsm_pb2.UnsealResponse]  # type: ignore[assignment]
     """Unseal reverses Seal; a blob that was altered, or sealed for another caller, is refused."""
+    GetLogState: _aio.UnaryUnaryMultiCallable[_hsm_pb2.GetLogStateRequest, _hsm_pb2.GetLogStateResponse]  # type: ignore[assignment]
+    """GetLogState returns the log key, the log's origin and the last checkpoint the proxy signed."""
+    SignCheckpoint: _aio.UnaryUnaryMultiCallable[_hsm_pb2.SignCheckpointRequest, _hsm_pb2.SignCheckpointResponse]  # type: ignore[assignment]
+    """SignCheckpoint signs a checkpoint of the audit log with the log key, only if the tree
+    extends the last one the proxy signed (checked with the consistency proof given); the new
+    size and root are stored durably before the signed note is released. The log key signs
+    nothing else.
+    """
 
 class HsmServiceServicer(metaclass=_abc_1.ABCMeta):
     """HsmService is the HSM proxy: the only process that loads the PKCS#11 module. Private keys are
@@ -153,5 +169,25 @@ class HsmServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_hsm_pb2.UnsealResponse, _abc.Awaitable[_hsm_pb2.UnsealResponse]]:
         """Unseal reverses Seal; a blob that was altered, or sealed for another caller, is refused."""
+
+    @_abc_1.abstractmethod
+    def GetLogState(
+        self,
+        request: _hsm_pb2.GetLogStateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_hsm_pb2.GetLogStateResponse, _abc.Awaitable[_hsm_pb2.GetLogStateResponse]]:
+        """GetLogState returns the log key, the log's origin and the last checkpoint the proxy signed."""
+
+    @_abc_1.abstractmethod
+    def SignCheckpoint(
+        self,
+        request: _hsm_pb2.SignCheckpointRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_hsm_pb2.SignCheckpointResponse, _abc.Awaitable[_hsm_pb2.SignCheckpointResponse]]:
+        """SignCheckpoint signs a checkpoint of the audit log with the log key, only if the tree
+        extends the last one the proxy signed (checked with the consistency proof given); the new
+        size and root are stored durably before the signed note is released. The log key signs
+        nothing else.
+        """
 
 def add_HsmServiceServicer_to_server(servicer: HsmServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
