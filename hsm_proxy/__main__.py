@@ -34,15 +34,6 @@ async def _main(
 
     used = await UsedRecords.open(hsm_dir / "authorisations.db")
     resources.push_async_callback(used.close)
-    checker = AuthorisationChecker(
-        lambda purpose: servicer.run_in_token(pool, lambda s: keys.list_keys(s, purpose)),
-        lambda sealed, aad: servicer.run_in_token(
-            pool, lambda s: keys.unseal(s, "cosigner", sealed, aad)
-        ),
-        used,
-        cfg.authoriser_key_label,
-    )
-
     log_key = await servicer.run_in_token(
         pool, lambda s: keys.ensure(s, cfg.log_key_label, keys.Purpose.LOG, keys.Algorithm.EC_P256)
     )
@@ -55,6 +46,14 @@ async def _main(
         ),
     )
     resources.push_async_callback(witness.close)
+    checker = AuthorisationChecker(
+        lambda purpose: servicer.run_in_token(pool, lambda s: keys.list_keys(s, purpose)),
+        lambda sealed, aad: servicer.run_in_token(
+            pool, lambda s: keys.unseal(s, "cosigner", sealed, aad)
+        ),
+        used,
+        witness.root_at,
+    )
 
     await serve.serve(
         name="hsm-proxy",

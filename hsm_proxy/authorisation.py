@@ -1,13 +1,14 @@
 """The check next to the key: the HSM proxy uses an organisation key only for a service record
-co-signed by a certified user and authorised by the gateway, once.
+co-signed by a certified user, already in the audit log, once.
 
-Every trust anchor is in the token itself: the user's certificate must be signed by a CA key
+Every trust anchor is the proxy's own: the user's certificate must be signed by a CA key
 (purpose CA) held in this token, the user's key must be attested by the cosigner (a blob sealed
-with the cosigner's sealing key, which only the cosigner can have made), and the gateway's
-authorisation must be signed by the service key labelled ``authoriser_label``. A compromised
-gateway therefore cannot use an organisation key without a record co-signed with a two-party key
-the cosigner holds (even though it can have the CA certify any key), and a record cannot be used
-twice or for another key, operation or input.
+with the cosigner's sealing key, which only the cosigner can have made), and the record's log
+entry must be included in a tree the proxy itself signed a checkpoint for, as the log's witness.
+A compromised gateway therefore cannot use an organisation key without a record co-signed with
+a two-party key the cosigner holds (even though it can have the CA certify any key), without
+that record being in the append-only log for every verifier to see, or twice, or for another
+key, operation or input.
 """
 
 from __future__ import annotations
@@ -21,22 +22,26 @@ from collections.abc import Awaitable, Callable
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, utils
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from hsm_proxy import keys
 from hsm_proxy.errors import HsmProxyError
 from hsm_proxy.replay import UsedRecords
-from mobilesign import records
+from mobilesign import auditlog, records
 from mobilesign.errors import Kind
 from mobilesign.v1 import hsm_pb2
 
 #: How far a record's time may be from the proxy's clock.
 MAX_RECORD_AGE_SECONDS = 300
 MAX_FIELD_BYTES = 4096
+#: An inclusion proof in a tree of at most 2**64 entries has at most 64 hashes.
+MAX_INCLUSION_HASHES = 64
 
 KeyLister = Callable[[keys.Purpose], Awaitable[list[keys.KeyRecord]]]
 #: Opens a blob sealed by the cosigner (with the cosigner's sealing key, whoever asks).
 CosignerUnsealer = Callable[[bytes, bytes], Awaitable[bytes]]
+#: The root of a tree size the proxy signed a checkpoint for, or None (``Witness.root_at``).
+WitnessedRoot = Callable[[int], Awaitable[bytes | None]]
 
 
 def _load(spki: bytes) -> object:
@@ -51,16 +56,15 @@ class AuthorisationChecker:
         list_keys: KeyLister,
         unseal_cosigner: CosignerUnsealer,
         used: UsedRecords,
-        authoriser_label: str,
+        witnessed_root: WitnessedRoot,
     ) -> None:
         self._list_keys = list_keys
         self._unseal_cosigner = unseal_cosigner
         self._used = used
-        self._authoriser_label = authoriser_label
+        self._witnessed_root = witnessed_root
         # Public halves of token keys, read once: keys are never deleted or relabelled, so a
         # key seen stays valid; the CA list is read again only when no known CA key verifies.
         self._ca_cache: list[ec.EllipticCurvePublicKey] = []
-        self._authoriser_cache: ec.EllipticCurvePublicKey | None = None
 
     async def _ca_keys(self) -> list[ec.EllipticCurvePublicKey]:
         found = []
@@ -70,21 +74,6 @@ class AuthorisationChecker:
                 found.append(public)
         self._ca_cache = found
         return found
-
-    async def _authoriser(self) -> ec.EllipticCurvePublicKey:
-        if self._authoriser_cache is not None:
-            return self._authoriser_cache
-        for record in await self._list_keys(keys.Purpose.SERVICE):
-            if record.label == self._authoriser_label:
-                public = _load(record.spki)
-                if isinstance(public, ec.EllipticCurvePublicKey):
-                    self._authoriser_cache = public
-                    return public
-        raise HsmProxyError(
-            Kind.DENIED,
-            "GATEWAY_AUTHORISATION_INVALID",
-            "no gateway authorisation key in the token",
-        )
 
     @staticmethod
     def _issued_by_one_of(
@@ -164,14 +153,16 @@ class AuthorisationChecker:
             raise HsmProxyError(
                 Kind.DENIED, "AUTHORISATION_REQUIRED", "organisation keys need a co-signed record"
             )
-        if any(
-            len(f) > MAX_FIELD_BYTES
-            for f in (
-                authorisation.record,
-                authorisation.user_signature,
-                authorisation.user_certificate,
-                authorisation.gateway_signature,
+        if (
+            any(
+                len(f) > MAX_FIELD_BYTES
+                for f in (
+                    authorisation.record,
+                    authorisation.user_signature,
+                    authorisation.user_certificate,
+                )
             )
+            or len(authorisation.inclusion_proof) > MAX_INCLUSION_HASHES
         ):
             raise HsmProxyError(
                 Kind.DENIED, "RECORD_MALFORMED", "an authorisation field is too large"
@@ -211,23 +202,35 @@ class AuthorisationChecker:
                 Kind.DENIED, "USER_SIGNATURE_INVALID", "the user did not sign this record"
             ) from None
         await self._check_attestation(record.user_key_id, authorisation.cosigner_attestation)
-        try:
-            (await self._authoriser()).verify(
-                authorisation.gateway_signature,
-                records.authorisation_digest(authorisation.record, authorisation.user_signature),
-                ec.ECDSA(utils.Prehashed(hashes.SHA256())),
-            )
-        except InvalidSignature:
-            raise HsmProxyError(
-                Kind.DENIED,
-                "GATEWAY_AUTHORISATION_INVALID",
-                "the gateway did not authorise this record",
-            ) from None
+        await self._check_logged(authorisation)
         if not await self._used.consume(record.record_id, key_id.hex(), int(time.time())):
             raise HsmProxyError(
                 Kind.DENIED, "AUTHORISATION_REPLAYED", "this record was already used"
             )
         return record.record_id
+
+    async def _check_logged(self, authorisation: hsm_pb2.OrganisationKeyAuthorisation) -> None:
+        # No record in the log, no service: the entry must be in a tree this proxy witnessed.
+        root = await self._witnessed_root(authorisation.tree_size)
+        if root is None:
+            raise HsmProxyError(
+                Kind.DENIED,
+                "RECORD_NOT_WITNESSED",
+                "no checkpoint of that tree size was signed by the log's witness",
+            )
+        entry = records.RecordEntry(authorisation.record, authorisation.user_signature).encode()
+        try:
+            auditlog.verify_inclusion(
+                index=authorisation.entry_index,
+                size=authorisation.tree_size,
+                leaf_hash=auditlog.leaf_hash(entry),
+                proof=list(authorisation.inclusion_proof),
+                root=root,
+            )
+        except auditlog.ProofError:
+            raise HsmProxyError(
+                Kind.DENIED, "RECORD_NOT_IN_LOG", "the record is not in the witnessed log"
+            ) from None
 
     async def failed_before_use(self, record_id: str) -> None:
         """The token did not act (busy, unavailable): the record may be presented again."""

@@ -29,8 +29,6 @@ class HsmProxyConfig:
     user_pin_file: str = ""
     #: Initialise a SoftHSM2 token under ``<state>/hsm`` when none has the label.
     init_softhsm_token: bool = True
-    #: Label of the gateway's service key whose signature authorises organisation-key use.
-    authoriser_key_label: str = "gateway-authorisation"
     #: Label of the audit log's key (created at the first start; it signs only checkpoints).
     log_key_label: str = "audit-log"
     #: The log's origin line in every checkpoint, and the note key name.

@@ -104,25 +104,9 @@ class Witness:
         """The last checkpoint signed."""
         return self._state
 
-    async def sign(
-        self, *, old_size: int, tree_size: int, root_hash: bytes, proof: Sequence[bytes], now: int
-    ) -> bytes:
-        """The signed note for ``(tree_size, root_hash)``, if it extends the last checkpoint.
-
-        ``old_size`` is the caller's idea of the last signed size; a stale one is refused with
-        ``WITNESS_STATE_STALE`` (ask :attr:`state` again). The new state is on disk before the
-        note is returned.
-        """
-        if (
-            len(root_hash) != auditlog.HASH_SIZE
-            or len(proof) > MAX_PROOF_HASHES
-            or not 0 <= tree_size <= MAX_TREE_SIZE
-        ):
-            raise HsmProxyError(
-                Kind.INVALID,
-                "CHECKPOINT_MALFORMED",
-                "a root is 32 bytes, a proof at most 128 hashes, a size below 2**63",
-            )
+    async def _sign_and_store(
+        self, old_size: int, tree_size: int, root_hash: bytes, proof: Sequence[bytes], now: int
+    ) -> tuple[bytes, bytes]:
         async with self._lock:
             last = self._state
             if old_size != last.tree_size:
@@ -157,6 +141,42 @@ class Witness:
                     (tree_size, root_hash, now),
                 )
                 self._state = LogState(tree_size, root_hash)
+        return body, signature
+
+    async def root_at(self, tree_size: int) -> bytes | None:
+        """The root of the tree of ``tree_size`` entries, if a checkpoint of it was signed."""
+        if not 0 <= tree_size <= MAX_TREE_SIZE:
+            return None
+        async with self._db.execute(
+            "SELECT root_hash FROM signed_checkpoints WHERE tree_size = ?", (tree_size,)
+        ) as cursor:
+            row = await cursor.fetchone()
+        return bytes(row["root_hash"]) if row else None
+
+    async def sign(
+        self, *, old_size: int, tree_size: int, root_hash: bytes, proof: Sequence[bytes], now: int
+    ) -> bytes:
+        """The signed note for ``(tree_size, root_hash)``, if it extends the last checkpoint.
+
+        ``old_size`` is the caller's idea of the last signed size; a stale one is refused with
+        ``WITNESS_STATE_STALE`` (ask :attr:`state` again). The new state is on disk before the
+        note is returned.
+        """
+        if (
+            len(root_hash) != auditlog.HASH_SIZE
+            or len(proof) > MAX_PROOF_HASHES
+            or not 0 <= tree_size <= MAX_TREE_SIZE
+        ):
+            raise HsmProxyError(
+                Kind.INVALID,
+                "CHECKPOINT_MALFORMED",
+                "a root is 32 bytes, a proof at most 128 hashes, a size below 2**63",
+            )
+        # Shielded: a caller that goes away (its RPC cancelled) must not leave the stored state
+        # ahead of the one in memory.
+        body, signature = await asyncio.shield(
+            self._sign_and_store(old_size, tree_size, root_hash, proof, now)
+        )
 
         def signed(text: bytes) -> bytes:
             # The token signed exactly this text; sign_note verifies the signature again.

@@ -32,8 +32,6 @@ GATEWAY_SESSION = b"mobilesign/v1 gateway-session\x00"
 # Gateway and HSM proxy (mobilesign.records, mobilesign.tickets).
 #: The gateway's ticket-key signature over enrolment ticket claims.
 ENROLMENT_TICKET = b"mobilesign/v1 enrolment-ticket\x00"
-#: The gateway's authorisation-key signature over one co-signed service record.
-AUTHORISATION = b"mobilesign/v1 authorisation\x00"
 #: Plaintext prefix of the cosigner's attestation that it holds a share of a user key.
 ENROLLED_KEY = b"mobilesign/v1 enrolled-key\x00"
 #: Associated data of that attestation when sealed (the whole AAD, nothing follows it).
@@ -58,7 +56,6 @@ ALL: Mapping[str, bytes] = MappingProxyType(
         "PIN_VERIFIER_SALT": PIN_VERIFIER_SALT,
         "GATEWAY_SESSION": GATEWAY_SESSION,
         "ENROLMENT_TICKET": ENROLMENT_TICKET,
-        "AUTHORISATION": AUTHORISATION,
         "ENROLLED_KEY": ENROLLED_KEY,
         "KEY_ATTESTATION_AAD": KEY_ATTESTATION_AAD,
         "SEALED_KEY_PACKAGE_AAD": SEALED_KEY_PACKAGE_AAD,

@@ -16,7 +16,6 @@ refused, so each value has exactly one encoding.
 from __future__ import annotations
 
 import enum
-import hashlib
 import struct
 from dataclasses import dataclass
 
@@ -229,15 +228,6 @@ KEY_ATTESTATION_AAD = domains.KEY_ATTESTATION_AAD
 def key_attestation(user_key_id: str) -> bytes:
     """The plaintext the cosigner seals to attest that it holds a share of ``user_key_id``."""
     return domains.ENROLLED_KEY + bytes.fromhex(user_key_id)
-
-
-def authorisation_digest(record: bytes, user_signature: bytes) -> bytes:
-    """What the gateway's authorisation key signs (as a SHA-256 digest) for one record."""
-    return hashlib.sha256(
-        domains.AUTHORISATION
-        + hashlib.sha256(record).digest()
-        + hashlib.sha256(user_signature).digest()
-    ).digest()
 
 
 def names_certificate(record: ServiceRecord, certificate: x509.Certificate) -> bool:

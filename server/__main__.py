@@ -71,8 +71,6 @@ async def _main(
     ledger = await Ledger.open(state / "gateway" / "ledger.db")
     resources.push_async_callback(ledger.close)
     audit = AuditLog(ledger, hsm, await hsm.log_state())
-    # Created now so that the HSM proxy can find it as soon as it must check an authorisation.
-    await hsm.ensure_key(cfg.authoriser_key_label, hsm_pb2.KEY_PURPOSE_SERVICE)
     operations = Operations(
         ledger=ledger,
         audit=audit,
@@ -81,7 +79,6 @@ async def _main(
         users=users,
         organisations=organisations,
         cosigner=cosigner,
-        authoriser_key_label=cfg.authoriser_key_label,
     )
     admin_servicer = admin.AdminServicer(
         users=users,

@@ -41,12 +41,17 @@ class AuditLog:
         """The ledger the log lives in."""
         return self._ledger
 
-    async def checkpoint(self) -> tuple[int, bytes]:
-        """(tree size, signed note) for the current tree, signed by the HSM proxy."""
+    async def checkpoint(self, covering: int = 0) -> tuple[int, bytes]:
+        """(tree size, signed note) for the current tree, signed by the HSM proxy; with
+        ``covering``, the latest checkpoint already signed will do if its tree has at least
+        that many entries (so that uses logged together share one witness signature)."""
         async with self._lock:
+            latest = self._latest
+            if latest is not None and (covering and latest[0] >= covering):
+                return latest
             size = self._ledger.size
-            if self._latest is not None and self._latest[0] == size:
-                return self._latest
+            if latest is not None and latest[0] == size:
+                return latest
             try:
                 note = await self._witness(size)
             except GatewayError as exc:

@@ -28,8 +28,6 @@ class GatewayConfig:
     #: Where relying parties fetch the CRL (written into every certificate).
     crl_url: str = "http://pki.mobilesign.invalid/crl/root.crl"
     certificate_validity_days: int = 365
-    #: Label of the service key that signs the gateway's authorisations for the HSM proxy.
-    authoriser_key_label: str = "gateway-authorisation"
     max_message_bytes: int = 256 * 1024
     max_concurrent_rpcs: int = 1024
     grace_seconds: float = 5.0

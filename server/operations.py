@@ -3,8 +3,11 @@
 Order of a use, each step durable before the next: the gateway checks the certificate and the
 grant and fixes the record's bytes (prepare); the user co-signs them; the gateway verifies that
 signature, then in one transaction consumes quota and appends the co-signed record to the audit
-log; only then does it ask the HSM proxy, which checks the record again next to the key; the
-outcome is logged; the result goes back with a receipt. No record, no service.
+log; the HSM proxy, as the log's witness, signs a checkpoint of a tree that includes it (one
+checkpoint serves every use logged before it); only then does the gateway ask the proxy to use
+the key, and the proxy checks the record again next to the key, with its inclusion under that
+checkpoint; the outcome is logged; the result goes back with a receipt. No record in the log, no
+service.
 """
 
 from __future__ import annotations
@@ -93,7 +96,6 @@ class Operations:
         users: UserStore,
         organisations: OrganisationStore,
         cosigner: CosignerClient,
-        authoriser_key_label: str,
     ) -> None:
         self._ledger = ledger
         self._audit = audit
@@ -101,8 +103,6 @@ class Operations:
         self._ca = ca
         self._users = users
         self._organisations = organisations
-        self._authoriser_key_label = authoriser_key_label
-        self._authoriser: hsm_pb2.KeyInfo | None = None
         self._cosigner = cosigner
         # The cosigner's attestation of each user key, asked for once.
         self._attestations: dict[str, bytes] = {}
@@ -281,9 +281,8 @@ class Operations:
                     "RECORD_ALREADY_EXECUTED",
                     "the record was executed; decrypted data is not kept",
                 )
-            return Executed(
-                row.result, await self._receipt(row.record, row.user_signature, row.entry_index)
-            )
+            _, receipt = await self._receipt(row.record, row.user_signature, row.entry_index)
+            return Executed(row.result, receipt)
         if row.state == "failed":
             raise GatewayError(
                 Kind.PRECONDITION,
@@ -291,22 +290,15 @@ class Operations:
                 f"the record's operation failed: {row.reason}",
             )
         if row.state == "prepared":
-            # The authorisation is signed while the record is logged: it only ever reaches the
-            # HSM proxy once the record is in the log.
-            entry_index, authorisation = await asyncio.gather(
-                self._log(session, row.grant_id, record, row.record, user_signature),
-                self._authorisation(row.record, user_signature, session),
-            )
+            entry_index = await self._log(session, row.grant_id, record, row.record, user_signature)
         else:  # logged before a crash, not yet executed: carry on
             assert row.entry_index is not None
             assert row.user_signature is not None
-            entry_index = row.entry_index
-            authorisation = await self._authorisation(row.record, row.user_signature, session)
-        # The receipt's checkpoint already covers the record entry: sign it meanwhile.
-        result, receipt = await asyncio.gather(
-            self._run(record, authorisation, data),
-            self._receipt(row.record, authorisation.user_signature, entry_index),
-        )
+            entry_index, user_signature = row.entry_index, row.user_signature
+        # The witnessed checkpoint comes first: the HSM proxy checks the record's inclusion.
+        tree_size, receipt = await self._receipt(row.record, user_signature, entry_index)
+        authorisation = await self._authorisation(receipt, tree_size, session)
+        result = await self._run(record, authorisation, data)
         return Executed(result, receipt)
 
     async def _log(
@@ -345,13 +337,10 @@ class Operations:
         return index
 
     async def _authorisation(
-        self, encoded: bytes, signature: bytes, session: Session
+        self, receipt: gateway_pb2.Receipt, tree_size: int, session: Session
     ) -> hsm_pb2.OrganisationKeyAuthorisation:
-        """The co-signed record with the gateway's authorisation, for the HSM proxy."""
-        if self._authoriser is None:
-            self._authoriser = await self._hsm.ensure_key(
-                self._authoriser_key_label, hsm_pb2.KEY_PURPOSE_SERVICE
-            )
+        """The co-signed record, its place in the witnessed log, the user's certificate and the
+        cosigner's attestation of the user's key: what the HSM proxy checks next to the key."""
         attestation = self._attestations.get(session.user_key_id)
         if attestation is None:
             key = await self._cosigner.key(session.user_key_id)
@@ -361,15 +350,13 @@ class Operations:
                 )
             attestation = self._attestations[session.user_key_id] = key.attestation
         return hsm_pb2.OrganisationKeyAuthorisation(
-            record=encoded,
-            user_signature=signature,
+            record=receipt.record,
+            user_signature=receipt.user_signature,
             user_certificate=session.certificate.der,
             cosigner_attestation=attestation,
-            gateway_signature=await self._hsm.sign_digest(
-                self._authoriser.key_id,
-                hsm_pb2.SIGNATURE_MECHANISM_ECDSA_SHA256,
-                records.authorisation_digest(encoded, signature),
-            ),
+            entry_index=receipt.entry_index,
+            tree_size=tree_size,
+            inclusion_proof=receipt.inclusion_proof,
         )
 
     async def _run(
@@ -415,9 +402,10 @@ class Operations:
 
     async def _receipt(
         self, record: bytes, user_signature: bytes, entry_index: int
-    ) -> gateway_pb2.Receipt:
-        size, note = await self._audit.checkpoint()
-        return gateway_pb2.Receipt(
+    ) -> tuple[int, gateway_pb2.Receipt]:
+        """(tree size, receipt) under a witnessed checkpoint that includes the record's entry."""
+        size, note = await self._audit.checkpoint(covering=entry_index + 1)
+        return size, gateway_pb2.Receipt(
             record=record,
             user_signature=user_signature,
             user_certificate=(await self._certificate_of(record)),

@@ -291,8 +291,9 @@ Global___GetPublicKeyResponse: _TypeAlias = GetPublicKeyResponse  # noqa: Y015
 @_typing.final
 class OrganisationKeyAuthorisation(_message.Message):
     """OrganisationKeyAuthorisation is what the HSM proxy checks, next to the key, before it uses an
-    organisation key: a service record co-signed by an authorised user, and the gateway's
-    authorisation of that record. Without it no organisation key signs or decrypts.
+    organisation key: a service record co-signed by a certified user whose key the cosigner
+    attests, already in the audit log under a checkpoint the proxy itself signed. Without it no
+    organisation key signs or decrypts: no record in the log, no service.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -300,35 +301,43 @@ class OrganisationKeyAuthorisation(_message.Message):
     RECORD_FIELD_NUMBER: _builtins.int
     USER_SIGNATURE_FIELD_NUMBER: _builtins.int
     USER_CERTIFICATE_FIELD_NUMBER: _builtins.int
-    GATEWAY_SIGNATURE_FIELD_NUMBER: _builtins.int
     COSIGNER_ATTESTATION_FIELD_NUMBER: _builtins.int
+    ENTRY_INDEX_FIELD_NUMBER: _builtins.int
+    TREE_SIZE_FIELD_NUMBER: _builtins.int
+    INCLUSION_PROOF_FIELD_NUMBER: _builtins.int
     record: _builtins.bytes
     """The service record bytes (format "MSR1", see README)."""
     user_signature: _builtins.bytes
     """The user's Ed25519 signature over the record (made jointly by phone and cosigner)."""
     user_certificate: _builtins.bytes
     """The user's personal certificate (DER); it must chain to a CA key held in this token."""
-    gateway_signature: _builtins.bytes
-    """ECDSA P-256 / SHA-256 (DER) by the gateway's authorisation key over
-    SHA-256("mobilesign/v1 authorisation" || 0x00 || SHA-256(record) || SHA-256(user_signature)).
-    """
     cosigner_attestation: _builtins.bytes
     """The cosigner's attestation (GetKeyResponse.attestation) that the user's key is a two-party
     key it holds a share of: a certificate alone, which the gateway's CA could issue for any key,
     is not enough.
     """
+    entry_index: _builtins.int
+    """Where the record's log entry (MSL1 kind 1: the record and user_signature) is in the log,
+    the size of a tree the proxy signed a checkpoint for, and the RFC 9162 inclusion proof of
+    the entry in that tree.
+    """
+    tree_size: _builtins.int
+    @_builtins.property
+    def inclusion_proof(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]: ...
     def __init__(
         self,
         *,
         record: _builtins.bytes = ...,
         user_signature: _builtins.bytes = ...,
         user_certificate: _builtins.bytes = ...,
-        gateway_signature: _builtins.bytes = ...,
         cosigner_attestation: _builtins.bytes = ...,
+        entry_index: _builtins.int = ...,
+        tree_size: _builtins.int = ...,
+        inclusion_proof: _abc.Iterable[_builtins.bytes] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cosigner_attestation", b"cosigner_attestation", "gateway_signature", b"gateway_signature", "record", b"record", "user_certificate", b"user_certificate", "user_signature", b"user_signature"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cosigner_attestation", b"cosigner_attestation", "entry_index", b"entry_index", "inclusion_proof", b"inclusion_proof", "record", b"record", "tree_size", b"tree_size", "user_certificate", b"user_certificate", "user_signature", b"user_signature"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

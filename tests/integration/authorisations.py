@@ -1,7 +1,8 @@
 """Builds what a gateway would hand the HSM proxy for an organisation-key operation, from inside
-a test: a CA key and the authoriser key in the token, a user certificate for a software Ed25519
-key, a service record, the user's signature and the gateway's authorisation. Tests then break
-one piece at a time."""
+a test: a CA key in the token, a user certificate for a software Ed25519 key, a service record,
+the user's signature, and the record's entry in a log the proxy witnessed (the test keeps the
+log's leaves, as the gateway does, and asks the proxy to sign each new checkpoint). Tests then
+break one piece at a time."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from mobilesign import pkix, records
+from mobilesign import auditlog, pkix, records
 from mobilesign.ca.authority import key_identifier
 from mobilesign.v1 import hsm_pb2, hsm_pb2_grpc
 
@@ -60,13 +61,48 @@ async def _key(
     return reply.key
 
 
+class WitnessedLog:
+    """The test's audit log: its leaves here, its checkpoints signed by the HSM proxy."""
+
+    def __init__(self) -> None:
+        self.leaves: list[bytes] = []
+
+    def append(self, entry: bytes) -> int:
+        """Add an entry (unwitnessed); return its index."""
+        self.leaves.append(auditlog.leaf_hash(entry))
+        return len(self.leaves) - 1
+
+    @property
+    def tree(self) -> auditlog.MerkleTree:
+        """The tree over every leaf appended."""
+        return auditlog.MerkleTree.from_leaves(self.leaves)
+
+    async def witness(self, stub: hsm_pb2_grpc.HsmServiceAsyncStub) -> int:
+        """Have the proxy sign a checkpoint of the whole log (gateway identity); its size."""
+        state = await stub.GetLogState(hsm_pb2.GetLogStateRequest())
+        old, size, tree = state.tree_size, len(self.leaves), self.tree
+        await stub.SignCheckpoint(
+            hsm_pb2.SignCheckpointRequest(
+                old_size=old,
+                tree_size=size,
+                root_hash=tree.root(size),
+                consistency_proof=tree.consistency_proof(old, size) if 0 < old < size else [],
+            )
+        )
+        return size
+
+
+#: One log per HSM proxy, keyed by its log key: every test of a deployment appends to it.
+_LOGS: dict[bytes, WitnessedLog] = {}
+
+
 @dataclasses.dataclass
 class Authority:
-    """A CA, an authoriser and one certified user, all anchored in the test's token."""
+    """A CA and one certified user anchored in the test's token, and the witnessed log."""
 
     stub: hsm_pb2_grpc.HsmServiceAsyncStub
     ca: HsmKeySigner
-    authoriser: HsmKeySigner
+    log: WitnessedLog
     user_key: ed25519.Ed25519PrivateKey
     user_certificate: bytes
     attestation: bytes
@@ -79,10 +115,12 @@ class Authority:
         cosigner: hsm_pb2_grpc.HsmServiceAsyncStub,
         ca_label: str = "test-ca",
     ) -> Authority:
-        """Make (or reuse) the CA and authoriser keys in the token, certify a new user, and have
-        ``cosigner`` (a stub with the cosigner's identity) attest the user's key."""
+        """Make (or reuse) the CA key in the token, certify a new user, and have ``cosigner``
+        (a stub with the cosigner's identity) attest the user's key. ``stub`` has the gateway's
+        identity: it logs records and asks for checkpoints."""
         ca_key = await _key(stub, ca_label, hsm_pb2.KEY_PURPOSE_CA)
-        authoriser = await _key(stub, "gateway-authorisation", hsm_pb2.KEY_PURPOSE_SERVICE)
+        state = await stub.GetLogState(hsm_pb2.GetLogStateRequest())
+        log = _LOGS.setdefault(state.public_key_spki, WitnessedLog())
         ca = HsmKeySigner(stub, ca_key.key_id)
         user_key = ed25519.Ed25519PrivateKey.generate()
         now = datetime.datetime.now(datetime.UTC)
@@ -116,7 +154,7 @@ class Authority:
         return cls(
             stub,
             ca,
-            HsmKeySigner(stub, authoriser.key_id),
+            log,
             user_key,
             certificate,
             attestation.sealed,
@@ -147,17 +185,24 @@ class Authority:
         return dataclasses.replace(record, **changes)  # type: ignore[arg-type]
 
     async def authorise(
-        self, record: records.ServiceRecord, *, user_key: ed25519.Ed25519PrivateKey | None = None
+        self,
+        record: records.ServiceRecord,
+        *,
+        user_key: ed25519.Ed25519PrivateKey | None = None,
+        witnessed: bool = True,
     ) -> hsm_pb2.OrganisationKeyAuthorisation:
-        """The record co-signed by the user (or ``user_key``) and authorised by the gateway."""
+        """The record co-signed by the user (or ``user_key``), logged, and (unless not
+        ``witnessed``) under a checkpoint the proxy signed."""
         encoded = record.encode()
         signature = (user_key or self.user_key).sign(encoded)
+        index = self.log.append(records.RecordEntry(encoded, signature).encode())
+        size = await self.log.witness(self.stub) if witnessed else len(self.log.leaves)
         return hsm_pb2.OrganisationKeyAuthorisation(
             record=encoded,
             user_signature=signature,
             user_certificate=self.user_certificate,
-            gateway_signature=await self.authoriser.sign_digest(
-                records.authorisation_digest(encoded, signature)
-            ),
             cosigner_attestation=self.attestation,
+            entry_index=index,
+            tree_size=size,
+            inclusion_proof=self.log.tree.inclusion_proof(index, size),
         )

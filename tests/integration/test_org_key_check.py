@@ -1,6 +1,6 @@
 """The check next to the key: direct calls to the HSM proxy for an organisation-key operation
-without a valid co-signed record and gateway authorisation are refused (a compromised gateway
-cannot use an organisation key on its own)."""
+without a valid co-signed record in the witnessed log are refused (a compromised gateway cannot
+use an organisation key on its own)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from mobilesign import pkix, records
 from mobilesign.rpc.status import reason_of
 from mobilesign.testing import Deployment
 from mobilesign.v1 import hsm_pb2, hsm_pb2_grpc
-from tests.integration.authorisations import Authority, HsmKeySigner
+from tests.integration.authorisations import Authority
 
 pytestmark = pytest.mark.integration
 DIGEST = hashlib.sha256(b"contract").digest()
@@ -96,21 +96,23 @@ async def test_a_valid_authorisation_is_needed_and_good_once(deployment: Deploym
             record, user_key=ed25519.Ed25519PrivateKey.generate()
         )
         await _refused(stub.SignDigest(_sign(key, forged_user)), "USER_SIGNATURE_INVALID")
-        # The gateway's authorisation forged with another service key.
         good = await authority.authorise(record)
-        impostor = await stub.GenerateKeyPair(
-            hsm_pb2.GenerateKeyPairRequest(
-                label="impostor",
-                purpose=hsm_pb2.KEY_PURPOSE_SERVICE,
-                algorithm=hsm_pb2.KEY_ALGORITHM_EC_P256,
-            )
+        # No record in the log, no service: not yet witnessed, not at that index, a tree size
+        # never signed, a damaged or oversized inclusion proof.
+        unwitnessed = await authority.authorise(
+            authority.record(key.key_id, SIGN, DIGEST), witnessed=False
         )
-        forged = hsm_pb2.OrganisationKeyAuthorisation()
-        forged.CopyFrom(good)
-        forged.gateway_signature = await HsmKeySigner(stub, impostor.key.key_id).sign_digest(
-            records.authorisation_digest(good.record, good.user_signature)
-        )
-        await _refused(stub.SignDigest(_sign(key, forged)), "GATEWAY_AUTHORISATION_INVALID")
+        await _refused(stub.SignDigest(_sign(key, unwitnessed)), "RECORD_NOT_WITNESSED")
+        for change, reason in (
+            (lambda a: setattr(a, "entry_index", a.entry_index + 1), "RECORD_NOT_IN_LOG"),
+            (lambda a: setattr(a, "tree_size", a.tree_size + 1000), "RECORD_NOT_WITNESSED"),
+            (lambda a: a.inclusion_proof.pop(), "RECORD_NOT_IN_LOG"),
+            (lambda a: a.inclusion_proof.extend([bytes(32)] * 65), "RECORD_MALFORMED"),
+        ):
+            broken = hsm_pb2.OrganisationKeyAuthorisation()
+            broken.CopyFrom(good)
+            change(broken)
+            await _refused(stub.SignDigest(_sign(key, broken)), reason)
         # Malformed record bytes.
         malformed = hsm_pb2.OrganisationKeyAuthorisation()
         malformed.CopyFrom(good)
@@ -185,10 +187,12 @@ async def test_decrypt_needs_an_authorisation_and_admin_gets_no_shortcut(
             ),
             "AUTHORISATION_REQUIRED",
         )
-        # An authorisation for a signature does not open a decryption.
+        # An authorisation for a signature does not open a decryption (the administrator cannot
+        # have checkpoints signed, so the record is not witnessed: it is refused before that).
         authority = await Authority.create(stub, cosigner)
         authorisation = await authority.authorise(
-            authority.record(rsa_key.key_id, records.Operation.SIGN_RSA_PSS_SHA256, bytes(256))
+            authority.record(rsa_key.key_id, records.Operation.SIGN_RSA_PSS_SHA256, bytes(256)),
+            witnessed=False,
         )
         await _refused(
             stub.Decrypt(

@@ -4,6 +4,7 @@ that state across restarts, and changes nothing when it refuses."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -236,3 +237,33 @@ async def test_a_note_is_released_only_once_its_state_is_stored(
 async def test_an_unusable_origin_is_refused_at_start(tmp_path: Path, key: Key) -> None:
     with pytest.raises(auditlog.NoteError):
         await Witness.open(tmp_path / "w.db", "two\nlines", key.spki, key.sign_digest)
+
+
+async def test_a_caller_that_goes_away_leaves_memory_and_disk_agreeing(
+    tmp_path: Path, key: Key
+) -> None:
+    release = asyncio.Event()
+    original = key.sign_digest
+
+    async def slow_sign(digest: bytes) -> bytes:
+        await release.wait()
+        return await original(digest)
+
+    witness = await Witness.open(tmp_path / "w.db", ORIGIN, key.spki, slow_sign)
+    tree = _tree(5)
+    caller = asyncio.create_task(_sign(witness, tree, 5))
+    await asyncio.sleep(0.05)
+    caller.cancel()  # as when the gateway is killed with the RPC in flight
+    release.set()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    await asyncio.sleep(0.1)
+    assert witness.state.tree_size == 5
+    await witness.close()
+    reopened = await Witness.open(tmp_path / "w.db", ORIGIN, key.spki, key.sign_digest)
+    try:
+        assert reopened.state == witness.state
+        # The next checkpoint extends the one stored, without a conflict.
+        assert _verify(await _sign(reopened, _tree(9), 9), key).size == 9
+    finally:
+        await reopened.close()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 
 import pytest
@@ -143,12 +142,3 @@ def test_entry_kinds_are_distinct() -> None:
     assert outcome[4] == records.EntryKind.OUTCOME.value
     with pytest.raises(records.RecordError):
         records.decode_entry(outcome[:4] + b"\x09" + outcome[5:])
-
-
-def test_authorisation_digest_binds_record_and_signature() -> None:
-    record = _example().encode()
-    other = dataclasses.replace(_example(), purpose="other").encode()
-    digest = records.authorisation_digest(record, b"s" * 64)
-    assert digest != records.authorisation_digest(other, b"s" * 64)
-    assert digest != records.authorisation_digest(record, b"t" * 64)
-    assert len(digest) == 32
