@@ -60,7 +60,8 @@ class CosignerServicer(cosigner_pb2_grpc.CosignerServiceServicer):
             device_public_key=key.device_public_key,
             enrolment_ticket_id=key.ticket_id,
             attestation=await self._cosigner.sealer.seal(
-                records.key_attestation(key.key_id), records.KEY_ATTESTATION_AAD
+                records.KeyAttestation(key.key_id, key.user_id, key.ticket_id).encode(),
+                records.KEY_ATTESTATION_AAD,
             ),
         )
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import datetime
 import hashlib
-import hmac
 import time
 from collections.abc import Awaitable, Callable
 
@@ -123,20 +122,30 @@ class AuthorisationChecker:
             )
         return certificate
 
-    async def _check_attestation(self, user_key_id: str, attestation: bytes) -> None:
+    async def _check_attestation(self, record: records.ServiceRecord, attestation: bytes) -> None:
         # The CA key is used by the gateway, so a certificate proves nothing on its own; only
-        # the cosigner can seal this, and it does so for keys it holds a share of.
+        # the cosigner can seal this, and it does so for keys it holds a share of, naming the
+        # user each was enrolled for.
         try:
             opened = await self._unseal_cosigner(attestation, records.KEY_ATTESTATION_AAD)
+            attested = records.decode_key_attestation(opened)
+        except records.RecordError:
+            attested = None
         except HsmProxyError as exc:
             if exc.reason != "SEALED_BLOB_INVALID":
                 raise  # e.g. the HSM queue is full: not the attestation's fault
-            opened = b""
-        if not hmac.compare_digest(opened, records.key_attestation(user_key_id)):
+            attested = None
+        if attested is None or attested.user_key_id != record.user_key_id:
             raise HsmProxyError(
                 Kind.DENIED,
                 "COSIGNER_ATTESTATION_INVALID",
                 "the cosigner does not vouch for the user's key",
+            )
+        if attested.user_id != record.user_id:
+            raise HsmProxyError(
+                Kind.DENIED,
+                "ATTESTATION_USER_MISMATCH",
+                "the cosigner enrolled this key for another user",
             )
 
     async def check(
@@ -201,7 +210,7 @@ class AuthorisationChecker:
             raise HsmProxyError(
                 Kind.DENIED, "USER_SIGNATURE_INVALID", "the user did not sign this record"
             ) from None
-        await self._check_attestation(record.user_key_id, authorisation.cosigner_attestation)
+        await self._check_attestation(record, authorisation.cosigner_attestation)
         await self._check_logged(authorisation)
         if not await self._used.consume(record.record_id, key_id.hex(), int(time.time())):
             raise HsmProxyError(

@@ -221,13 +221,43 @@ def decode_entry(data: bytes) -> RecordEntry | OutcomeEntry:
     return entry
 
 
-#: Associated data of the cosigner's sealed key attestation (see :func:`key_attestation`).
+#: Associated data of the cosigner's sealed key attestation (see :class:`KeyAttestation`).
 KEY_ATTESTATION_AAD = domains.KEY_ATTESTATION_AAD
 
 
-def key_attestation(user_key_id: str) -> bytes:
-    """The plaintext the cosigner seals to attest that it holds a share of ``user_key_id``."""
-    return domains.ENROLLED_KEY + bytes.fromhex(user_key_id)
+@dataclass(frozen=True)
+class KeyAttestation:
+    """What the cosigner seals to attest that it holds a share of a user's key: the joint key,
+    the user it was enrolled for, and the enrolment ticket it was enrolled with.
+
+    Encoding: the ``ENROLLED_KEY`` tag, then the three fields length-prefixed as in a record
+    (the 32-byte key, the user id in UTF-8, the 16-byte ticket id)."""
+
+    user_key_id: str  # 64 hex digits
+    user_id: str
+    ticket_id: str  # 32 hex digits
+
+    def encode(self) -> bytes:
+        """The plaintext to seal."""
+        fields = [
+            bytes.fromhex(self.user_key_id),
+            self.user_id.encode(),
+            bytes.fromhex(self.ticket_id),
+        ]
+        return domains.ENROLLED_KEY + b"".join(struct.pack(">H", len(f)) + f for f in fields)
+
+
+def decode_key_attestation(data: bytes) -> KeyAttestation:
+    """Parse an opened attestation strictly (:class:`RecordError` otherwise)."""
+    f = _fields(data, domains.ENROLLED_KEY, 3)
+    attestation = KeyAttestation(
+        user_key_id=_exact(f[0], 32, "user key id").hex(),
+        user_id=_text(f[1], "user id", 64),
+        ticket_id=_exact(f[2], 16, "ticket id").hex(),
+    )
+    if attestation.encode() != data:
+        raise RecordError("not the canonical encoding")
+    return attestation
 
 
 def names_certificate(record: ServiceRecord, certificate: x509.Certificate) -> bool:

@@ -12,6 +12,7 @@ REASONS: frozenset[str] = frozenset(
     {
         "ALGORITHM_REQUIRED",
         "ALREADY_REVOKED",
+        "ATTESTATION_USER_MISMATCH",
         "AUTHORISATION_REPLAYED",
         "AUTHORISATION_REQUIRED",
         "AUTHORISATION_UNEXPECTED",

@@ -114,9 +114,12 @@ class Authority:
         stub: hsm_pb2_grpc.HsmServiceAsyncStub,
         cosigner: hsm_pb2_grpc.HsmServiceAsyncStub,
         ca_label: str = "test-ca",
+        user_id: str = "tester",
+        attested_user: str | None = None,
     ) -> Authority:
         """Make (or reuse) the CA key in the token, certify a new user, and have ``cosigner``
-        (a stub with the cosigner's identity) attest the user's key. ``stub`` has the gateway's
+        (a stub with the cosigner's identity) attest the user's key (for ``attested_user``
+        when given, as if the cosigner had enrolled it for someone else). ``stub`` has the gateway's
         identity: it logs records and asks for checkpoints."""
         ca_key = await _key(stub, ca_label, hsm_pb2.KEY_PURPOSE_CA)
         state = await stub.GetLogState(hsm_pb2.GetLogStateRequest())
@@ -132,7 +135,7 @@ class Authority:
             signer=ca,
             serial=pkix.random_serial(),
             issuer=issuer,
-            subject=pkix.name({"common_name": "tester"}),
+            subject=pkix.name({"common_name": user_id}),
             subject_public_key_info=spki,
             not_before=now - datetime.timedelta(minutes=5),
             not_after=now + datetime.timedelta(days=1),
@@ -147,7 +150,9 @@ class Authority:
         )
         attestation = await cosigner.Seal(
             hsm_pb2.SealRequest(
-                plaintext=records.key_attestation(raw.hex()),
+                plaintext=records.KeyAttestation(
+                    raw.hex(), attested_user or user_id, secrets.token_hex(16)
+                ).encode(),
                 associated_data=records.KEY_ATTESTATION_AAD,
             )
         )
@@ -158,6 +163,7 @@ class Authority:
             user_key,
             certificate,
             attestation.sealed,
+            user_id,
         )
 
     def record(

@@ -16,7 +16,7 @@ import pytest
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, utils
 
-from mobilesign import pkix, records
+from mobilesign import domains, pkix, records
 from mobilesign.rpc.status import reason_of
 from mobilesign.testing import Deployment
 from mobilesign.v1 import hsm_pb2, hsm_pb2_grpc
@@ -243,13 +243,45 @@ async def test_a_key_the_cosigner_does_not_vouch_for_is_refused(deployment: Depl
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await stub.Seal(
                 hsm_pb2.SealRequest(
-                    plaintext=records.key_attestation(record.user_key_id),
+                    plaintext=records.KeyAttestation(
+                        record.user_key_id, record.user_id, "0" * 32
+                    ).encode(),
                     associated_data=records.KEY_ATTESTATION_AAD,
                 )
             )
         assert reason_of(info.value) == "CALLER_NOT_AUTHORISED"
         # With the cosigner's attestation of this very key, the record is honoured.
         await stub.SignDigest(_sign(key, await authority.authorise(record)))
+
+
+async def test_an_attestation_that_names_another_user_is_refused(deployment: Deployment) -> None:
+    """The gateway's CA can certify the cosigner's key of bob as "alice"; the cosigner's
+    attestation says whose key it is, and the record's user must be that one."""
+    async with (
+        deployment.channel("hsm-proxy", "gateway") as channel,
+        deployment.channel("hsm-proxy", "cosigner") as cosigner_channel,
+    ):
+        stub = hsm_pb2_grpc.HsmServiceStub(channel)
+        cosigner = hsm_pb2_grpc.HsmServiceStub(cosigner_channel)
+        key = await _organisation_key(stub, "whose", hsm_pb2.KEY_ALGORITHM_EC_P256)
+        misattributed = await Authority.create(stub, cosigner, user_id="alice", attested_user="bob")
+        record = misattributed.record(key.key_id, SIGN, DIGEST)
+        await _refused(
+            stub.SignDigest(_sign(key, await misattributed.authorise(record))),
+            "ATTESTATION_USER_MISMATCH",
+        )
+        # An attestation in the old form (the key alone, no user, no ticket) is not one either.
+        bare = await cosigner.Seal(
+            hsm_pb2.SealRequest(
+                plaintext=domains.ENROLLED_KEY + bytes.fromhex(record.user_key_id),
+                associated_data=records.KEY_ATTESTATION_AAD,
+            )
+        )
+        unbound = dataclasses.replace(misattributed, attestation=bare.sealed)
+        await _refused(
+            stub.SignDigest(_sign(key, await unbound.authorise(record))),
+            "COSIGNER_ATTESTATION_INVALID",
+        )
 
 
 async def test_a_record_refused_for_a_full_queue_can_be_presented_again(

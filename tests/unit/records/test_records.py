@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -142,3 +144,33 @@ def test_entry_kinds_are_distinct() -> None:
     assert outcome[4] == records.EntryKind.OUTCOME.value
     with pytest.raises(records.RecordError):
         records.decode_entry(outcome[:4] + b"\x09" + outcome[5:])
+
+
+def test_key_attestation_round_trips_and_binds_key_user_and_ticket() -> None:
+    attestation = records.KeyAttestation("ab" * 32, "alice@example", "cd" * 16)
+    encoded = attestation.encode()
+    assert encoded.startswith(b"mobilesign/v1 enrolled-key\x00")
+    assert records.decode_key_attestation(encoded) == attestation
+    for other in (
+        dataclasses.replace(attestation, user_key_id="ac" * 32),
+        dataclasses.replace(attestation, user_id="bob"),
+        dataclasses.replace(attestation, ticket_id="ce" * 16),
+    ):
+        assert other.encode() != encoded
+
+
+@pytest.mark.parametrize(
+    "mangle",
+    [
+        lambda b: b[:-1],
+        lambda b: b + b"\x00",
+        lambda b: b"mobilesign/v1 enrolled-kez\x00" + b[27:],
+        lambda b: b[:27] + b"\x00\x1f" + b[29:60],  # a 31-byte key field
+        lambda b: b"mobilesign/v1 enrolled-key\x00" + bytes.fromhex("ab" * 32),  # key alone
+        lambda b: b[:-18] + b"\x00\x0f" + b[-15:],  # a 15-byte ticket field
+    ],
+)
+def test_malformed_key_attestations_are_refused(mangle: Any) -> None:
+    encoded = records.KeyAttestation("ab" * 32, "alice", "cd" * 16).encode()
+    with pytest.raises(records.RecordError):
+        records.decode_key_attestation(mangle(encoded))
