@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,9 @@ async def _main(
     # Closed last: finishes queued operations, then logs out of the token.
     resources.push_async_callback(asyncio.to_thread, pool.close)
 
+    # Sealing keys exist before anyone may seal: concurrent first seals cannot create two.
+    for caller in sorted(servicer.POLICY.rules["Seal"]):
+        await servicer.run_in_token(pool, functools.partial(keys.ensure_sealing_key, caller=caller))
     used = await UsedRecords.open(hsm_dir / "authorisations.db")
     resources.push_async_callback(used.close)
     log_key = await servicer.run_in_token(

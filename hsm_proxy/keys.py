@@ -307,20 +307,31 @@ def _disable_native_oaep() -> None:
     _native_oaep_sha256 = False
 
 
-def _sealing_key(session: pkcs11.Session, caller: str, create: bool) -> SecretKey | None:
-    label = f"seal:{caller}"
-    found = list(
-        session.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.LABEL: label})
+def _sealing_key(
+    session: pkcs11.Session, caller: str, key_id: bytes | None = None
+) -> SecretKey | None:
+    """The caller's sealing key: the one with ``key_id`` when given (a blob names the key it
+    was sealed with), else the first by id."""
+    template = {Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.LABEL: f"seal:{caller}"}
+    if key_id is not None:
+        template[Attribute.ID] = key_id
+    found = sorted(
+        (k for k in session.get_objects(template) if isinstance(k, SecretKey)),
+        key=lambda k: bytes(k[Attribute.ID]),
     )
-    if found and isinstance(found[0], SecretKey):
-        return found[0]
-    if not create:
-        return None
-    return session.generate_key(
+    return found[0] if found else None
+
+
+def ensure_sealing_key(session: pkcs11.Session, caller: str) -> None:
+    """Create the caller's AES-256 sealing key when the token has none. Run at start-up, before
+    any caller can seal, so that concurrent first seals never create two."""
+    if _sealing_key(session, caller) is not None:
+        return
+    session.generate_key(
         KeyType.AES,
         256,
         id=os.urandom(_KEY_ID_BYTES),
-        label=label,
+        label=f"seal:{caller}",
         store=True,
         capabilities=MechanismFlag.ENCRYPT | MechanismFlag.DECRYPT,
         template={Attribute.SENSITIVE: True, Attribute.EXTRACTABLE: False, Attribute.PRIVATE: True},
@@ -352,7 +363,7 @@ def seal(session: pkcs11.Session, caller: str, plaintext: bytes, associated_data
         raise HsmProxyError(
             Kind.INVALID, "PLAINTEXT_LENGTH", f"a sealed secret is 1 to {MAX_SEAL_BYTES} bytes"
         )
-    key = _sealing_key(session, caller, create=True)
+    key = _sealing_key(session, caller)
     if key is None:
         raise HsmProxyError(Kind.INTERNAL, "UNSUPPORTED_KEY", "no sealing key")
     encryptor = _capable(key, EncryptMixin)
@@ -373,8 +384,8 @@ def unseal(session: pkcs11.Session, caller: str, sealed: bytes, associated_data:
         raise refused
     if len(sealed) > header + _GCM_TAG_BYTES + MAX_SEAL_BYTES:
         raise refused
-    key = _sealing_key(session, caller, create=False)
-    if key is None or bytes(key[Attribute.ID]) != sealed[1 : 1 + _KEY_ID_BYTES]:
+    key = _sealing_key(session, caller, sealed[1 : 1 + _KEY_ID_BYTES])
+    if key is None:
         raise refused
     iv = sealed[1 + _KEY_ID_BYTES : header]
     decryptor = _capable(key, DecryptMixin)
