@@ -18,6 +18,7 @@ from client.errors import ClientError
 from client.keystore import Keystore
 from mobilesign import deviceauth, twoparty
 from mobilesign.rpc import wire
+from mobilesign.rpc.status import kind_of, reason_in
 from mobilesign.v1 import cosigner_pb2 as pb
 from mobilesign.v1 import cosigner_pb2_grpc
 
@@ -42,12 +43,7 @@ async def _read(call: Any, expected: str) -> Any:
         call.cancel()
         raise ClientError("STEP_TIMEOUT", f"no {expected} from the cosigner") from None
     if response is grpc.aio.EOF:
-        # The server ended the stream: its status says why.
-        try:
-            await call
-        except grpc.aio.AioRpcError as exc:
-            raise ClientError.from_rpc(exc) from None
-        raise ClientError("STREAM_ENDED", f"the cosigner ended the stream before {expected}")
+        raise await _ended(call, f"before {expected}")
     step = response.WhichOneof("step")
     if step != expected:
         call.cancel()
@@ -61,12 +57,17 @@ async def _write(call: Any, message: Any) -> None:
     except grpc.aio.AioRpcError as exc:
         raise ClientError.from_rpc(exc) from None
     except asyncio.InvalidStateError:
-        # The server already ended the call; its status is the real answer.
-        try:
-            await call
-        except grpc.aio.AioRpcError as exc:
-            raise ClientError.from_rpc(exc) from None
-        raise ClientError("STREAM_ENDED", "the cosigner ended the stream") from None
+        raise await _ended(call, "") from None
+
+
+async def _ended(call: Any, when: str) -> ClientError:
+    """The error for a stream the cosigner ended (a crash, or idle past its step timeout): the
+    call's status with its reason, or ``STREAM_ENDED`` when it ended without one."""
+    code = await call.code()
+    if code == grpc.StatusCode.OK:
+        return ClientError("STREAM_ENDED", f"the cosigner ended the stream {when}".strip())
+    reason = reason_in(await call.trailing_metadata())
+    return ClientError(reason or code.name, await call.details() or "", kind_of(code))
 
 
 async def enrol(
@@ -226,8 +227,12 @@ class SigningSession:
         """End the session; returns how many signatures the cosigner recorded."""
         if self._call is None:
             return 0
-        await _write(self._call, pb.SignRequest(close=pb.SignClose()))
-        closed = await _read(self._call, "closed")
+        try:
+            await _write(self._call, pb.SignRequest(close=pb.SignClose()))
+            closed = await _read(self._call, "closed")
+        except ClientError:
+            self.abort()  # the session is over either way; it says so from now on
+            raise
         await self._call.done_writing()
         self._call = None
         self._signer = None

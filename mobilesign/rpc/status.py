@@ -8,6 +8,8 @@ callee's refusal turns its code back into a kind with :func:`kind_of`.
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
@@ -56,7 +58,12 @@ def status_metadata(code: grpc.StatusCode, reason: str, message: str) -> tuple[t
 def reason_of(error: grpc.RpcError) -> str | None:
     """The ``ErrorInfo.reason`` of a failed call, or None when the status carries none."""
     trailing = getattr(error, "trailing_metadata", None)
-    for item in (trailing() if callable(trailing) else None) or ():
+    return reason_in(trailing() if callable(trailing) else None)
+
+
+def reason_in(trailing_metadata: Any) -> str | None:
+    """The ``ErrorInfo.reason`` in a call's trailing metadata, or None when there is none."""
+    for item in trailing_metadata or ():
         key, value = item[0], item[1]
         if key == _DETAILS_KEY and isinstance(value, bytes):
             status = status_pb2.Status.FromString(value)

@@ -13,13 +13,16 @@ import grpc
 import pytest
 from google.protobuf.message import Message
 
+import client
 from client.keystore import Keystore
 from mobilesign import twoparty
+from mobilesign.errors import Kind
 from mobilesign.testing import Deployment
 from mobilesign.v1 import cosigner_pb2 as pb
 from mobilesign.v1 import cosigner_pb2_grpc
 from tests.conftest import TWO_PARTY_STEP_TIMEOUT_SECONDS
 from tests.integration.two_party import (
+    PIN,
     SCHEME,
     Code,
     cosigner_stub,
@@ -113,3 +116,38 @@ async def test_silent_phones_time_out(deployment: Deployment, keystore: Keystore
         stub = cosigner_stub(channel)
         await asyncio.gather(before_start(stub), after_commitment(stub), in_session(stub))
     await enrols_afterwards(deployment, user_id, ticket)
+
+
+async def test_the_sdk_reports_a_session_the_cosigner_ended(
+    deployment: Deployment, keystore: Keystore
+) -> None:
+    """Idle past the step timeout, the cosigner ends the session: the SDK answers with the
+    cosigner's reason (not a bare TypeError), and the session then says it is closed."""
+    async with deployment.public_channel("cosigner") as channel:
+        session = client.SigningSession(channel, keystore, PIN)
+        await session.open()
+        await session.sign(b"before the pause")
+        await asyncio.sleep(TWO_PARTY_STEP_TIMEOUT_SECONDS + 1.5)
+        with pytest.raises(client.ClientError) as info:
+            await session.sign(b"after the pause")
+        assert (info.value.reason, info.value.kind) == ("STEP_TIMEOUT", Kind.TIMEOUT)
+        with pytest.raises(client.ClientError) as info:
+            await session.sign(b"once more")
+        assert info.value.reason == "SESSION_NOT_OPEN"
+        assert await session.close() == 0
+        # A new session on the same key works.
+        async with client.SigningSession(channel, keystore, PIN) as again:
+            assert len(await again.sign(b"in a new session")) == 64
+
+
+async def test_closing_a_session_the_cosigner_ended(
+    deployment: Deployment, keystore: Keystore
+) -> None:
+    async with deployment.public_channel("cosigner") as channel:
+        session = client.SigningSession(channel, keystore, PIN)
+        await session.open()
+        await asyncio.sleep(TWO_PARTY_STEP_TIMEOUT_SECONDS + 1.5)
+        with pytest.raises(client.ClientError) as info:
+            await session.close()
+        assert info.value.reason == "STEP_TIMEOUT"
+        assert await session.close() == 0
