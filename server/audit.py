@@ -76,6 +76,15 @@ class AuditLog:
                 Kind.OUT_OF_RANGE, "TREE_SIZE_TOO_LARGE", "the log is not that large"
             )
 
+    async def entry(self, index: int) -> bytes:
+        """Log entry ``index``; indices are checked against the tree before storage is asked
+        (any uint64 may come in, SQLite integers stop at 2**63 - 1)."""
+        if not 0 <= index < self._ledger.size:
+            raise GatewayError(Kind.OUT_OF_RANGE, "ENTRY_OUT_OF_RANGE", "no such entry")
+        entry = await self._ledger.entry(index)
+        assert entry is not None  # the log has no holes (checked at start)
+        return entry
+
     def inclusion_proof(self, index: int, size: int) -> list[bytes]:
         """Inclusion proof of an entry in the tree of ``size`` entries."""
         self._check_sizes(size)

@@ -212,10 +212,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
     async def GetLogEntry(
         self, request: gateway_pb2.GetLogEntryRequest, context: _Context
     ) -> gateway_pb2.GetLogEntryResponse:
-        entry = await self._audit.ledger.entry(request.entry_index)
-        if entry is None:
-            raise GatewayError(Kind.OUT_OF_RANGE, "ENTRY_OUT_OF_RANGE", "no such entry")
-        return gateway_pb2.GetLogEntryResponse(entry=entry)
+        return gateway_pb2.GetLogEntryResponse(entry=await self._audit.entry(request.entry_index))
 
     async def GetLogPublicKey(
         self, request: gateway_pb2.GetLogPublicKeyRequest, context: _Context

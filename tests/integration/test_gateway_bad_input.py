@@ -197,6 +197,27 @@ async def test_operations_and_log_queries(
             Code.OUT_OF_RANGE,
             "ENTRY_OUT_OF_RANGE",
         )
+        # Integers beyond what storage holds (SQLite stops at 2**63 - 1) never reach it.
+        for huge in (2**63, 2**64 - 1):
+            await _expect(
+                stub.GetLogEntry(gateway_pb2.GetLogEntryRequest(entry_index=huge)),
+                Code.OUT_OF_RANGE,
+                "ENTRY_OUT_OF_RANGE",
+            )
+            await _expect(
+                stub.GetInclusionProof(
+                    gateway_pb2.GetInclusionProofRequest(entry_index=huge, tree_size=huge)
+                ),
+                Code.OUT_OF_RANGE,
+                "TREE_SIZE_TOO_LARGE",
+            )
+            await _expect(
+                stub.GetConsistencyProof(
+                    gateway_pb2.GetConsistencyProofRequest(old_size=1, new_size=huge)
+                ),
+                Code.OUT_OF_RANGE,
+                "TREE_SIZE_TOO_LARGE",
+            )
         assert await escrow.log_size(deployment) == size
     finally:
         await phone.close()
