@@ -5,6 +5,7 @@ with a stable reason and change nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from typing import Any
@@ -151,3 +152,39 @@ async def test_closing_a_session_the_cosigner_ended(
             await session.close()
         assert info.value.reason == "STEP_TIMEOUT"
         assert await session.close() == 0
+
+
+def _error_lines(deployment: Deployment) -> list[str]:
+    log = deployment.services["cosigner"].log
+    return [line for line in log.read_text().splitlines() if '"level": "error"' in line]
+
+
+@pytest.mark.parametrize("misbehaviour", ["write after close", "cancel mid-session"])
+async def test_a_client_misbehaving_is_never_an_internal_error(
+    deployment: Deployment, keystore: Keystore, misbehaviour: str
+) -> None:
+    errors_before = len(_error_lines(deployment))
+    verifier = verifier_for(keystore)
+    async with deployment.public_channel("cosigner") as channel:
+        call = cosigner_stub(channel).Sign()
+        await until_ready(call, keystore, verifier)
+        if misbehaviour == "write after close":
+            await call.write(pb.SignRequest(close=pb.SignClose()))
+            await call.write(pb.SignRequest(close=pb.SignClose()))
+            await next_step(call, "closed")
+            # The client's own view of the call may now be "Internal error from Core" (grpc's
+            # answer to writing on a finished stream); what counts is the cosigner's answer.
+            with contextlib.suppress(grpc.aio.AioRpcError, asyncio.InvalidStateError):
+                await call.write(pb.SignRequest(close=pb.SignClose()))
+        else:
+            call.cancel()
+        await asyncio.sleep(1.0)
+    assert _error_lines(deployment)[errors_before:] == []
+    rpc_lines = [
+        line
+        for line in deployment.services["cosigner"].log.read_text().splitlines()
+        if '"msg": "rpc"' in line and '"method": "Sign"' in line
+    ]
+    expected = '"code": "OK"' if misbehaviour == "write after close" else '"code": "'
+    assert expected in rpc_lines[-1]
+    assert '"code": "INTERNAL"' not in rpc_lines[-1]
