@@ -14,6 +14,7 @@ break each rule, so the checker itself is shown to fail when it should.
 from __future__ import annotations
 
 import ast
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -190,10 +191,17 @@ def test_allowed_imports_pass() -> None:
 
 
 def test_wheel_installs_one_library_name_and_the_services(tmp_path: Path) -> None:
+    # Built from a copy of what pyproject ships, so that no build/ left in the checkout (where
+    # setuptools keeps stale copies of deleted modules) can make the wheel look right.
+    source = tmp_path / "source"
+    source.mkdir()
+    shutil.copy(ROOT / "pyproject.toml", source)
+    for top in ("mobilesign", *SERVICES):
+        shutil.copytree(ROOT / top, source / top, ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run(
         [
             *(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q"),
-            *("-w", str(tmp_path), str(ROOT)),
+            *("-w", str(tmp_path), str(source)),
         ],
         check=True,
         capture_output=True,
