@@ -12,7 +12,6 @@ from google.protobuf.message import Message
 from cosigner.errors import CosignerError
 from mobilesign.errors import Kind
 from mobilesign.hosting.interceptor import Malformed
-from mobilesign.rpc.wire import malformed_request
 
 Req = TypeVar("Req", bound=Message)
 Resp = TypeVar("Resp", bound=Message)
@@ -42,7 +41,7 @@ class StepStream(Generic[Req, Resp]):
                 f"the stream ended where a {' or '.join(expected)} step was expected",
             )
         if isinstance(message, Malformed):
-            raise malformed_request()
+            raise message.error
         assert isinstance(message, Message)
         step = message.WhichOneof("step")
         if step not in expected:

@@ -19,7 +19,7 @@ import grpc
 from mobilesign.errors import Error, Kind
 from mobilesign.hosting import access, logs
 from mobilesign.rpc import status
-from mobilesign.rpc.wire import malformed_request
+from mobilesign.rpc.wire import malformed_request, message_too_large
 
 _log = logging.getLogger("mobilesign.rpc")
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -27,21 +27,35 @@ _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 Behavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
 
 
+#: The transport accepts messages up to this many times the application's limit, so that a
+#: request over the limit but not absurdly so gets a clear reason (MESSAGE_TOO_LARGE) instead
+#: of grpc's bare RESOURCE_EXHAUSTED.
+TRANSPORT_FACTOR = 2
+
+
 class Malformed:
-    """Stands for a request message that did not parse (stream readers check for it)."""
+    """Stands for a request message that was refused before parsing or did not parse (stream
+    readers check for it); ``error`` is what to answer."""
+
+    def __init__(self, error: Error) -> None:
+        self.error = error
 
 
-def _tolerant(deserializer: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] | None:
+def _tolerant(
+    deserializer: Callable[[bytes], Any] | None, max_message_bytes: int
+) -> Callable[[bytes], Any] | None:
     # grpc answers a deserializer exception with INTERNAL; a bad message is the caller's fault,
-    # so the failure is handed to the handler, which answers INVALID_ARGUMENT.
+    # so the failure is handed to the handler, which answers with its reason.
     if deserializer is None:
         return None
 
     def parse(data: bytes) -> Any:
+        if len(data) > max_message_bytes:
+            return Malformed(message_too_large(max_message_bytes))
         try:
             return deserializer(data)
         except Exception:
-            return Malformed()
+            return Malformed(malformed_request())
 
     return parse
 
@@ -56,8 +70,9 @@ def _request_id(context: grpc.aio.ServicerContext[Any, Any]) -> str:
 class ServiceInterceptor(grpc.aio.ServerInterceptor):
     """Wraps the unary and streaming handlers of the given services (``package.Service``)."""
 
-    def __init__(self, policies: Mapping[str, access.AccessPolicy]) -> None:
+    def __init__(self, policies: Mapping[str, access.AccessPolicy], max_message_bytes: int) -> None:
         self._policies = dict(policies)
+        self._max_message_bytes = max_message_bytes
 
     async def intercept_service(
         self,
@@ -72,7 +87,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         policy = self._policies.get(service)
         if handler is None or policy is None:
             return handler
-        deserializer = _tolerant(handler.request_deserializer)
+        deserializer = _tolerant(handler.request_deserializer, self._max_message_bytes)
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 self._wrap(method, policy, cast(Behavior, handler.unary_unary), unary=True),
@@ -111,7 +126,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
                         f"{method}",
                     )
                 if unary and isinstance(request, Malformed):
-                    raise malformed_request()
+                    raise request.error
                 return await behavior(request, context)
             except Error as exc:
                 code = status.code_of(exc.kind)

@@ -24,7 +24,7 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from mobilesign.hosting import access
-from mobilesign.hosting.interceptor import ServiceInterceptor
+from mobilesign.hosting.interceptor import TRANSPORT_FACTOR, ServiceInterceptor
 from mobilesign.rpc import channels
 
 _log = logging.getLogger("mobilesign.serve")
@@ -80,8 +80,8 @@ async def serve(
 ) -> None:
     """Serve ``services`` (name: access policy) until SIGTERM/SIGINT, then shut down gracefully."""
     server = grpc.aio.server(
-        interceptors=[ServiceInterceptor(services)],
-        options=channels.options(limits.max_message_bytes),
+        interceptors=[ServiceInterceptor(services, limits.max_message_bytes)],
+        options=channels.options(limits.max_message_bytes * TRANSPORT_FACTOR),
         maximum_concurrent_rpcs=limits.max_concurrent_rpcs,
     )
     register(server)

@@ -94,3 +94,10 @@ def sign_share_from_proto(message: cosigner_pb2.SignShare) -> twoparty.SignRespo
 def malformed_request() -> WireError:
     """The error for a request that is not a valid protobuf message of the expected type."""
     return WireError(Kind.INVALID, "MALFORMED_REQUEST", "the request message does not parse")
+
+
+def message_too_large(limit: int) -> WireError:
+    """The error for a request message over the service's size limit."""
+    return WireError(
+        Kind.INVALID, "MESSAGE_TOO_LARGE", f"a request message is at most {limit} bytes"
+    )

@@ -354,9 +354,17 @@ async def test_bad_input_is_refused_and_changes_nothing(hsm_deployment: Deployme
         ]
         for call, code, reason in cases:
             await _expect_error(call, code, reason)
-        # Oversized: over the proxy's 64 KiB message bound.
+        # Oversized: over the proxy's 64 KiB message bound, a clear reason; over twice that, the
+        # transport refuses the message itself.
+        await _expect_error(
+            stub.SignDigest(hsm_pb2.SignDigestRequest(key_id=ec_key.key_id, digest=bytes(100_000))),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "MESSAGE_TOO_LARGE",
+        )
         with pytest.raises(grpc.aio.AioRpcError) as info:
-            await stub.Seal(hsm_pb2.SealRequest(plaintext=b"x" * 100_000))
+            await stub.SignDigest(
+                hsm_pb2.SignDigestRequest(key_id=ec_key.key_id, digest=bytes(200_000))
+            )
         assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         after = await stub.ListKeys(hsm_pb2.ListKeysRequest())
         assert after == before

@@ -191,3 +191,24 @@ async def test_what_was_signed_survives_a_kill(deployment: Deployment) -> None:
             grpc.StatusCode.FAILED_PRECONDITION,
             "CHECKPOINT_INCONSISTENT",
         )
+
+
+async def test_oversized_requests_get_a_reason(deployment: Deployment) -> None:
+    """Over the proxy's 64 KiB limit: INVALID_ARGUMENT MESSAGE_TOO_LARGE, nothing changed; far
+    beyond it (twice the limit) grpc refuses the message itself."""
+    async with deployment.channel("hsm-proxy", "gateway") as channel:
+        stub = hsm_pb2_grpc.HsmServiceStub(channel)
+        state = await stub.GetLogState(hsm_pb2.GetLogStateRequest())
+        over = hsm_pb2.SignCheckpointRequest(
+            old_size=state.tree_size, tree_size=1, root_hash=bytes(70 * 1024)
+        )
+        await _refused(
+            stub.SignCheckpoint(over), grpc.StatusCode.INVALID_ARGUMENT, "MESSAGE_TOO_LARGE"
+        )
+        far = hsm_pb2.SignCheckpointRequest(
+            old_size=state.tree_size, tree_size=1, root_hash=bytes(130 * 1024)
+        )
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await stub.SignCheckpoint(far)
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert await stub.GetLogState(hsm_pb2.GetLogStateRequest()) == state

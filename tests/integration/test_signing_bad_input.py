@@ -45,7 +45,8 @@ from tests.integration.two_party import (
 
 pytestmark = pytest.mark.integration
 MAX_MESSAGE_BYTES = 65_536  # SignCommit.message
-TRANSPORT_LIMIT_BYTES = 128 * 1024  # the cosigner's gRPC receive bound
+REQUEST_LIMIT_BYTES = 128 * 1024  # the cosigner's [cosigner] max_message_bytes
+TRANSPORT_LIMIT_BYTES = 2 * REQUEST_LIMIT_BYTES  # where grpc itself refuses
 
 
 @pytest.fixture
@@ -249,6 +250,14 @@ async def test_message_size_limits(deployment: Deployment, keystore: Keystore) -
         signer.abort()
         await expect_status(call, Code.INVALID_ARGUMENT, "MESSAGE_TOO_LARGE")
 
+        call = cosigner_stub(channel).Sign()
+        await until_ready(call, keystore, verifier_for(keystore))
+        over = bytes(REQUEST_LIMIT_BYTES + 1)
+        await send(call, pb.SignRequest(commit=wire.sign_commit_to_proto(signer.request(over))))
+        signer.abort()
+        await expect_status(call, Code.INVALID_ARGUMENT, "MESSAGE_TOO_LARGE")
+
+        # Far beyond: the transport refuses it before anything reads it (no reason then).
         call = cosigner_stub(channel).Sign()
         await until_ready(call, keystore, verifier_for(keystore))
         huge = bytes(TRANSPORT_LIMIT_BYTES + 1)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import secrets
 import time
 from collections.abc import Callable
 from typing import Any
@@ -154,19 +156,20 @@ async def test_closing_a_session_the_cosigner_ended(
         assert await session.close() == 0
 
 
-def _error_lines(deployment: Deployment) -> list[str]:
+def _log_lines(deployment: Deployment, request_id: str) -> list[dict[str, Any]]:
     log = deployment.services["cosigner"].log
-    return [line for line in log.read_text().splitlines() if '"level": "error"' in line]
+    lines = [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+    return [line for line in lines if line.get("request_id") == request_id]
 
 
 @pytest.mark.parametrize("misbehaviour", ["write after close", "cancel mid-session"])
 async def test_a_client_misbehaving_is_never_an_internal_error(
     deployment: Deployment, keystore: Keystore, misbehaviour: str
 ) -> None:
-    errors_before = len(_error_lines(deployment))
+    request_id = f"misbehaving-{secrets.token_hex(4)}"
     verifier = verifier_for(keystore)
     async with deployment.public_channel("cosigner") as channel:
-        call = cosigner_stub(channel).Sign()
+        call = cosigner_stub(channel).Sign(metadata=(("x-request-id", request_id),))
         await until_ready(call, keystore, verifier)
         if misbehaviour == "write after close":
             await call.write(pb.SignRequest(close=pb.SignClose()))
@@ -179,12 +182,9 @@ async def test_a_client_misbehaving_is_never_an_internal_error(
         else:
             call.cancel()
         await asyncio.sleep(1.0)
-    assert _error_lines(deployment)[errors_before:] == []
-    rpc_lines = [
-        line
-        for line in deployment.services["cosigner"].log.read_text().splitlines()
-        if '"msg": "rpc"' in line and '"method": "Sign"' in line
-    ]
-    expected = '"code": "OK"' if misbehaviour == "write after close" else '"code": "'
-    assert expected in rpc_lines[-1]
-    assert '"code": "INTERNAL"' not in rpc_lines[-1]
+    lines = _log_lines(deployment, request_id)
+    assert [line for line in lines if line["level"] == "error"] == []
+    (rpc,) = [line for line in lines if line["msg"] == "rpc"]
+    assert rpc["code"] != "INTERNAL"
+    if misbehaviour == "write after close":
+        assert rpc["code"] == "OK"
