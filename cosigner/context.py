@@ -2,12 +2,28 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+import weakref
+from dataclasses import dataclass, field
 
 from cosigner.gateway_client import Gateway
 from cosigner.hsm_proxy_client import Sealer
 from cosigner.repository import KeyStore
 from mobilesign import domains
+
+
+class KeyLocks:
+    """One asyncio lock per key id, kept while someone holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+
+    def __call__(self, key_id: str) -> asyncio.Lock:
+        """The lock of ``key_id``."""
+        lock = self._locks.get(key_id)
+        if lock is None:
+            lock = self._locks[key_id] = asyncio.Lock()
+        return lock
 
 
 @dataclass(frozen=True)
@@ -19,6 +35,8 @@ class Cosigner:
     gateway: Gateway
     step_timeout: float
     max_pin_attempts: int
+    #: At most one PIN proof per key is checked at a time.
+    pin_locks: KeyLocks = field(default_factory=KeyLocks)
 
 
 def key_package_aad(key_id: str) -> bytes:

@@ -147,21 +147,25 @@ class KeyStore:
             created_at=row["created_at"],
         )
 
-    async def record_pin_failure(self, key_id: str, max_attempts: int) -> tuple[int, bool]:
-        """Count one wrong PIN proof (durably, before the phone hears of it); lock the key at
-        ``max_attempts`` consecutive failures. Returns (failures, locked)."""
+    async def reserve_pin_attempt(self, key_id: str, max_attempts: int) -> int | None:
+        """Count one PIN attempt before its proof is checked (durably, so that a crash or a
+        flood of sessions cannot check more than ``max_attempts`` proofs); the attempt's number,
+        or None when the key is locked or has no attempt left."""
         async with self._db.execute(
-            "UPDATE keys SET failed_pin_attempts = failed_pin_attempts + 1,"
-            " locked = (failed_pin_attempts + 1 >= ?) OR locked"
-            " WHERE key_id = ? RETURNING failed_pin_attempts, locked",
-            (max_attempts, key_id),
+            "UPDATE keys SET failed_pin_attempts = failed_pin_attempts + 1"
+            " WHERE key_id = ? AND NOT locked AND failed_pin_attempts < ?"
+            " RETURNING failed_pin_attempts",
+            (key_id, max_attempts),
         ) as cursor:
             row = await cursor.fetchone()
-        assert row is not None
-        return int(row[0]), bool(row[1])
+        return int(row[0]) if row is not None else None
+
+    async def lock(self, key_id: str) -> None:
+        """Lock the key (its last attempt failed); an administrator unlocks it."""
+        await self._db.execute("UPDATE keys SET locked = 1 WHERE key_id = ?", (key_id,))
 
     async def reset_pin_failures(self, key_id: str) -> None:
-        """A correct PIN proof ends the run of consecutive failures."""
+        """A correct PIN proof ends the run of consecutive failures (its own attempt too)."""
         await self._db.execute(
             "UPDATE keys SET failed_pin_attempts = 0 WHERE key_id = ? AND failed_pin_attempts > 0"
             " AND NOT locked",

@@ -35,6 +35,16 @@ def _replayed() -> CosignerError:
     )
 
 
+def _locked() -> CosignerError:
+    # The same answer for every attempt on a locked key, whatever the PIN: no oracle.
+    return CosignerError(
+        Kind.DENIED,
+        "KEY_LOCKED",
+        "the key is locked after repeated wrong PINs",
+        {"attempts_left": "0"},
+    )
+
+
 async def _key(cosigner: Cosigner, key_id: str, scheme: twoparty.Scheme) -> StoredKey:
     ids.USER_KEY_ID.check(key_id)
     key = await cosigner.store.get(key_id)
@@ -43,9 +53,7 @@ async def _key(cosigner: Cosigner, key_id: str, scheme: twoparty.Scheme) -> Stor
     if key.scheme != scheme.value:
         raise CosignerError(Kind.INVALID, "SCHEME_MISMATCH", "the key has another scheme")
     if key.locked:
-        raise CosignerError(
-            Kind.DENIED, "KEY_LOCKED", "the key is locked after repeated wrong PINs"
-        )
+        raise _locked()
     if await cosigner.gateway.key_revoked(key.key_id):
         raise CosignerError(
             Kind.DENIED, "CERTIFICATE_REVOKED", "the key's certificate has been revoked"
@@ -67,24 +75,26 @@ async def _authenticate(
             Kind.DENIED, "DEVICE_PROOF_INVALID", "the device key did not sign the challenge"
         )
     verifier = await cosigner.sealer.unseal(key.sealed_pin_verifier, pin_verifier_aad(key.key_id))
-    if not deviceauth.check_pin_proof(verifier, transcript, request.proof.pin_proof):
-        failures, locked = await cosigner.store.record_pin_failure(
-            key.key_id, cosigner.max_pin_attempts
-        )
-        _log.warning("wrong PIN", extra={"fields": {"key_id": key.key_id, "failures": failures}})
-        if locked:
-            raise CosignerError(Kind.DENIED, "KEY_LOCKED", "wrong PIN; the key is now locked")
-        left = cosigner.max_pin_attempts - failures
-        raise CosignerError(
-            Kind.DENIED, "WRONG_PIN", f"wrong PIN; attempts left before the key locks: {left}"
-        )
-    await cosigner.store.reset_pin_failures(key.key_id)
-    # A concurrent session may have locked the key while this proof was checked.
-    current = await cosigner.store.get(key.key_id)
-    if current is None or current.locked:
-        raise CosignerError(
-            Kind.DENIED, "KEY_LOCKED", "the key is locked after repeated wrong PINs"
-        )
+    limit = cosigner.max_pin_attempts
+    # One proof per key at a time, each attempt counted before its proof is checked: however
+    # many sessions a thief opens, at most ``limit`` PIN proofs are ever checked.
+    async with cosigner.pin_locks(key.key_id):
+        attempt = await cosigner.store.reserve_pin_attempt(key.key_id, limit)
+        if attempt is None:
+            raise _locked()
+        if not deviceauth.check_pin_proof(verifier, transcript, request.proof.pin_proof):
+            _log.warning("wrong PIN", extra={"fields": {"key_id": key.key_id, "failures": attempt}})
+            if attempt >= limit:
+                await cosigner.store.lock(key.key_id)
+                raise _locked()
+            left = limit - attempt
+            raise CosignerError(
+                Kind.DENIED,
+                "WRONG_PIN",
+                f"wrong PIN; attempts left before the key locks: {left}",
+                {"attempts_left": str(left)},
+            )
+        await cosigner.store.reset_pin_failures(key.key_id)
 
 
 async def sign(cosigner: Cosigner, stream: StepStream[pb.SignRequest, pb.SignResponse]) -> None:

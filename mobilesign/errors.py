@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import re
+from collections.abc import Mapping
 
 _REASON = re.compile(r"[A-Z][A-Z0-9_]*")
 
@@ -32,12 +33,17 @@ class Kind(enum.Enum):
 
 
 class Error(Exception):
-    """A refusal with a :class:`Kind`, a stable ``reason`` and a message for people."""
+    """A refusal with a :class:`Kind`, a stable ``reason``, a message for people and, where a
+    caller needs a value to act on, ``metadata`` (``google.rpc.ErrorInfo.metadata`` on the wire;
+    never a secret)."""
 
-    def __init__(self, kind: Kind, reason: str, message: str) -> None:
+    def __init__(
+        self, kind: Kind, reason: str, message: str, metadata: Mapping[str, str] | None = None
+    ) -> None:
         if not _REASON.fullmatch(reason):
             raise ValueError(f"not a stable reason: {reason!r}")
         super().__init__(f"{reason}: {message}")
         self.kind = kind
         self.reason = reason
         self.message = message
+        self.metadata = dict(metadata or {})

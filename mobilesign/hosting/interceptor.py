@@ -134,7 +134,9 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
                 await context.abort(
                     code,
                     exc.message,
-                    trailing_metadata=status.status_metadata(code, exc.reason, exc.message),
+                    trailing_metadata=status.status_metadata(
+                        code, exc.reason, exc.message, exc.metadata
+                    ),
                 )
             except grpc.aio.AbortError:
                 outcome = "ABORTED_BY_HANDLER"

@@ -8,6 +8,7 @@ callee's refusal turns its code back into a kind with :func:`kind_of`.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import grpc
@@ -47,22 +48,38 @@ def kind_of(code: grpc.StatusCode) -> Kind:
     return _KINDS.get(code, Kind.INTERNAL)
 
 
-def status_metadata(code: grpc.StatusCode, reason: str, message: str) -> tuple[tuple[str, bytes]]:
+def status_metadata(
+    code: grpc.StatusCode, reason: str, message: str, metadata: Mapping[str, str] | None = None
+) -> tuple[tuple[str, bytes]]:
     """Trailing metadata carrying a ``google.rpc.Status`` with an ``ErrorInfo`` detail."""
     detail = any_pb2.Any()
-    detail.Pack(error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN))
+    detail.Pack(
+        error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN, metadata=dict(metadata or {}))
+    )
     status = status_pb2.Status(code=code.value[0], message=message, details=[detail])
     return ((_DETAILS_KEY, status.SerializeToString()),)
 
 
 def reason_of(error: grpc.RpcError) -> str | None:
     """The ``ErrorInfo.reason`` of a failed call, or None when the status carries none."""
-    trailing = getattr(error, "trailing_metadata", None)
-    return reason_in(trailing() if callable(trailing) else None)
+    info = error_info(error)
+    return str(info.reason) if info is not None else None
 
 
 def reason_in(trailing_metadata: Any) -> str | None:
     """The ``ErrorInfo.reason`` in a call's trailing metadata, or None when there is none."""
+    info = error_info_in(trailing_metadata)
+    return str(info.reason) if info is not None else None
+
+
+def error_info(error: grpc.RpcError) -> Any:
+    """The ``google.rpc.ErrorInfo`` of a failed call (reason and metadata), or None."""
+    trailing = getattr(error, "trailing_metadata", None)
+    return error_info_in(trailing() if callable(trailing) else None)
+
+
+def error_info_in(trailing_metadata: Any) -> Any:
+    """The ``google.rpc.ErrorInfo`` in a call's trailing metadata, or None."""
     for item in trailing_metadata or ():
         key, value = item[0], item[1]
         if key == _DETAILS_KEY and isinstance(value, bytes):
@@ -70,5 +87,5 @@ def reason_in(trailing_metadata: Any) -> str | None:
             for detail in status.details:
                 info = error_details_pb2.ErrorInfo()
                 if detail.Unpack(info):
-                    return str(info.reason)
+                    return info
     return None

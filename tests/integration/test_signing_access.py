@@ -5,6 +5,8 @@ require.
 
 from __future__ import annotations
 
+import asyncio
+from collections import Counter
 from typing import Any
 
 import grpc
@@ -13,7 +15,7 @@ import pytest
 from client import sdk
 from client.errors import ClientError
 from client.keystore import Keystore
-from mobilesign.rpc.status import reason_of
+from mobilesign.rpc.status import error_info, reason_of
 from mobilesign.testing import Deployment
 from mobilesign.v1 import cosigner_pb2 as pb
 from mobilesign.v1 import cosigner_pb2_grpc
@@ -215,3 +217,81 @@ async def test_internal_rpcs_need_the_right_identity(
     async with deployment.channel("cosigner", "gateway") as channel:
         described = await cosigner_stub(channel).GetKey(pb.GetKeyRequest(key_id=key_id))
     assert described.user_id == keystore.user_id
+
+
+async def _attempt(
+    stub: cosigner_pb2_grpc.CosignerServiceAsyncStub, keystore: Keystore, verifier: bytes
+) -> grpc.aio.AioRpcError | None:
+    """One session's PIN proof; the refusal, or None when the session opened."""
+    call = stub.Sign()
+    try:
+        await prove(call, keystore, verifier)
+        response = await call.read()
+    except grpc.aio.AioRpcError as exc:
+        return exc
+    call.cancel()
+    assert isinstance(response, pb.SignResponse)
+    assert response.WhichOneof("step") == "ready"
+    return None
+
+
+async def test_a_flood_of_sessions_checks_at_most_the_allowed_pin_proofs(
+    deployment: Deployment, keystore: Keystore
+) -> None:
+    """A stolen phone opens 300 sessions at once, each with another wrong PIN: the attempts are
+    counted before the proofs are checked, one proof per key at a time, so at most
+    MAX_PIN_ATTEMPTS proofs are checked and every other session meets the lock."""
+    wrong = verifier_for(keystore, OTHER_PIN)
+    async with deployment.public_channel("cosigner") as channel:
+        stub = cosigner_stub(channel)
+        results = await asyncio.gather(*(_attempt(stub, keystore, wrong) for _ in range(300)))
+    assert all(r is not None for r in results)
+    reasons = Counter(reason_of(r) for r in results if r is not None)
+    assert reasons == {"WRONG_PIN": MAX_PIN_ATTEMPTS - 1, "KEY_LOCKED": 300 - MAX_PIN_ATTEMPTS + 1}
+    left = sorted(
+        error_info(r).metadata["attempts_left"]
+        for r in results
+        if r is not None and reason_of(r) == "WRONG_PIN"
+    )
+    assert left == [str(n) for n in range(1, MAX_PIN_ATTEMPTS)]
+    described = await get_key(deployment, keystore.key_id)
+    assert (described.failed_pin_attempts, described.locked) == (MAX_PIN_ATTEMPTS, True)
+    log = deployment.services["cosigner"].log.read_text()
+    assert log.count(f'"msg": "wrong PIN", "key_id": "{keystore.key_id}"') == MAX_PIN_ATTEMPTS
+
+
+async def test_once_locked_the_right_and_wrong_pins_get_identical_answers(
+    deployment: Deployment, keystore: Keystore
+) -> None:
+    wrong, right = verifier_for(keystore, OTHER_PIN), verifier_for(keystore)
+    async with deployment.public_channel("cosigner") as channel:
+        stub = cosigner_stub(channel)
+        for _ in range(MAX_PIN_ATTEMPTS):
+            await _attempt(stub, keystore, wrong)
+        refusals = []
+        for verifier in (right, wrong, right):
+            refusal = await _attempt(stub, keystore, verifier)
+            assert refusal is not None
+            refusals.append(refusal)
+    answers = {(r.code(), r.details(), tuple(r.trailing_metadata() or ())) for r in refusals}
+    assert len(answers) == 1
+    assert reason_of(refusals[0]) == "KEY_LOCKED"
+    assert error_info(refusals[0]).metadata["attempts_left"] == "0"
+
+
+async def test_the_failure_count_survives_a_restart(
+    deployment: Deployment, keystore: Keystore
+) -> None:
+    wrong = verifier_for(keystore, OTHER_PIN)
+    async with deployment.public_channel("cosigner") as channel:
+        stub = cosigner_stub(channel)
+        for _ in range(2):
+            await _wrong_pin(stub, keystore, wrong, "WRONG_PIN")
+    deployment.stop("cosigner")
+    deployment.start("cosigner")
+    assert (await get_key(deployment, keystore.key_id)).failed_pin_attempts == 2
+    async with deployment.public_channel("cosigner") as channel:
+        stub = cosigner_stub(channel)
+        for _ in range(MAX_PIN_ATTEMPTS - 3):
+            await _wrong_pin(stub, keystore, wrong, "WRONG_PIN")
+        await _wrong_pin(stub, keystore, wrong, "KEY_LOCKED")
