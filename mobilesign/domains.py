@@ -29,9 +29,11 @@ PIN_VERIFIER_SALT = b"mobilesign/v1 pin-verifier\x00"
 #: Device-key signature that opens a session with the gateway (not the cosigner).
 GATEWAY_SESSION = b"mobilesign/v1 gateway-session\x00"
 
-# Gateway and HSM proxy (mobilesign.records, mobilesign.tickets).
-#: The gateway's ticket-key signature over enrolment ticket claims.
+# RA, gateway, cosigner and HSM proxy (mobilesign.records, mobilesign.tickets, mobilesign.grants).
+#: The RA's ticket-key signature over enrolment ticket claims.
 ENROLMENT_TICKET = b"mobilesign/v1 enrolment-ticket\x00"
+#: The RA's grant-key signature over a grant statement.
+GRANT = b"mobilesign/v1 grant\x00"
 #: Plaintext prefix of the cosigner's attestation that it holds a share of a user key.
 ENROLLED_KEY = b"mobilesign/v1 enrolled-key\x00"
 #: Associated data of that attestation when sealed (the whole AAD, nothing follows it).
@@ -56,6 +58,7 @@ ALL: Mapping[str, bytes] = MappingProxyType(
         "PIN_VERIFIER_SALT": PIN_VERIFIER_SALT,
         "GATEWAY_SESSION": GATEWAY_SESSION,
         "ENROLMENT_TICKET": ENROLMENT_TICKET,
+        "GRANT": GRANT,
         "ENROLLED_KEY": ENROLLED_KEY,
         "KEY_ATTESTATION_AAD": KEY_ATTESTATION_AAD,
         "SEALED_KEY_PACKAGE_AAD": SEALED_KEY_PACKAGE_AAD,

@@ -24,7 +24,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from mobilesign.rpc.channels import Credential
 
 #: Every identity the development PKI issues a certificate for.
-IDENTITIES = ("hsm-proxy", "cosigner", "gateway", "admin")
+IDENTITIES = ("hsm-proxy", "ra", "cosigner", "gateway", "admin")
 #: Server-only certificates for the phone-facing listeners: their keys are not the services'
 #: internal identities, and they cannot act as client certificates.
 PUBLIC_EDGES = ("cosigner-public", "gateway-public")

@@ -660,3 +660,57 @@ class UnlockKeyResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UnlockKeyResponse: _TypeAlias = UnlockKeyResponse  # noqa: Y015
+
+@_typing.final
+class RequestPersonalCertificateRequest(_message.Message):
+    """RequestPersonalCertificateRequest carries the ticket and the jointly signed PKCS#10 request."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TICKET_FIELD_NUMBER: _builtins.int
+    CSR_FIELD_NUMBER: _builtins.int
+    ticket: _builtins.bytes
+    """The enrolment ticket the key was enrolled with; it yields one certificate."""
+    csr: _builtins.bytes
+    """DER PKCS#10 request: subject CN=<user id>, Ed25519 public key = the joint key."""
+    def __init__(
+        self,
+        *,
+        ticket: _builtins.bytes = ...,
+        csr: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["csr", b"csr", "ticket", b"ticket"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RequestPersonalCertificateRequest: _TypeAlias = RequestPersonalCertificateRequest  # noqa: Y015
+
+@_typing.final
+class RequestPersonalCertificateResponse(_message.Message):
+    """RequestPersonalCertificateResponse carries the certificate and its issuer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CERTIFICATE_FIELD_NUMBER: _builtins.int
+    CA_CERTIFICATE_FIELD_NUMBER: _builtins.int
+    GRANT_KEY_SPKI_FIELD_NUMBER: _builtins.int
+    certificate: _builtins.bytes
+    ca_certificate: _builtins.bytes
+    grant_key_spki: _builtins.bytes
+    """The RA's grant key (DER SubjectPublicKeyInfo): the phone checks grants with it."""
+    def __init__(
+        self,
+        *,
+        certificate: _builtins.bytes = ...,
+        ca_certificate: _builtins.bytes = ...,
+        grant_key_spki: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ca_certificate", b"ca_certificate", "certificate", b"certificate", "grant_key_spki", b"grant_key_spki"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RequestPersonalCertificateResponse: _TypeAlias = RequestPersonalCertificateResponse  # noqa: Y015

@@ -58,6 +58,11 @@ class CosignerServiceStub:
                 request_serializer=mobilesign_dot_v1_dot_cosigner__pb2.UnlockKeyRequest.SerializeToString,
                 response_deserializer=mobilesign_dot_v1_dot_cosigner__pb2.UnlockKeyResponse.FromString,
                 _registered_method=True)
+        self.RequestPersonalCertificate = channel.unary_unary(
+                '/mobilesign.v1.CosignerService/RequestPersonalCertificate',
+                request_serializer=mobilesign_dot_v1_dot_cosigner__pb2.RequestPersonalCertificateRequest.SerializeToString,
+                response_deserializer=mobilesign_dot_v1_dot_cosigner__pb2.RequestPersonalCertificateResponse.FromString,
+                _registered_method=True)
 
 
 class CosignerServiceServicer:
@@ -101,6 +106,15 @@ class CosignerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RequestPersonalCertificate(self, request, context):
+        """RequestPersonalCertificate submits the PKCS#10 request for an enrolled joint key, signed
+        jointly by phone and cosigner (the proof of possession), with the enrolment ticket. The
+        cosigner forwards it to the RA with its attestation of the key (public listener).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CosignerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -123,6 +137,11 @@ def add_CosignerServiceServicer_to_server(servicer, server):
                     servicer.UnlockKey,
                     request_deserializer=mobilesign_dot_v1_dot_cosigner__pb2.UnlockKeyRequest.FromString,
                     response_serializer=mobilesign_dot_v1_dot_cosigner__pb2.UnlockKeyResponse.SerializeToString,
+            ),
+            'RequestPersonalCertificate': grpc.unary_unary_rpc_method_handler(
+                    servicer.RequestPersonalCertificate,
+                    request_deserializer=mobilesign_dot_v1_dot_cosigner__pb2.RequestPersonalCertificateRequest.FromString,
+                    response_serializer=mobilesign_dot_v1_dot_cosigner__pb2.RequestPersonalCertificateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -237,6 +256,33 @@ class CosignerService:
             '/mobilesign.v1.CosignerService/UnlockKey',
             mobilesign_dot_v1_dot_cosigner__pb2.UnlockKeyRequest.SerializeToString,
             mobilesign_dot_v1_dot_cosigner__pb2.UnlockKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RequestPersonalCertificate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mobilesign.v1.CosignerService/RequestPersonalCertificate',
+            mobilesign_dot_v1_dot_cosigner__pb2.RequestPersonalCertificateRequest.SerializeToString,
+            mobilesign_dot_v1_dot_cosigner__pb2.RequestPersonalCertificateResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -53,6 +53,11 @@ class CosignerServiceStub:
     """GetKey describes an enrolled key (internal: gateway and administrators)."""
     UnlockKey: _grpc.UnaryUnaryMultiCallable[_cosigner_pb2.UnlockKeyRequest, _cosigner_pb2.UnlockKeyResponse]
     """UnlockKey clears a PIN lockout (internal: administrators)."""
+    RequestPersonalCertificate: _grpc.UnaryUnaryMultiCallable[_cosigner_pb2.RequestPersonalCertificateRequest, _cosigner_pb2.RequestPersonalCertificateResponse]
+    """RequestPersonalCertificate submits the PKCS#10 request for an enrolled joint key, signed
+    jointly by phone and cosigner (the proof of possession), with the enrolment ticket. The
+    cosigner forwards it to the RA with its attestation of the key (public listener).
+    """
 
 @_typing.type_check_only
 class CosignerServiceAsyncStub(CosignerServiceStub):
@@ -79,6 +84,11 @@ class CosignerServiceAsyncStub(CosignerServiceStub):
     """GetKey describes an enrolled key (internal: gateway and administrators)."""
     UnlockKey: _aio.UnaryUnaryMultiCallable[_cosigner_pb2.UnlockKeyRequest, _cosigner_pb2.UnlockKeyResponse]  # type: ignore[assignment]
     """UnlockKey clears a PIN lockout (internal: administrators)."""
+    RequestPersonalCertificate: _aio.UnaryUnaryMultiCallable[_cosigner_pb2.RequestPersonalCertificateRequest, _cosigner_pb2.RequestPersonalCertificateResponse]  # type: ignore[assignment]
+    """RequestPersonalCertificate submits the PKCS#10 request for an enrolled joint key, signed
+    jointly by phone and cosigner (the proof of possession), with the enrolment ticket. The
+    cosigner forwards it to the RA with its attestation of the key (public listener).
+    """
 
 class CosignerServiceServicer(metaclass=_abc_1.ABCMeta):
     """CosignerService is the cloud half of every user key. The phone (public TLS listener) runs the
@@ -126,5 +136,16 @@ class CosignerServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_cosigner_pb2.UnlockKeyResponse, _abc.Awaitable[_cosigner_pb2.UnlockKeyResponse]]:
         """UnlockKey clears a PIN lockout (internal: administrators)."""
+
+    @_abc_1.abstractmethod
+    def RequestPersonalCertificate(
+        self,
+        request: _cosigner_pb2.RequestPersonalCertificateRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_cosigner_pb2.RequestPersonalCertificateResponse, _abc.Awaitable[_cosigner_pb2.RequestPersonalCertificateResponse]]:
+        """RequestPersonalCertificate submits the PKCS#10 request for an enrolled joint key, signed
+        jointly by phone and cosigner (the proof of possession), with the enrolment ticket. The
+        cosigner forwards it to the RA with its attestation of the key (public listener).
+        """
 
 def add_CosignerServiceServicer_to_server(servicer: CosignerServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

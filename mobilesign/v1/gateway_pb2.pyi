@@ -125,6 +125,7 @@ class Grant(_message.Message):
     USED_TOTAL_FIELD_NUMBER: _builtins.int
     USED_TODAY_FIELD_NUMBER: _builtins.int
     REVOKED_FIELD_NUMBER: _builtins.int
+    SIGNED_GRANT_FIELD_NUMBER: _builtins.int
     grant_id: _builtins.str
     """32 lowercase hex digits."""
     user_id: _builtins.str
@@ -140,6 +141,10 @@ class Grant(_message.Message):
     """Uses so far, in total and today (UTC)."""
     used_today: _builtins.int
     revoked: _builtins.bool
+    signed_grant: _builtins.bytes
+    """The grant as the RA signed it (a serialized SignedGrant): what the HSM proxy and the phone
+    check. The fields above repeat its statement, plus the use so far and the revocation.
+    """
     @_builtins.property
     def operations(self) -> _containers.RepeatedScalarFieldContainer[Global___Operation.ValueType]: ...
     def __init__(
@@ -157,21 +162,23 @@ class Grant(_message.Message):
         used_total: _builtins.int = ...,
         used_today: _builtins.int = ...,
         revoked: _builtins.bool = ...,
+        signed_grant: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["grant_id", b"grant_id", "key_id", b"key_id", "not_after_unix", b"not_after_unix", "not_before_unix", b"not_before_unix", "operations", b"operations", "purpose", b"purpose", "quota_daily", b"quota_daily", "quota_total", b"quota_total", "revoked", b"revoked", "used_today", b"used_today", "used_total", b"used_total", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["grant_id", b"grant_id", "key_id", b"key_id", "not_after_unix", b"not_after_unix", "not_before_unix", b"not_before_unix", "operations", b"operations", "purpose", b"purpose", "quota_daily", b"quota_daily", "quota_total", b"quota_total", "revoked", b"revoked", "signed_grant", b"signed_grant", "used_today", b"used_today", "used_total", b"used_total", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Grant: _TypeAlias = Grant  # noqa: Y015
 
 @_typing.final
-class CreateGrantRequest(_message.Message):
-    """CreateGrantRequest describes the grant."""
+class GrantStatement(_message.Message):
+    """GrantStatement is what a grant allows, as the RA signs it."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    GRANT_ID_FIELD_NUMBER: _builtins.int
     USER_ID_FIELD_NUMBER: _builtins.int
     KEY_ID_FIELD_NUMBER: _builtins.int
     OPERATIONS_FIELD_NUMBER: _builtins.int
@@ -180,19 +187,24 @@ class CreateGrantRequest(_message.Message):
     QUOTA_TOTAL_FIELD_NUMBER: _builtins.int
     QUOTA_DAILY_FIELD_NUMBER: _builtins.int
     PURPOSE_FIELD_NUMBER: _builtins.int
+    ISSUED_AT_UNIX_FIELD_NUMBER: _builtins.int
+    grant_id: _builtins.str
+    """32 lowercase hex digits, random."""
     user_id: _builtins.str
     key_id: _builtins.str
+    """The organisation key (HSM key id, 32 lowercase hex digits)."""
     not_before_unix: _builtins.int
     not_after_unix: _builtins.int
     quota_total: _builtins.int
     quota_daily: _builtins.int
     purpose: _builtins.str
-    """Optional, at most 200 characters."""
+    issued_at_unix: _builtins.int
     @_builtins.property
     def operations(self) -> _containers.RepeatedScalarFieldContainer[Global___Operation.ValueType]: ...
     def __init__(
         self,
         *,
+        grant_id: _builtins.str = ...,
         user_id: _builtins.str = ...,
         key_id: _builtins.str = ...,
         operations: _abc.Iterable[Global___Operation.ValueType] | None = ...,
@@ -201,120 +213,43 @@ class CreateGrantRequest(_message.Message):
         quota_total: _builtins.int = ...,
         quota_daily: _builtins.int = ...,
         purpose: _builtins.str = ...,
+        issued_at_unix: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id", "not_after_unix", b"not_after_unix", "not_before_unix", b"not_before_unix", "operations", b"operations", "purpose", b"purpose", "quota_daily", b"quota_daily", "quota_total", b"quota_total", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["grant_id", b"grant_id", "issued_at_unix", b"issued_at_unix", "key_id", b"key_id", "not_after_unix", b"not_after_unix", "not_before_unix", b"not_before_unix", "operations", b"operations", "purpose", b"purpose", "quota_daily", b"quota_daily", "quota_total", b"quota_total", "user_id", b"user_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___CreateGrantRequest: _TypeAlias = CreateGrantRequest  # noqa: Y015
+Global___GrantStatement: _TypeAlias = GrantStatement  # noqa: Y015
 
 @_typing.final
-class CreateGrantResponse(_message.Message):
-    """CreateGrantResponse returns the grant."""
+class SignedGrant(_message.Message):
+    """SignedGrant is a grant as issued: the statement's bytes and the RA's signature."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
-    GRANT_FIELD_NUMBER: _builtins.int
-    @_builtins.property
-    def grant(self) -> Global___Grant: ...
+    STATEMENT_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    statement: _builtins.bytes
+    """A serialized GrantStatement; the signature covers exactly these bytes."""
+    signature: _builtins.bytes
+    """ECDSA P-256 / SHA-256, DER, by the RA's grant key in the HSM, over
+    "mobilesign/v1 grant" || 0x00 || statement.
+    """
     def __init__(
         self,
         *,
-        grant: Global___Grant | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["grant", b"grant"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["grant", b"grant"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___CreateGrantResponse: _TypeAlias = CreateGrantResponse  # noqa: Y015
-
-@_typing.final
-class ListGrantsRequest(_message.Message):
-    """ListGrantsRequest filters by user and/or organisation key (empty: no filter)."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    USER_ID_FIELD_NUMBER: _builtins.int
-    KEY_ID_FIELD_NUMBER: _builtins.int
-    user_id: _builtins.str
-    key_id: _builtins.str
-    def __init__(
-        self,
-        *,
-        user_id: _builtins.str = ...,
-        key_id: _builtins.str = ...,
+        statement: _builtins.bytes = ...,
+        signature: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id", "user_id", b"user_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["signature", b"signature", "statement", b"statement"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
-Global___ListGrantsRequest: _TypeAlias = ListGrantsRequest  # noqa: Y015
-
-@_typing.final
-class ListGrantsResponse(_message.Message):
-    """ListGrantsResponse lists grants, oldest first."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    GRANTS_FIELD_NUMBER: _builtins.int
-    @_builtins.property
-    def grants(self) -> _containers.RepeatedCompositeFieldContainer[Global___Grant]: ...
-    def __init__(
-        self,
-        *,
-        grants: _abc.Iterable[Global___Grant] | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["grants", b"grants"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___ListGrantsResponse: _TypeAlias = ListGrantsResponse  # noqa: Y015
-
-@_typing.final
-class RevokeGrantRequest(_message.Message):
-    """RevokeGrantRequest names the grant."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    GRANT_ID_FIELD_NUMBER: _builtins.int
-    grant_id: _builtins.str
-    def __init__(
-        self,
-        *,
-        grant_id: _builtins.str = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["grant_id", b"grant_id"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___RevokeGrantRequest: _TypeAlias = RevokeGrantRequest  # noqa: Y015
-
-@_typing.final
-class RevokeGrantResponse(_message.Message):
-    """RevokeGrantResponse is empty: the grant can no longer be used."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    def __init__(
-        self,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___RevokeGrantResponse: _TypeAlias = RevokeGrantResponse  # noqa: Y015
+Global___SignedGrant: _TypeAlias = SignedGrant  # noqa: Y015
 
 @_typing.final
 class StartSessionRequest(_message.Message):
@@ -829,78 +764,6 @@ class GetLogPublicKeyResponse(_message.Message):
 Global___GetLogPublicKeyResponse: _TypeAlias = GetLogPublicKeyResponse  # noqa: Y015
 
 @_typing.final
-class Organisation(_message.Message):
-    """Organisation is a registered organisation."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    ORGANISATION_ID_FIELD_NUMBER: _builtins.int
-    NAME_FIELD_NUMBER: _builtins.int
-    organisation_id: _builtins.str
-    """1 to 64 characters from [A-Za-z0-9._-]."""
-    name: _builtins.str
-    """The organisation's name, as it appears in O= of its certificates."""
-    def __init__(
-        self,
-        *,
-        organisation_id: _builtins.str = ...,
-        name: _builtins.str = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "organisation_id", b"organisation_id"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___Organisation: _TypeAlias = Organisation  # noqa: Y015
-
-@_typing.final
-class CreateOrganisationRequest(_message.Message):
-    """CreateOrganisationRequest registers an organisation."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    ORGANISATION_ID_FIELD_NUMBER: _builtins.int
-    NAME_FIELD_NUMBER: _builtins.int
-    organisation_id: _builtins.str
-    name: _builtins.str
-    def __init__(
-        self,
-        *,
-        organisation_id: _builtins.str = ...,
-        name: _builtins.str = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "organisation_id", b"organisation_id"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___CreateOrganisationRequest: _TypeAlias = CreateOrganisationRequest  # noqa: Y015
-
-@_typing.final
-class CreateOrganisationResponse(_message.Message):
-    """CreateOrganisationResponse returns the organisation."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    ORGANISATION_FIELD_NUMBER: _builtins.int
-    @_builtins.property
-    def organisation(self) -> Global___Organisation: ...
-    def __init__(
-        self,
-        *,
-        organisation: Global___Organisation | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["organisation", b"organisation"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["organisation", b"organisation"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___CreateOrganisationResponse: _TypeAlias = CreateOrganisationResponse  # noqa: Y015
-
-@_typing.final
 class OrganisationKey(_message.Message):
     """OrganisationKey is an organisation key in the HSM and its certificate."""
 
@@ -938,242 +801,6 @@ class OrganisationKey(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___OrganisationKey: _TypeAlias = OrganisationKey  # noqa: Y015
-
-@_typing.final
-class CreateOrganisationKeyRequest(_message.Message):
-    """CreateOrganisationKeyRequest asks for a new organisation key and certificate."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    ORGANISATION_ID_FIELD_NUMBER: _builtins.int
-    LABEL_FIELD_NUMBER: _builtins.int
-    ALGORITHM_FIELD_NUMBER: _builtins.int
-    organisation_id: _builtins.str
-    label: _builtins.str
-    """1 to 64 characters from [A-Za-z0-9._-]; unique among organisation keys."""
-    algorithm: Global___OrganisationKeyAlgorithm.ValueType
-    def __init__(
-        self,
-        *,
-        organisation_id: _builtins.str = ...,
-        label: _builtins.str = ...,
-        algorithm: Global___OrganisationKeyAlgorithm.ValueType = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithm", b"algorithm", "label", b"label", "organisation_id", b"organisation_id"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___CreateOrganisationKeyRequest: _TypeAlias = CreateOrganisationKeyRequest  # noqa: Y015
-
-@_typing.final
-class CreateOrganisationKeyResponse(_message.Message):
-    """CreateOrganisationKeyResponse returns the key with its certificate."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    KEY_FIELD_NUMBER: _builtins.int
-    CSR_FIELD_NUMBER: _builtins.int
-    csr: _builtins.bytes
-    """DER PKCS#10 request the HSM signed for the key (kept for audit)."""
-    @_builtins.property
-    def key(self) -> Global___OrganisationKey: ...
-    def __init__(
-        self,
-        *,
-        key: Global___OrganisationKey | None = ...,
-        csr: _builtins.bytes = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["key", b"key"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["csr", b"csr", "key", b"key"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___CreateOrganisationKeyResponse: _TypeAlias = CreateOrganisationKeyResponse  # noqa: Y015
-
-@_typing.final
-class ListOrganisationKeysRequest(_message.Message):
-    """ListOrganisationKeysRequest names an organisation."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    ORGANISATION_ID_FIELD_NUMBER: _builtins.int
-    organisation_id: _builtins.str
-    def __init__(
-        self,
-        *,
-        organisation_id: _builtins.str = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["organisation_id", b"organisation_id"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___ListOrganisationKeysRequest: _TypeAlias = ListOrganisationKeysRequest  # noqa: Y015
-
-@_typing.final
-class ListOrganisationKeysResponse(_message.Message):
-    """ListOrganisationKeysResponse lists its keys, by label."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    KEYS_FIELD_NUMBER: _builtins.int
-    @_builtins.property
-    def keys(self) -> _containers.RepeatedCompositeFieldContainer[Global___OrganisationKey]: ...
-    def __init__(
-        self,
-        *,
-        keys: _abc.Iterable[Global___OrganisationKey] | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["keys", b"keys"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___ListOrganisationKeysResponse: _TypeAlias = ListOrganisationKeysResponse  # noqa: Y015
-
-@_typing.final
-class RevokeCertificateRequest(_message.Message):
-    """RevokeCertificateRequest names the certificate and the reason."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    SERIAL_FIELD_NUMBER: _builtins.int
-    REASON_FIELD_NUMBER: _builtins.int
-    serial: _builtins.str
-    """Lowercase hex of the serial number."""
-    reason: Global___RevocationReason.ValueType
-    def __init__(
-        self,
-        *,
-        serial: _builtins.str = ...,
-        reason: Global___RevocationReason.ValueType = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["reason", b"reason", "serial", b"serial"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___RevokeCertificateRequest: _TypeAlias = RevokeCertificateRequest  # noqa: Y015
-
-@_typing.final
-class RevokeCertificateResponse(_message.Message):
-    """RevokeCertificateResponse is empty: the certificate is revoked and the CRL reissued."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    def __init__(
-        self,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___RevokeCertificateResponse: _TypeAlias = RevokeCertificateResponse  # noqa: Y015
-
-@_typing.final
-class GetKeyStatusRequest(_message.Message):
-    """GetKeyStatusRequest names a user key (hex of the joint public key)."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    KEY_ID_FIELD_NUMBER: _builtins.int
-    key_id: _builtins.str
-    def __init__(
-        self,
-        *,
-        key_id: _builtins.str = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["key_id", b"key_id"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___GetKeyStatusRequest: _TypeAlias = GetKeyStatusRequest  # noqa: Y015
-
-@_typing.final
-class GetKeyStatusResponse(_message.Message):
-    """GetKeyStatusResponse says whether the key's certificate was revoked."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    REVOKED_FIELD_NUMBER: _builtins.int
-    CERTIFICATE_SERIAL_FIELD_NUMBER: _builtins.int
-    revoked: _builtins.bool
-    """True when a personal certificate for this key is revoked."""
-    certificate_serial: _builtins.str
-    """Serial of the key's current certificate, empty when none was issued."""
-    def __init__(
-        self,
-        *,
-        revoked: _builtins.bool = ...,
-        certificate_serial: _builtins.str = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate_serial", b"certificate_serial", "revoked", b"revoked"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___GetKeyStatusResponse: _TypeAlias = GetKeyStatusResponse  # noqa: Y015
-
-@_typing.final
-class RequestPersonalCertificateRequest(_message.Message):
-    """RequestPersonalCertificateRequest carries the ticket and the jointly signed PKCS#10 request."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    TICKET_FIELD_NUMBER: _builtins.int
-    CSR_FIELD_NUMBER: _builtins.int
-    ticket: _builtins.bytes
-    """The enrolment ticket the key was enrolled with; it yields one certificate."""
-    csr: _builtins.bytes
-    """DER PKCS#10 request: subject CN=<user id>, Ed25519 public key = the joint key."""
-    def __init__(
-        self,
-        *,
-        ticket: _builtins.bytes = ...,
-        csr: _builtins.bytes = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["csr", b"csr", "ticket", b"ticket"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___RequestPersonalCertificateRequest: _TypeAlias = RequestPersonalCertificateRequest  # noqa: Y015
-
-@_typing.final
-class RequestPersonalCertificateResponse(_message.Message):
-    """RequestPersonalCertificateResponse carries the certificate and its issuer."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    CERTIFICATE_FIELD_NUMBER: _builtins.int
-    CA_CERTIFICATE_FIELD_NUMBER: _builtins.int
-    certificate: _builtins.bytes
-    ca_certificate: _builtins.bytes
-    def __init__(
-        self,
-        *,
-        certificate: _builtins.bytes = ...,
-        ca_certificate: _builtins.bytes = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ca_certificate", b"ca_certificate", "certificate", b"certificate"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___RequestPersonalCertificateResponse: _TypeAlias = RequestPersonalCertificateResponse  # noqa: Y015
 
 @_typing.final
 class GetPersonalCertificateRequest(_message.Message):
@@ -1388,275 +1015,3 @@ class GetCertificateStatusResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetCertificateStatusResponse: _TypeAlias = GetCertificateStatusResponse  # noqa: Y015
-
-@_typing.final
-class User(_message.Message):
-    """User is a registered member of staff."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    USER_ID_FIELD_NUMBER: _builtins.int
-    DISPLAY_NAME_FIELD_NUMBER: _builtins.int
-    CREATED_AT_UNIX_FIELD_NUMBER: _builtins.int
-    user_id: _builtins.str
-    """1 to 64 characters from [A-Za-z0-9._@-]."""
-    display_name: _builtins.str
-    created_at_unix: _builtins.int
-    def __init__(
-        self,
-        *,
-        user_id: _builtins.str = ...,
-        display_name: _builtins.str = ...,
-        created_at_unix: _builtins.int = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at_unix", b"created_at_unix", "display_name", b"display_name", "user_id", b"user_id"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___User: _TypeAlias = User  # noqa: Y015
-
-@_typing.final
-class CreateUserRequest(_message.Message):
-    """CreateUserRequest registers a user."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    USER_ID_FIELD_NUMBER: _builtins.int
-    DISPLAY_NAME_FIELD_NUMBER: _builtins.int
-    user_id: _builtins.str
-    display_name: _builtins.str
-    def __init__(
-        self,
-        *,
-        user_id: _builtins.str = ...,
-        display_name: _builtins.str = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["display_name", b"display_name", "user_id", b"user_id"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___CreateUserRequest: _TypeAlias = CreateUserRequest  # noqa: Y015
-
-@_typing.final
-class CreateUserResponse(_message.Message):
-    """CreateUserResponse returns the user created."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    USER_FIELD_NUMBER: _builtins.int
-    @_builtins.property
-    def user(self) -> Global___User: ...
-    def __init__(
-        self,
-        *,
-        user: Global___User | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["user", b"user"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["user", b"user"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___CreateUserResponse: _TypeAlias = CreateUserResponse  # noqa: Y015
-
-@_typing.final
-class GetUserRequest(_message.Message):
-    """GetUserRequest names a user."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    USER_ID_FIELD_NUMBER: _builtins.int
-    user_id: _builtins.str
-    def __init__(
-        self,
-        *,
-        user_id: _builtins.str = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["user_id", b"user_id"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___GetUserRequest: _TypeAlias = GetUserRequest  # noqa: Y015
-
-@_typing.final
-class GetUserResponse(_message.Message):
-    """GetUserResponse returns the user."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    USER_FIELD_NUMBER: _builtins.int
-    @_builtins.property
-    def user(self) -> Global___User: ...
-    def __init__(
-        self,
-        *,
-        user: Global___User | None = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["user", b"user"]  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["user", b"user"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___GetUserResponse: _TypeAlias = GetUserResponse  # noqa: Y015
-
-@_typing.final
-class IssueEnrolmentTicketRequest(_message.Message):
-    """IssueEnrolmentTicketRequest asks for a ticket for one user."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    USER_ID_FIELD_NUMBER: _builtins.int
-    TTL_SECONDS_FIELD_NUMBER: _builtins.int
-    user_id: _builtins.str
-    ttl_seconds: _builtins.int
-    """Lifetime in seconds: 60 to 604800; 0 means 86400."""
-    def __init__(
-        self,
-        *,
-        user_id: _builtins.str = ...,
-        ttl_seconds: _builtins.int = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ttl_seconds", b"ttl_seconds", "user_id", b"user_id"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___IssueEnrolmentTicketRequest: _TypeAlias = IssueEnrolmentTicketRequest  # noqa: Y015
-
-@_typing.final
-class IssueEnrolmentTicketResponse(_message.Message):
-    """IssueEnrolmentTicketResponse carries the ticket to hand to the user's phone."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    TICKET_FIELD_NUMBER: _builtins.int
-    TICKET_ID_FIELD_NUMBER: _builtins.int
-    EXPIRES_AT_UNIX_FIELD_NUMBER: _builtins.int
-    ticket: _builtins.bytes
-    """A serialized SignedEnrolmentTicket."""
-    ticket_id: _builtins.str
-    expires_at_unix: _builtins.int
-    def __init__(
-        self,
-        *,
-        ticket: _builtins.bytes = ...,
-        ticket_id: _builtins.str = ...,
-        expires_at_unix: _builtins.int = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at_unix", b"expires_at_unix", "ticket", b"ticket", "ticket_id", b"ticket_id"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___IssueEnrolmentTicketResponse: _TypeAlias = IssueEnrolmentTicketResponse  # noqa: Y015
-
-@_typing.final
-class EnrolmentTicketClaims(_message.Message):
-    """EnrolmentTicketClaims is what a ticket grants."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    TICKET_ID_FIELD_NUMBER: _builtins.int
-    USER_ID_FIELD_NUMBER: _builtins.int
-    ISSUED_AT_UNIX_FIELD_NUMBER: _builtins.int
-    EXPIRES_AT_UNIX_FIELD_NUMBER: _builtins.int
-    AUDIENCE_FIELD_NUMBER: _builtins.int
-    ticket_id: _builtins.str
-    """32 lowercase hex digits, random."""
-    user_id: _builtins.str
-    issued_at_unix: _builtins.int
-    expires_at_unix: _builtins.int
-    audience: _builtins.str
-    """Always "cosigner"."""
-    def __init__(
-        self,
-        *,
-        ticket_id: _builtins.str = ...,
-        user_id: _builtins.str = ...,
-        issued_at_unix: _builtins.int = ...,
-        expires_at_unix: _builtins.int = ...,
-        audience: _builtins.str = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["audience", b"audience", "expires_at_unix", b"expires_at_unix", "issued_at_unix", b"issued_at_unix", "ticket_id", b"ticket_id", "user_id", b"user_id"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___EnrolmentTicketClaims: _TypeAlias = EnrolmentTicketClaims  # noqa: Y015
-
-@_typing.final
-class SignedEnrolmentTicket(_message.Message):
-    """SignedEnrolmentTicket is the ticket as issued: claims bytes and the gateway's signature."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    CLAIMS_FIELD_NUMBER: _builtins.int
-    SIGNATURE_FIELD_NUMBER: _builtins.int
-    claims: _builtins.bytes
-    """A serialized EnrolmentTicketClaims; the signature covers exactly these bytes."""
-    signature: _builtins.bytes
-    """ECDSA P-256 / SHA-256, DER, by the gateway's ticket key, over
-    "mobilesign/v1 enrolment-ticket" || 0x00 || claims.
-    """
-    def __init__(
-        self,
-        *,
-        claims: _builtins.bytes = ...,
-        signature: _builtins.bytes = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["claims", b"claims", "signature", b"signature"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___SignedEnrolmentTicket: _TypeAlias = SignedEnrolmentTicket  # noqa: Y015
-
-@_typing.final
-class GetTicketKeyRequest(_message.Message):
-    """GetTicketKeyRequest is empty."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    def __init__(
-        self,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___GetTicketKeyRequest: _TypeAlias = GetTicketKeyRequest  # noqa: Y015
-
-@_typing.final
-class GetTicketKeyResponse(_message.Message):
-    """GetTicketKeyResponse carries the ticket verification key."""
-
-    DESCRIPTOR: _descriptor.Descriptor
-
-    PUBLIC_KEY_SPKI_FIELD_NUMBER: _builtins.int
-    public_key_spki: _builtins.bytes
-    """DER SubjectPublicKeyInfo (EC P-256)."""
-    def __init__(
-        self,
-        *,
-        public_key_spki: _builtins.bytes = ...,
-    ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
-    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["public_key_spki", b"public_key_spki"]  # noqa: Y015
-    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
-
-Global___GetTicketKeyResponse: _TypeAlias = GetTicketKeyResponse  # noqa: Y015

@@ -25,576 +25,11 @@ if _version_not_supported:
     )
 
 
-class AdminServiceStub:
-    """AdminService is the gateway's administrator interface (internal listener, mutual TLS, callers
-    with the "admin" certificate identity).
-    """
-
-    def __init__(self, channel):
-        """Constructor.
-
-        Args:
-            channel: A grpc.Channel.
-        """
-        self.CreateUser = channel.unary_unary(
-                '/mobilesign.v1.AdminService/CreateUser',
-                request_serializer=mobilesign_dot_v1_dot_gateway__pb2.CreateUserRequest.SerializeToString,
-                response_deserializer=mobilesign_dot_v1_dot_gateway__pb2.CreateUserResponse.FromString,
-                _registered_method=True)
-        self.GetUser = channel.unary_unary(
-                '/mobilesign.v1.AdminService/GetUser',
-                request_serializer=mobilesign_dot_v1_dot_gateway__pb2.GetUserRequest.SerializeToString,
-                response_deserializer=mobilesign_dot_v1_dot_gateway__pb2.GetUserResponse.FromString,
-                _registered_method=True)
-        self.IssueEnrolmentTicket = channel.unary_unary(
-                '/mobilesign.v1.AdminService/IssueEnrolmentTicket',
-                request_serializer=mobilesign_dot_v1_dot_gateway__pb2.IssueEnrolmentTicketRequest.SerializeToString,
-                response_deserializer=mobilesign_dot_v1_dot_gateway__pb2.IssueEnrolmentTicketResponse.FromString,
-                _registered_method=True)
-        self.GetTicketKey = channel.unary_unary(
-                '/mobilesign.v1.AdminService/GetTicketKey',
-                request_serializer=mobilesign_dot_v1_dot_gateway__pb2.GetTicketKeyRequest.SerializeToString,
-                response_deserializer=mobilesign_dot_v1_dot_gateway__pb2.GetTicketKeyResponse.FromString,
-                _registered_method=True)
-        self.CreateOrganisation = channel.unary_unary(
-                '/mobilesign.v1.AdminService/CreateOrganisation',
-                request_serializer=mobilesign_dot_v1_dot_gateway__pb2.CreateOrganisationRequest.SerializeToString,
-                response_deserializer=mobilesign_dot_v1_dot_gateway__pb2.CreateOrganisationResponse.FromString,
-                _registered_method=True)
-        self.CreateOrganisationKey = channel.unary_unary(
-                '/mobilesign.v1.AdminService/CreateOrganisationKey',
-                request_serializer=mobilesign_dot_v1_dot_gateway__pb2.CreateOrganisationKeyRequest.SerializeToString,
-                response_deserializer=mobilesign_dot_v1_dot_gateway__pb2.CreateOrganisationKeyResponse.FromString,
-                _registered_method=True)
-        self.ListOrganisationKeys = channel.unary_unary(
-                '/mobilesign.v1.AdminService/ListOrganisationKeys',
-                request_serializer=mobilesign_dot_v1_dot_gateway__pb2.ListOrganisationKeysRequest.SerializeToString,
-                response_deserializer=mobilesign_dot_v1_dot_gateway__pb2.ListOrganisationKeysResponse.FromString,
-                _registered_method=True)
-        self.RevokeCertificate = channel.unary_unary(
-                '/mobilesign.v1.AdminService/RevokeCertificate',
-                request_serializer=mobilesign_dot_v1_dot_gateway__pb2.RevokeCertificateRequest.SerializeToString,
-                response_deserializer=mobilesign_dot_v1_dot_gateway__pb2.RevokeCertificateResponse.FromString,
-                _registered_method=True)
-        self.GetKeyStatus = channel.unary_unary(
-                '/mobilesign.v1.AdminService/GetKeyStatus',
-                request_serializer=mobilesign_dot_v1_dot_gateway__pb2.GetKeyStatusRequest.SerializeToString,
-                response_deserializer=mobilesign_dot_v1_dot_gateway__pb2.GetKeyStatusResponse.FromString,
-                _registered_method=True)
-        self.CreateGrant = channel.unary_unary(
-                '/mobilesign.v1.AdminService/CreateGrant',
-                request_serializer=mobilesign_dot_v1_dot_gateway__pb2.CreateGrantRequest.SerializeToString,
-                response_deserializer=mobilesign_dot_v1_dot_gateway__pb2.CreateGrantResponse.FromString,
-                _registered_method=True)
-        self.ListGrants = channel.unary_unary(
-                '/mobilesign.v1.AdminService/ListGrants',
-                request_serializer=mobilesign_dot_v1_dot_gateway__pb2.ListGrantsRequest.SerializeToString,
-                response_deserializer=mobilesign_dot_v1_dot_gateway__pb2.ListGrantsResponse.FromString,
-                _registered_method=True)
-        self.RevokeGrant = channel.unary_unary(
-                '/mobilesign.v1.AdminService/RevokeGrant',
-                request_serializer=mobilesign_dot_v1_dot_gateway__pb2.RevokeGrantRequest.SerializeToString,
-                response_deserializer=mobilesign_dot_v1_dot_gateway__pb2.RevokeGrantResponse.FromString,
-                _registered_method=True)
-
-
-class AdminServiceServicer:
-    """AdminService is the gateway's administrator interface (internal listener, mutual TLS, callers
-    with the "admin" certificate identity).
-    """
-
-    def CreateUser(self, request, context):
-        """CreateUser registers a member of staff. User ids are unique.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def GetUser(self, request, context):
-        """GetUser returns a registered user.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def IssueEnrolmentTicket(self, request, context):
-        """IssueEnrolmentTicket issues a single-use, expiring ticket, signed by the gateway's ticket
-        key in the HSM, that lets the user's phone enrol one key with the cosigner.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def GetTicketKey(self, request, context):
-        """GetTicketKey returns the public key that verifies enrolment tickets.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def CreateOrganisation(self, request, context):
-        """CreateOrganisation registers an organisation. Organisation ids are unique.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def CreateOrganisationKey(self, request, context):
-        """CreateOrganisationKey generates an organisation key in the HSM, has the HSM sign a PKCS#10
-        request for it, and issues its organisation certificate (flow S1).
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def ListOrganisationKeys(self, request, context):
-        """ListOrganisationKeys lists an organisation's keys with their certificates.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def RevokeCertificate(self, request, context):
-        """RevokeCertificate revokes a personal or organisation certificate and reissues the CRL.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def GetKeyStatus(self, request, context):
-        """GetKeyStatus says whether a user key's personal certificate is revoked (internal: the
-        cosigner asks before every signing session).
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def CreateGrant(self, request, context):
-        """CreateGrant lets a user use an organisation key for some operations, in a validity window,
-        within a quota.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def ListGrants(self, request, context):
-        """ListGrants lists grants, optionally of one user or one organisation key.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-    def RevokeGrant(self, request, context):
-        """RevokeGrant ends a grant with immediate effect.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
-
-def add_AdminServiceServicer_to_server(servicer, server):
-    rpc_method_handlers = {
-            'CreateUser': grpc.unary_unary_rpc_method_handler(
-                    servicer.CreateUser,
-                    request_deserializer=mobilesign_dot_v1_dot_gateway__pb2.CreateUserRequest.FromString,
-                    response_serializer=mobilesign_dot_v1_dot_gateway__pb2.CreateUserResponse.SerializeToString,
-            ),
-            'GetUser': grpc.unary_unary_rpc_method_handler(
-                    servicer.GetUser,
-                    request_deserializer=mobilesign_dot_v1_dot_gateway__pb2.GetUserRequest.FromString,
-                    response_serializer=mobilesign_dot_v1_dot_gateway__pb2.GetUserResponse.SerializeToString,
-            ),
-            'IssueEnrolmentTicket': grpc.unary_unary_rpc_method_handler(
-                    servicer.IssueEnrolmentTicket,
-                    request_deserializer=mobilesign_dot_v1_dot_gateway__pb2.IssueEnrolmentTicketRequest.FromString,
-                    response_serializer=mobilesign_dot_v1_dot_gateway__pb2.IssueEnrolmentTicketResponse.SerializeToString,
-            ),
-            'GetTicketKey': grpc.unary_unary_rpc_method_handler(
-                    servicer.GetTicketKey,
-                    request_deserializer=mobilesign_dot_v1_dot_gateway__pb2.GetTicketKeyRequest.FromString,
-                    response_serializer=mobilesign_dot_v1_dot_gateway__pb2.GetTicketKeyResponse.SerializeToString,
-            ),
-            'CreateOrganisation': grpc.unary_unary_rpc_method_handler(
-                    servicer.CreateOrganisation,
-                    request_deserializer=mobilesign_dot_v1_dot_gateway__pb2.CreateOrganisationRequest.FromString,
-                    response_serializer=mobilesign_dot_v1_dot_gateway__pb2.CreateOrganisationResponse.SerializeToString,
-            ),
-            'CreateOrganisationKey': grpc.unary_unary_rpc_method_handler(
-                    servicer.CreateOrganisationKey,
-                    request_deserializer=mobilesign_dot_v1_dot_gateway__pb2.CreateOrganisationKeyRequest.FromString,
-                    response_serializer=mobilesign_dot_v1_dot_gateway__pb2.CreateOrganisationKeyResponse.SerializeToString,
-            ),
-            'ListOrganisationKeys': grpc.unary_unary_rpc_method_handler(
-                    servicer.ListOrganisationKeys,
-                    request_deserializer=mobilesign_dot_v1_dot_gateway__pb2.ListOrganisationKeysRequest.FromString,
-                    response_serializer=mobilesign_dot_v1_dot_gateway__pb2.ListOrganisationKeysResponse.SerializeToString,
-            ),
-            'RevokeCertificate': grpc.unary_unary_rpc_method_handler(
-                    servicer.RevokeCertificate,
-                    request_deserializer=mobilesign_dot_v1_dot_gateway__pb2.RevokeCertificateRequest.FromString,
-                    response_serializer=mobilesign_dot_v1_dot_gateway__pb2.RevokeCertificateResponse.SerializeToString,
-            ),
-            'GetKeyStatus': grpc.unary_unary_rpc_method_handler(
-                    servicer.GetKeyStatus,
-                    request_deserializer=mobilesign_dot_v1_dot_gateway__pb2.GetKeyStatusRequest.FromString,
-                    response_serializer=mobilesign_dot_v1_dot_gateway__pb2.GetKeyStatusResponse.SerializeToString,
-            ),
-            'CreateGrant': grpc.unary_unary_rpc_method_handler(
-                    servicer.CreateGrant,
-                    request_deserializer=mobilesign_dot_v1_dot_gateway__pb2.CreateGrantRequest.FromString,
-                    response_serializer=mobilesign_dot_v1_dot_gateway__pb2.CreateGrantResponse.SerializeToString,
-            ),
-            'ListGrants': grpc.unary_unary_rpc_method_handler(
-                    servicer.ListGrants,
-                    request_deserializer=mobilesign_dot_v1_dot_gateway__pb2.ListGrantsRequest.FromString,
-                    response_serializer=mobilesign_dot_v1_dot_gateway__pb2.ListGrantsResponse.SerializeToString,
-            ),
-            'RevokeGrant': grpc.unary_unary_rpc_method_handler(
-                    servicer.RevokeGrant,
-                    request_deserializer=mobilesign_dot_v1_dot_gateway__pb2.RevokeGrantRequest.FromString,
-                    response_serializer=mobilesign_dot_v1_dot_gateway__pb2.RevokeGrantResponse.SerializeToString,
-            ),
-    }
-    generic_handler = grpc.method_handlers_generic_handler(
-            'mobilesign.v1.AdminService', rpc_method_handlers)
-    server.add_generic_rpc_handlers((generic_handler,))
-    server.add_registered_method_handlers('mobilesign.v1.AdminService', rpc_method_handlers)
-
-
- # This class is part of an EXPERIMENTAL API.
-class AdminService:
-    """AdminService is the gateway's administrator interface (internal listener, mutual TLS, callers
-    with the "admin" certificate identity).
-    """
-
-    @staticmethod
-    def CreateUser(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/mobilesign.v1.AdminService/CreateUser',
-            mobilesign_dot_v1_dot_gateway__pb2.CreateUserRequest.SerializeToString,
-            mobilesign_dot_v1_dot_gateway__pb2.CreateUserResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def GetUser(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/mobilesign.v1.AdminService/GetUser',
-            mobilesign_dot_v1_dot_gateway__pb2.GetUserRequest.SerializeToString,
-            mobilesign_dot_v1_dot_gateway__pb2.GetUserResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def IssueEnrolmentTicket(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/mobilesign.v1.AdminService/IssueEnrolmentTicket',
-            mobilesign_dot_v1_dot_gateway__pb2.IssueEnrolmentTicketRequest.SerializeToString,
-            mobilesign_dot_v1_dot_gateway__pb2.IssueEnrolmentTicketResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def GetTicketKey(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/mobilesign.v1.AdminService/GetTicketKey',
-            mobilesign_dot_v1_dot_gateway__pb2.GetTicketKeyRequest.SerializeToString,
-            mobilesign_dot_v1_dot_gateway__pb2.GetTicketKeyResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def CreateOrganisation(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/mobilesign.v1.AdminService/CreateOrganisation',
-            mobilesign_dot_v1_dot_gateway__pb2.CreateOrganisationRequest.SerializeToString,
-            mobilesign_dot_v1_dot_gateway__pb2.CreateOrganisationResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def CreateOrganisationKey(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/mobilesign.v1.AdminService/CreateOrganisationKey',
-            mobilesign_dot_v1_dot_gateway__pb2.CreateOrganisationKeyRequest.SerializeToString,
-            mobilesign_dot_v1_dot_gateway__pb2.CreateOrganisationKeyResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def ListOrganisationKeys(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/mobilesign.v1.AdminService/ListOrganisationKeys',
-            mobilesign_dot_v1_dot_gateway__pb2.ListOrganisationKeysRequest.SerializeToString,
-            mobilesign_dot_v1_dot_gateway__pb2.ListOrganisationKeysResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def RevokeCertificate(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/mobilesign.v1.AdminService/RevokeCertificate',
-            mobilesign_dot_v1_dot_gateway__pb2.RevokeCertificateRequest.SerializeToString,
-            mobilesign_dot_v1_dot_gateway__pb2.RevokeCertificateResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def GetKeyStatus(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/mobilesign.v1.AdminService/GetKeyStatus',
-            mobilesign_dot_v1_dot_gateway__pb2.GetKeyStatusRequest.SerializeToString,
-            mobilesign_dot_v1_dot_gateway__pb2.GetKeyStatusResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def CreateGrant(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/mobilesign.v1.AdminService/CreateGrant',
-            mobilesign_dot_v1_dot_gateway__pb2.CreateGrantRequest.SerializeToString,
-            mobilesign_dot_v1_dot_gateway__pb2.CreateGrantResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def ListGrants(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/mobilesign.v1.AdminService/ListGrants',
-            mobilesign_dot_v1_dot_gateway__pb2.ListGrantsRequest.SerializeToString,
-            mobilesign_dot_v1_dot_gateway__pb2.ListGrantsResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def RevokeGrant(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/mobilesign.v1.AdminService/RevokeGrant',
-            mobilesign_dot_v1_dot_gateway__pb2.RevokeGrantRequest.SerializeToString,
-            mobilesign_dot_v1_dot_gateway__pb2.RevokeGrantResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-
 class GatewayServiceStub:
     """GatewayService is the gateway's public interface for phones and relying parties (public
-    listener, server-authenticated TLS).
+    listener, server-authenticated TLS): sessions, service records, the audit log, and the RA's
+    certificates, CRL and organisation keys republished unchanged (they are signed, or checked by
+    the phone against what it obtained from the RA through the cosigner).
     """
 
     def __init__(self, channel):
@@ -603,11 +38,6 @@ class GatewayServiceStub:
         Args:
             channel: A grpc.Channel.
         """
-        self.RequestPersonalCertificate = channel.unary_unary(
-                '/mobilesign.v1.GatewayService/RequestPersonalCertificate',
-                request_serializer=mobilesign_dot_v1_dot_gateway__pb2.RequestPersonalCertificateRequest.SerializeToString,
-                response_deserializer=mobilesign_dot_v1_dot_gateway__pb2.RequestPersonalCertificateResponse.FromString,
-                _registered_method=True)
         self.GetPersonalCertificate = channel.unary_unary(
                 '/mobilesign.v1.GatewayService/GetPersonalCertificate',
                 request_serializer=mobilesign_dot_v1_dot_gateway__pb2.GetPersonalCertificateRequest.SerializeToString,
@@ -687,16 +117,10 @@ class GatewayServiceStub:
 
 class GatewayServiceServicer:
     """GatewayService is the gateway's public interface for phones and relying parties (public
-    listener, server-authenticated TLS).
+    listener, server-authenticated TLS): sessions, service records, the audit log, and the RA's
+    certificates, CRL and organisation keys republished unchanged (they are signed, or checked by
+    the phone against what it obtained from the RA through the cosigner).
     """
-
-    def RequestPersonalCertificate(self, request, context):
-        """RequestPersonalCertificate submits the PKCS#10 request for an enrolled joint key, signed
-        jointly by phone and cosigner (the proof of possession), with the enrolment ticket.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
 
     def GetPersonalCertificate(self, request, context):
         """GetPersonalCertificate returns the current personal certificate of a user key.
@@ -707,6 +131,7 @@ class GatewayServiceServicer:
 
     def GetCaCertificate(self, request, context):
         """GetCaCertificate returns the CA certificate (the trust anchor of every certificate issued).
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -715,6 +140,7 @@ class GatewayServiceServicer:
     def GetOrganisationKey(self, request, context):
         """GetOrganisationKey describes an organisation key with its current certificate, so that a
         phone can check what a service record names before co-signing it.
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -722,6 +148,7 @@ class GatewayServiceServicer:
 
     def GetCrl(self, request, context):
         """GetCrl returns the current CRL, signed through the HSM.
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -729,6 +156,7 @@ class GatewayServiceServicer:
 
     def GetCertificateStatus(self, request, context):
         """GetCertificateStatus answers good, revoked or unknown for a serial number.
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -809,11 +237,6 @@ class GatewayServiceServicer:
 
 def add_GatewayServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
-            'RequestPersonalCertificate': grpc.unary_unary_rpc_method_handler(
-                    servicer.RequestPersonalCertificate,
-                    request_deserializer=mobilesign_dot_v1_dot_gateway__pb2.RequestPersonalCertificateRequest.FromString,
-                    response_serializer=mobilesign_dot_v1_dot_gateway__pb2.RequestPersonalCertificateResponse.SerializeToString,
-            ),
             'GetPersonalCertificate': grpc.unary_unary_rpc_method_handler(
                     servicer.GetPersonalCertificate,
                     request_deserializer=mobilesign_dot_v1_dot_gateway__pb2.GetPersonalCertificateRequest.FromString,
@@ -899,35 +322,10 @@ def add_GatewayServiceServicer_to_server(servicer, server):
  # This class is part of an EXPERIMENTAL API.
 class GatewayService:
     """GatewayService is the gateway's public interface for phones and relying parties (public
-    listener, server-authenticated TLS).
+    listener, server-authenticated TLS): sessions, service records, the audit log, and the RA's
+    certificates, CRL and organisation keys republished unchanged (they are signed, or checked by
+    the phone against what it obtained from the RA through the cosigner).
     """
-
-    @staticmethod
-    def RequestPersonalCertificate(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/mobilesign.v1.GatewayService/RequestPersonalCertificate',
-            mobilesign_dot_v1_dot_gateway__pb2.RequestPersonalCertificateRequest.SerializeToString,
-            mobilesign_dot_v1_dot_gateway__pb2.RequestPersonalCertificateResponse.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
 
     @staticmethod
     def GetPersonalCertificate(request,

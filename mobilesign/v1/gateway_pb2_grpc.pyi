@@ -26,224 +26,36 @@ class _ServicerContext(_grpc.ServicerContext, _aio.ServicerContext):  # type: ig
 GRPC_GENERATED_VERSION: str
 GRPC_VERSION: str
 
-class AdminServiceStub:
-    """AdminService is the gateway's administrator interface (internal listener, mutual TLS, callers
-    with the "admin" certificate identity).
-    """
-
-    @_typing.overload
-    def __new__(cls, channel: _grpc.Channel) -> _Self: ...
-    @_typing.overload
-    def __new__(cls, channel: _aio.Channel) -> AdminServiceAsyncStub: ...
-    CreateUser: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.CreateUserRequest, _gateway_pb2.CreateUserResponse]
-    """CreateUser registers a member of staff. User ids are unique."""
-    GetUser: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.GetUserRequest, _gateway_pb2.GetUserResponse]
-    """GetUser returns a registered user."""
-    IssueEnrolmentTicket: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.IssueEnrolmentTicketRequest, _gateway_pb2.IssueEnrolmentTicketResponse]
-    """IssueEnrolmentTicket issues a single-use, expiring ticket, signed by the gateway's ticket
-    key in the HSM, that lets the user's phone enrol one key with the cosigner.
-    """
-    GetTicketKey: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.GetTicketKeyRequest, _gateway_pb2.GetTicketKeyResponse]
-    """GetTicketKey returns the public key that verifies enrolment tickets."""
-    CreateOrganisation: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.CreateOrganisationRequest, _gateway_pb2.CreateOrganisationResponse]
-    """CreateOrganisation registers an organisation. Organisation ids are unique."""
-    CreateOrganisationKey: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.CreateOrganisationKeyRequest, _gateway_pb2.CreateOrganisationKeyResponse]
-    """CreateOrganisationKey generates an organisation key in the HSM, has the HSM sign a PKCS#10
-    request for it, and issues its organisation certificate (flow S1).
-    """
-    ListOrganisationKeys: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ListOrganisationKeysRequest, _gateway_pb2.ListOrganisationKeysResponse]
-    """ListOrganisationKeys lists an organisation's keys with their certificates."""
-    RevokeCertificate: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.RevokeCertificateRequest, _gateway_pb2.RevokeCertificateResponse]
-    """RevokeCertificate revokes a personal or organisation certificate and reissues the CRL."""
-    GetKeyStatus: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.GetKeyStatusRequest, _gateway_pb2.GetKeyStatusResponse]
-    """GetKeyStatus says whether a user key's personal certificate is revoked (internal: the
-    cosigner asks before every signing session).
-    """
-    CreateGrant: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.CreateGrantRequest, _gateway_pb2.CreateGrantResponse]
-    """CreateGrant lets a user use an organisation key for some operations, in a validity window,
-    within a quota.
-    """
-    ListGrants: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ListGrantsRequest, _gateway_pb2.ListGrantsResponse]
-    """ListGrants lists grants, optionally of one user or one organisation key."""
-    RevokeGrant: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.RevokeGrantRequest, _gateway_pb2.RevokeGrantResponse]
-    """RevokeGrant ends a grant with immediate effect."""
-
-@_typing.type_check_only
-class AdminServiceAsyncStub(AdminServiceStub):
-    """AdminService is the gateway's administrator interface (internal listener, mutual TLS, callers
-    with the "admin" certificate identity).
-    """
-
-    def __init__(self, channel: _aio.Channel) -> None: ...
-    CreateUser: _aio.UnaryUnaryMultiCallable[_gateway_pb2.CreateUserRequest, _gateway_pb2.CreateUserResponse]  # type: ignore[assignment]
-    """CreateUser registers a member of staff. User ids are unique."""
-    GetUser: _aio.UnaryUnaryMultiCallable[_gateway_pb2.GetUserRequest, _gateway_pb2.GetUserResponse]  # type: ignore[assignment]
-    """GetUser returns a registered user."""
-    IssueEnrolmentTicket: _aio.UnaryUnaryMultiCallable[_gateway_pb2.IssueEnrolmentTicketRequest, _gateway_pb2.IssueEnrolmentTicketResponse]  # type: ignore[assignment]
-    """IssueEnrolmentTicket issues a single-use, expiring ticket, signed by the gateway's ticket
-    key in the HSM, that lets the user's phone enrol one key with the cosigner.
-    """
-    GetTicketKey: _aio.UnaryUnaryMultiCallable[_gateway_pb2.GetTicketKeyRequest, _gateway_pb2.GetTicketKeyResponse]  # type: ignore[assignment]
-    """GetTicketKey returns the public key that verifies enrolment tickets."""
-    CreateOrganisation: _aio.UnaryUnaryMultiCallable[_gateway_pb2.CreateOrganisationRequest, _gateway_pb2.CreateOrganisationResponse]  # type: ignore[assignment]
-    """CreateOrganisation registers an organisation. Organisation ids are unique."""
-    CreateOrganisationKey: _aio.UnaryUnaryMultiCallable[_gateway_pb2.CreateOrganisationKeyRequest, _gateway_pb2.CreateOrganisationKeyResponse]  # type: ignore[assignment]
-    """CreateOrganisationKey generates an organisation key in the HSM, has the HSM sign a PKCS#10
-    request for it, and issues its organisation certificate (flow S1).
-    """
-    ListOrganisationKeys: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ListOrganisationKeysRequest, _gateway_pb2.ListOrganisationKeysResponse]  # type: ignore[assignment]
-    """ListOrganisationKeys lists an organisation's keys with their certificates."""
-    RevokeCertificate: _aio.UnaryUnaryMultiCallable[_gateway_pb2.RevokeCertificateRequest, _gateway_pb2.RevokeCertificateResponse]  # type: ignore[assignment]
-    """RevokeCertificate revokes a personal or organisation certificate and reissues the CRL."""
-    GetKeyStatus: _aio.UnaryUnaryMultiCallable[_gateway_pb2.GetKeyStatusRequest, _gateway_pb2.GetKeyStatusResponse]  # type: ignore[assignment]
-    """GetKeyStatus says whether a user key's personal certificate is revoked (internal: the
-    cosigner asks before every signing session).
-    """
-    CreateGrant: _aio.UnaryUnaryMultiCallable[_gateway_pb2.CreateGrantRequest, _gateway_pb2.CreateGrantResponse]  # type: ignore[assignment]
-    """CreateGrant lets a user use an organisation key for some operations, in a validity window,
-    within a quota.
-    """
-    ListGrants: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ListGrantsRequest, _gateway_pb2.ListGrantsResponse]  # type: ignore[assignment]
-    """ListGrants lists grants, optionally of one user or one organisation key."""
-    RevokeGrant: _aio.UnaryUnaryMultiCallable[_gateway_pb2.RevokeGrantRequest, _gateway_pb2.RevokeGrantResponse]  # type: ignore[assignment]
-    """RevokeGrant ends a grant with immediate effect."""
-
-class AdminServiceServicer(metaclass=_abc_1.ABCMeta):
-    """AdminService is the gateway's administrator interface (internal listener, mutual TLS, callers
-    with the "admin" certificate identity).
-    """
-
-    @_abc_1.abstractmethod
-    def CreateUser(
-        self,
-        request: _gateway_pb2.CreateUserRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_gateway_pb2.CreateUserResponse, _abc.Awaitable[_gateway_pb2.CreateUserResponse]]:
-        """CreateUser registers a member of staff. User ids are unique."""
-
-    @_abc_1.abstractmethod
-    def GetUser(
-        self,
-        request: _gateway_pb2.GetUserRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_gateway_pb2.GetUserResponse, _abc.Awaitable[_gateway_pb2.GetUserResponse]]:
-        """GetUser returns a registered user."""
-
-    @_abc_1.abstractmethod
-    def IssueEnrolmentTicket(
-        self,
-        request: _gateway_pb2.IssueEnrolmentTicketRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_gateway_pb2.IssueEnrolmentTicketResponse, _abc.Awaitable[_gateway_pb2.IssueEnrolmentTicketResponse]]:
-        """IssueEnrolmentTicket issues a single-use, expiring ticket, signed by the gateway's ticket
-        key in the HSM, that lets the user's phone enrol one key with the cosigner.
-        """
-
-    @_abc_1.abstractmethod
-    def GetTicketKey(
-        self,
-        request: _gateway_pb2.GetTicketKeyRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_gateway_pb2.GetTicketKeyResponse, _abc.Awaitable[_gateway_pb2.GetTicketKeyResponse]]:
-        """GetTicketKey returns the public key that verifies enrolment tickets."""
-
-    @_abc_1.abstractmethod
-    def CreateOrganisation(
-        self,
-        request: _gateway_pb2.CreateOrganisationRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_gateway_pb2.CreateOrganisationResponse, _abc.Awaitable[_gateway_pb2.CreateOrganisationResponse]]:
-        """CreateOrganisation registers an organisation. Organisation ids are unique."""
-
-    @_abc_1.abstractmethod
-    def CreateOrganisationKey(
-        self,
-        request: _gateway_pb2.CreateOrganisationKeyRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_gateway_pb2.CreateOrganisationKeyResponse, _abc.Awaitable[_gateway_pb2.CreateOrganisationKeyResponse]]:
-        """CreateOrganisationKey generates an organisation key in the HSM, has the HSM sign a PKCS#10
-        request for it, and issues its organisation certificate (flow S1).
-        """
-
-    @_abc_1.abstractmethod
-    def ListOrganisationKeys(
-        self,
-        request: _gateway_pb2.ListOrganisationKeysRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_gateway_pb2.ListOrganisationKeysResponse, _abc.Awaitable[_gateway_pb2.ListOrganisationKeysResponse]]:
-        """ListOrganisationKeys lists an organisation's keys with their certificates."""
-
-    @_abc_1.abstractmethod
-    def RevokeCertificate(
-        self,
-        request: _gateway_pb2.RevokeCertificateRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_gateway_pb2.RevokeCertificateResponse, _abc.Awaitable[_gateway_pb2.RevokeCertificateResponse]]:
-        """RevokeCertificate revokes a personal or organisation certificate and reissues the CRL."""
-
-    @_abc_1.abstractmethod
-    def GetKeyStatus(
-        self,
-        request: _gateway_pb2.GetKeyStatusRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_gateway_pb2.GetKeyStatusResponse, _abc.Awaitable[_gateway_pb2.GetKeyStatusResponse]]:
-        """GetKeyStatus says whether a user key's personal certificate is revoked (internal: the
-        cosigner asks before every signing session).
-        """
-
-    @_abc_1.abstractmethod
-    def CreateGrant(
-        self,
-        request: _gateway_pb2.CreateGrantRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_gateway_pb2.CreateGrantResponse, _abc.Awaitable[_gateway_pb2.CreateGrantResponse]]:
-        """CreateGrant lets a user use an organisation key for some operations, in a validity window,
-        within a quota.
-        """
-
-    @_abc_1.abstractmethod
-    def ListGrants(
-        self,
-        request: _gateway_pb2.ListGrantsRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_gateway_pb2.ListGrantsResponse, _abc.Awaitable[_gateway_pb2.ListGrantsResponse]]:
-        """ListGrants lists grants, optionally of one user or one organisation key."""
-
-    @_abc_1.abstractmethod
-    def RevokeGrant(
-        self,
-        request: _gateway_pb2.RevokeGrantRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_gateway_pb2.RevokeGrantResponse, _abc.Awaitable[_gateway_pb2.RevokeGrantResponse]]:
-        """RevokeGrant ends a grant with immediate effect."""
-
-def add_AdminServiceServicer_to_server(servicer: AdminServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
-
 class GatewayServiceStub:
     """GatewayService is the gateway's public interface for phones and relying parties (public
-    listener, server-authenticated TLS).
+    listener, server-authenticated TLS): sessions, service records, the audit log, and the RA's
+    certificates, CRL and organisation keys republished unchanged (they are signed, or checked by
+    the phone against what it obtained from the RA through the cosigner).
     """
 
     @_typing.overload
     def __new__(cls, channel: _grpc.Channel) -> _Self: ...
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> GatewayServiceAsyncStub: ...
-    RequestPersonalCertificate: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.RequestPersonalCertificateRequest, _gateway_pb2.RequestPersonalCertificateResponse]
-    """RequestPersonalCertificate submits the PKCS#10 request for an enrolled joint key, signed
-    jointly by phone and cosigner (the proof of possession), with the enrolment ticket.
-    """
     GetPersonalCertificate: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.GetPersonalCertificateRequest, _gateway_pb2.GetPersonalCertificateResponse]
     """GetPersonalCertificate returns the current personal certificate of a user key."""
     GetCaCertificate: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.GetCaCertificateRequest, _gateway_pb2.GetCaCertificateResponse]
-    """GetCaCertificate returns the CA certificate (the trust anchor of every certificate issued)."""
+    """GetCaCertificate returns the CA certificate (the trust anchor of every certificate issued).
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    """
     GetOrganisationKey: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.GetOrganisationKeyRequest, _gateway_pb2.GetOrganisationKeyResponse]
     """GetOrganisationKey describes an organisation key with its current certificate, so that a
     phone can check what a service record names before co-signing it.
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
     """
     GetCrl: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.GetCrlRequest, _gateway_pb2.GetCrlResponse]
-    """GetCrl returns the current CRL, signed through the HSM."""
+    """GetCrl returns the current CRL, signed through the HSM.
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    """
     GetCertificateStatus: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.GetCertificateStatusRequest, _gateway_pb2.GetCertificateStatusResponse]
-    """GetCertificateStatus answers good, revoked or unknown for a serial number."""
+    """GetCertificateStatus answers good, revoked or unknown for a serial number.
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    """
     StartSession: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.StartSessionRequest, _gateway_pb2.StartSessionResponse]
     """StartSession gives a fresh challenge for a device to sign."""
     FinishSession: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.FinishSessionRequest, _gateway_pb2.FinishSessionResponse]
@@ -272,26 +84,31 @@ class GatewayServiceStub:
 @_typing.type_check_only
 class GatewayServiceAsyncStub(GatewayServiceStub):
     """GatewayService is the gateway's public interface for phones and relying parties (public
-    listener, server-authenticated TLS).
+    listener, server-authenticated TLS): sessions, service records, the audit log, and the RA's
+    certificates, CRL and organisation keys republished unchanged (they are signed, or checked by
+    the phone against what it obtained from the RA through the cosigner).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
-    RequestPersonalCertificate: _aio.UnaryUnaryMultiCallable[_gateway_pb2.RequestPersonalCertificateRequest, _gateway_pb2.RequestPersonalCertificateResponse]  # type: ignore[assignment]
-    """RequestPersonalCertificate submits the PKCS#10 request for an enrolled joint key, signed
-    jointly by phone and cosigner (the proof of possession), with the enrolment ticket.
-    """
     GetPersonalCertificate: _aio.UnaryUnaryMultiCallable[_gateway_pb2.GetPersonalCertificateRequest, _gateway_pb2.GetPersonalCertificateResponse]  # type: ignore[assignment]
     """GetPersonalCertificate returns the current personal certificate of a user key."""
     GetCaCertificate: _aio.UnaryUnaryMultiCallable[_gateway_pb2.GetCaCertificateRequest, _gateway_pb2.GetCaCertificateResponse]  # type: ignore[assignment]
-    """GetCaCertificate returns the CA certificate (the trust anchor of every certificate issued)."""
+    """GetCaCertificate returns the CA certificate (the trust anchor of every certificate issued).
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    """
     GetOrganisationKey: _aio.UnaryUnaryMultiCallable[_gateway_pb2.GetOrganisationKeyRequest, _gateway_pb2.GetOrganisationKeyResponse]  # type: ignore[assignment]
     """GetOrganisationKey describes an organisation key with its current certificate, so that a
     phone can check what a service record names before co-signing it.
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
     """
     GetCrl: _aio.UnaryUnaryMultiCallable[_gateway_pb2.GetCrlRequest, _gateway_pb2.GetCrlResponse]  # type: ignore[assignment]
-    """GetCrl returns the current CRL, signed through the HSM."""
+    """GetCrl returns the current CRL, signed through the HSM.
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    """
     GetCertificateStatus: _aio.UnaryUnaryMultiCallable[_gateway_pb2.GetCertificateStatusRequest, _gateway_pb2.GetCertificateStatusResponse]  # type: ignore[assignment]
-    """GetCertificateStatus answers good, revoked or unknown for a serial number."""
+    """GetCertificateStatus answers good, revoked or unknown for a serial number.
+    buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    """
     StartSession: _aio.UnaryUnaryMultiCallable[_gateway_pb2.StartSessionRequest, _gateway_pb2.StartSessionResponse]  # type: ignore[assignment]
     """StartSession gives a fresh challenge for a device to sign."""
     FinishSession: _aio.UnaryUnaryMultiCallable[_gateway_pb2.FinishSessionRequest, _gateway_pb2.FinishSessionResponse]  # type: ignore[assignment]
@@ -319,18 +136,10 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
 
 class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
     """GatewayService is the gateway's public interface for phones and relying parties (public
-    listener, server-authenticated TLS).
+    listener, server-authenticated TLS): sessions, service records, the audit log, and the RA's
+    certificates, CRL and organisation keys republished unchanged (they are signed, or checked by
+    the phone against what it obtained from the RA through the cosigner).
     """
-
-    @_abc_1.abstractmethod
-    def RequestPersonalCertificate(
-        self,
-        request: _gateway_pb2.RequestPersonalCertificateRequest,
-        context: _ServicerContext,
-    ) -> _typing.Union[_gateway_pb2.RequestPersonalCertificateResponse, _abc.Awaitable[_gateway_pb2.RequestPersonalCertificateResponse]]:
-        """RequestPersonalCertificate submits the PKCS#10 request for an enrolled joint key, signed
-        jointly by phone and cosigner (the proof of possession), with the enrolment ticket.
-        """
 
     @_abc_1.abstractmethod
     def GetPersonalCertificate(
@@ -346,7 +155,9 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _gateway_pb2.GetCaCertificateRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_pb2.GetCaCertificateResponse, _abc.Awaitable[_gateway_pb2.GetCaCertificateResponse]]:
-        """GetCaCertificate returns the CA certificate (the trust anchor of every certificate issued)."""
+        """GetCaCertificate returns the CA certificate (the trust anchor of every certificate issued).
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        """
 
     @_abc_1.abstractmethod
     def GetOrganisationKey(
@@ -356,6 +167,7 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_gateway_pb2.GetOrganisationKeyResponse, _abc.Awaitable[_gateway_pb2.GetOrganisationKeyResponse]]:
         """GetOrganisationKey describes an organisation key with its current certificate, so that a
         phone can check what a service record names before co-signing it.
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
         """
 
     @_abc_1.abstractmethod
@@ -364,7 +176,9 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _gateway_pb2.GetCrlRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_pb2.GetCrlResponse, _abc.Awaitable[_gateway_pb2.GetCrlResponse]]:
-        """GetCrl returns the current CRL, signed through the HSM."""
+        """GetCrl returns the current CRL, signed through the HSM.
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        """
 
     @_abc_1.abstractmethod
     def GetCertificateStatus(
@@ -372,7 +186,9 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _gateway_pb2.GetCertificateStatusRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_pb2.GetCertificateStatusResponse, _abc.Awaitable[_gateway_pb2.GetCertificateStatusResponse]]:
-        """GetCertificateStatus answers good, revoked or unknown for a serial number."""
+        """GetCertificateStatus answers good, revoked or unknown for a serial number.
+        buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        """
 
     @_abc_1.abstractmethod
     def StartSession(

@@ -24,21 +24,21 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17mobilesign/v1/hsm.proto\x12\rmobilesign.v1\"\x9d\x01\n\x07KeyInfo\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\r\n\x05label\x18\x02 \x01(\t\x12*\n\x07purpose\x18\x03 \x01(\x0e\x32\x19.mobilesign.v1.KeyPurpose\x12.\n\talgorithm\x18\x04 \x01(\x0e\x32\x1b.mobilesign.v1.KeyAlgorithm\x12\x17\n\x0fpublic_key_spki\x18\x05 \x01(\x0c\"\x83\x01\n\x16GenerateKeyPairRequest\x12\r\n\x05label\x18\x01 \x01(\t\x12*\n\x07purpose\x18\x02 \x01(\x0e\x32\x19.mobilesign.v1.KeyPurpose\x12.\n\talgorithm\x18\x03 \x01(\x0e\x32\x1b.mobilesign.v1.KeyAlgorithm\">\n\x17GenerateKeyPairResponse\x12#\n\x03key\x18\x01 \x01(\x0b\x32\x16.mobilesign.v1.KeyInfo\"=\n\x0fListKeysRequest\x12*\n\x07purpose\x18\x01 \x01(\x0e\x32\x19.mobilesign.v1.KeyPurpose\"8\n\x10ListKeysResponse\x12$\n\x04keys\x18\x01 \x03(\x0b\x32\x16.mobilesign.v1.KeyInfo\"%\n\x13GetPublicKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\";\n\x14GetPublicKeyResponse\x12#\n\x03key\x18\x01 \x01(\x0b\x32\x16.mobilesign.v1.KeyInfo\"\xd8\x01\n\x1cOrganisationKeyAuthorisation\x12\x0e\n\x06record\x18\x01 \x01(\x0c\x12\x16\n\x0euser_signature\x18\x02 \x01(\x0c\x12\x18\n\x10user_certificate\x18\x03 \x01(\x0c\x12\x1c\n\x14\x63osigner_attestation\x18\x05 \x01(\x0c\x12\x13\n\x0b\x65ntry_index\x18\x06 \x01(\x04\x12\x11\n\ttree_size\x18\x07 \x01(\x04\x12\x17\n\x0finclusion_proof\x18\x08 \x03(\x0cJ\x04\x08\x04\x10\x05R\x11gateway_signature\"\xad\x01\n\x11SignDigestRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x34\n\tmechanism\x18\x02 \x01(\x0e\x32!.mobilesign.v1.SignatureMechanism\x12\x0e\n\x06\x64igest\x18\x03 \x01(\x0c\x12\x42\n\rauthorisation\x18\x04 \x01(\x0b\x32+.mobilesign.v1.OrganisationKeyAuthorisation\"\'\n\x12SignDigestResponse\x12\x11\n\tsignature\x18\x01 \x01(\x0c\"B\n\x1f\x43reateCertificateRequestRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0f\n\x07subject\x18\x02 \x01(\x0c\"/\n CreateCertificateRequestResponse\x12\x0b\n\x03\x63sr\x18\x01 \x01(\x0c\"\xac\x01\n\x0e\x44\x65\x63ryptRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x32\n\tmechanism\x18\x02 \x01(\x0e\x32\x1f.mobilesign.v1.DecryptMechanism\x12\x12\n\nciphertext\x18\x03 \x01(\x0c\x12\x42\n\rauthorisation\x18\x04 \x01(\x0b\x32+.mobilesign.v1.OrganisationKeyAuthorisation\"$\n\x0f\x44\x65\x63ryptResponse\x12\x11\n\tplaintext\x18\x01 \x01(\x0c\"9\n\x0bSealRequest\x12\x11\n\tplaintext\x18\x01 \x01(\x0c\x12\x17\n\x0f\x61ssociated_data\x18\x02 \x01(\x0c\"\x1e\n\x0cSealResponse\x12\x0e\n\x06sealed\x18\x01 \x01(\x0c\"8\n\rUnsealRequest\x12\x0e\n\x06sealed\x18\x01 \x01(\x0c\x12\x17\n\x0f\x61ssociated_data\x18\x02 \x01(\x0c\"#\n\x0eUnsealResponse\x12\x11\n\tplaintext\x18\x01 \x01(\x0c\"\x14\n\x12GetLogStateRequest\"d\n\x13GetLogStateResponse\x12\x17\n\x0fpublic_key_spki\x18\x01 \x01(\x0c\x12\x0e\n\x06origin\x18\x02 \x01(\t\x12\x11\n\ttree_size\x18\x03 \x01(\x04\x12\x11\n\troot_hash\x18\x04 \x01(\x0c\"j\n\x15SignCheckpointRequest\x12\x10\n\x08old_size\x18\x01 \x01(\x04\x12\x11\n\ttree_size\x18\x02 \x01(\x04\x12\x11\n\troot_hash\x18\x03 \x01(\x0c\x12\x19\n\x11\x63onsistency_proof\x18\x04 \x03(\x0c\",\n\x16SignCheckpointResponse\x12\x12\n\ncheckpoint\x18\x01 \x01(\x0c*\x80\x01\n\x0cKeyAlgorithm\x12\x1d\n\x19KEY_ALGORITHM_UNSPECIFIED\x10\x00\x12\x19\n\x15KEY_ALGORITHM_EC_P256\x10\x01\x12\x1a\n\x16KEY_ALGORITHM_RSA_2048\x10\x02\x12\x1a\n\x16KEY_ALGORITHM_RSA_3072\x10\x03*\x89\x01\n\nKeyPurpose\x12\x1b\n\x17KEY_PURPOSE_UNSPECIFIED\x10\x00\x12\x1c\n\x18KEY_PURPOSE_ORGANISATION\x10\x01\x12\x12\n\x0eKEY_PURPOSE_CA\x10\x02\x12\x17\n\x13KEY_PURPOSE_SERVICE\x10\x03\x12\x13\n\x0fKEY_PURPOSE_LOG\x10\x04*\xb4\x01\n\x12SignatureMechanism\x12#\n\x1fSIGNATURE_MECHANISM_UNSPECIFIED\x10\x00\x12$\n SIGNATURE_MECHANISM_ECDSA_SHA256\x10\x01\x12+\n\'SIGNATURE_MECHANISM_RSA_PKCS1V15_SHA256\x10\x02\x12&\n\"SIGNATURE_MECHANISM_RSA_PSS_SHA256\x10\x03*\\\n\x10\x44\x65\x63ryptMechanism\x12!\n\x1d\x44\x45\x43RYPT_MECHANISM_UNSPECIFIED\x10\x00\x12%\n!DECRYPT_MECHANISM_RSA_OAEP_SHA256\x10\x01\x32\xeb\x06\n\nHsmService\x12`\n\x0fGenerateKeyPair\x12%.mobilesign.v1.GenerateKeyPairRequest\x1a&.mobilesign.v1.GenerateKeyPairResponse\x12K\n\x08ListKeys\x12\x1e.mobilesign.v1.ListKeysRequest\x1a\x1f.mobilesign.v1.ListKeysResponse\x12W\n\x0cGetPublicKey\x12\".mobilesign.v1.GetPublicKeyRequest\x1a#.mobilesign.v1.GetPublicKeyResponse\x12Q\n\nSignDigest\x12 .mobilesign.v1.SignDigestRequest\x1a!.mobilesign.v1.SignDigestResponse\x12{\n\x18\x43reateCertificateRequest\x12..mobilesign.v1.CreateCertificateRequestRequest\x1a/.mobilesign.v1.CreateCertificateRequestResponse\x12H\n\x07\x44\x65\x63rypt\x12\x1d.mobilesign.v1.DecryptRequest\x1a\x1e.mobilesign.v1.DecryptResponse\x12?\n\x04Seal\x12\x1a.mobilesign.v1.SealRequest\x1a\x1b.mobilesign.v1.SealResponse\x12\x45\n\x06Unseal\x12\x1c.mobilesign.v1.UnsealRequest\x1a\x1d.mobilesign.v1.UnsealResponse\x12T\n\x0bGetLogState\x12!.mobilesign.v1.GetLogStateRequest\x1a\".mobilesign.v1.GetLogStateResponse\x12]\n\x0eSignCheckpoint\x12$.mobilesign.v1.SignCheckpointRequest\x1a%.mobilesign.v1.SignCheckpointResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17mobilesign/v1/hsm.proto\x12\rmobilesign.v1\"\x9d\x01\n\x07KeyInfo\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\r\n\x05label\x18\x02 \x01(\t\x12*\n\x07purpose\x18\x03 \x01(\x0e\x32\x19.mobilesign.v1.KeyPurpose\x12.\n\talgorithm\x18\x04 \x01(\x0e\x32\x1b.mobilesign.v1.KeyAlgorithm\x12\x17\n\x0fpublic_key_spki\x18\x05 \x01(\x0c\"\x83\x01\n\x16GenerateKeyPairRequest\x12\r\n\x05label\x18\x01 \x01(\t\x12*\n\x07purpose\x18\x02 \x01(\x0e\x32\x19.mobilesign.v1.KeyPurpose\x12.\n\talgorithm\x18\x03 \x01(\x0e\x32\x1b.mobilesign.v1.KeyAlgorithm\">\n\x17GenerateKeyPairResponse\x12#\n\x03key\x18\x01 \x01(\x0b\x32\x16.mobilesign.v1.KeyInfo\"=\n\x0fListKeysRequest\x12*\n\x07purpose\x18\x01 \x01(\x0e\x32\x19.mobilesign.v1.KeyPurpose\"8\n\x10ListKeysResponse\x12$\n\x04keys\x18\x01 \x03(\x0b\x32\x16.mobilesign.v1.KeyInfo\"%\n\x13GetPublicKeyRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\";\n\x14GetPublicKeyResponse\x12#\n\x03key\x18\x01 \x01(\x0b\x32\x16.mobilesign.v1.KeyInfo\"\xee\x01\n\x1cOrganisationKeyAuthorisation\x12\x0e\n\x06record\x18\x01 \x01(\x0c\x12\x16\n\x0euser_signature\x18\x02 \x01(\x0c\x12\x18\n\x10user_certificate\x18\x03 \x01(\x0c\x12\x1c\n\x14\x63osigner_attestation\x18\x05 \x01(\x0c\x12\x13\n\x0b\x65ntry_index\x18\x06 \x01(\x04\x12\x11\n\ttree_size\x18\x07 \x01(\x04\x12\x17\n\x0finclusion_proof\x18\x08 \x03(\x0c\x12\x14\n\x0csigned_grant\x18\t \x01(\x0cJ\x04\x08\x04\x10\x05R\x11gateway_signature\"\xad\x01\n\x11SignDigestRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x34\n\tmechanism\x18\x02 \x01(\x0e\x32!.mobilesign.v1.SignatureMechanism\x12\x0e\n\x06\x64igest\x18\x03 \x01(\x0c\x12\x42\n\rauthorisation\x18\x04 \x01(\x0b\x32+.mobilesign.v1.OrganisationKeyAuthorisation\"\'\n\x12SignDigestResponse\x12\x11\n\tsignature\x18\x01 \x01(\x0c\"B\n\x1f\x43reateCertificateRequestRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x0f\n\x07subject\x18\x02 \x01(\x0c\"/\n CreateCertificateRequestResponse\x12\x0b\n\x03\x63sr\x18\x01 \x01(\x0c\"\xac\x01\n\x0e\x44\x65\x63ryptRequest\x12\x0e\n\x06key_id\x18\x01 \x01(\t\x12\x32\n\tmechanism\x18\x02 \x01(\x0e\x32\x1f.mobilesign.v1.DecryptMechanism\x12\x12\n\nciphertext\x18\x03 \x01(\x0c\x12\x42\n\rauthorisation\x18\x04 \x01(\x0b\x32+.mobilesign.v1.OrganisationKeyAuthorisation\"$\n\x0f\x44\x65\x63ryptResponse\x12\x11\n\tplaintext\x18\x01 \x01(\x0c\"9\n\x0bSealRequest\x12\x11\n\tplaintext\x18\x01 \x01(\x0c\x12\x17\n\x0f\x61ssociated_data\x18\x02 \x01(\x0c\"\x1e\n\x0cSealResponse\x12\x0e\n\x06sealed\x18\x01 \x01(\x0c\"8\n\rUnsealRequest\x12\x0e\n\x06sealed\x18\x01 \x01(\x0c\x12\x17\n\x0f\x61ssociated_data\x18\x02 \x01(\x0c\"#\n\x0eUnsealResponse\x12\x11\n\tplaintext\x18\x01 \x01(\x0c\"\x14\n\x12GetLogStateRequest\"d\n\x13GetLogStateResponse\x12\x17\n\x0fpublic_key_spki\x18\x01 \x01(\x0c\x12\x0e\n\x06origin\x18\x02 \x01(\t\x12\x11\n\ttree_size\x18\x03 \x01(\x04\x12\x11\n\troot_hash\x18\x04 \x01(\x0c\"j\n\x15SignCheckpointRequest\x12\x10\n\x08old_size\x18\x01 \x01(\x04\x12\x11\n\ttree_size\x18\x02 \x01(\x04\x12\x11\n\troot_hash\x18\x03 \x01(\x0c\x12\x19\n\x11\x63onsistency_proof\x18\x04 \x03(\x0c\",\n\x16SignCheckpointResponse\x12\x12\n\ncheckpoint\x18\x01 \x01(\x0c\"u\n\x17RecordRevocationRequest\x12\x12\n\x08grant_id\x18\x01 \x01(\tH\x00\x12\x1c\n\x12\x63\x65rtificate_serial\x18\x02 \x01(\tH\x00\x12\x1d\n\x13organisation_key_id\x18\x03 \x01(\tH\x00\x42\t\n\x07subject\"\x1a\n\x18RecordRevocationResponse\")\n\x14GetGrantUsageRequest\x12\x11\n\tgrant_ids\x18\x01 \x03(\t\"F\n\nGrantUsage\x12\x10\n\x08grant_id\x18\x01 \x01(\t\x12\x12\n\nused_total\x18\x02 \x01(\r\x12\x12\n\nused_today\x18\x03 \x01(\r\"A\n\x15GetGrantUsageResponse\x12(\n\x05usage\x18\x01 \x03(\x0b\x32\x19.mobilesign.v1.GrantUsage*\x80\x01\n\x0cKeyAlgorithm\x12\x1d\n\x19KEY_ALGORITHM_UNSPECIFIED\x10\x00\x12\x19\n\x15KEY_ALGORITHM_EC_P256\x10\x01\x12\x1a\n\x16KEY_ALGORITHM_RSA_2048\x10\x02\x12\x1a\n\x16KEY_ALGORITHM_RSA_3072\x10\x03*\x9f\x01\n\nKeyPurpose\x12\x1b\n\x17KEY_PURPOSE_UNSPECIFIED\x10\x00\x12\x1c\n\x18KEY_PURPOSE_ORGANISATION\x10\x01\x12\x12\n\x0eKEY_PURPOSE_CA\x10\x02\x12\x16\n\x12KEY_PURPOSE_TICKET\x10\x03\x12\x13\n\x0fKEY_PURPOSE_LOG\x10\x04\x12\x15\n\x11KEY_PURPOSE_GRANT\x10\x05*\xb4\x01\n\x12SignatureMechanism\x12#\n\x1fSIGNATURE_MECHANISM_UNSPECIFIED\x10\x00\x12$\n SIGNATURE_MECHANISM_ECDSA_SHA256\x10\x01\x12+\n\'SIGNATURE_MECHANISM_RSA_PKCS1V15_SHA256\x10\x02\x12&\n\"SIGNATURE_MECHANISM_RSA_PSS_SHA256\x10\x03*\\\n\x10\x44\x65\x63ryptMechanism\x12!\n\x1d\x44\x45\x43RYPT_MECHANISM_UNSPECIFIED\x10\x00\x12%\n!DECRYPT_MECHANISM_RSA_OAEP_SHA256\x10\x01\x32\xac\x08\n\nHsmService\x12`\n\x0fGenerateKeyPair\x12%.mobilesign.v1.GenerateKeyPairRequest\x1a&.mobilesign.v1.GenerateKeyPairResponse\x12K\n\x08ListKeys\x12\x1e.mobilesign.v1.ListKeysRequest\x1a\x1f.mobilesign.v1.ListKeysResponse\x12W\n\x0cGetPublicKey\x12\".mobilesign.v1.GetPublicKeyRequest\x1a#.mobilesign.v1.GetPublicKeyResponse\x12Q\n\nSignDigest\x12 .mobilesign.v1.SignDigestRequest\x1a!.mobilesign.v1.SignDigestResponse\x12{\n\x18\x43reateCertificateRequest\x12..mobilesign.v1.CreateCertificateRequestRequest\x1a/.mobilesign.v1.CreateCertificateRequestResponse\x12H\n\x07\x44\x65\x63rypt\x12\x1d.mobilesign.v1.DecryptRequest\x1a\x1e.mobilesign.v1.DecryptResponse\x12?\n\x04Seal\x12\x1a.mobilesign.v1.SealRequest\x1a\x1b.mobilesign.v1.SealResponse\x12\x45\n\x06Unseal\x12\x1c.mobilesign.v1.UnsealRequest\x1a\x1d.mobilesign.v1.UnsealResponse\x12T\n\x0bGetLogState\x12!.mobilesign.v1.GetLogStateRequest\x1a\".mobilesign.v1.GetLogStateResponse\x12]\n\x0eSignCheckpoint\x12$.mobilesign.v1.SignCheckpointRequest\x1a%.mobilesign.v1.SignCheckpointResponse\x12\x63\n\x10RecordRevocation\x12&.mobilesign.v1.RecordRevocationRequest\x1a\'.mobilesign.v1.RecordRevocationResponse\x12Z\n\rGetGrantUsage\x12#.mobilesign.v1.GetGrantUsageRequest\x1a$.mobilesign.v1.GetGrantUsageResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mobilesign.v1.hsm_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_KEYALGORITHM']._serialized_start=1852
-  _globals['_KEYALGORITHM']._serialized_end=1980
-  _globals['_KEYPURPOSE']._serialized_start=1983
-  _globals['_KEYPURPOSE']._serialized_end=2120
-  _globals['_SIGNATUREMECHANISM']._serialized_start=2123
-  _globals['_SIGNATUREMECHANISM']._serialized_end=2303
-  _globals['_DECRYPTMECHANISM']._serialized_start=2305
-  _globals['_DECRYPTMECHANISM']._serialized_end=2397
+  _globals['_KEYALGORITHM']._serialized_start=2203
+  _globals['_KEYALGORITHM']._serialized_end=2331
+  _globals['_KEYPURPOSE']._serialized_start=2334
+  _globals['_KEYPURPOSE']._serialized_end=2493
+  _globals['_SIGNATUREMECHANISM']._serialized_start=2496
+  _globals['_SIGNATUREMECHANISM']._serialized_end=2676
+  _globals['_DECRYPTMECHANISM']._serialized_start=2678
+  _globals['_DECRYPTMECHANISM']._serialized_end=2770
   _globals['_KEYINFO']._serialized_start=43
   _globals['_KEYINFO']._serialized_end=200
   _globals['_GENERATEKEYPAIRREQUEST']._serialized_start=203
@@ -54,35 +54,45 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_GETPUBLICKEYRESPONSE']._serialized_start=560
   _globals['_GETPUBLICKEYRESPONSE']._serialized_end=619
   _globals['_ORGANISATIONKEYAUTHORISATION']._serialized_start=622
-  _globals['_ORGANISATIONKEYAUTHORISATION']._serialized_end=838
-  _globals['_SIGNDIGESTREQUEST']._serialized_start=841
-  _globals['_SIGNDIGESTREQUEST']._serialized_end=1014
-  _globals['_SIGNDIGESTRESPONSE']._serialized_start=1016
-  _globals['_SIGNDIGESTRESPONSE']._serialized_end=1055
-  _globals['_CREATECERTIFICATEREQUESTREQUEST']._serialized_start=1057
-  _globals['_CREATECERTIFICATEREQUESTREQUEST']._serialized_end=1123
-  _globals['_CREATECERTIFICATEREQUESTRESPONSE']._serialized_start=1125
-  _globals['_CREATECERTIFICATEREQUESTRESPONSE']._serialized_end=1172
-  _globals['_DECRYPTREQUEST']._serialized_start=1175
-  _globals['_DECRYPTREQUEST']._serialized_end=1347
-  _globals['_DECRYPTRESPONSE']._serialized_start=1349
-  _globals['_DECRYPTRESPONSE']._serialized_end=1385
-  _globals['_SEALREQUEST']._serialized_start=1387
-  _globals['_SEALREQUEST']._serialized_end=1444
-  _globals['_SEALRESPONSE']._serialized_start=1446
-  _globals['_SEALRESPONSE']._serialized_end=1476
-  _globals['_UNSEALREQUEST']._serialized_start=1478
-  _globals['_UNSEALREQUEST']._serialized_end=1534
-  _globals['_UNSEALRESPONSE']._serialized_start=1536
-  _globals['_UNSEALRESPONSE']._serialized_end=1571
-  _globals['_GETLOGSTATEREQUEST']._serialized_start=1573
-  _globals['_GETLOGSTATEREQUEST']._serialized_end=1593
-  _globals['_GETLOGSTATERESPONSE']._serialized_start=1595
-  _globals['_GETLOGSTATERESPONSE']._serialized_end=1695
-  _globals['_SIGNCHECKPOINTREQUEST']._serialized_start=1697
-  _globals['_SIGNCHECKPOINTREQUEST']._serialized_end=1803
-  _globals['_SIGNCHECKPOINTRESPONSE']._serialized_start=1805
-  _globals['_SIGNCHECKPOINTRESPONSE']._serialized_end=1849
-  _globals['_HSMSERVICE']._serialized_start=2400
-  _globals['_HSMSERVICE']._serialized_end=3275
+  _globals['_ORGANISATIONKEYAUTHORISATION']._serialized_end=860
+  _globals['_SIGNDIGESTREQUEST']._serialized_start=863
+  _globals['_SIGNDIGESTREQUEST']._serialized_end=1036
+  _globals['_SIGNDIGESTRESPONSE']._serialized_start=1038
+  _globals['_SIGNDIGESTRESPONSE']._serialized_end=1077
+  _globals['_CREATECERTIFICATEREQUESTREQUEST']._serialized_start=1079
+  _globals['_CREATECERTIFICATEREQUESTREQUEST']._serialized_end=1145
+  _globals['_CREATECERTIFICATEREQUESTRESPONSE']._serialized_start=1147
+  _globals['_CREATECERTIFICATEREQUESTRESPONSE']._serialized_end=1194
+  _globals['_DECRYPTREQUEST']._serialized_start=1197
+  _globals['_DECRYPTREQUEST']._serialized_end=1369
+  _globals['_DECRYPTRESPONSE']._serialized_start=1371
+  _globals['_DECRYPTRESPONSE']._serialized_end=1407
+  _globals['_SEALREQUEST']._serialized_start=1409
+  _globals['_SEALREQUEST']._serialized_end=1466
+  _globals['_SEALRESPONSE']._serialized_start=1468
+  _globals['_SEALRESPONSE']._serialized_end=1498
+  _globals['_UNSEALREQUEST']._serialized_start=1500
+  _globals['_UNSEALREQUEST']._serialized_end=1556
+  _globals['_UNSEALRESPONSE']._serialized_start=1558
+  _globals['_UNSEALRESPONSE']._serialized_end=1593
+  _globals['_GETLOGSTATEREQUEST']._serialized_start=1595
+  _globals['_GETLOGSTATEREQUEST']._serialized_end=1615
+  _globals['_GETLOGSTATERESPONSE']._serialized_start=1617
+  _globals['_GETLOGSTATERESPONSE']._serialized_end=1717
+  _globals['_SIGNCHECKPOINTREQUEST']._serialized_start=1719
+  _globals['_SIGNCHECKPOINTREQUEST']._serialized_end=1825
+  _globals['_SIGNCHECKPOINTRESPONSE']._serialized_start=1827
+  _globals['_SIGNCHECKPOINTRESPONSE']._serialized_end=1871
+  _globals['_RECORDREVOCATIONREQUEST']._serialized_start=1873
+  _globals['_RECORDREVOCATIONREQUEST']._serialized_end=1990
+  _globals['_RECORDREVOCATIONRESPONSE']._serialized_start=1992
+  _globals['_RECORDREVOCATIONRESPONSE']._serialized_end=2018
+  _globals['_GETGRANTUSAGEREQUEST']._serialized_start=2020
+  _globals['_GETGRANTUSAGEREQUEST']._serialized_end=2061
+  _globals['_GRANTUSAGE']._serialized_start=2063
+  _globals['_GRANTUSAGE']._serialized_end=2133
+  _globals['_GETGRANTUSAGERESPONSE']._serialized_start=2135
+  _globals['_GETGRANTUSAGERESPONSE']._serialized_end=2200
+  _globals['_HSMSERVICE']._serialized_start=2773
+  _globals['_HSMSERVICE']._serialized_end=3841
 # @@protoc_insertion_point(module_scope)

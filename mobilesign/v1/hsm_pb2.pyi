@@ -50,12 +50,14 @@ class _KeyPurposeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_KeyPurpose
     """An organisation key: signs digests and (RSA) decrypts for authorised staff."""
     KEY_PURPOSE_CA: _KeyPurpose.ValueType  # 2
     """A certification authority key: signs certificates and CRLs."""
-    KEY_PURPOSE_SERVICE: _KeyPurpose.ValueType  # 3
-    """A service's own signing key (tickets, authorisations)."""
+    KEY_PURPOSE_TICKET: _KeyPurpose.ValueType  # 3
+    """The RA's enrolment-ticket key."""
     KEY_PURPOSE_LOG: _KeyPurpose.ValueType  # 4
     """The audit log's key: the proxy's own, created at its start; it signs only checkpoints,
     through SignCheckpoint.
     """
+    KEY_PURPOSE_GRANT: _KeyPurpose.ValueType  # 5
+    """The RA's grant key: signs grants (SignedGrant), which the proxy checks and counts."""
 
 class KeyPurpose(_KeyPurpose, metaclass=_KeyPurposeEnumTypeWrapper):
     """KeyPurpose says what a key pair is for; it decides which operations it may perform."""
@@ -65,12 +67,14 @@ KEY_PURPOSE_ORGANISATION: KeyPurpose.ValueType  # 1
 """An organisation key: signs digests and (RSA) decrypts for authorised staff."""
 KEY_PURPOSE_CA: KeyPurpose.ValueType  # 2
 """A certification authority key: signs certificates and CRLs."""
-KEY_PURPOSE_SERVICE: KeyPurpose.ValueType  # 3
-"""A service's own signing key (tickets, authorisations)."""
+KEY_PURPOSE_TICKET: KeyPurpose.ValueType  # 3
+"""The RA's enrolment-ticket key."""
 KEY_PURPOSE_LOG: KeyPurpose.ValueType  # 4
 """The audit log's key: the proxy's own, created at its start; it signs only checkpoints,
 through SignCheckpoint.
 """
+KEY_PURPOSE_GRANT: KeyPurpose.ValueType  # 5
+"""The RA's grant key: signs grants (SignedGrant), which the proxy checks and counts."""
 Global___KeyPurpose: _TypeAlias = KeyPurpose  # noqa: Y015
 
 class _SignatureMechanism:
@@ -305,6 +309,7 @@ class OrganisationKeyAuthorisation(_message.Message):
     ENTRY_INDEX_FIELD_NUMBER: _builtins.int
     TREE_SIZE_FIELD_NUMBER: _builtins.int
     INCLUSION_PROOF_FIELD_NUMBER: _builtins.int
+    SIGNED_GRANT_FIELD_NUMBER: _builtins.int
     record: _builtins.bytes
     """The service record bytes (format "MSR1", see README)."""
     user_signature: _builtins.bytes
@@ -322,6 +327,11 @@ class OrganisationKeyAuthorisation(_message.Message):
     the entry in that tree.
     """
     tree_size: _builtins.int
+    signed_grant: _builtins.bytes
+    """The grant the record names, as the RA signed it (a serialized SignedGrant, verified with a
+    grant key in this token). The proxy checks that the record fits it (user, key, operation,
+    window), that it is not revoked, and counts its uses itself against its quotas.
+    """
     @_builtins.property
     def inclusion_proof(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]: ...
     def __init__(
@@ -334,10 +344,11 @@ class OrganisationKeyAuthorisation(_message.Message):
         entry_index: _builtins.int = ...,
         tree_size: _builtins.int = ...,
         inclusion_proof: _abc.Iterable[_builtins.bytes] | None = ...,
+        signed_grant: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cosigner_attestation", b"cosigner_attestation", "entry_index", b"entry_index", "inclusion_proof", b"inclusion_proof", "record", b"record", "tree_size", b"tree_size", "user_certificate", b"user_certificate", "user_signature", b"user_signature"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cosigner_attestation", b"cosigner_attestation", "entry_index", b"entry_index", "inclusion_proof", b"inclusion_proof", "record", b"record", "signed_grant", b"signed_grant", "tree_size", b"tree_size", "user_certificate", b"user_certificate", "user_signature", b"user_signature"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -695,3 +706,124 @@ class SignCheckpointResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SignCheckpointResponse: _TypeAlias = SignCheckpointResponse  # noqa: Y015
+
+@_typing.final
+class RecordRevocationRequest(_message.Message):
+    """RecordRevocationRequest names what is revoked."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GRANT_ID_FIELD_NUMBER: _builtins.int
+    CERTIFICATE_SERIAL_FIELD_NUMBER: _builtins.int
+    ORGANISATION_KEY_ID_FIELD_NUMBER: _builtins.int
+    grant_id: _builtins.str
+    """A grant id (32 lowercase hex digits)."""
+    certificate_serial: _builtins.str
+    """The serial of a personal certificate (lowercase hex)."""
+    organisation_key_id: _builtins.str
+    """An organisation key whose certificate is revoked (HSM key id)."""
+    def __init__(
+        self,
+        *,
+        grant_id: _builtins.str = ...,
+        certificate_serial: _builtins.str = ...,
+        organisation_key_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["certificate_serial", b"certificate_serial", "grant_id", b"grant_id", "organisation_key_id", b"organisation_key_id", "subject", b"subject"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["certificate_serial", b"certificate_serial", "grant_id", b"grant_id", "organisation_key_id", b"organisation_key_id", "subject", b"subject"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_subject: _TypeAlias = _typing.Literal["grant_id", "certificate_serial", "organisation_key_id"]  # noqa: Y015
+    _WhichOneofArgType_subject: _TypeAlias = _typing.Literal["subject", b"subject"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_subject) -> _WhichOneofReturnType_subject | None: ...
+
+Global___RecordRevocationRequest: _TypeAlias = RecordRevocationRequest  # noqa: Y015
+
+@_typing.final
+class RecordRevocationResponse(_message.Message):
+    """RecordRevocationResponse is empty: the revocation is stored."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RecordRevocationResponse: _TypeAlias = RecordRevocationResponse  # noqa: Y015
+
+@_typing.final
+class GetGrantUsageRequest(_message.Message):
+    """GetGrantUsageRequest names grants (at most 1000)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GRANT_IDS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def grant_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        grant_ids: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["grant_ids", b"grant_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetGrantUsageRequest: _TypeAlias = GetGrantUsageRequest  # noqa: Y015
+
+@_typing.final
+class GrantUsage(_message.Message):
+    """GrantUsage is one grant's count."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GRANT_ID_FIELD_NUMBER: _builtins.int
+    USED_TOTAL_FIELD_NUMBER: _builtins.int
+    USED_TODAY_FIELD_NUMBER: _builtins.int
+    grant_id: _builtins.str
+    used_total: _builtins.int
+    used_today: _builtins.int
+    """Uses on the proxy's current UTC day."""
+    def __init__(
+        self,
+        *,
+        grant_id: _builtins.str = ...,
+        used_total: _builtins.int = ...,
+        used_today: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["grant_id", b"grant_id", "used_today", b"used_today", "used_total", b"used_total"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GrantUsage: _TypeAlias = GrantUsage  # noqa: Y015
+
+@_typing.final
+class GetGrantUsageResponse(_message.Message):
+    """GetGrantUsageResponse has one entry per grant asked about, in order (zero when never used)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    USAGE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def usage(self) -> _containers.RepeatedCompositeFieldContainer[Global___GrantUsage]: ...
+    def __init__(
+        self,
+        *,
+        usage: _abc.Iterable[Global___GrantUsage] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetGrantUsageResponse: _TypeAlias = GetGrantUsageResponse  # noqa: Y015

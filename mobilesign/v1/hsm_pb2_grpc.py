@@ -28,7 +28,9 @@ if _version_not_supported:
 class HsmServiceStub:
     """HsmService is the HSM proxy: the only process that loads the PKCS#11 module. Private keys are
     generated in the token, are never extractable, and every operation names its mechanism.
-    Callers are authorised by the identity in their client certificate (mutual TLS only).
+    Callers are authorised by the identity in their client certificate (mutual TLS only), and each
+    key by its purpose: CA, ticket and grant keys serve the RA alone; the log key only
+    SignCheckpoint; organisation keys only a complete OrganisationKeyAuthorisation.
     """
 
     def __init__(self, channel):
@@ -87,16 +89,28 @@ class HsmServiceStub:
                 request_serializer=mobilesign_dot_v1_dot_hsm__pb2.SignCheckpointRequest.SerializeToString,
                 response_deserializer=mobilesign_dot_v1_dot_hsm__pb2.SignCheckpointResponse.FromString,
                 _registered_method=True)
+        self.RecordRevocation = channel.unary_unary(
+                '/mobilesign.v1.HsmService/RecordRevocation',
+                request_serializer=mobilesign_dot_v1_dot_hsm__pb2.RecordRevocationRequest.SerializeToString,
+                response_deserializer=mobilesign_dot_v1_dot_hsm__pb2.RecordRevocationResponse.FromString,
+                _registered_method=True)
+        self.GetGrantUsage = channel.unary_unary(
+                '/mobilesign.v1.HsmService/GetGrantUsage',
+                request_serializer=mobilesign_dot_v1_dot_hsm__pb2.GetGrantUsageRequest.SerializeToString,
+                response_deserializer=mobilesign_dot_v1_dot_hsm__pb2.GetGrantUsageResponse.FromString,
+                _registered_method=True)
 
 
 class HsmServiceServicer:
     """HsmService is the HSM proxy: the only process that loads the PKCS#11 module. Private keys are
     generated in the token, are never extractable, and every operation names its mechanism.
-    Callers are authorised by the identity in their client certificate (mutual TLS only).
+    Callers are authorised by the identity in their client certificate (mutual TLS only), and each
+    key by its purpose: CA, ticket and grant keys serve the RA alone; the log key only
+    SignCheckpoint; organisation keys only a complete OrganisationKeyAuthorisation.
     """
 
     def GenerateKeyPair(self, request, context):
-        """GenerateKeyPair creates a key pair in the token. Labels are unique per purpose.
+        """GenerateKeyPair creates a key pair in the token (the RA). Labels are unique per purpose.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -117,7 +131,9 @@ class HsmServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def SignDigest(self, request, context):
-        """SignDigest signs a SHA-256 digest with an explicit mechanism checked against the key type.
+        """SignDigest signs a SHA-256 digest with an explicit mechanism checked against the key type:
+        with an organisation key for a complete authorisation (the gateway), with a CA, ticket or
+        grant key for the RA only.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -125,7 +141,8 @@ class HsmServiceServicer:
 
     def CreateCertificateRequest(self, request, context):
         """CreateCertificateRequest has a key sign a PKCS#10 request for itself. The proxy builds the
-        request, so this cannot be used to sign anything else with the key.
+        request, so this cannot be used to sign anything else with the key. Organisation keys only,
+        the RA only, once per key (at its creation).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -164,6 +181,22 @@ class HsmServiceServicer:
         extends the last one the proxy signed (checked with the consistency proof given); the new
         size and root are stored durably before the signed note is released. The log key signs
         nothing else.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordRevocation(self, request, context):
+        """RecordRevocation stores, durably and before it answers, that a grant, a certificate, or
+        an organisation key's certificate is revoked (the RA); from then on no authorisation that
+        depends on it is accepted. Idempotent.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetGrantUsage(self, request, context):
+        """GetGrantUsage returns how many uses of each grant the proxy has counted (the RA).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -222,6 +255,16 @@ def add_HsmServiceServicer_to_server(servicer, server):
                     request_deserializer=mobilesign_dot_v1_dot_hsm__pb2.SignCheckpointRequest.FromString,
                     response_serializer=mobilesign_dot_v1_dot_hsm__pb2.SignCheckpointResponse.SerializeToString,
             ),
+            'RecordRevocation': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordRevocation,
+                    request_deserializer=mobilesign_dot_v1_dot_hsm__pb2.RecordRevocationRequest.FromString,
+                    response_serializer=mobilesign_dot_v1_dot_hsm__pb2.RecordRevocationResponse.SerializeToString,
+            ),
+            'GetGrantUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetGrantUsage,
+                    request_deserializer=mobilesign_dot_v1_dot_hsm__pb2.GetGrantUsageRequest.FromString,
+                    response_serializer=mobilesign_dot_v1_dot_hsm__pb2.GetGrantUsageResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'mobilesign.v1.HsmService', rpc_method_handlers)
@@ -233,7 +276,9 @@ def add_HsmServiceServicer_to_server(servicer, server):
 class HsmService:
     """HsmService is the HSM proxy: the only process that loads the PKCS#11 module. Private keys are
     generated in the token, are never extractable, and every operation names its mechanism.
-    Callers are authorised by the identity in their client certificate (mutual TLS only).
+    Callers are authorised by the identity in their client certificate (mutual TLS only), and each
+    key by its purpose: CA, ticket and grant keys serve the RA alone; the log key only
+    SignCheckpoint; organisation keys only a complete OrganisationKeyAuthorisation.
     """
 
     @staticmethod
@@ -496,6 +541,60 @@ class HsmService:
             '/mobilesign.v1.HsmService/SignCheckpoint',
             mobilesign_dot_v1_dot_hsm__pb2.SignCheckpointRequest.SerializeToString,
             mobilesign_dot_v1_dot_hsm__pb2.SignCheckpointResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordRevocation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mobilesign.v1.HsmService/RecordRevocation',
+            mobilesign_dot_v1_dot_hsm__pb2.RecordRevocationRequest.SerializeToString,
+            mobilesign_dot_v1_dot_hsm__pb2.RecordRevocationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetGrantUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mobilesign.v1.HsmService/GetGrantUsage',
+            mobilesign_dot_v1_dot_hsm__pb2.GetGrantUsageRequest.SerializeToString,
+            mobilesign_dot_v1_dot_hsm__pb2.GetGrantUsageResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -29,7 +29,9 @@ GRPC_VERSION: str
 class HsmServiceStub:
     """HsmService is the HSM proxy: the only process that loads the PKCS#11 module. Private keys are
     generated in the token, are never extractable, and every operation names its mechanism.
-    Callers are authorised by the identity in their client certificate (mutual TLS only).
+    Callers are authorised by the identity in their client certificate (mutual TLS only), and each
+    key by its purpose: CA, ticket and grant keys serve the RA alone; the log key only
+    SignCheckpoint; organisation keys only a complete OrganisationKeyAuthorisation.
     """
 
     @_typing.overload
@@ -37,16 +39,20 @@ class HsmServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> HsmServiceAsyncStub: ...
     GenerateKeyPair: _grpc.UnaryUnaryMultiCallable[_hsm_pb2.GenerateKeyPairRequest, _hsm_pb2.GenerateKeyPairResponse]
-    """GenerateKeyPair creates a key pair in the token. Labels are unique per purpose."""
+    """GenerateKeyPair creates a key pair in the token (the RA). Labels are unique per purpose."""
     ListKeys: _grpc.UnaryUnaryMultiCallable[_hsm_pb2.ListKeysRequest, _hsm_pb2.ListKeysResponse]
     """ListKeys lists the key pairs in the token, optionally of one purpose."""
     GetPublicKey: _grpc.UnaryUnaryMultiCallable[_hsm_pb2.GetPublicKeyRequest, _hsm_pb2.GetPublicKeyResponse]
     """GetPublicKey returns one key's description and SubjectPublicKeyInfo."""
     SignDigest: _grpc.UnaryUnaryMultiCallable[_hsm_pb2.SignDigestRequest, _hsm_pb2.SignDigestResponse]
-    """SignDigest signs a SHA-256 digest with an explicit mechanism checked against the key type."""
+    """SignDigest signs a SHA-256 digest with an explicit mechanism checked against the key type:
+    with an organisation key for a complete authorisation (the gateway), with a CA, ticket or
+    grant key for the RA only.
+    """
     CreateCertificateRequest: _grpc.UnaryUnaryMultiCallable[_hsm_pb2.CreateCertificateRequestRequest, _hsm_pb2.CreateCertificateRequestResponse]
     """CreateCertificateRequest has a key sign a PKCS#10 request for itself. The proxy builds the
-    request, so this cannot be used to sign anything else with the key.
+    request, so this cannot be used to sign anything else with the key. Organisation keys only,
+    the RA only, once per key (at its creation).
     """
     Decrypt: _grpc.UnaryUnaryMultiCallable[_hsm_pb2.DecryptRequest, _hsm_pb2.DecryptResponse]
     """Decrypt decrypts an RSA-OAEP (SHA-256, MGF1-SHA-256) ciphertext."""
@@ -62,26 +68,39 @@ class HsmServiceStub:
     size and root are stored durably before the signed note is released. The log key signs
     nothing else.
     """
+    RecordRevocation: _grpc.UnaryUnaryMultiCallable[_hsm_pb2.RecordRevocationRequest, _hsm_pb2.RecordRevocationResponse]
+    """RecordRevocation stores, durably and before it answers, that a grant, a certificate, or
+    an organisation key's certificate is revoked (the RA); from then on no authorisation that
+    depends on it is accepted. Idempotent.
+    """
+    GetGrantUsage: _grpc.UnaryUnaryMultiCallable[_hsm_pb2.GetGrantUsageRequest, _hsm_pb2.GetGrantUsageResponse]
+    """GetGrantUsage returns how many uses of each grant the proxy has counted (the RA)."""
 
 @_typing.type_check_only
 class HsmServiceAsyncStub(HsmServiceStub):
     """HsmService is the HSM proxy: the only process that loads the PKCS#11 module. Private keys are
     generated in the token, are never extractable, and every operation names its mechanism.
-    Callers are authorised by the identity in their client certificate (mutual TLS only).
+    Callers are authorised by the identity in their client certificate (mutual TLS only), and each
+    key by its purpose: CA, ticket and grant keys serve the RA alone; the log key only
+    SignCheckpoint; organisation keys only a complete OrganisationKeyAuthorisation.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     GenerateKeyPair: _aio.UnaryUnaryMultiCallable[_hsm_pb2.GenerateKeyPairRequest, _hsm_pb2.GenerateKeyPairResponse]  # type: ignore[assignment]
-    """GenerateKeyPair creates a key pair in the token. Labels are unique per purpose."""
+    """GenerateKeyPair creates a key pair in the token (the RA). Labels are unique per purpose."""
     ListKeys: _aio.UnaryUnaryMultiCallable[_hsm_pb2.ListKeysRequest, _hsm_pb2.ListKeysResponse]  # type: ignore[assignment]
     """ListKeys lists the key pairs in the token, optionally of one purpose."""
     GetPublicKey: _aio.UnaryUnaryMultiCallable[_hsm_pb2.GetPublicKeyRequest, _hsm_pb2.GetPublicKeyResponse]  # type: ignore[assignment]
     """GetPublicKey returns one key's description and SubjectPublicKeyInfo."""
     SignDigest: _aio.UnaryUnaryMultiCallable[_hsm_pb2.SignDigestRequest, _hsm_pb2.SignDigestResponse]  # type: ignore[assignment]
-    """SignDigest signs a SHA-256 digest with an explicit mechanism checked against the key type."""
+    """SignDigest signs a SHA-256 digest with an explicit mechanism checked against the key type:
+    with an organisation key for a complete authorisation (the gateway), with a CA, ticket or
+    grant key for the RA only.
+    """
     CreateCertificateRequest: _aio.UnaryUnaryMultiCallable[_hsm_pb2.CreateCertificateRequestRequest, _hsm_pb2.CreateCertificateRequestResponse]  # type: ignore[assignment]
     """CreateCertificateRequest has a key sign a PKCS#10 request for itself. The proxy builds the
-    request, so this cannot be used to sign anything else with the key.
+    request, so this cannot be used to sign anything else with the key. Organisation keys only,
+    the RA only, once per key (at its creation).
     """
     Decrypt: _aio.UnaryUnaryMultiCallable[_hsm_pb2.DecryptRequest, _hsm_pb2.DecryptResponse]  # type: ignore[assignment]
     """Decrypt decrypts an RSA-OAEP (SHA-256, MGF1-SHA-256) ciphertext."""
@@ -97,11 +116,20 @@ class HsmServiceAsyncStub(HsmServiceStub):
     size and root are stored durably before the signed note is released. The log key signs
     nothing else.
     """
+    RecordRevocation: _aio.UnaryUnaryMultiCallable[_hsm_pb2.RecordRevocationRequest, _hsm_pb2.RecordRevocationResponse]  # type: ignore[assignment]
+    """RecordRevocation stores, durably and before it answers, that a grant, a certificate, or
+    an organisation key's certificate is revoked (the RA); from then on no authorisation that
+    depends on it is accepted. Idempotent.
+    """
+    GetGrantUsage: _aio.UnaryUnaryMultiCallable[_hsm_pb2.GetGrantUsageRequest, _hsm_pb2.GetGrantUsageResponse]  # type: ignore[assignment]
+    """GetGrantUsage returns how many uses of each grant the proxy has counted (the RA)."""
 
 class HsmServiceServicer(metaclass=_abc_1.ABCMeta):
     """HsmService is the HSM proxy: the only process that loads the PKCS#11 module. Private keys are
     generated in the token, are never extractable, and every operation names its mechanism.
-    Callers are authorised by the identity in their client certificate (mutual TLS only).
+    Callers are authorised by the identity in their client certificate (mutual TLS only), and each
+    key by its purpose: CA, ticket and grant keys serve the RA alone; the log key only
+    SignCheckpoint; organisation keys only a complete OrganisationKeyAuthorisation.
     """
 
     @_abc_1.abstractmethod
@@ -110,7 +138,7 @@ class HsmServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _hsm_pb2.GenerateKeyPairRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_hsm_pb2.GenerateKeyPairResponse, _abc.Awaitable[_hsm_pb2.GenerateKeyPairResponse]]:
-        """GenerateKeyPair creates a key pair in the token. Labels are unique per purpose."""
+        """GenerateKeyPair creates a key pair in the token (the RA). Labels are unique per purpose."""
 
     @_abc_1.abstractmethod
     def ListKeys(
@@ -134,7 +162,10 @@ class HsmServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _hsm_pb2.SignDigestRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_hsm_pb2.SignDigestResponse, _abc.Awaitable[_hsm_pb2.SignDigestResponse]]:
-        """SignDigest signs a SHA-256 digest with an explicit mechanism checked against the key type."""
+        """SignDigest signs a SHA-256 digest with an explicit mechanism checked against the key type:
+        with an organisation key for a complete authorisation (the gateway), with a CA, ticket or
+        grant key for the RA only.
+        """
 
     @_abc_1.abstractmethod
     def CreateCertificateRequest(
@@ -143,7 +174,8 @@ class HsmServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_hsm_pb2.CreateCertificateRequestResponse, _abc.Awaitable[_hsm_pb2.CreateCertificateRequestResponse]]:
         """CreateCertificateRequest has a key sign a PKCS#10 request for itself. The proxy builds the
-        request, so this cannot be used to sign anything else with the key.
+        request, so this cannot be used to sign anything else with the key. Organisation keys only,
+        the RA only, once per key (at its creation).
         """
 
     @_abc_1.abstractmethod
@@ -189,5 +221,24 @@ class HsmServiceServicer(metaclass=_abc_1.ABCMeta):
         size and root are stored durably before the signed note is released. The log key signs
         nothing else.
         """
+
+    @_abc_1.abstractmethod
+    def RecordRevocation(
+        self,
+        request: _hsm_pb2.RecordRevocationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_hsm_pb2.RecordRevocationResponse, _abc.Awaitable[_hsm_pb2.RecordRevocationResponse]]:
+        """RecordRevocation stores, durably and before it answers, that a grant, a certificate, or
+        an organisation key's certificate is revoked (the RA); from then on no authorisation that
+        depends on it is accepted. Idempotent.
+        """
+
+    @_abc_1.abstractmethod
+    def GetGrantUsage(
+        self,
+        request: _hsm_pb2.GetGrantUsageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_hsm_pb2.GetGrantUsageResponse, _abc.Awaitable[_hsm_pb2.GetGrantUsageResponse]]:
+        """GetGrantUsage returns how many uses of each grant the proxy has counted (the RA)."""
 
 def add_HsmServiceServicer_to_server(servicer: HsmServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...
