@@ -15,7 +15,7 @@ from client.errors import ClientError
 from client.keystore import Keystore
 from client.sdk import SigningSession
 from mobilesign import pkix
-from mobilesign.v1 import gateway_pb2, gateway_pb2_grpc
+from mobilesign.v1 import cosigner_pb2, cosigner_pb2_grpc, gateway_pb2, gateway_pb2_grpc
 
 
 @dataclass(frozen=True)
@@ -92,13 +92,14 @@ def verify_personal_certificate(
 
 
 async def request_personal_certificate(
-    gateway: grpc.aio.Channel,
+    cosigner: grpc.aio.Channel,
     session: SigningSession,
     keystore: Keystore,
     ticket: bytes,
     trust_anchor: bytes | None = None,
 ) -> tuple[Certificates, bytes]:
-    """Build and co-sign the CSR, submit it with the enrolment ticket, verify the answer.
+    """Build and co-sign the CSR, submit it with the enrolment ticket to the cosigner's public
+    edge (which forwards it to the RA with its attestation of the key), verify the answer.
 
     ``trust_anchor`` is the CA certificate the phone was provisioned with; without one, the CA
     certificate in the answer is trusted on first use (and should then be kept and pinned).
@@ -106,8 +107,8 @@ async def request_personal_certificate(
     """
     csr = await build_personal_csr(session, keystore)
     try:
-        reply = await gateway_pb2_grpc.GatewayServiceStub(gateway).RequestPersonalCertificate(
-            gateway_pb2.RequestPersonalCertificateRequest(ticket=ticket, csr=csr), timeout=30
+        reply = await cosigner_pb2_grpc.CosignerServiceStub(cosigner).RequestPersonalCertificate(
+            cosigner_pb2.RequestPersonalCertificateRequest(ticket=ticket, csr=csr), timeout=30
         )
     except grpc.aio.AioRpcError as exc:
         raise ClientError.from_rpc(exc) from None

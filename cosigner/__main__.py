@@ -9,8 +9,8 @@ from typing import Any
 from cosigner import config as cosigner_config
 from cosigner import servicer
 from cosigner.context import Cosigner
-from cosigner.gateway_client import Gateway
 from cosigner.hsm_proxy_client import Sealer
+from cosigner.ra_client import Registry
 from cosigner.repository import KeyStore
 from mobilesign.hosting import devpki, entrypoint, logs, serve
 from mobilesign.rpc import channels
@@ -27,12 +27,12 @@ async def _main(
     resources.push_async_callback(store.close)
     hsm_channel = channels.mutual_tls(cfg.hsm_proxy, credential, "hsm-proxy")
     resources.push_async_callback(hsm_channel.close)
-    gateway_channel = channels.mutual_tls(cfg.gateway, credential, "gateway")
-    resources.push_async_callback(gateway_channel.close)
+    ra_channel = channels.mutual_tls(cfg.ra, credential, "ra")
+    resources.push_async_callback(ra_channel.close)
     cosigner = Cosigner(
         store=store,
         sealer=Sealer(hsm_channel),
-        gateway=Gateway(gateway_channel),
+        registry=Registry(ra_channel),
         step_timeout=cfg.step_timeout_seconds,
         max_pin_attempts=cfg.max_pin_attempts,
     )

@@ -17,8 +17,8 @@ class CosignerConfig:
     #: Public listener (server TLS): phones.
     public_listen: str = "127.0.0.1:9443"
     hsm_proxy: str = "127.0.0.1:50051"
-    #: The gateway, asked for the public key that verifies enrolment tickets.
-    gateway: str = "127.0.0.1:50053"
+    #: The RA: the key that verifies enrolment tickets, certificate status, certification.
+    ra: str = "127.0.0.1:50054"
     #: Seconds the cosigner waits for each protocol step before ending the stream.
     step_timeout_seconds: float = 30.0
     #: Consecutive wrong PIN proofs after which a key is locked until an operator unlocks it.

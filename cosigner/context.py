@@ -1,4 +1,4 @@
-"""What the cosigner's protocol handlers share: storage, the HSM, the gateway, settings."""
+"""What the cosigner's protocol handlers share: storage, the HSM, the RA, settings."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import asyncio
 import weakref
 from dataclasses import dataclass, field
 
-from cosigner.gateway_client import Gateway
 from cosigner.hsm_proxy_client import Sealer
+from cosigner.ra_client import Registry
 from cosigner.repository import KeyStore
 from mobilesign import domains
 
@@ -32,7 +32,7 @@ class Cosigner:
 
     store: KeyStore
     sealer: Sealer
-    gateway: Gateway
+    registry: Registry
     step_timeout: float
     max_pin_attempts: int
     #: At most one PIN proof per key is checked at a time.

@@ -32,7 +32,7 @@ async def enrol(
     _, request = await stream.read("start")
     start = request.start
     scheme = wire.scheme_from_proto(start.scheme)
-    claims = tickets.verify(start.ticket, await cosigner.gateway.ticket_key(), int(time.time()))
+    claims = tickets.verify(start.ticket, await cosigner.registry.ticket_key(), int(time.time()))
     if await cosigner.store.ticket_used(claims.ticket_id):
         raise _ticket_used()
     device_key = deviceauth.load_device_key(start.device_public_key)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import grpc
 
-from cosigner import enrolment, signing
+from cosigner import certification, enrolment, signing
 from cosigner.context import Cosigner
 from cosigner.errors import CosignerError
 from cosigner.stream import StepStream
@@ -24,6 +25,8 @@ POLICY = access.AccessPolicy(
         # Phones have no client certificate: they prove themselves inside the protocol.
         "KeyGen": access.ANYONE,
         "Sign": access.ANYONE,
+        # The joint CSR's signature and the ticket are the proof; the RA checks them again.
+        "RequestPersonalCertificate": access.ANYONE,
         "GetKey": frozenset({"gateway", "admin"}),
         "UnlockKey": frozenset({"admin"}),
     }
@@ -63,6 +66,13 @@ class CosignerServicer(cosigner_pb2_grpc.CosignerServiceServicer):
                 records.KeyAttestation(key.key_id, key.user_id, key.ticket_id).encode(),
                 records.KEY_ATTESTATION_AAD,
             ),
+        )
+
+    async def RequestPersonalCertificate(
+        self, request: pb.RequestPersonalCertificateRequest, context: _Context
+    ) -> pb.RequestPersonalCertificateResponse:
+        return await certification.request_certificate(
+            self._cosigner, request.ticket, request.csr, int(time.time())
         )
 
     async def UnlockKey(

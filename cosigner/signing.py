@@ -54,7 +54,7 @@ async def _key(cosigner: Cosigner, key_id: str, scheme: twoparty.Scheme) -> Stor
         raise CosignerError(Kind.INVALID, "SCHEME_MISMATCH", "the key has another scheme")
     if key.locked:
         raise _locked()
-    if await cosigner.gateway.key_revoked(key.key_id):
+    if await cosigner.registry.key_revoked(key.key_id):
         raise CosignerError(
             Kind.DENIED, "CERTIFICATE_REVOKED", "the key's certificate has been revoked"
         )

@@ -130,7 +130,10 @@ def verify(signed: bytes, public_keys: Iterable[ec.EllipticCurvePublicKey]) -> S
         message = gateway_pb2.GrantStatement.FromString(envelope.statement)
     except DecodeError:
         raise _malformed() from None
-    # One encoding per statement: what is verified is what the RA would have produced.
+    # One encoding per statement: what is verified is what the RA would have produced. Unknown
+    # fields are dropped first (protobuf keeps and re-emits them): a field this code does not
+    # know, perhaps a restriction added later, must not be silently ignored.
+    message.DiscardUnknownFields()
     if message.SerializeToString(deterministic=True) != envelope.statement:
         raise _malformed()
     digest = signing_digest(envelope.statement)

@@ -1,8 +1,8 @@
-"""Enrolment tickets: the gateway issues them, the cosigner verifies them.
+"""Enrolment tickets: the RA issues them, the cosigner and the RA verify them.
 
 A ticket is a serialized ``SignedEnrolmentTicket``: the exact bytes of the claims and an ECDSA
 P-256 / SHA-256 signature over ``"mobilesign/v1 enrolment-ticket" || 0x00 || claims`` by the
-gateway's ticket key, which lives in the HSM. Single use is enforced by the cosigner, which
+RA's ticket key, which lives in the HSM. Single use is enforced by the cosigner, which
 consumes the ticket id in the same transaction that stores the new key.
 """
 
@@ -18,11 +18,11 @@ from google.protobuf.message import DecodeError
 
 from mobilesign import domains, ids
 from mobilesign.errors import Error, Kind
-from mobilesign.v1 import gateway_pb2
+from mobilesign.v1 import ra_pb2
 
 AUDIENCE = "cosigner"
 MAX_TICKET_BYTES = 2048
-#: Tolerated difference between the gateway's and the cosigner's clocks.
+#: Tolerated difference between the RA's and the cosigner's clocks.
 CLOCK_SKEW_SECONDS = 60
 
 
@@ -39,6 +39,8 @@ class Claims:
     user_id: str
     issued_at: int
     expires_at: int
+    #: The user may hold this key besides others already certified.
+    additional_key: bool
 
 
 def signing_digest(claims: bytes) -> bytes:
@@ -48,18 +50,19 @@ def signing_digest(claims: bytes) -> bytes:
 
 def encode(claims: Claims) -> bytes:
     """The claims' bytes, to be signed."""
-    return gateway_pb2.EnrolmentTicketClaims(
+    return ra_pb2.EnrolmentTicketClaims(
         ticket_id=claims.ticket_id,
         user_id=claims.user_id,
         issued_at_unix=claims.issued_at,
         expires_at_unix=claims.expires_at,
         audience=AUDIENCE,
+        additional_key=claims.additional_key,
     ).SerializeToString(deterministic=True)
 
 
 def assemble(claims: bytes, signature: bytes) -> bytes:
     """The ticket handed to the phone."""
-    return gateway_pb2.SignedEnrolmentTicket(claims=claims, signature=signature).SerializeToString(
+    return ra_pb2.SignedEnrolmentTicket(claims=claims, signature=signature).SerializeToString(
         deterministic=True
     )
 
@@ -69,8 +72,8 @@ def verify(ticket: bytes, public_key: ec.EllipticCurvePublicKey, now: int) -> Cl
     if not ticket or len(ticket) > MAX_TICKET_BYTES:
         raise TicketError(Kind.INVALID, "TICKET_MALFORMED", "the enrolment ticket is malformed")
     try:
-        signed = gateway_pb2.SignedEnrolmentTicket.FromString(ticket)
-        claims = gateway_pb2.EnrolmentTicketClaims.FromString(signed.claims)
+        signed = ra_pb2.SignedEnrolmentTicket.FromString(ticket)
+        claims = ra_pb2.EnrolmentTicketClaims.FromString(signed.claims)
     except DecodeError:
         raise TicketError(
             Kind.INVALID, "TICKET_MALFORMED", "the enrolment ticket is malformed"
@@ -85,9 +88,15 @@ def verify(ticket: bytes, public_key: ec.EllipticCurvePublicKey, now: int) -> Cl
         raise TicketError(
             Kind.DENIED, "TICKET_FORGED", "the enrolment ticket's signature is invalid"
         ) from None
-    well_formed = ids.TICKET_ID.matches(claims.ticket_id) and claims.user_id
+    well_formed = ids.TICKET_ID.matches(claims.ticket_id) and ids.USER_ID.matches(claims.user_id)
     if claims.audience != AUDIENCE or not well_formed:
         raise TicketError(Kind.INVALID, "TICKET_MALFORMED", "the enrolment ticket is malformed")
     if not claims.issued_at_unix - CLOCK_SKEW_SECONDS <= now < claims.expires_at_unix:
         raise TicketError(Kind.DENIED, "TICKET_EXPIRED", "the enrolment ticket has expired")
-    return Claims(claims.ticket_id, claims.user_id, claims.issued_at_unix, claims.expires_at_unix)
+    return Claims(
+        claims.ticket_id,
+        claims.user_id,
+        claims.issued_at_unix,
+        claims.expires_at_unix,
+        claims.additional_key,
+    )

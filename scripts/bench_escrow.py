@@ -27,7 +27,7 @@ from pathlib import Path
 import client
 from hsm_proxy import keys, token
 from hsm_proxy.config import HsmProxyConfig
-from mobilesign.v1 import gateway_pb2, gateway_pb2_grpc
+from mobilesign.v1 import gateway_pb2, gateway_pb2_grpc, ra_pb2, ra_pb2_grpc
 from scripts.bench_common import Row, Section, Table, ms, ratio
 from scripts.bench_loopback import PIN, Loopback, _drive
 
@@ -108,17 +108,17 @@ async def _phone(env: Loopback, index: int, key_id: str, trust: client.TrustAnch
     deployment = env.deployment
     user_id = f"escrow-bench-{index:03d}"
     async with deployment.channel("gateway", "admin") as admin_channel:
-        admin = gateway_pb2_grpc.AdminServiceStub(admin_channel)
-        await admin.CreateUser(gateway_pb2.CreateUserRequest(user_id=user_id))
+        admin = ra_pb2_grpc.AdminServiceStub(admin_channel)
+        await admin.CreateUser(ra_pb2.CreateUserRequest(user_id=user_id))
         ticket = (
             await admin.IssueEnrolmentTicket(
-                gateway_pb2.IssueEnrolmentTicketRequest(user_id=user_id, ttl_seconds=600)
+                ra_pb2.IssueEnrolmentTicketRequest(user_id=user_id, ttl_seconds=600)
             )
         ).ticket
         now = int(time.time())
         grant = (
             await admin.CreateGrant(
-                gateway_pb2.CreateGrantRequest(
+                ra_pb2.CreateGrantRequest(
                     user_id=user_id,
                     key_id=key_id,
                     operations=[gateway_pb2.OPERATION_SIGN_DIGEST],
@@ -167,13 +167,13 @@ async def organisation_key_uses(env: Loopback, config: EscrowConfig | None = Non
         "checkpoint, HSM check and signature, receipt)",
     )
     async with env.deployment.channel("gateway", "admin") as admin_channel:
-        admin = gateway_pb2_grpc.AdminServiceStub(admin_channel)
+        admin = ra_pb2_grpc.AdminServiceStub(admin_channel)
         await admin.CreateOrganisation(
-            gateway_pb2.CreateOrganisationRequest(organisation_id="bench", name="Bench Org")
+            ra_pb2.CreateOrganisationRequest(organisation_id="bench", name="Bench Org")
         )
         key = (
             await admin.CreateOrganisationKey(
-                gateway_pb2.CreateOrganisationKeyRequest(
+                ra_pb2.CreateOrganisationKeyRequest(
                     organisation_id="bench",
                     label="bench-seal",
                     algorithm=gateway_pb2.ORGANISATION_KEY_ALGORITHM_EC_P256,

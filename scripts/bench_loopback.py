@@ -26,7 +26,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 import client
 from mobilesign.testing import Deployment
-from mobilesign.v1 import gateway_pb2, gateway_pb2_grpc
+from mobilesign.v1 import ra_pb2, ra_pb2_grpc
 from scripts.bench_common import (
     Distribution,
     Row,
@@ -101,16 +101,16 @@ class Loopback:
 
     async def _ensure_user(self, user_id: str) -> None:
         if user_id not in self.users:
-            await gateway_pb2_grpc.AdminServiceStub(self._admin).CreateUser(
-                gateway_pb2.CreateUserRequest(user_id=user_id, display_name=f"Bench {user_id}")
+            await ra_pb2_grpc.AdminServiceStub(self._admin).CreateUser(
+                ra_pb2.CreateUserRequest(user_id=user_id, display_name=f"Bench {user_id}")
             )
             self.users.add(user_id)
 
     async def _enrol(self, i: int) -> client.Keystore:
-        admin = gateway_pb2_grpc.AdminServiceStub(self._admin)
+        admin = ra_pb2_grpc.AdminServiceStub(self._admin)
         user_id = self._user(i)
         ticket = await admin.IssueEnrolmentTicket(
-            gateway_pb2.IssueEnrolmentTicketRequest(user_id=user_id, ttl_seconds=600)
+            ra_pb2.IssueEnrolmentTicketRequest(user_id=user_id, ttl_seconds=600)
         )
         started = time.perf_counter()
         keystore = await client.enrol(self.channel(i), ticket.ticket, PIN)

@@ -1,6 +1,7 @@
 """``make demo``: the whole flow on one machine, on embedded defaults.
 
-Starts the three services as separate processes (mutual TLS between them), then:
+Starts the four services (HSM proxy, RA, gateway, cosigner) as separate processes (mutual TLS
+between them), then:
 
 1. S1: creates an organisation and an organisation key in the SoftHSM2 token; the HSM signs its
    CSR and the CA (key also in the HSM) issues the organisation certificate (``org.pem``,
@@ -34,7 +35,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 import client
 from mobilesign.testing import Deployment
-from mobilesign.v1 import gateway_pb2, gateway_pb2_grpc
+from mobilesign.v1 import gateway_pb2, gateway_pb2_grpc, ra_pb2, ra_pb2_grpc
 
 _MARKER = ".mobilesign-demo-state"
 DEMO_PIN = "246810"
@@ -77,14 +78,14 @@ async def organisation_certificate(
 ) -> tuple[gateway_pb2.OrganisationKey, gateway_pb2.OrganisationKey]:
     """S1: organisation keys in the HSM, their CSRs signed inside the HSM, their certificates."""
     _step("S1: organisation keys in the HSM and their certificates (gateway RA/CA)")
-    async with deployment.channel("gateway", "admin") as channel:
-        admin = gateway_pb2_grpc.AdminServiceStub(channel)
+    async with deployment.channel("ra", "admin") as channel:
+        admin = ra_pb2_grpc.AdminServiceStub(channel)
         await admin.CreateOrganisation(
-            gateway_pb2.CreateOrganisationRequest(organisation_id="acme", name="ACME Trading Ltd")
+            ra_pb2.CreateOrganisationRequest(organisation_id="acme", name="ACME Trading Ltd")
         )
         seal = (
             await admin.CreateOrganisationKey(
-                gateway_pb2.CreateOrganisationKeyRequest(
+                ra_pb2.CreateOrganisationKeyRequest(
                     organisation_id="acme",
                     label="acme-seal",
                     algorithm=gateway_pb2.ORGANISATION_KEY_ALGORITHM_EC_P256,
@@ -93,7 +94,7 @@ async def organisation_certificate(
         ).key
         encryption = (
             await admin.CreateOrganisationKey(
-                gateway_pb2.CreateOrganisationKeyRequest(
+                ra_pb2.CreateOrganisationKeyRequest(
                     organisation_id="acme",
                     label="acme-encryption",
                     algorithm=gateway_pb2.ORGANISATION_KEY_ALGORITHM_RSA_2048,
@@ -101,7 +102,7 @@ async def organisation_certificate(
             )
         ).key
         ca_der = (
-            await gateway_pb2_grpc.GatewayServiceStub(channel).GetCaCertificate(
+            await ra_pb2_grpc.RegistrationServiceStub(channel).GetCaCertificate(
                 gateway_pb2.GetCaCertificateRequest()
             )
         ).certificate
@@ -126,15 +127,15 @@ async def organisation_certificate(
 async def joint_signature(deployment: Deployment, out: Path) -> client.Keystore:
     """S2 and the two-party signature: enrol a phone, sign with phone and cosigner together."""
     _step("Enrol a user's phone with the cosigner (two-party FROST key generation)")
-    async with deployment.channel("gateway", "admin") as channel:
-        admin = gateway_pb2_grpc.AdminServiceStub(channel)
+    async with deployment.channel("ra", "admin") as channel:
+        admin = ra_pb2_grpc.AdminServiceStub(channel)
         await admin.CreateUser(
-            gateway_pb2.CreateUserRequest(user_id="alice", display_name="Alice Martin")
+            ra_pb2.CreateUserRequest(user_id="alice", display_name="Alice Martin")
         )
         ticket = await admin.IssueEnrolmentTicket(
-            gateway_pb2.IssueEnrolmentTicketRequest(user_id="alice", ttl_seconds=600)
+            ra_pb2.IssueEnrolmentTicketRequest(user_id="alice", ttl_seconds=600)
         )
-    print(f"gateway issued enrolment ticket {ticket.ticket_id} for alice")
+    print(f"RA issued enrolment ticket {ticket.ticket_id} for alice")
     async with deployment.public_channel("cosigner") as channel:
         keystore = await client.enrol(channel, ticket.ticket, DEMO_PIN)
         print(f"joint key {keystore.key_id}: phone holds share 1, cosigner holds share 2")
@@ -151,7 +152,7 @@ async def joint_signature(deployment: Deployment, out: Path) -> client.Keystore:
                     serialization.Encoding.DER
                 )
                 certificates, csr = await client.request_personal_certificate(
-                    gateway, session, keystore, ticket.ticket, trust_anchor=ca_der
+                    channel, session, keystore, ticket.ticket, trust_anchor=ca_der
                 )
                 crl = (
                     await gateway_pb2_grpc.GatewayServiceStub(gateway).GetCrl(
@@ -207,8 +208,8 @@ async def escrowed_use(
     """S3 to S5: grants, co-signed service records, HSM-checked use, receipts, the log."""
     _step("S3/S4: the administrator grants alice the organisation keys")
     now = int(time.time())
-    async with deployment.channel("gateway", "admin") as channel:
-        admin = gateway_pb2_grpc.AdminServiceStub(channel)
+    async with deployment.channel("ra", "admin") as channel:
+        admin = ra_pb2_grpc.AdminServiceStub(channel)
         grants = {}
         for key, operation in (
             (seal, gateway_pb2.OPERATION_SIGN_DIGEST),
@@ -216,7 +217,7 @@ async def escrowed_use(
         ):
             grant = (
                 await admin.CreateGrant(
-                    gateway_pb2.CreateGrantRequest(
+                    ra_pb2.CreateGrantRequest(
                         user_id="alice",
                         key_id=key.key_id,
                         operations=[operation],

@@ -1,2 +1,3 @@
-"""The signing gateway: user registry, enrolment tickets, and (later) authorisation, service
-records and the audit log. Runs as ``python -m server``."""
+"""The signing gateway: phone sessions, service records, the audit log and receipts. It asks the
+RA about certificates and grants, and the HSM proxy to witness the log and use organisation keys.
+Runs as ``python -m server``."""

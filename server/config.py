@@ -18,16 +18,7 @@ class GatewayConfig:
     public_listen: str = "127.0.0.1:8443"
     hsm_proxy: str = "127.0.0.1:50051"
     cosigner: str = "127.0.0.1:50052"
-    #: Label of the gateway's ticket-signing key (a service key in the HSM).
-    ticket_key_label: str = "gateway-tickets"
-    default_ticket_ttl_seconds: int = 86_400
-    #: Label of the CA key (EC P-256, purpose CA) in the HSM.
-    ca_key_label: str = "mobilesign-root-ca"
-    #: O= of the CA certificate.
-    ca_organisation: str = "mobilesign"
-    #: Where relying parties fetch the CRL (written into every certificate).
-    crl_url: str = "http://pki.mobilesign.invalid/crl/root.crl"
-    certificate_validity_days: int = 365
+    ra: str = "127.0.0.1:50054"
     max_message_bytes: int = 256 * 1024
     max_concurrent_rpcs: int = 1024
     grace_seconds: float = 5.0

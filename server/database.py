@@ -1,4 +1,5 @@
-"""The gateway's database: one SQLite file, one schema history, several repositories."""
+"""The gateway's database: one SQLite file, one schema history (sessions; the ledger is a file
+of its own)."""
 
 from __future__ import annotations
 
@@ -44,6 +45,14 @@ MIGRATIONS = (
         user_id TEXT NOT NULL,
         expires_at INTEGER NOT NULL
     )
+    """,
+    # Users, tickets and organisations belong to the RA now (its own database); the gateway
+    # keeps no copy, so that nothing it holds can speak for identity.
+    """
+    DROP TABLE organisation_keys;
+    DROP TABLE organisations;
+    DROP TABLE tickets;
+    DROP TABLE users
     """,
 )
 

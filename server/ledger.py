@@ -1,4 +1,5 @@
-"""The gateway's ledger: grants and their quotas, service records, and the audit log.
+"""The gateway's ledger: its copy of the RA's grants with its count of their uses, service
+records, and the audit log.
 
 One SQLite file with its own connection, and one lock: the steps that must be atomic (consume
 quota, append the co-signed record to the log, mark the record logged) happen in one
@@ -61,6 +62,10 @@ _MIGRATIONS = (
         created_at INTEGER NOT NULL
     )
     """,
+    # Grants are the RA's, signed; the ledger keeps the signed bytes for the HSM proxy.
+    """
+    ALTER TABLE grants ADD COLUMN signed_grant BLOB NOT NULL DEFAULT x''
+    """,
 )
 
 
@@ -84,6 +89,8 @@ class GrantRow:
     revoked: bool
     used_total: int
     used_today: int
+    #: The RA's SignedGrant bytes.
+    signed_grant: bytes
 
 
 @dataclass(frozen=True)
@@ -145,12 +152,15 @@ class Ledger:
             self._nodes[(level, index)] = value
 
     # Grants ------------------------------------------------------------------------------
-    async def create_grant(self, grant: GrantRow, now: int) -> None:
-        """Store a new grant."""
+    async def remember_grant(self, grant: GrantRow, now: float) -> GrantRow:
+        """Keep the RA's grant (once; a revocation the RA reports is kept too, and never
+        undone) and return it with the ledger's counts of its uses (today: ``now``'s UTC day)."""
         async with self._lock:
             await self._db.execute(
                 "INSERT INTO grants (grant_id, user_id, key_id, operations, not_before, not_after,"
-                " quota_total, quota_daily, purpose, created_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
+                " quota_total, quota_daily, purpose, created_at, revoked_at, signed_grant)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (grant_id) DO UPDATE SET"
+                " revoked_at = COALESCE(grants.revoked_at, excluded.revoked_at)",
                 (
                     grant.grant_id,
                     grant.user_id,
@@ -161,9 +171,25 @@ class Ledger:
                     grant.quota_total,
                     grant.quota_daily,
                     grant.purpose,
-                    now,
+                    int(now),
+                    int(now) if grant.revoked else None,
+                    grant.signed_grant,
                 ),
             )
+        found = await self.grant(grant.grant_id, now)
+        assert found is not None
+        return found
+
+    async def signed_grant(self, grant_id: str) -> bytes:
+        """The RA's signed bytes of a grant the ledger keeps."""
+        async with (
+            self._lock,
+            self._db.execute(
+                "SELECT signed_grant FROM grants WHERE grant_id = ?", (grant_id,)
+            ) as cursor,
+        ):
+            row = await cursor.fetchone()
+        return bytes(row["signed_grant"]) if row else b""
 
     def _grant(self, row: aiosqlite.Row, used_today: int) -> GrantRow:
         return GrantRow(
@@ -179,26 +205,12 @@ class Ledger:
             revoked=row["revoked_at"] is not None,
             used_total=row["used_total"],
             used_today=used_today,
+            signed_grant=bytes(row["signed_grant"]),
         )
 
-    async def grants(self, user_id: str = "", key_id: str = "") -> list[GrantRow]:
-        """Grants, optionally of one user and/or one key, oldest first."""
-        day = utc_day(time.time())
-        async with (
-            self._lock,
-            self._db.execute(
-                "SELECT g.*, COALESCE(d.used, 0) AS used_today FROM grants g"
-                " LEFT JOIN grant_days d ON d.grant_id = g.grant_id AND d.day = ?"
-                " WHERE (? = '' OR g.user_id = ?) AND (? = '' OR g.key_id = ?)"
-                " ORDER BY g.created_at, g.grant_id",
-                (day, user_id, user_id, key_id, key_id),
-            ) as cursor,
-        ):
-            return [self._grant(row, row["used_today"]) for row in await cursor.fetchall()]
-
-    async def grant(self, grant_id: str) -> GrantRow | None:
-        """One grant, or None."""
-        day = utc_day(time.time())
+    async def grant(self, grant_id: str, now: float) -> GrantRow | None:
+        """One grant with its uses so far (in total, and on the UTC day of ``now``), or None."""
+        day = utc_day(now)
         async with (
             self._lock,
             self._db.execute(
@@ -210,18 +222,6 @@ class Ledger:
         ):
             row = await cursor.fetchone()
         return self._grant(row, row["used_today"]) if row else None
-
-    async def revoke_grant(self, grant_id: str, now: int) -> bool:
-        """End a grant; False when there is no such (unrevoked) grant."""
-        async with (
-            self._lock,
-            self._db.execute(
-                "UPDATE grants SET revoked_at = ? WHERE grant_id = ? AND revoked_at IS NULL"
-                " RETURNING 1",
-                (now, grant_id),
-            ) as cursor,
-        ):
-            return await cursor.fetchone() is not None
 
     # Records -----------------------------------------------------------------------------
     async def add_record(

@@ -1,13 +1,18 @@
-"""Use of organisation keys (flows S3 and S4): grants, service records, execution.
+"""Use of organisation keys (flows S3 and S4): service records and their execution.
 
 Order of a use, each step durable before the next: the gateway checks the certificate and the
-grant and fixes the record's bytes (prepare); the user co-signs them; the gateway verifies that
-signature, then in one transaction consumes quota and appends the co-signed record to the audit
-log; the HSM proxy, as the log's witness, signs a checkpoint of a tree that includes it (one
-checkpoint serves every use logged before it); only then does the gateway ask the proxy to use
-the key, and the proxy checks the record again next to the key, with its inclusion under that
-checkpoint; the outcome is logged; the result goes back with a receipt. No record in the log, no
+grant (the RA's answers) and fixes the record's bytes (prepare); the user co-signs them; the
+gateway verifies that signature, then in one transaction consumes quota and appends the
+co-signed record to the audit log; the HSM proxy, as the log's witness, signs a checkpoint of a
+tree that includes it (one checkpoint serves every use logged before it); only then does the
+gateway ask the proxy to use the key, and the proxy checks the record again next to the key,
+with its inclusion under that checkpoint, and the RA's signed grant, whose uses it counts
+itself; the outcome is logged; the result goes back with a receipt. No record in the log, no
 service.
+
+The gateway counts each grant's uses too, in the transaction that logs the record, so that a use
+beyond the quota is refused before it reaches the log; the HSM proxy's count is the one that
+holds if the gateway does not.
 """
 
 from __future__ import annotations
@@ -17,15 +22,13 @@ import hashlib
 import secrets
 import time
 import weakref
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from mobilesign import ids, records
-from mobilesign.ca import CertificateAuthority
+from mobilesign import grants, ids, records
 from mobilesign.errors import Kind
 from mobilesign.v1 import gateway_pb2, hsm_pb2
 from server.audit import AuditLog
@@ -33,45 +36,31 @@ from server.cosigner_client import CosignerClient
 from server.errors import GatewayError
 from server.hsm_proxy_client import HsmClient
 from server.ledger import GrantRow, Ledger, QuotaExceeded
-from server.organisations import OrganisationStore
+from server.ra_client import Registry
 from server.sessions import Session
-from server.users import UserStore
 
 #: A prepared record must be signed and executed within this time (the HSM proxy's window).
 RECORD_LIFETIME_SECONDS = 240
-MAX_GRANT_QUOTA = 1_000_000
 
-_OPERATION_NAMES = {
-    gateway_pb2.OPERATION_SIGN_DIGEST: "sign",
-    gateway_pb2.OPERATION_DECRYPT: "decrypt",
-}
-_OPERATION_VALUES = {v: k for k, v in _OPERATION_NAMES.items()}
 _RETRYABLE = frozenset({Kind.EXHAUSTED, Kind.UNAVAILABLE})
 
 
-def operation_name(value: int) -> str:
-    """The operation an API enum value names (``sign`` or ``decrypt``); INVALID otherwise."""
-    name = _OPERATION_NAMES.get(gateway_pb2.Operation.ValueType(value))
-    if name is None:
-        raise GatewayError(Kind.INVALID, "OPERATION_INVALID", "unknown operation")
-    return name
-
-
-def grant_message(grant: GrantRow) -> gateway_pb2.Grant:
-    """A grant as the API shows it."""
-    return gateway_pb2.Grant(
+def _row(grant: gateway_pb2.Grant) -> GrantRow:
+    """The RA's grant as the ledger keeps it (its own counts start at zero)."""
+    return GrantRow(
         grant_id=grant.grant_id,
         user_id=grant.user_id,
         key_id=grant.key_id,
-        operations=[_OPERATION_VALUES[name] for name in grant.operations],
-        not_before_unix=grant.not_before,
-        not_after_unix=grant.not_after,
+        operations=tuple(grants.operation_name(op) for op in grant.operations),
+        not_before=grant.not_before_unix,
+        not_after=grant.not_after_unix,
         quota_total=grant.quota_total,
         quota_daily=grant.quota_daily,
         purpose=grant.purpose,
-        used_total=grant.used_total,
-        used_today=grant.used_today,
         revoked=grant.revoked,
+        used_total=0,
+        used_today=0,
+        signed_grant=grant.signed_grant,
     )
 
 
@@ -84,7 +73,7 @@ class Executed:
 
 
 class Operations:
-    """Grants, and the prepare/execute exchange of an organisation-key use."""
+    """The prepare/execute exchange of an organisation-key use."""
 
     def __init__(
         self,
@@ -92,17 +81,13 @@ class Operations:
         ledger: Ledger,
         audit: AuditLog,
         hsm: HsmClient,
-        ca: CertificateAuthority,
-        users: UserStore,
-        organisations: OrganisationStore,
+        registry: Registry,
         cosigner: CosignerClient,
     ) -> None:
         self._ledger = ledger
         self._audit = audit
         self._hsm = hsm
-        self._ca = ca
-        self._users = users
-        self._organisations = organisations
+        self._registry = registry
         self._cosigner = cosigner
         # The cosigner's attestation of each user key, asked for once.
         self._attestations: dict[str, bytes] = {}
@@ -110,88 +95,27 @@ class Operations:
             weakref.WeakValueDictionary()
         )
 
-    @property
-    def ledger(self) -> Ledger:
-        """The ledger holding grants, records and the log."""
-        return self._ledger
-
-    # Grants ------------------------------------------------------------------------------
-    async def create_grant(
-        self,
-        *,
-        user_id: str,
-        key_id: str,
-        operations: Sequence[str],
-        not_before: int,
-        not_after: int,
-        quota_total: int,
-        quota_daily: int,
-        purpose: str,
-    ) -> GrantRow:
-        """Check and store a new grant (operations named as by :func:`operation_name`)."""
-        await self._users.get(user_id)
-        key = await self._organisations.key(key_id)
-        if key is None:
-            raise GatewayError(
-                Kind.NOT_FOUND, "ORGANISATION_KEY_NOT_FOUND", "no such organisation key"
-            )
-        names = []
-        for name in operations:
-            if name not in _OPERATION_VALUES:
-                raise GatewayError(Kind.INVALID, "OPERATION_INVALID", "unknown operation")
-            if name == "decrypt" and key.algorithm == hsm_pb2.KEY_ALGORITHM_EC_P256:
-                raise GatewayError(
-                    Kind.INVALID, "OPERATION_INVALID", "EC organisation keys do not decrypt"
-                )
-            if name not in names:
-                names.append(name)
-        if not names:
-            raise GatewayError(
-                Kind.INVALID, "OPERATION_INVALID", "a grant allows at least one operation"
-            )
-        if not 0 <= not_before < not_after:
-            raise GatewayError(Kind.INVALID, "WINDOW_INVALID", "the validity window is empty")
-        if not (0 < quota_daily <= MAX_GRANT_QUOTA and 0 < quota_total <= MAX_GRANT_QUOTA):
-            raise GatewayError(Kind.INVALID, "QUOTA_INVALID", f"quotas are 1 to {MAX_GRANT_QUOTA}")
-        if len(purpose) > records.MAX_PURPOSE:
-            raise GatewayError(
-                Kind.INVALID, "PURPOSE_TOO_LONG", f"at most {records.MAX_PURPOSE} characters"
-            )
-        grant = GrantRow(
-            grant_id=secrets.token_hex(16),
-            user_id=user_id,
-            key_id=key_id,
-            operations=tuple(names),
-            not_before=not_before,
-            not_after=not_after,
-            quota_total=quota_total,
-            quota_daily=quota_daily,
-            purpose=purpose,
-            revoked=False,
-            used_total=0,
-            used_today=0,
-        )
-        await self._ledger.create_grant(grant, int(time.time()))
-        return grant
-
     async def _usable_grant(self, grant_id: str, session: Session, operation: str) -> GrantRow:
-        grant = await self._ledger.grant(grant_id) if ids.GRANT_ID.matches(grant_id) else None
+        """The RA's grant (its revocation as the RA says now) with the ledger's count of it,
+        refused unless the session's user may use it for ``operation`` now."""
+        grant = await self._registry.grant(grant_id) if ids.GRANT_ID.matches(grant_id) else None
         if grant is None or grant.user_id != session.user_id:
             raise GatewayError(Kind.DENIED, "NO_GRANT", "the user has no such grant")
-        if grant.revoked:
-            raise GatewayError(Kind.DENIED, "GRANT_REVOKED", "the grant has been revoked")
         now = time.time()
-        if now < grant.not_before:
+        row = await self._ledger.remember_grant(_row(grant), now)
+        if row.revoked:
+            raise GatewayError(Kind.DENIED, "GRANT_REVOKED", "the grant has been revoked")
+        if now < row.not_before:
             raise GatewayError(Kind.DENIED, "GRANT_NOT_YET_VALID", "the grant is not valid yet")
-        if now >= grant.not_after:
+        if now >= row.not_after:
             raise GatewayError(Kind.DENIED, "GRANT_EXPIRED", "the grant has expired")
-        if operation not in grant.operations:
+        if operation not in row.operations:
             raise GatewayError(
                 Kind.DENIED, "OPERATION_NOT_GRANTED", "the grant does not allow this operation"
             )
-        if grant.used_total >= grant.quota_total or grant.used_today >= grant.quota_daily:
+        if row.used_total >= row.quota_total or row.used_today >= row.quota_daily:
             raise GatewayError(Kind.EXHAUSTED, "QUOTA_EXCEEDED", "the grant's quota is used up")
-        return grant
+        return row
 
     # Prepare -----------------------------------------------------------------------------
     async def prepare(
@@ -200,18 +124,22 @@ class Operations:
         """Check the grant and fix the record's bytes for ``operation`` (``sign`` or
         ``decrypt``) on ``data``; returns (record id, record)."""
         name = operation
-        if name not in _OPERATION_VALUES:
+        if name not in grants.OPERATIONS:
             raise GatewayError(Kind.INVALID, "OPERATION_INVALID", "unknown operation")
         if len(purpose) > records.MAX_PURPOSE:
             raise GatewayError(
                 Kind.INVALID, "PURPOSE_TOO_LONG", f"at most {records.MAX_PURPOSE} characters"
             )
         grant = await self._usable_grant(grant_id, session, name)
-        key = await self._organisations.key(grant.key_id)
-        organisation_certificate = await self._ca.current_for_key(grant.key_id)
-        if key is None or organisation_certificate is None:
-            raise GatewayError(Kind.PRECONDITION, "ORGANISATION_KEY_UNUSABLE", "no certificate")
-        if await self._ca.key_revoked(grant.key_id):
+        try:
+            key = await self._registry.organisation_key(grant.key_id)
+        except GatewayError as exc:
+            if exc.kind is not Kind.NOT_FOUND:
+                raise
+            raise GatewayError(
+                Kind.PRECONDITION, "ORGANISATION_KEY_UNUSABLE", "no certificate"
+            ) from None
+        if (await self._registry.key_status(grant.key_id)).revoked:
             raise GatewayError(
                 Kind.PRECONDITION,
                 "ORGANISATION_CERTIFICATE_REVOKED",
@@ -222,11 +150,11 @@ class Operations:
                 raise GatewayError(Kind.INVALID, "INPUT_INVALID", "sign a 32-byte SHA-256 digest")
             record_operation = (
                 records.Operation.SIGN_ECDSA_SHA256
-                if key.algorithm == hsm_pb2.KEY_ALGORITHM_EC_P256
+                if key.algorithm == gateway_pb2.ORGANISATION_KEY_ALGORITHM_EC_P256
                 else records.Operation.SIGN_RSA_PSS_SHA256
             )
         else:
-            size = 256 if key.algorithm == hsm_pb2.KEY_ALGORITHM_RSA_2048 else 384
+            size = 256 if key.algorithm == gateway_pb2.ORGANISATION_KEY_ALGORITHM_RSA_2048 else 384
             if len(data) != size:
                 raise GatewayError(
                     Kind.INVALID, "INPUT_INVALID", f"the ciphertext must be {size} bytes"
@@ -238,7 +166,7 @@ class Operations:
             user_key_id=session.user_key_id,
             certificate_serial=session.certificate.serial,
             organisation_key_id=grant.key_id,
-            organisation_certificate_sha256=hashlib.sha256(organisation_certificate.der).digest(),
+            organisation_certificate_sha256=hashlib.sha256(key.certificate).digest(),
             operation=record_operation,
             input_sha256=hashlib.sha256(data).digest(),
             purpose=purpose or grant.purpose,
@@ -281,7 +209,9 @@ class Operations:
                     "RECORD_ALREADY_EXECUTED",
                     "the record was executed; decrypted data is not kept",
                 )
-            _, receipt = await self._receipt(row.record, row.user_signature, row.entry_index)
+            _, receipt = await self._receipt(
+                session, row.record, row.user_signature, row.entry_index
+            )
             return Executed(row.result, receipt)
         if row.state == "failed":
             raise GatewayError(
@@ -296,8 +226,8 @@ class Operations:
             assert row.user_signature is not None
             entry_index, user_signature = row.entry_index, row.user_signature
         # The witnessed checkpoint comes first: the HSM proxy checks the record's inclusion.
-        tree_size, receipt = await self._receipt(row.record, user_signature, entry_index)
-        authorisation = await self._authorisation(receipt, tree_size, session)
+        tree_size, receipt = await self._receipt(session, row.record, user_signature, entry_index)
+        authorisation = await self._authorisation(receipt, tree_size, session, row.grant_id)
         result = await self._run(record, authorisation, data)
         return Executed(result, receipt)
 
@@ -337,10 +267,11 @@ class Operations:
         return index
 
     async def _authorisation(
-        self, receipt: gateway_pb2.Receipt, tree_size: int, session: Session
+        self, receipt: gateway_pb2.Receipt, tree_size: int, session: Session, grant_id: str
     ) -> hsm_pb2.OrganisationKeyAuthorisation:
-        """The co-signed record, its place in the witnessed log, the user's certificate and the
-        cosigner's attestation of the user's key: what the HSM proxy checks next to the key."""
+        """The co-signed record, its place in the witnessed log, the user's certificate, the
+        cosigner's attestation of the user's key and the RA's signed grant: what the HSM proxy
+        checks next to the key."""
         attestation = self._attestations.get(session.user_key_id)
         if attestation is None:
             key = await self._cosigner.key(session.user_key_id)
@@ -357,6 +288,7 @@ class Operations:
             entry_index=receipt.entry_index,
             tree_size=tree_size,
             inclusion_proof=receipt.inclusion_proof,
+            signed_grant=await self._ledger.signed_grant(grant_id),
         )
 
     async def _run(
@@ -401,22 +333,17 @@ class Operations:
         return result
 
     async def _receipt(
-        self, record: bytes, user_signature: bytes, entry_index: int
+        self, session: Session, record: bytes, user_signature: bytes, entry_index: int
     ) -> tuple[int, gateway_pb2.Receipt]:
         """(tree size, receipt) under a witnessed checkpoint that includes the record's entry."""
         size, note = await self._audit.checkpoint(covering=entry_index + 1)
         return size, gateway_pb2.Receipt(
             record=record,
             user_signature=user_signature,
-            user_certificate=(await self._certificate_of(record)),
+            # The record names this certificate: it was the session's when it was prepared.
+            user_certificate=session.certificate.der,
             entry_index=entry_index,
             entry=records.RecordEntry(record, user_signature).encode(),
             inclusion_proof=self._audit.inclusion_proof(entry_index, size),
             checkpoint=note,
         )
-
-    async def _certificate_of(self, encoded: bytes) -> bytes:
-        record = records.decode_record(encoded)
-        _status, certificate = await self._ca.status(record.certificate_serial)
-        assert certificate is not None
-        return certificate.der

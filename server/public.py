@@ -1,5 +1,6 @@
-"""The gateway's public RPCs (``mobilesign.v1.GatewayService``): certificates for phones and
-relying parties."""
+"""The gateway's public RPCs (``mobilesign.v1.GatewayService``): phone sessions, service records
+and the audit log, and the RA's certificates, CRL and organisation keys republished as the RA
+gave them."""
 
 from __future__ import annotations
 
@@ -7,23 +8,20 @@ from typing import Any
 
 import grpc
 
-from mobilesign import ids
-from mobilesign.ca import CertificateAuthority, Status
+from mobilesign import grants, ids
 from mobilesign.errors import Kind
 from mobilesign.hosting import access
 from mobilesign.v1 import gateway_pb2, gateway_pb2_grpc
 from server.audit import AuditLog
 from server.errors import GatewayError
-from server.operations import Operations, grant_message, operation_name
-from server.organisations import OrganisationStore, key_message
-from server.registration import RegistrationAuthority
+from server.operations import Operations
+from server.ra_client import Registry
 from server.sessions import Sessions
 
 SERVICE = "mobilesign.v1.GatewayService"
 
 POLICY = access.AccessPolicy(
     {
-        "RequestPersonalCertificate": access.ANYONE,
         "GetPersonalCertificate": access.ANYONE,
         "GetCaCertificate": access.ANYONE,
         "GetOrganisationKey": access.ANYONE,
@@ -43,102 +41,63 @@ POLICY = access.AccessPolicy(
     }
 )
 
-_REASON_VALUES = {
-    "key_compromise": gateway_pb2.REVOCATION_REASON_KEY_COMPROMISE,
-    "ca_compromise": gateway_pb2.REVOCATION_REASON_CA_COMPROMISE,
-    "affiliation_changed": gateway_pb2.REVOCATION_REASON_AFFILIATION_CHANGED,
-    "superseded": gateway_pb2.REVOCATION_REASON_SUPERSEDED,
-    "cessation_of_operation": gateway_pb2.REVOCATION_REASON_CESSATION_OF_OPERATION,
-    "privilege_withdrawn": gateway_pb2.REVOCATION_REASON_PRIVILEGE_WITHDRAWN,
-}
 _Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
-    """Certificate issuance for enrolled keys, and certificate publication."""
+    """Sessions, the prepare/execute exchange, the log, and the RA's public documents."""
 
     def __init__(
         self,
         *,
-        ca: CertificateAuthority,
-        ra: RegistrationAuthority,
-        organisations: OrganisationStore,
+        registry: Registry,
         sessions: Sessions,
         operations: Operations,
         audit: AuditLog,
     ) -> None:
-        self._ca = ca
-        self._ra = ra
-        self._organisations = organisations
+        self._registry = registry
         self._sessions = sessions
         self._operations = operations
         self._audit = audit
-
-    async def RequestPersonalCertificate(
-        self, request: gateway_pb2.RequestPersonalCertificateRequest, context: _Context
-    ) -> gateway_pb2.RequestPersonalCertificateResponse:
-        issued = await self._ra.request_personal_certificate(request.ticket, request.csr)
-        return gateway_pb2.RequestPersonalCertificateResponse(
-            certificate=issued.der, ca_certificate=self._ca.root_der
-        )
 
     async def GetPersonalCertificate(
         self, request: gateway_pb2.GetPersonalCertificateRequest, context: _Context
     ) -> gateway_pb2.GetPersonalCertificateResponse:
         ids.USER_KEY_ID.check(request.key_id)
-        record = await self._ca.current_for_key(request.key_id)
-        if record is None or record.kind != "personal":
+        status = await self._registry.key_status(request.key_id)
+        if not status.serial:
             raise GatewayError(
                 Kind.NOT_FOUND, "CERTIFICATE_NOT_FOUND", "no certificate for this key"
             )
         return gateway_pb2.GetPersonalCertificateResponse(
-            certificate=record.der, ca_certificate=self._ca.root_der
+            certificate=status.der, ca_certificate=await self._registry.ca_certificate()
         )
 
     async def GetCaCertificate(
         self, request: gateway_pb2.GetCaCertificateRequest, context: _Context
     ) -> gateway_pb2.GetCaCertificateResponse:
-        return gateway_pb2.GetCaCertificateResponse(certificate=self._ca.root_der)
+        return gateway_pb2.GetCaCertificateResponse(
+            certificate=await self._registry.ca_certificate()
+        )
 
     async def GetOrganisationKey(
         self, request: gateway_pb2.GetOrganisationKeyRequest, context: _Context
     ) -> gateway_pb2.GetOrganisationKeyResponse:
         ids.ORGANISATION_KEY_ID.check(request.key_id)
-        key = await self._organisations.key(request.key_id)
-        record = await self._ca.current_for_key(request.key_id)
-        if key is None or record is None or record.kind != "organisation":
-            raise GatewayError(
-                Kind.NOT_FOUND, "ORGANISATION_KEY_NOT_FOUND", "no such organisation key"
-            )
         return gateway_pb2.GetOrganisationKeyResponse(
-            key=key_message(key, record.der, record.serial)
+            key=await self._registry.organisation_key(request.key_id)
         )
 
     async def GetCrl(
         self, request: gateway_pb2.GetCrlRequest, context: _Context
     ) -> gateway_pb2.GetCrlResponse:
-        return gateway_pb2.GetCrlResponse(crl=await self._ca.crl())
+        return gateway_pb2.GetCrlResponse(crl=await self._registry.crl())
 
     async def GetCertificateStatus(
         self, request: gateway_pb2.GetCertificateStatusRequest, context: _Context
     ) -> gateway_pb2.GetCertificateStatusResponse:
         ids.CERTIFICATE_SERIAL.check(request.serial)
-        status, record = await self._ca.status(request.serial)
-        if status is Status.UNKNOWN:
-            return gateway_pb2.GetCertificateStatusResponse(
-                status=gateway_pb2.CERTIFICATE_STATUS_UNKNOWN
-            )
-        if status is Status.GOOD or record is None:
-            return gateway_pb2.GetCertificateStatusResponse(
-                status=gateway_pb2.CERTIFICATE_STATUS_GOOD
-            )
-        return gateway_pb2.GetCertificateStatusResponse(
-            status=gateway_pb2.CERTIFICATE_STATUS_REVOKED,
-            reason=_REASON_VALUES.get(
-                record.revocation_reason or "", gateway_pb2.REVOCATION_REASON_UNSPECIFIED
-            ),
-            revoked_at_unix=record.revoked_at or 0,
-        )
+        return await self._registry.certificate_status(request.serial)
 
     async def StartSession(
         self, request: gateway_pb2.StartSessionRequest, context: _Context
@@ -159,8 +118,9 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self, request: gateway_pb2.ListMyGrantsRequest, context: _Context
     ) -> gateway_pb2.ListMyGrantsResponse:
         session = await self._sessions.authenticate(context)
-        grants = await self._operations.ledger.grants(user_id=session.user_id)
-        return gateway_pb2.ListMyGrantsResponse(grants=[grant_message(g) for g in grants])
+        return gateway_pb2.ListMyGrantsResponse(
+            grants=await self._registry.grants_of(session.user_id)
+        )
 
     async def PrepareOperation(
         self, request: gateway_pb2.PrepareOperationRequest, context: _Context
@@ -169,7 +129,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         record_id, record = await self._operations.prepare(
             session,
             grant_id=request.grant_id,
-            operation=operation_name(request.operation),
+            operation=grants.operation_name(request.operation),
             data=request.input,
             purpose=request.purpose,
         )

@@ -18,10 +18,10 @@ import grpc
 from cryptography import x509
 
 from mobilesign import deviceauth, ids
-from mobilesign.ca import CertificateAuthority, CertificateRecord
 from mobilesign.errors import Kind
 from server.cosigner_client import CosignerClient
 from server.errors import GatewayError
+from server.ra_client import KeyStatus, Registry
 
 CHALLENGE_SECONDS = 60
 SESSION_SECONDS = 900
@@ -34,26 +34,27 @@ class Session:
 
     user_id: str
     user_key_id: str
-    certificate: CertificateRecord
+    certificate: KeyStatus
 
 
 class Sessions:
     """Challenges (in memory, single use) and session tokens (hashed, in the gateway DB)."""
 
     def __init__(
-        self, db: aiosqlite.Connection, ca: CertificateAuthority, cosigner: CosignerClient
+        self, db: aiosqlite.Connection, registry: Registry, cosigner: CosignerClient
     ) -> None:
         self._db = db
-        self._ca = ca
+        self._registry = registry
         self._cosigner = cosigner
         self._challenges: dict[tuple[str, bytes], float] = {}
 
-    async def certificate(self, user_key_id: str) -> CertificateRecord:
-        """The key's personal certificate, which must be valid now and never revoked."""
-        record = await self._ca.current_for_key(user_key_id)
-        if record is None or record.kind != "personal":
+    async def certificate(self, user_key_id: str) -> KeyStatus:
+        """The key's personal certificate (the RA's answer), which must be valid now and never
+        revoked."""
+        record = await self._registry.key_status(user_key_id)
+        if not record.serial:
             raise GatewayError(Kind.DENIED, "NO_CERTIFICATE", "the key has no certificate")
-        if await self._ca.key_revoked(user_key_id):
+        if record.revoked:
             raise GatewayError(
                 Kind.DENIED,
                 "CERTIFICATE_REVOKED",

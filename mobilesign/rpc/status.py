@@ -9,13 +9,15 @@ callee's refusal turns its code back into a kind with :func:`kind_of`.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 
-from mobilesign.errors import Kind
+from mobilesign.errors import Error, Kind
+
+E = TypeVar("E", bound=Error)
 
 DOMAIN = "mobilesign.v1"
 _DETAILS_KEY = "grpc-status-details-bin"
@@ -89,3 +91,15 @@ def error_info_in(trailing_metadata: Any) -> Any:
                 if detail.Unpack(info):
                     return info
     return None
+
+
+def relayed(
+    error: grpc.aio.AioRpcError, factory: type[E], callee: str, unreachable_reason: str
+) -> E:
+    """A callee's failure as the caller's own error: unreachable (UNAVAILABLE or a deadline)
+    becomes UNAVAILABLE ``unreachable_reason``; a refusal keeps its kind, reason and message,
+    so that the phone or administrator sees why the callee said no."""
+    code = error.code()
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        return factory(Kind.UNAVAILABLE, unreachable_reason, f"the {callee} cannot be reached")
+    return factory(kind_of(code), reason_of(error) or "CALLEE_FAILED", error.details() or "")

@@ -26,20 +26,22 @@ from mobilesign.rpc import channels
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Order in which services start (and, reversed, stop): callees before callers.
-START_ORDER = ("hsm-proxy", "gateway", "cosigner")
+START_ORDER = ("hsm-proxy", "ra", "gateway", "cosigner")
 
 #: Module to run and listeners of each service.
 SERVICES: dict[str, tuple[str, tuple[str, ...]]] = {
     "hsm-proxy": ("hsm_proxy", ("internal",)),
+    "ra": ("ra", ("internal",)),
     "cosigner": ("cosigner", ("internal", "public")),
     "gateway": ("server", ("internal", "public")),
 }
-_ENV_SECTION = {"hsm-proxy": "HSM_PROXY", "cosigner": "COSIGNER", "gateway": "GATEWAY"}
+_ENV_SECTION = {"hsm-proxy": "HSM_PROXY", "ra": "RA", "cosigner": "COSIGNER", "gateway": "GATEWAY"}
 
 
 #: The ports in each service's built-in configuration (``make run`` uses them).
 DEFAULT_PORTS = {
     ("hsm-proxy", "internal"): 50051,
+    ("ra", "internal"): 50054,
     ("cosigner", "internal"): 50052,
     ("cosigner", "public"): 9443,
     ("gateway", "internal"): 50053,
@@ -85,10 +87,12 @@ class Deployment:
             key = "LISTEN" if listener == "internal" else "PUBLIC_LISTEN"
             env[f"MOBILESIGN_{_ENV_SECTION[name]}_{key}"] = f"127.0.0.1:{port}"
         internal = {name: f"127.0.0.1:{self.ports[(name, 'internal')]}" for name in SERVICES}
+        env["MOBILESIGN_RA_HSM_PROXY"] = internal["hsm-proxy"]
         env["MOBILESIGN_COSIGNER_HSM_PROXY"] = internal["hsm-proxy"]
-        env["MOBILESIGN_COSIGNER_GATEWAY"] = internal["gateway"]
+        env["MOBILESIGN_COSIGNER_RA"] = internal["ra"]
         env["MOBILESIGN_GATEWAY_HSM_PROXY"] = internal["hsm-proxy"]
         env["MOBILESIGN_GATEWAY_COSIGNER"] = internal["cosigner"]
+        env["MOBILESIGN_GATEWAY_RA"] = internal["ra"]
         env.update(self.extra_env)
         return env
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVICES = ("server", "cosigner", "hsm_proxy", "client")
+SERVICES = ("ra", "server", "cosigner", "hsm_proxy", "client")
 CORE = (
     "mobilesign",
     "mobilesign.auditlog",

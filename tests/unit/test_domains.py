@@ -13,7 +13,7 @@ import pytest
 from mobilesign import domains
 
 ROOT = Path(__file__).resolve().parents[2]
-SOURCE_DIRS = ("mobilesign", "server", "cosigner", "hsm_proxy", "client")
+SOURCE_DIRS = ("mobilesign", "ra", "server", "cosigner", "hsm_proxy", "client")
 EXCLUDED = (ROOT / "mobilesign" / "v1", ROOT / "mobilesign" / "domains.py")
 #: Older than the ``mobilesign/v1 `` convention; changing it would strand every sealed secret.
 OLD_SPELLING = {"HSM_SEAL_AAD": b"mobilesign-seal-v1\x00"}

@@ -20,7 +20,7 @@ _REASON_CALLS = ("Error", "Failed", "IdFormat", "check", "status_metadata")
 def raised_reasons(root: Path = ROOT) -> set[str]:
     """Every reason the shipped code passes to an error, an identifier check or a status."""
     found: set[str] = set()
-    for top in ("mobilesign", "server", "cosigner", "hsm_proxy", "client"):
+    for top in ("mobilesign", "ra", "server", "cosigner", "hsm_proxy", "client"):
         for path in (root / top).rglob("*.py"):
             if "v1" in path.relative_to(root).parts[:2]:
                 continue

@@ -1,4 +1,4 @@
-"""The gateway's user registry and the enrolment tickets issued to users."""
+"""The RA's user registry and the enrolment tickets issued to users."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import aiosqlite
 
 from mobilesign import ids
 from mobilesign.errors import Kind
-from server.errors import GatewayError
+from ra.errors import RaError
 
 _MAX_DISPLAY_NAME = 200
 
@@ -25,9 +25,11 @@ class User:
 
 @dataclass(frozen=True)
 class TicketState:
-    """An issued ticket: its user, and the certificate issued against it (if any)."""
+    """An issued ticket: its user, whether it allows a key besides the user's others, and the
+    certificate issued against it (if any)."""
 
     user_id: str
+    additional_key: bool
     certificate_serial: str | None
 
 
@@ -41,14 +43,14 @@ class UserStore:
         """Register a user; ALREADY_EXISTS if the id is taken."""
         ids.USER_ID.check(user_id)
         if len(display_name) > _MAX_DISPLAY_NAME:
-            raise GatewayError(Kind.INVALID, "MALFORMED_DISPLAY_NAME", "display name too long")
+            raise RaError(Kind.INVALID, "MALFORMED_DISPLAY_NAME", "display name too long")
         try:
             await self._db.execute(
                 "INSERT INTO users (user_id, display_name, created_at) VALUES (?, ?, ?)",
                 (user_id, display_name, now),
             )
         except sqlite3.IntegrityError:
-            raise GatewayError(Kind.CONFLICT, "USER_EXISTS", "the user id is taken") from None
+            raise RaError(Kind.CONFLICT, "USER_EXISTS", "the user id is taken") from None
         return User(user_id, display_name, now)
 
     async def get(self, user_id: str) -> User:
@@ -59,25 +61,38 @@ class UserStore:
         ) as cursor:
             row = await cursor.fetchone()
         if row is None:
-            raise GatewayError(Kind.NOT_FOUND, "USER_NOT_FOUND", "no such user")
+            raise RaError(Kind.NOT_FOUND, "USER_NOT_FOUND", "no such user")
         return User(row["user_id"], row["display_name"], row["created_at"])
 
     async def record_ticket(
-        self, ticket_id: str, user_id: str, issued_at: int, expires_at: int
+        self, ticket_id: str, user_id: str, issued_at: int, expires_at: int, additional_key: bool
     ) -> None:
         """Remember an issued ticket (the cosigner enforces its single use for enrolment)."""
         await self._db.execute(
-            "INSERT INTO tickets (ticket_id, user_id, issued_at, expires_at) VALUES (?, ?, ?, ?)",
-            (ticket_id, user_id, issued_at, expires_at),
+            "INSERT INTO tickets (ticket_id, user_id, issued_at, expires_at, additional_key)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (ticket_id, user_id, issued_at, expires_at, int(additional_key)),
         )
 
     async def ticket_state(self, ticket_id: str) -> TicketState | None:
-        """What the gateway recorded of a ticket it issued, or None."""
+        """What the RA recorded of a ticket it issued, or None."""
         async with self._db.execute(
-            "SELECT user_id, certificate_serial FROM tickets WHERE ticket_id = ?", (ticket_id,)
+            "SELECT user_id, additional_key, certificate_serial FROM tickets WHERE ticket_id = ?",
+            (ticket_id,),
         ) as cursor:
             row = await cursor.fetchone()
-        return TicketState(row["user_id"], row["certificate_serial"]) if row else None
+        if row is None:
+            return None
+        return TicketState(row["user_id"], bool(row["additional_key"]), row["certificate_serial"])
+
+    async def certified_serials(self, user_id: str) -> list[str]:
+        """Serials of the personal certificates issued against the user's tickets."""
+        async with self._db.execute(
+            "SELECT certificate_serial FROM tickets WHERE user_id = ?"
+            " AND certificate_serial IS NOT NULL ORDER BY issued_at",
+            (user_id,),
+        ) as cursor:
+            return [row["certificate_serial"] for row in await cursor.fetchall()]
 
     async def mark_ticket_certified(self, ticket_id: str, serial: str) -> bool:
         """Record the certificate issued against a ticket; False if one already was."""

@@ -10,7 +10,7 @@ import aiosqlite
 from mobilesign import ids
 from mobilesign.errors import Kind
 from mobilesign.v1 import gateway_pb2
-from server.errors import GatewayError
+from ra.errors import RaError
 
 _MAX_NAME = 64  # RFC 5280 ub-organization-name
 
@@ -38,7 +38,7 @@ class OrganisationKey:
 
 
 class OrganisationStore:
-    """Queries over the organisations tables of the gateway database."""
+    """Queries over the organisations tables of the RA database."""
 
     def __init__(self, db: aiosqlite.Connection) -> None:
         self._db = db
@@ -47,7 +47,7 @@ class OrganisationStore:
         """Register an organisation; ALREADY_EXISTS if the id is taken."""
         ids.ORGANISATION_ID.check(organisation_id)
         if not name or len(name) > _MAX_NAME:
-            raise GatewayError(
+            raise RaError(
                 Kind.INVALID,
                 "MALFORMED_ORGANISATION_NAME",
                 f"an organisation name is 1 to {_MAX_NAME} characters",
@@ -58,7 +58,7 @@ class OrganisationStore:
                 (organisation_id, name, now),
             )
         except sqlite3.IntegrityError:
-            raise GatewayError(Kind.CONFLICT, "ORGANISATION_EXISTS", "the id is taken") from None
+            raise RaError(Kind.CONFLICT, "ORGANISATION_EXISTS", "the id is taken") from None
         return Organisation(organisation_id, name)
 
     async def get(self, organisation_id: str) -> Organisation:
@@ -69,7 +69,7 @@ class OrganisationStore:
         ) as cursor:
             row = await cursor.fetchone()
         if row is None:
-            raise GatewayError(Kind.NOT_FOUND, "ORGANISATION_NOT_FOUND", "no such organisation")
+            raise RaError(Kind.NOT_FOUND, "ORGANISATION_NOT_FOUND", "no such organisation")
         return Organisation(row["organisation_id"], row["name"])
 
     async def add_key(self, key: OrganisationKey, now: int) -> None:

@@ -1,6 +1,7 @@
-"""What the cosigner asks the gateway (mutual TLS, server identity ``gateway``): the public key
-that verifies enrolment tickets (fetched once and kept) and whether a key's personal
-certificate was revoked (asked at the start of every signing session; fails closed)."""
+"""What the cosigner asks the RA (mutual TLS, server identity ``ra``): the public key that
+verifies enrolment tickets (fetched once and kept), whether a key's personal certificate was
+revoked (asked at the start of every signing session; fails closed), and the certification of
+a joint key it holds a share of."""
 
 from __future__ import annotations
 
@@ -12,20 +13,19 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from cosigner.errors import CosignerError
 from mobilesign.errors import Kind
-from mobilesign.v1 import gateway_pb2, gateway_pb2_grpc
+from mobilesign.rpc.status import relayed
+from mobilesign.v1 import ra_pb2, ra_pb2_grpc
 
 
 def _unreachable(what: str) -> CosignerError:
-    return CosignerError(
-        Kind.UNAVAILABLE, "GATEWAY_UNAVAILABLE", f"the gateway cannot be reached {what}"
-    )
+    return CosignerError(Kind.UNAVAILABLE, "RA_UNAVAILABLE", f"the RA cannot be reached {what}")
 
 
-class Gateway:
-    """The cosigner's client of the gateway's internal AdminService."""
+class Registry:
+    """The cosigner's client of the RA's RegistrationService."""
 
     def __init__(self, channel: grpc.aio.Channel) -> None:
-        self._stub = gateway_pb2_grpc.AdminServiceStub(channel)
+        self._stub = ra_pb2_grpc.RegistrationServiceStub(channel)
         self._ticket_key: ec.EllipticCurvePublicKey | None = None
         self._lock = asyncio.Lock()
 
@@ -34,9 +34,7 @@ class Gateway:
         async with self._lock:
             if self._ticket_key is None:
                 try:
-                    reply = await self._stub.GetTicketKey(
-                        gateway_pb2.GetTicketKeyRequest(), timeout=10
-                    )
+                    reply = await self._stub.GetTicketKey(ra_pb2.GetTicketKeyRequest(), timeout=10)
                 except grpc.aio.AioRpcError:
                     raise _unreachable("to check the ticket") from None
                 key = serialization.load_der_public_key(reply.public_key_spki)
@@ -51,8 +49,20 @@ class Gateway:
         """True when the personal certificate of ``key_id`` has been revoked."""
         try:
             reply = await self._stub.GetKeyStatus(
-                gateway_pb2.GetKeyStatusRequest(key_id=key_id), timeout=10
+                ra_pb2.GetKeyStatusRequest(key_id=key_id), timeout=10
             )
         except grpc.aio.AioRpcError:
             raise _unreachable("to check the key's certificate") from None
         return reply.revoked
+
+    async def certify(
+        self, ticket: bytes, csr: bytes, attestation: bytes
+    ) -> ra_pb2.CertifyUserKeyResponse:
+        """The RA's certificate for a joint key; its refusals come back as they are."""
+        try:
+            return await self._stub.CertifyUserKey(
+                ra_pb2.CertifyUserKeyRequest(ticket=ticket, csr=csr, attestation=attestation),
+                timeout=30,
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise relayed(exc, CosignerError, "RA", "RA_UNAVAILABLE") from None

@@ -4,10 +4,14 @@
   HSM signs a PKCS#10 request for it (proof that the token holds the key), and the RA checks that
   request before the CA issues.
 - Personal certificates (S2): the phone sends the jointly signed PKCS#10 request with its
-  enrolment ticket to the gateway's public edge. The RA checks the request's signature (made by
-  phone and cosigner together, so it proves the two-party key exists), that the subject is the
-  ticket's user, and asks the cosigner that it holds a share of exactly this key, enrolled with
-  exactly this ticket. One certificate per ticket.
+  enrolment ticket to the cosigner, which forwards it with its attestation of the key (the user
+  and the ticket it enrolled the key for) over mutual TLS. The RA checks the request's signature
+  (made by phone and cosigner together, so it proves the two-party key exists), that the subject
+  is the ticket's user, that the attestation names exactly this key, this user and this ticket,
+  that it issued the ticket, and that the user holds no other unrevoked key unless the ticket
+  allows another. One certificate per ticket.
+
+Revocations are stored by the CA, then pushed to the HSM proxy before they are acknowledged.
 """
 
 from __future__ import annotations
@@ -21,15 +25,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
 
-from mobilesign import pkix, tickets
-from mobilesign.ca import CertificateAuthority, Issued
+from mobilesign import pkix, records, tickets
+from mobilesign.ca import CertificateAuthority, Issued, Status
 from mobilesign.errors import Kind
 from mobilesign.v1 import hsm_pb2
-from server.cosigner_client import CosignerClient
-from server.errors import GatewayError
-from server.hsm_proxy_client import HsmClient
-from server.organisations import OrganisationKey, OrganisationStore
-from server.users import UserStore
+from ra.errors import RaError
+from ra.hsm_proxy_client import HsmClient
+from ra.organisations import OrganisationKey, OrganisationStore
+from ra.users import UserStore
 
 MAX_CSR_BYTES = 4096
 
@@ -43,14 +46,14 @@ def _spki(key: x509.Certificate | x509.CertificateSigningRequest) -> bytes:
 def parse_csr(der: bytes) -> x509.CertificateSigningRequest:
     """A PKCS#10 request whose signature verifies, or INVALID_ARGUMENT."""
     if not der or len(der) > MAX_CSR_BYTES:
-        raise GatewayError(Kind.INVALID, "CSR_MALFORMED", "the CSR is empty or too large")
+        raise RaError(Kind.INVALID, "CSR_MALFORMED", "the CSR is empty or too large")
     try:
         csr = x509.load_der_x509_csr(der)
         valid = csr.is_signature_valid
     except (ValueError, TypeError, x509.InvalidVersion, UnsupportedAlgorithm):
-        raise GatewayError(Kind.INVALID, "CSR_MALFORMED", "the CSR is not DER PKCS#10") from None
+        raise RaError(Kind.INVALID, "CSR_MALFORMED", "the CSR is not DER PKCS#10") from None
     if not valid:
-        raise GatewayError(
+        raise RaError(
             Kind.INVALID,
             "CSR_SIGNATURE_INVALID",
             "the CSR's signature does not verify (no proof of possession)",
@@ -68,15 +71,15 @@ class RegistrationAuthority:
         users: UserStore,
         organisations: OrganisationStore,
         hsm: HsmClient,
-        cosigner: CosignerClient,
-        ticket_key_label: str,
+        ticket_key: hsm_pb2.KeyInfo,
     ) -> None:
         self._ca = ca
         self._users = users
         self._organisations = organisations
         self._hsm = hsm
-        self._cosigner = cosigner
-        self._ticket_key_label = ticket_key_label
+        public = serialization.load_der_public_key(ticket_key.public_key_spki)
+        assert isinstance(public, ec.EllipticCurvePublicKey)
+        self._ticket_key = public
         # Check-then-issue for one ticket must not interleave with another request for it.
         self._personal_lock = asyncio.Lock()
         self._organisation_lock = asyncio.Lock()
@@ -88,7 +91,7 @@ class RegistrationAuthority:
         organisation = await self._organisations.get(organisation_id)
         async with self._organisation_lock:
             if await self._organisations.key_by_label(label) is not None:
-                raise GatewayError(
+                raise RaError(
                     Kind.CONFLICT,
                     "LABEL_IN_USE",
                     "an organisation key has this label",
@@ -96,14 +99,14 @@ class RegistrationAuthority:
             # A key left in the token by a crash before it was recorded is taken up again.
             key = await self._hsm.ensure_key(label, hsm_pb2.KEY_PURPOSE_ORGANISATION, algorithm)
             if key.algorithm != algorithm:
-                raise GatewayError(Kind.CONFLICT, "LABEL_IN_USE", "the token has this label")
+                raise RaError(Kind.CONFLICT, "LABEL_IN_USE", "the token has this label")
             csr_der = await self._hsm.certificate_request(
                 key.key_id,
                 pkix.name({"common_name": label, "organization_name": organisation.name}),
             )
             csr = parse_csr(csr_der)
             if _spki(csr) != key.public_key_spki:
-                raise GatewayError(Kind.INTERNAL, "CSR_KEY_MISMATCH", "the CSR names another key")
+                raise RaError(Kind.INTERNAL, "CSR_KEY_MISMATCH", "the CSR names another key")
             issued = await self._ca.issue_organisation(
                 organisation=organisation.name,
                 label=label,
@@ -115,55 +118,86 @@ class RegistrationAuthority:
             await self._organisations.add_key(record, int(time.time()))
         return record, issued, csr_der
 
-    async def _ticket(self, ticket: bytes) -> tickets.Claims:
-        key = await self._hsm.ensure_key(self._ticket_key_label, hsm_pb2.KEY_PURPOSE_SERVICE)
-        public = serialization.load_der_public_key(key.public_key_spki)
-        assert isinstance(public, ec.EllipticCurvePublicKey)
-        return tickets.verify(ticket, public, int(time.time()))
-
-    async def request_personal_certificate(self, ticket: bytes, csr_der: bytes) -> Issued:
-        """Check a jointly signed CSR against its ticket and the cosigner; issue once."""
+    async def request_personal_certificate(
+        self, ticket: bytes, csr_der: bytes, attestation: bytes
+    ) -> Issued:
+        """Check a jointly signed CSR against its ticket and the cosigner's attestation of the
+        key; issue once per ticket."""
         csr = parse_csr(csr_der)
         public = csr.public_key()
         if not isinstance(public, ed25519.Ed25519PublicKey):
-            raise GatewayError(
+            raise RaError(
                 Kind.INVALID,
                 "CSR_KEY_UNSUPPORTED",
                 "a personal certificate is for a joint Ed25519 key",
             )
-        claims = await self._ticket(ticket)
+        claims = tickets.verify(ticket, self._ticket_key, int(time.time()))
         expected = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, claims.user_id)])
         if csr.subject != expected:
-            raise GatewayError(
+            raise RaError(
                 Kind.DENIED, "SUBJECT_MISMATCH", "the CSR subject must be CN=<the ticket's user>"
             )
         key_id = public.public_bytes(
             serialization.Encoding.Raw, serialization.PublicFormat.Raw
         ).hex()
-        enrolled = await self._cosigner.key(key_id)
-        if (
-            enrolled is None
-            or enrolled.user_id != claims.user_id
-            or enrolled.enrolment_ticket_id != claims.ticket_id
-        ):
-            raise GatewayError(
+        try:
+            attested = records.decode_key_attestation(attestation)
+        except records.RecordError:
+            attested = None
+        if attested != records.KeyAttestation(key_id, claims.user_id, claims.ticket_id):
+            raise RaError(
                 Kind.DENIED,
                 "KEY_NOT_ENROLLED",
-                "the cosigner holds no share of this key for this ticket",
+                "the cosigner does not attest this key for this user and ticket",
             )
         async with self._personal_lock:
             state = await self._users.ticket_state(claims.ticket_id)
-            # A validly signed ticket the gateway has no record of was not issued through it.
+            # A validly signed ticket the RA has no record of was not issued through it.
             if state is None or state.user_id != claims.user_id:
-                raise GatewayError(
-                    Kind.DENIED, "TICKET_UNKNOWN", "the gateway did not issue this ticket"
-                )
+                raise RaError(Kind.DENIED, "TICKET_UNKNOWN", "the RA did not issue this ticket")
             if state.certificate_serial is not None:
-                raise GatewayError(
+                raise RaError(
                     Kind.DENIED, "TICKET_USED", "a certificate was already issued for this ticket"
+                )
+            if not state.additional_key and await self._holds_key(claims.user_id):
+                raise RaError(
+                    Kind.DENIED,
+                    "USER_HAS_KEY",
+                    "the user holds a certified key; the ticket does not allow another",
                 )
             issued = await self._ca.issue_personal(
                 user_id=claims.user_id, key_id=key_id, spki=_spki(csr)
             )
             await self._users.mark_ticket_certified(claims.ticket_id, issued.serial)
         return issued
+
+    async def _holds_key(self, user_id: str) -> bool:
+        for serial in await self._users.certified_serials(user_id):
+            status, _ = await self._ca.status(serial)
+            if status is Status.GOOD:
+                return True
+        return False
+
+    async def revoke(self, serial: str, reason: str) -> None:
+        """Revoke a certificate at the CA (CRL reissued), then at the HSM proxy."""
+        _, record = await self._ca.status(serial)
+        if record is not None and record.revoked_at is not None:
+            # Revoked before; the push to the proxy may be what failed, so it is repeated
+            # before the CA says ALREADY_REVOKED.
+            await self._push(record.kind, serial, record.subject_key_id)
+        await self._ca.revoke(serial, reason)
+        _, record = await self._ca.status(serial)
+        assert record is not None
+        await self._push(record.kind, serial, record.subject_key_id)
+
+    async def _push(self, kind: str, serial: str, subject_key_id: str) -> None:
+        if kind == "organisation":
+            request = hsm_pb2.RecordRevocationRequest(organisation_key_id=subject_key_id)
+        else:
+            request = hsm_pb2.RecordRevocationRequest(certificate_serial=serial)
+        await self._hsm.record_revocation(request)
+
+    async def push_revocations(self, revoked: list[tuple[str, str, str]]) -> None:
+        """Tell the HSM proxy again of every (kind, serial, key id) revoked (idempotent)."""
+        for kind, serial, key_id in revoked:
+            await self._push(kind, serial, key_id)

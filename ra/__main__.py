@@ -1,0 +1,112 @@
+"""``python -m ra [--config FILE]``: run the registration authority and CA until SIGTERM."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from mobilesign.ca import CaSettings, CertificateAuthority
+from mobilesign.hosting import devpki, entrypoint, logs, serve
+from mobilesign.rpc import channels
+from mobilesign.v1 import hsm_pb2, ra_pb2_grpc
+from ra import admin, registry
+from ra import config as ra_config
+from ra.ca_repository import CaStore
+from ra.certification import RegistrationAuthority
+from ra.database import open_ra_db
+from ra.grants import GrantIssuer, GrantStore
+from ra.hsm_proxy_client import HsmClient, HsmSigner
+from ra.organisations import OrganisationStore
+from ra.users import UserStore
+
+
+async def _main(
+    document: dict[str, Any], state: Path, resources: contextlib.AsyncExitStack
+) -> None:
+    cfg = ra_config.load(document)
+    logs.configure("ra", cfg.log_level)
+    credential = devpki.credential(state, "ra")
+    db = await open_ra_db(state / "ra" / "ra.db")
+    resources.push_async_callback(db.close)
+    ca_store = await CaStore.open(state / "ra" / "ca.db")
+    resources.push_async_callback(ca_store.close)
+    hsm_channel = channels.mutual_tls(cfg.hsm_proxy, credential, "hsm-proxy")
+    resources.push_async_callback(hsm_channel.close)
+    hsm = HsmClient(hsm_channel)
+    ca_key = await hsm.ensure_key(cfg.ca_key_label, hsm_pb2.KEY_PURPOSE_CA)
+    ticket_key = await hsm.ensure_key(cfg.ticket_key_label, hsm_pb2.KEY_PURPOSE_TICKET)
+    grant_key = await hsm.ensure_key(cfg.grant_key_label, hsm_pb2.KEY_PURPOSE_GRANT)
+    ca = await CertificateAuthority.start(
+        HsmSigner(hsm, ca_key),
+        ca_key.key_id,
+        ca_key.public_key_spki,
+        ca_store,
+        CaSettings(
+            organisation=cfg.ca_organisation,
+            certificate_validity_days=cfg.certificate_validity_days,
+            crl_url=cfg.crl_url,
+        ),
+        clock=lambda: datetime.datetime.now(datetime.UTC),
+    )
+    (state / "ra" / "ca.der").write_bytes(ca.root_der)
+    users = UserStore(db)
+    organisations = OrganisationStore(db)
+    authority = RegistrationAuthority(
+        ca=ca, users=users, organisations=organisations, hsm=hsm, ticket_key=ticket_key
+    )
+    issuer = GrantIssuer(
+        store=GrantStore(db),
+        users=users,
+        organisations=organisations,
+        hsm=hsm,
+        grant_key=grant_key,
+    )
+    # A revocation stored here whose push to the HSM proxy was cut short reaches it now.
+    await authority.push_revocations(
+        [(r.kind, r.serial, r.subject_key_id) for r in await ca_store.revoked()]
+    )
+    await issuer.push_revocations()
+    admin_servicer = admin.AdminServicer(
+        users=users,
+        organisations=organisations,
+        hsm=hsm,
+        ca=ca,
+        ra=authority,
+        issuer=issuer,
+        ticket_key=ticket_key,
+        default_ttl=cfg.default_ticket_ttl_seconds,
+    )
+    registry_servicer = registry.RegistryServicer(
+        ca=ca,
+        ra=authority,
+        organisations=organisations,
+        issuer=issuer,
+        ticket_key=ticket_key,
+    )
+
+    def register(server: grpc.aio.Server) -> None:
+        ra_pb2_grpc.add_AdminServiceServicer_to_server(admin_servicer, server)
+        ra_pb2_grpc.add_RegistrationServiceServicer_to_server(registry_servicer, server)
+
+    await serve.serve(
+        name="ra",
+        services={admin.SERVICE: admin.POLICY, registry.SERVICE: registry.POLICY},
+        register=register,
+        listeners=[serve.Listener("internal", cfg.listen, mutual=True)],
+        credential=credential,
+        limits=serve.Limits(cfg.max_message_bytes, cfg.max_concurrent_rpcs, cfg.grace_seconds),
+        state_dir=state,
+    )
+
+
+def main() -> None:
+    """Command-line entry point."""
+    entrypoint.run("ra", __doc__, _main)
+
+
+if __name__ == "__main__":
+    main()

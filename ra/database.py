@@ -1,0 +1,56 @@
+"""The RA's database: one SQLite file, one schema history, several repositories (the CA's
+certificates are in a file of their own, ``ca.db``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import aiosqlite
+
+from mobilesign.storage.sqlite import open_database
+
+MIGRATIONS = (
+    """
+    CREATE TABLE users (
+        user_id TEXT PRIMARY KEY,
+        display_name TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE tickets (
+        ticket_id TEXT PRIMARY KEY,
+        user_id TEXT NOT NULL REFERENCES users(user_id),
+        issued_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        additional_key INTEGER NOT NULL,
+        certificate_serial TEXT
+    );
+    CREATE INDEX tickets_by_user ON tickets(user_id);
+    CREATE TABLE organisations (
+        organisation_id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE organisation_keys (
+        key_id TEXT PRIMARY KEY,
+        organisation_id TEXT NOT NULL REFERENCES organisations(organisation_id),
+        label TEXT NOT NULL UNIQUE,
+        algorithm INTEGER NOT NULL,
+        created_at INTEGER NOT NULL
+    );
+    CREATE TABLE grants (
+        grant_id TEXT PRIMARY KEY,
+        user_id TEXT NOT NULL REFERENCES users(user_id),
+        key_id TEXT NOT NULL REFERENCES organisation_keys(key_id),
+        signed_grant BLOB NOT NULL,
+        created_at INTEGER NOT NULL,
+        revoked_at INTEGER
+    );
+    CREATE INDEX grants_by_user ON grants(user_id);
+    CREATE INDEX grants_by_key ON grants(key_id)
+    """,
+)
+
+
+async def open_ra_db(path: Path) -> aiosqlite.Connection:
+    """Open (creating or upgrading) the RA database."""
+    return await open_database(path, MIGRATIONS)
