@@ -11,7 +11,7 @@ from typing import Any
 from hsm_proxy import config as hsm_config
 from hsm_proxy import keys, servicer, token
 from hsm_proxy.authorisation import AuthorisationChecker
-from hsm_proxy.replay import UsedRecords
+from hsm_proxy.uses import UseStore
 from hsm_proxy.witness import Witness
 from mobilesign.hosting import devpki, entrypoint, logs, serve
 from mobilesign.v1 import hsm_pb2_grpc
@@ -36,8 +36,8 @@ async def _main(
     # Sealing keys exist before anyone may seal: concurrent first seals cannot create two.
     for caller in sorted(servicer.POLICY.rules["Seal"]):
         await servicer.run_in_token(pool, functools.partial(keys.ensure_sealing_key, caller=caller))
-    used = await UsedRecords.open(hsm_dir / "authorisations.db")
-    resources.push_async_callback(used.close)
+    uses = await UseStore.open(hsm_dir / "authorisations.db")
+    resources.push_async_callback(uses.close)
     log_key = await servicer.run_in_token(
         pool, lambda s: keys.ensure(s, cfg.log_key_label, keys.Purpose.LOG, keys.Algorithm.EC_P256)
     )
@@ -55,7 +55,7 @@ async def _main(
         lambda sealed, aad: servicer.run_in_token(
             pool, lambda s: keys.unseal(s, "cosigner", sealed, aad)
         ),
-        used,
+        uses,
         witness.root_at,
     )
 
@@ -63,7 +63,7 @@ async def _main(
         name="hsm-proxy",
         services={servicer.SERVICE: servicer.POLICY},
         register=lambda server: hsm_pb2_grpc.add_HsmServiceServicer_to_server(
-            servicer.HsmServicer(pool, checker, witness), server
+            servicer.HsmServicer(pool, checker, witness, uses), server
         ),
         listeners=[serve.Listener("internal", cfg.listen, mutual=True)],
         credential=devpki.credential(state, "hsm-proxy"),

@@ -1,14 +1,16 @@
 """The check next to the key: the HSM proxy uses an organisation key only for a service record
-co-signed by a certified user, already in the audit log, once.
+co-signed by a certified user, under a grant the RA signed, already in the audit log, once, and
+within the grant's quotas.
 
-Every trust anchor is the proxy's own: the user's certificate must be signed by a CA key
-(purpose CA) held in this token, the user's key must be attested by the cosigner (a blob sealed
-with the cosigner's sealing key, which only the cosigner can have made), and the record's log
-entry must be included in a tree the proxy itself signed a checkpoint for, as the log's witness.
-A compromised gateway therefore cannot use an organisation key without a record co-signed with
-a two-party key the cosigner holds (even though it can have the CA certify any key), without
-that record being in the append-only log for every verifier to see, or twice, or for another
-key, operation or input.
+Every trust anchor is the proxy's own: the grant must be signed by a grant key (purpose GRANT)
+held in this token, the user's certificate by a CA key (purpose CA) held in this token, the
+user's key must be attested by the cosigner (a blob sealed with the cosigner's sealing key, which
+only the cosigner can have made), and the record's log entry must be included in a tree the
+proxy itself signed a checkpoint for, as the log's witness. The proxy counts each grant's uses
+and keeps the RA's revocations itself. A compromised gateway therefore cannot use an
+organisation key without a grant from the RA, beyond its quotas or after a revocation, without a
+record co-signed with a two-party key the cosigner holds, without that record being in the
+append-only log for every verifier to see, or twice, or for another key, operation or input.
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from hsm_proxy import keys
 from hsm_proxy.errors import HsmProxyError
-from hsm_proxy.replay import UsedRecords
-from mobilesign import auditlog, records
+from hsm_proxy.uses import Use, UseStore
+from mobilesign import auditlog, grants, records
 from mobilesign.errors import Kind
 from mobilesign.v1 import hsm_pb2
 
@@ -54,25 +56,47 @@ class AuthorisationChecker:
         self,
         list_keys: KeyLister,
         unseal_cosigner: CosignerUnsealer,
-        used: UsedRecords,
+        uses: UseStore,
         witnessed_root: WitnessedRoot,
     ) -> None:
         self._list_keys = list_keys
         self._unseal_cosigner = unseal_cosigner
-        self._used = used
+        self._uses = uses
         self._witnessed_root = witnessed_root
         # Public halves of token keys, read once: keys are never deleted or relabelled, so a
-        # key seen stays valid; the CA list is read again only when no known CA key verifies.
+        # key seen stays valid; a list is read again only when none of its known keys verifies.
         self._ca_cache: list[ec.EllipticCurvePublicKey] = []
+        self._grant_cache: list[ec.EllipticCurvePublicKey] = []
 
-    async def _ca_keys(self) -> list[ec.EllipticCurvePublicKey]:
+    async def _token_keys(self, purpose: keys.Purpose) -> list[ec.EllipticCurvePublicKey]:
         found = []
-        for record in await self._list_keys(keys.Purpose.CA):
+        for record in await self._list_keys(purpose):
             public = _load(record.spki)
             if isinstance(public, ec.EllipticCurvePublicKey):
                 found.append(public)
-        self._ca_cache = found
         return found
+
+    async def _ca_keys(self) -> list[ec.EllipticCurvePublicKey]:
+        self._ca_cache = await self._token_keys(keys.Purpose.CA)
+        return self._ca_cache
+
+    async def _grant(self, signed: bytes) -> grants.Statement:
+        """The statement of a grant signed by a grant key in this token."""
+        if not signed:
+            raise HsmProxyError(
+                Kind.DENIED, "GRANT_REQUIRED", "organisation keys need the grant the RA signed"
+            )
+        try:
+            try:
+                return grants.verify(signed, self._grant_cache)
+            except grants.GrantError as exc:
+                if exc.kind is not Kind.DENIED:
+                    raise  # malformed: no key would change that
+            self._grant_cache = await self._token_keys(keys.Purpose.GRANT)
+            return grants.verify(signed, self._grant_cache)
+        except grants.GrantError as exc:
+            # Every refusal of an authorisation is PERMISSION_DENIED, a malformed grant too.
+            raise HsmProxyError(Kind.DENIED, exc.reason, exc.message) from None
 
     @staticmethod
     def _issued_by_one_of(
@@ -156,8 +180,9 @@ class AuthorisationChecker:
         authorisation: hsm_pb2.OrganisationKeyAuthorisation,
     ) -> str:
         """Refuse unless ``authorisation`` allows ``operation`` on ``data`` with this key, now,
-        for the first time. The record id is consumed (durably) only once every check passed;
-        it is returned."""
+        for the first time, under an unrevoked grant with quota left. The record id is consumed
+        and the grant's use counted (durably, together) only once every other check passed; the
+        record id is returned."""
         if not authorisation.record:
             raise HsmProxyError(
                 Kind.DENIED, "AUTHORISATION_REQUIRED", "organisation keys need a co-signed record"
@@ -196,6 +221,11 @@ class AuthorisationChecker:
             raise HsmProxyError(
                 Kind.DENIED, "RECORD_STALE", "the record is too old or from the future"
             )
+        statement = await self._grant(authorisation.signed_grant)
+        try:
+            grants.check_use(statement, record, int(time.time()))
+        except grants.GrantError as exc:
+            raise HsmProxyError(exc.kind, exc.reason, exc.message) from None
         certificate = await self._certificate(authorisation.user_certificate)
         user_key = certificate.public_key()
         if not isinstance(user_key, ed25519.Ed25519PublicKey) or not records.names_certificate(
@@ -212,10 +242,19 @@ class AuthorisationChecker:
             ) from None
         await self._check_attestation(record, authorisation.cosigner_attestation)
         await self._check_logged(authorisation)
-        if not await self._used.consume(record.record_id, key_id.hex(), int(time.time())):
-            raise HsmProxyError(
-                Kind.DENIED, "AUTHORISATION_REPLAYED", "this record was already used"
-            )
+        # Last, and in one transaction: revocations, replay, quotas, then the use is counted.
+        await self._uses.consume(
+            Use(
+                record_id=record.record_id,
+                key_id=key_id.hex(),
+                grant_id=statement.grant_id,
+                # names_certificate held: the record's serial is the certificate's, in its form.
+                certificate_serial=record.certificate_serial,
+                quota_total=statement.quota_total,
+                quota_daily=statement.quota_daily,
+            ),
+            int(time.time()),
+        )
         return record.record_id
 
     async def _check_logged(self, authorisation: hsm_pb2.OrganisationKeyAuthorisation) -> None:
@@ -242,5 +281,6 @@ class AuthorisationChecker:
             ) from None
 
     async def failed_before_use(self, record_id: str) -> None:
-        """The token did not act (busy, unavailable): the record may be presented again."""
-        await self._used.release(record_id)
+        """The token did not act (busy, unavailable): the record may be presented again, and
+        the grant's use is not counted."""
+        await self._uses.release(record_id)

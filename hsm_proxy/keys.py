@@ -43,8 +43,9 @@ class Purpose(enum.Enum):
 
     ORGANISATION = "organisation"
     CA = "ca"
-    SERVICE = "service"
+    TICKET = "ticket"  # the RA's enrolment-ticket key
     LOG = "log"
+    GRANT = "grant"  # the RA's grant key
 
 
 class Algorithm(enum.Enum):

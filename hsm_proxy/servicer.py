@@ -19,6 +19,7 @@ from hsm_proxy import keys
 from hsm_proxy.authorisation import AuthorisationChecker
 from hsm_proxy.errors import HsmProxyError
 from hsm_proxy.token import PoolFull, SessionPool
+from hsm_proxy.uses import Revoked, UseStore
 from hsm_proxy.witness import Witness
 from mobilesign import ids, pkix, records
 from mobilesign.errors import Kind
@@ -31,28 +32,44 @@ _log = logging.getLogger("mobilesign.hsm")
 
 SERVICE = "mobilesign.v1.HsmService"
 
-#: Which caller identity may call which RPC. The cosigner may only seal and unseal.
+#: Which caller identity may call which RPC; ``KEY_USERS`` then says whose each key is. Each
+#: service holds one power: the RA makes keys and certifies, grants and revokes; the gateway
+#: logs and presents complete authorisations; the cosigner may only seal and unseal.
 POLICY = access.AccessPolicy(
     {
-        "GenerateKeyPair": frozenset({"gateway", "admin"}),
-        "ListKeys": frozenset({"gateway", "admin"}),
-        "GetPublicKey": frozenset({"gateway", "admin"}),
-        "SignDigest": frozenset({"gateway", "admin"}),
-        "CreateCertificateRequest": frozenset({"gateway", "admin"}),
-        "Decrypt": frozenset({"gateway", "admin"}),
+        "GenerateKeyPair": frozenset({"ra"}),
+        "ListKeys": frozenset({"ra", "gateway", "admin"}),
+        "GetPublicKey": frozenset({"ra", "gateway", "admin"}),
+        "SignDigest": frozenset({"ra", "gateway"}),
+        # Once per organisation key, at its creation (the RA fixes the subject).
+        "CreateCertificateRequest": frozenset({"ra"}),
+        "Decrypt": frozenset({"gateway"}),
         "Seal": frozenset({"cosigner"}),
         "Unseal": frozenset({"cosigner"}),
         "GetLogState": frozenset({"gateway", "admin"}),
         # The log's sequencer asks; the proxy signs only what extends what it signed before.
         "SignCheckpoint": frozenset({"gateway"}),
+        "RecordRevocation": frozenset({"ra"}),
+        "GetGrantUsage": frozenset({"ra", "admin"}),
     }
 )
+#: The one identity that may have a key of each purpose sign (the log key signs only through
+#: SignCheckpoint): organisation keys for a complete authorisation, the rest for the RA alone.
+KEY_USERS = {
+    keys.Purpose.ORGANISATION: "gateway",
+    keys.Purpose.CA: "ra",
+    keys.Purpose.TICKET: "ra",
+    keys.Purpose.GRANT: "ra",
+}
+#: GetGrantUsage answers for at most this many grants at once.
+MAX_USAGE_GRANTS = 1000
 
 _PURPOSES = {
     hsm_pb2.KEY_PURPOSE_ORGANISATION: keys.Purpose.ORGANISATION,
     hsm_pb2.KEY_PURPOSE_CA: keys.Purpose.CA,
-    hsm_pb2.KEY_PURPOSE_SERVICE: keys.Purpose.SERVICE,
+    hsm_pb2.KEY_PURPOSE_TICKET: keys.Purpose.TICKET,
     hsm_pb2.KEY_PURPOSE_LOG: keys.Purpose.LOG,
+    hsm_pb2.KEY_PURPOSE_GRANT: keys.Purpose.GRANT,
 }
 _ALGORITHMS = {
     hsm_pb2.KEY_ALGORITHM_EC_P256: keys.Algorithm.EC_P256,
@@ -102,6 +119,23 @@ def _caller() -> str:
     identity = access.caller.get()
     assert identity is not None  # the access policy admits authenticated callers only
     return identity
+
+
+def _check_key_user(record: keys.KeyRecord) -> None:
+    """Refuse a caller whose power does not include signing with this key."""
+    if record.purpose is keys.Purpose.LOG:
+        raise _log_key_reserved()
+    if _caller() == KEY_USERS[record.purpose]:
+        return
+    if record.purpose is keys.Purpose.ORGANISATION:
+        raise HsmProxyError(
+            Kind.DENIED,
+            "KEY_RESERVED_FOR_GATEWAY",
+            "organisation keys are used only for the gateway, with a complete authorisation",
+        )
+    raise HsmProxyError(
+        Kind.DENIED, "KEY_RESERVED_FOR_RA", f"{record.purpose.value} keys sign for the RA only"
+    )
 
 
 async def run_in_token(pool: SessionPool, operation: Callable[[pkcs11.Session], T]) -> T:
@@ -161,13 +195,18 @@ class _TokenSigner:
 class HsmServicer(hsm_pb2_grpc.HsmServiceServicer):
     """Implements ``mobilesign.v1.HsmService`` over a :class:`SessionPool`."""
 
-    def __init__(self, pool: SessionPool, checker: AuthorisationChecker, witness: Witness) -> None:
+    def __init__(
+        self, pool: SessionPool, checker: AuthorisationChecker, witness: Witness, uses: UseStore
+    ) -> None:
         self._pool = pool
         self._checker = checker
         self._witness = witness
+        self._uses = uses
         self._records: dict[bytes, keys.KeyRecord] = {}
         # Serialises key generation so that the label check and the creation are atomic.
         self._generate_lock = asyncio.Lock()
+        # Serialises certificate requests so that each key signs one, stored before it is sent.
+        self._csr_lock = asyncio.Lock()
 
     async def _describe(self, key_id: bytes) -> keys.KeyRecord:
         # Key pairs are never deleted or changed, so a description read once stays true.
@@ -238,8 +277,7 @@ class HsmServicer(hsm_pb2_grpc.HsmServiceServicer):
         if len(request.digest) != keys.DIGEST_BYTES:
             raise HsmProxyError(Kind.INVALID, "DIGEST_LENGTH", "a SHA-256 digest is 32 bytes")
         record = await self._describe(key_id)
-        if record.purpose is keys.Purpose.LOG:
-            raise _log_key_reserved()
+        _check_key_user(record)
         if record.purpose is keys.Purpose.ORGANISATION:
             operation = _RECORD_OPERATIONS.get(mechanism)
             if operation is None:
@@ -280,11 +318,31 @@ class HsmServicer(hsm_pb2_grpc.HsmServiceServicer):
         record = await self._describe(key_id)
         if record.purpose is keys.Purpose.LOG:
             raise _log_key_reserved()
-        csr = await pkix.build_csr(
-            signer=_TokenSigner(self, record),
-            subject=request.subject,
-            subject_public_key_info=record.spki,
-        )
+        if record.purpose is not keys.Purpose.ORGANISATION:
+            raise HsmProxyError(
+                Kind.PRECONDITION,
+                "CSR_ORGANISATION_KEYS_ONLY",
+                "only organisation keys sign a certificate request",
+            )
+        async with self._csr_lock:
+            stored = await self._uses.certificate_request(key_id.hex())
+            if stored is None:
+                csr = await pkix.build_csr(
+                    signer=_TokenSigner(self, record),
+                    subject=request.subject,
+                    subject_public_key_info=record.spki,
+                )
+                # Kept before it is sent: a caller that lost the answer asks again and gets it.
+                stored = await self._uses.keep_certificate_request(
+                    key_id.hex(), request.subject, csr, int(time.time())
+                )
+        subject, csr = stored
+        if subject != request.subject:
+            raise HsmProxyError(
+                Kind.PRECONDITION,
+                "CSR_ALREADY_MADE",
+                "this key signed its certificate request already, for another subject",
+            )
         return hsm_pb2.CreateCertificateRequestResponse(csr=csr)
 
     async def Decrypt(
@@ -344,3 +402,39 @@ class HsmServicer(hsm_pb2_grpc.HsmServiceServicer):
             now=int(time.time()),
         )
         return hsm_pb2.SignCheckpointResponse(checkpoint=note)
+
+    async def RecordRevocation(
+        self, request: hsm_pb2.RecordRevocationRequest, context: _Context
+    ) -> hsm_pb2.RecordRevocationResponse:
+        which = request.WhichOneof("subject")
+        if which == "grant_id":
+            kind, subject = Revoked.GRANT, ids.GRANT_ID.check(request.grant_id)
+        elif which == "certificate_serial":
+            serial = ids.CERTIFICATE_SERIAL.check(request.certificate_serial)
+            # One spelling per serial, the one records carry: no leading zeros.
+            kind, subject = Revoked.CERTIFICATE, format(int(serial, 16), "x")
+        elif which == "organisation_key_id":
+            kind = Revoked.ORGANISATION_KEY
+            subject = keys.parse_key_id(request.organisation_key_id).hex()
+        else:
+            raise HsmProxyError(Kind.INVALID, "REVOCATION_SUBJECT_REQUIRED", "name what is revoked")
+        await self._uses.revoke(kind, subject, int(time.time()))
+        return hsm_pb2.RecordRevocationResponse()
+
+    async def GetGrantUsage(
+        self, request: hsm_pb2.GetGrantUsageRequest, context: _Context
+    ) -> hsm_pb2.GetGrantUsageResponse:
+        if len(request.grant_ids) > MAX_USAGE_GRANTS:
+            raise HsmProxyError(
+                Kind.INVALID,
+                "TOO_MANY_GRANT_IDS",
+                f"at most {MAX_USAGE_GRANTS} grants per request",
+            )
+        grant_ids = [ids.GRANT_ID.check(g) for g in request.grant_ids]
+        counted = await self._uses.usage(grant_ids, int(time.time()))
+        return hsm_pb2.GetGrantUsageResponse(
+            usage=[
+                hsm_pb2.GrantUsage(grant_id=g, used_total=c.used_total, used_today=c.used_today)
+                for g, c in zip(grant_ids, counted, strict=True)
+            ]
+        )

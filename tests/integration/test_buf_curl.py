@@ -41,15 +41,15 @@ def _buf_curl(deployment: Deployment, method: str, data: str) -> subprocess.Comp
 
 
 async def test_buf_curl_lists_keys_through_reflection(hsm_deployment: Deployment) -> None:
-    async with hsm_deployment.channel("hsm-proxy") as channel:
+    async with hsm_deployment.channel("hsm-proxy", "ra") as channel:
         created = await hsm_pb2_grpc.HsmServiceStub(channel).GenerateKeyPair(
             hsm_pb2.GenerateKeyPairRequest(
                 label="buf-curl",
-                purpose=hsm_pb2.KEY_PURPOSE_SERVICE,
+                purpose=hsm_pb2.KEY_PURPOSE_TICKET,
                 algorithm=hsm_pb2.KEY_ALGORITHM_EC_P256,
             )
         )
-    result = _buf_curl(hsm_deployment, "ListKeys", '{"purpose": "KEY_PURPOSE_SERVICE"}')
+    result = _buf_curl(hsm_deployment, "ListKeys", '{"purpose": "KEY_PURPOSE_TICKET"}')
     assert result.returncode == 0, result.stderr
     keys = json.loads(result.stdout)["keys"]
     assert {"keyId": created.key.key_id, "label": "buf-curl"}.items() <= next(

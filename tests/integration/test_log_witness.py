@@ -97,46 +97,53 @@ def _request(
 
 async def test_the_log_key_signs_nothing_but_checkpoints(deployment: Deployment) -> None:
     reserved = (grpc.StatusCode.PERMISSION_DENIED, "LOG_KEY_RESERVED")
-    async with deployment.channel("hsm-proxy", "gateway") as channel:
+    async with (
+        deployment.channel("hsm-proxy", "gateway") as channel,
+        deployment.channel("hsm-proxy", "ra") as ra_channel,
+    ):
         stub = hsm_pb2_grpc.HsmServiceStub(channel)
+        ra = hsm_pb2_grpc.HsmServiceStub(ra_channel)
         listed = await stub.ListKeys(hsm_pb2.ListKeysRequest(purpose=hsm_pb2.KEY_PURPOSE_LOG))
         (log_key,) = listed.keys
         state = await stub.GetLogState(hsm_pb2.GetLogStateRequest())
         assert log_key.public_key_spki == state.public_key_spki
-        # A digest of the gateway's choosing (here: the digest of a forged checkpoint body).
+        # A digest of the caller's choosing (here: the digest of a forged checkpoint body),
+        # asked for by the gateway or by the RA, which signs with its own keys.
         forged = auditlog.Checkpoint(state.origin, 99, bytes(32)).to_body()
+        for caller in (stub, ra):
+            await _refused(
+                caller.SignDigest(
+                    hsm_pb2.SignDigestRequest(
+                        key_id=log_key.key_id,
+                        mechanism=hsm_pb2.SIGNATURE_MECHANISM_ECDSA_SHA256,
+                        digest=hashlib.sha256(forged).digest(),
+                    )
+                ),
+                *reserved,
+            )
+        # Nor a certificate request (the RA's power, for organisation keys).
         await _refused(
-            stub.SignDigest(
-                hsm_pb2.SignDigestRequest(
-                    key_id=log_key.key_id,
-                    mechanism=hsm_pb2.SIGNATURE_MECHANISM_ECDSA_SHA256,
-                    digest=hashlib.sha256(forged).digest(),
-                )
-            ),
-            *reserved,
-        )
-        await _refused(
-            stub.CreateCertificateRequest(
+            ra.CreateCertificateRequest(
                 hsm_pb2.CreateCertificateRequestRequest(key_id=log_key.key_id, subject=b"0\x00")
             ),
             *reserved,
         )
-        # A second log key of the gateway's own cannot be made either.
+        # A second log key cannot be made: the RA, which makes keys, is refused; the gateway
+        # makes no key at all.
+        request = hsm_pb2.GenerateKeyPairRequest(
+            label="my-log", purpose=hsm_pb2.KEY_PURPOSE_LOG, algorithm=hsm_pb2.KEY_ALGORITHM_EC_P256
+        )
+        await _refused(ra.GenerateKeyPair(request), *reserved)
         await _refused(
-            stub.GenerateKeyPair(
-                hsm_pb2.GenerateKeyPairRequest(
-                    label="my-log",
-                    purpose=hsm_pb2.KEY_PURPOSE_LOG,
-                    algorithm=hsm_pb2.KEY_ALGORITHM_EC_P256,
-                )
-            ),
-            *reserved,
+            stub.GenerateKeyPair(request),
+            grpc.StatusCode.PERMISSION_DENIED,
+            "CALLER_NOT_AUTHORISED",
         )
         listed = await stub.ListKeys(hsm_pb2.ListKeysRequest(purpose=hsm_pb2.KEY_PURPOSE_LOG))
         assert [k.key_id for k in listed.keys] == [log_key.key_id]
 
 
-@pytest.mark.parametrize("identity", ["cosigner", "admin"])
+@pytest.mark.parametrize("identity", ["ra", "cosigner", "admin"])
 async def test_only_the_gateway_asks_for_checkpoints(deployment: Deployment, identity: str) -> None:
     async with deployment.channel("hsm-proxy", identity) as channel:
         await _refused(

@@ -36,11 +36,12 @@ def test_regeneration_leaves_the_library_package_alone(tmp_path: Path) -> None:
 
 
 def test_generated_modules_import_under_their_package() -> None:
-    from mobilesign.v1 import cosigner_pb2, gateway_pb2, hsm_pb2
+    from mobilesign.v1 import cosigner_pb2, gateway_pb2, hsm_pb2, ra_pb2
 
     assert hsm_pb2.DESCRIPTOR.package == "mobilesign.v1"
     assert cosigner_pb2.DESCRIPTOR.services_by_name["CosignerService"]
-    assert gateway_pb2.DESCRIPTOR.services_by_name["AdminService"]
+    assert gateway_pb2.DESCRIPTOR.services_by_name["GatewayService"]
+    assert set(ra_pb2.DESCRIPTOR.services_by_name) == {"AdminService", "RegistrationService"}
 
 
 @pytest.mark.skipif(not BUF.exists(), reason="buf is installed by make setup")

@@ -19,7 +19,7 @@ from mobilesign import pkix
 from mobilesign.ca import CaError, CaSettings, CertificateAuthority, Status
 from mobilesign.ca.authority import ORGANISATION_POLICY_OID, PERSONAL_POLICY_OID
 from mobilesign.errors import Kind
-from server.ca_repository import CaStore
+from ra.ca_repository import CaStore
 from tests.certificate_checks import (
     SoftwareSigner,
     check_end_entity_extensions,

@@ -1,4 +1,5 @@
-"""The gateway's ledger on a temporary SQLite file: grants and their quotas (total and daily),
+"""The gateway's ledger on a temporary SQLite file: its copy of the RA's grants and its count of
+their uses (total and daily),
 the one transaction that consumes a use and appends to the audit log, refusals that change
 nothing, state that survives reopening, and a Merkle tree that matches :mod:`mobilesign.auditlog`
 computed independently from the entries."""
@@ -6,6 +7,7 @@ computed independently from the entries."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import sqlite3
 import types
 from collections.abc import AsyncIterator
@@ -63,6 +65,7 @@ def _grant(
         revoked=False,
         used_total=0,
         used_today=0,
+        signed_grant=b"signed " + grant_id.encode(),
     )
 
 
@@ -82,13 +85,13 @@ def _entry(record_id: str) -> bytes:
 
 
 async def _stored(ledger: Ledger, grant_id: str) -> GrantRow:
-    grant = await ledger.grant(grant_id)
+    grant = await ledger.grant(grant_id, NOW)
     assert grant is not None
     return grant
 
 
 async def _snapshot(ledger: Ledger, grant_id: str) -> tuple[object, ...]:
-    grant = await ledger.grant(grant_id)
+    grant = await ledger.grant(grant_id, NOW)
     assert grant is not None
     entries = [await ledger.entry(i) for i in range(ledger.size + 1)]
     return grant.used_total, grant.used_today, ledger.size, ledger.root(), entries
@@ -97,29 +100,26 @@ async def _snapshot(ledger: Ledger, grant_id: str) -> tuple[object, ...]:
 # Grants --------------------------------------------------------------------------------------
 
 
-async def test_grants_are_stored_and_listed(ledger: Ledger) -> None:
-    await ledger.create_grant(_grant("g1"), NOW)
-    await ledger.create_grant(_grant("g2", user_id="bob"), NOW + 1)
-    await ledger.create_grant(_grant("g3", key_id="other"), NOW + 2)
-    stored = await ledger.grant("g1")
-    assert stored == _grant("g1")
-    assert await ledger.grant("nope") is None
-    assert [g.grant_id for g in await ledger.grants()] == ["g1", "g2", "g3"]
-    assert [g.grant_id for g in await ledger.grants(user_id="alice")] == ["g1", "g3"]
-    assert [g.grant_id for g in await ledger.grants(key_id="seal")] == ["g1", "g2"]
-    assert [g.grant_id for g in await ledger.grants("alice", "other")] == ["g3"]
-    with pytest.raises(sqlite3.IntegrityError):
-        await ledger.create_grant(_grant("g1"), NOW)
+async def test_a_grant_is_kept_once_with_its_counts(ledger: Ledger) -> None:
+    assert await ledger.remember_grant(_grant("g1"), NOW) == _grant("g1")
+    await _use(ledger, "g1", 1)
+    # The RA's definition is kept as first seen; the counts are the ledger's own.
+    again = await ledger.remember_grant(dataclasses.replace(_grant("g1"), quota_total=99), NOW)
+    assert (again.quota_total, again.used_total, again.used_today) == (10, 1, 1)
+    assert await ledger.signed_grant("g1") == b"signed g1"
+    assert await ledger.signed_grant("nope") == b""
+    assert await ledger.grant("nope", NOW) is None
+    # "Today" is the day of the time asked about.
+    tomorrow = await ledger.grant("g1", NOW + DAY)
+    assert tomorrow is not None
+    assert (tomorrow.used_total, tomorrow.used_today) == (1, 0)
 
 
-async def test_revoking_a_grant(ledger: Ledger) -> None:
-    await ledger.create_grant(_grant(), NOW)
-    assert await ledger.revoke_grant("g1", NOW)
-    assert not await ledger.revoke_grant("g1", NOW + 1)
-    assert not await ledger.revoke_grant("unknown", NOW)
-    grant = await ledger.grant("g1")
-    assert grant is not None
-    assert grant.revoked
+async def test_a_revocation_the_ra_reports_is_kept_and_never_undone(ledger: Ledger) -> None:
+    await ledger.remember_grant(_grant(), NOW)
+    revoked = await ledger.remember_grant(dataclasses.replace(_grant(), revoked=True), NOW)
+    assert revoked.revoked
+    assert (await ledger.remember_grant(_grant(), NOW + 1)).revoked
     before = await _snapshot(ledger, "g1")
     with pytest.raises(QuotaExceeded):
         await _use(ledger, "g1", 1)
@@ -130,10 +130,10 @@ async def test_revoking_a_grant(ledger: Ledger) -> None:
 
 
 async def test_a_use_consumes_quota_appends_and_marks_the_record(ledger: Ledger) -> None:
-    await ledger.create_grant(_grant(), NOW)
+    await ledger.remember_grant(_grant(), NOW)
     assert await _use(ledger, "g1", 1) == 0
     assert await _use(ledger, "g1", 2) == 1
-    grant = await ledger.grant("g1")
+    grant = await ledger.grant("g1", NOW)
     assert grant is not None
     assert (grant.used_total, grant.used_today) == (2, 2)
     assert ledger.size == 2
@@ -156,7 +156,7 @@ async def test_a_use_consumes_quota_appends_and_marks_the_record(ledger: Ledger)
 
 
 async def test_total_quota(ledger: Ledger) -> None:
-    await ledger.create_grant(_grant(quota_total=2, quota_daily=10), NOW)
+    await ledger.remember_grant(_grant(quota_total=2, quota_daily=10), NOW)
     await _use(ledger, "g1", 1)
     await _use(ledger, "g1", 2, NOW + 3 * DAY)
     before = await _snapshot(ledger, "g1")
@@ -171,7 +171,7 @@ async def test_total_quota(ledger: Ledger) -> None:
 
 
 async def test_daily_quota_resets_the_next_utc_day(ledger: Ledger) -> None:
-    await ledger.create_grant(_grant(quota_total=10, quota_daily=2), NOW)
+    await ledger.remember_grant(_grant(quota_total=10, quota_daily=2), NOW)
     await _use(ledger, "g1", 1)
     await _use(ledger, "g1", 2)
     before = await _snapshot(ledger, "g1")
@@ -188,7 +188,7 @@ async def test_daily_quota_resets_the_next_utc_day(ledger: Ledger) -> None:
     assert await _use(ledger, "g1", 6, end_of_day + 2) == 3
     with pytest.raises(QuotaExceeded):
         await _use(ledger, "g1", 7, end_of_day + 3)
-    grant = await ledger.grant("g1")
+    grant = await ledger.grant("g1", NOW)
     assert grant is not None
     assert (grant.used_total, grant.used_today) == (4, 2)  # "today" is NOW's day
 
@@ -199,7 +199,7 @@ async def test_daily_quota_resets_the_next_utc_day(ledger: Ledger) -> None:
     ids=["before-window", "at-end", "after-window"],
 )
 async def test_outside_the_window_is_refused(ledger: Ledger, now: int) -> None:
-    await ledger.create_grant(_grant(), NOW)
+    await ledger.remember_grant(_grant(), NOW)
     before = await _snapshot(ledger, "g1")
     with pytest.raises(QuotaExceeded):
         await _use(ledger, "g1", 1, now)
@@ -213,7 +213,7 @@ async def test_a_use_of_an_unknown_grant_is_refused(ledger: Ledger) -> None:
 
 
 async def test_a_record_not_prepared_rolls_the_quota_back(ledger: Ledger) -> None:
-    await ledger.create_grant(_grant(), NOW)
+    await ledger.remember_grant(_grant(), NOW)
     await _use(ledger, "g1", 1)
     before = await _snapshot(ledger, "g1")
     # Logged already, and never prepared: the log entry and the quota use are undone too.
@@ -226,7 +226,7 @@ async def test_a_record_not_prepared_rolls_the_quota_back(ledger: Ledger) -> Non
 
 
 async def test_concurrent_uses_never_exceed_the_quota(ledger: Ledger) -> None:
-    await ledger.create_grant(_grant(quota_total=3), NOW)
+    await ledger.remember_grant(_grant(quota_total=3), NOW)
     for n in range(8):
         await ledger.add_record(f"c{n}", "alice", "ab" * 32, "g1", b"r")
     results = await asyncio.gather(
@@ -251,7 +251,7 @@ async def test_records_need_an_existing_grant(ledger: Ledger) -> None:
 
 async def test_roots_and_proofs_match_auditlog(ledger: Ledger) -> None:
     assert ledger.root() == auditlog.EMPTY_ROOT
-    await ledger.create_grant(_grant(quota_total=100, quota_daily=100), NOW)
+    await ledger.remember_grant(_grant(quota_total=100, quota_daily=100), NOW)
     entries: list[bytes] = []
     for n in range(13):
         await _use(ledger, "g1", n)
@@ -299,12 +299,12 @@ async def test_roots_and_proofs_match_auditlog(ledger: Ledger) -> None:
 async def test_reopening_keeps_grants_uses_records_and_the_tree(path: Path) -> None:
     first = await Ledger.open(path)
     try:
-        await first.create_grant(_grant(quota_total=5, quota_daily=3), NOW)
-        await first.create_grant(_grant("g2"), NOW)
+        await first.remember_grant(_grant(quota_total=5, quota_daily=3), NOW)
+        await first.remember_grant(_grant("g2"), NOW)
         for n in range(3):
             await _use(first, "g1", n)
         await first.log_outcome("g1-0", b"outcome", True, b"ok", "")
-        assert await first.revoke_grant("g2", NOW)
+        await first.remember_grant(dataclasses.replace(_grant("g2"), revoked=True), NOW)
         root, size = first.root(), first.size
     finally:
         await first.close()
@@ -312,7 +312,7 @@ async def test_reopening_keeps_grants_uses_records_and_the_tree(path: Path) -> N
     again = await Ledger.open(path)
     try:
         assert (again.root(), again.size) == (root, size)
-        grant = await again.grant("g1")
+        grant = await again.grant("g1", NOW)
         assert grant is not None
         assert (grant.used_total, grant.used_today) == (3, 3)
         assert (await _stored(again, "g2")).revoked
@@ -333,7 +333,7 @@ async def test_reopening_keeps_grants_uses_records_and_the_tree(path: Path) -> N
 async def test_a_missing_entry_is_found_at_start(path: Path) -> None:
     first = await Ledger.open(path)
     try:
-        await first.create_grant(_grant(), NOW)
+        await first.remember_grant(_grant(), NOW)
         for n in range(3):
             await _use(first, "g1", n)
     finally:
@@ -351,7 +351,7 @@ async def test_a_missing_entry_is_found_at_start(path: Path) -> None:
 async def test_the_tree_is_recomputed_from_the_entries_at_start(path: Path) -> None:
     first = await Ledger.open(path)
     try:
-        await first.create_grant(_grant(), NOW)
+        await first.remember_grant(_grant(), NOW)
         for n in range(3):
             await _use(first, "g1", n)
         root = first.root()
