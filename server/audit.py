@@ -67,8 +67,8 @@ class AuditLog:
     async def _witness(self, size: int) -> bytes:
         old = self._witnessed
         # A tree smaller than the witnessed one gets no proof: the proxy refuses it as it is.
-        proof = self._ledger.consistency_proof(old, size) if 0 < old < size else []
-        return await self._hsm.sign_checkpoint(old, size, self._ledger.root(size), proof)
+        proof = await self._ledger.consistency_proof(old, size) if 0 < old < size else []
+        return await self._hsm.sign_checkpoint(old, size, await self._ledger.root(size), proof)
 
     def _check_sizes(self, *sizes: int) -> None:
         if any(size > self._ledger.size for size in sizes):
@@ -85,16 +85,16 @@ class AuditLog:
         assert entry is not None  # the log has no holes (checked at start)
         return entry
 
-    def inclusion_proof(self, index: int, size: int) -> list[bytes]:
+    async def inclusion_proof(self, index: int, size: int) -> list[bytes]:
         """Inclusion proof of an entry in the tree of ``size`` entries."""
         self._check_sizes(size)
         if not 0 <= index < size:
             raise GatewayError(
                 Kind.OUT_OF_RANGE, "ENTRY_OUT_OF_RANGE", "no such entry in that tree"
             )
-        return self._ledger.inclusion_proof(index, size)
+        return await self._ledger.inclusion_proof(index, size)
 
-    def consistency_proof(self, old_size: int, new_size: int) -> list[bytes]:
+    async def consistency_proof(self, old_size: int, new_size: int) -> list[bytes]:
         """Consistency proof between two tree sizes (``0 < old_size <= new_size``)."""
         self._check_sizes(new_size)
         if not 0 < old_size <= new_size:
@@ -103,4 +103,4 @@ class AuditLog:
                 "SIZES_INVALID",
                 "sizes must satisfy 0 < old_size <= new_size",
             )
-        return self._ledger.consistency_proof(old_size, new_size)
+        return await self._ledger.consistency_proof(old_size, new_size)

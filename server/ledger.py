@@ -1,19 +1,29 @@
 """The gateway's ledger: its copy of the RA's grants with its count of their uses, service
 records, and the audit log.
 
-One SQLite file with its own connection, and one lock: the steps that must be atomic (consume
-quota, append the co-signed record to the log, mark the record logged) happen in one
-transaction, so a crash leaves either all of them or none. The Merkle tree is rebuilt from the
-stored entries at start (their hashes are recomputed, not trusted), then kept in memory.
+One SQLite file with its own connection. The steps that must be atomic for one use (consume
+quota, append the co-signed record to the log, mark the record logged) happen together, so a
+crash leaves either all of them or none. Uses and outcomes are integrated in batches (group
+commit): every request that arrives while a transaction commits joins the next one, each inside
+its own savepoint (a refused use leaves the rest of its batch alone), so a batch costs one
+durable commit however many records it holds; each caller awaits its own result.
+
+The Merkle tree's nodes (every perfect subtree) are stored beside the entries in the same
+transaction, so proofs read O(log n) nodes from the file and memory does not grow with the log;
+the table is keyed by (level, index), which a second gateway could share. At start the tree is
+recomputed from the entries and checked against the stored nodes (nothing stored is trusted).
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import sqlite3
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import aiosqlite
 
@@ -66,11 +76,50 @@ _MIGRATIONS = (
     """
     ALTER TABLE grants ADD COLUMN signed_grant BLOB NOT NULL DEFAULT x''
     """,
+    # Every perfect subtree's hash; filled from the entries at the first start after this.
+    """
+    CREATE TABLE tree_nodes (
+        level INTEGER NOT NULL,
+        idx INTEGER NOT NULL,
+        hash BLOB NOT NULL,
+        PRIMARY KEY (level, idx)
+    ) WITHOUT ROWID
+    """,
 )
+
+T = TypeVar("T")
+#: Nodes compared or written per statement while the tree is checked at start.
+_CHECK_BATCH = 500
 
 
 class QuotaExceeded(Exception):
     """The grant cannot take one more use now (quota, revocation or window)."""
+
+
+class TreeMismatch(RuntimeError):
+    """The stored tree nodes are not the tree of the stored entries."""
+
+
+@dataclass(frozen=True)
+class _Use:
+    record_id: str
+    grant_id: str
+    entry: bytes
+    user_signature: bytes
+    now: float
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    record_id: str
+    entry: bytes
+    succeeded: bool
+    result: bytes | None
+    reason: str
+    now: float
+
+
+_Pending = tuple[_Use | _Outcome, "asyncio.Future[int]"]
 
 
 @dataclass(frozen=True)
@@ -115,41 +164,76 @@ def utc_day(now: float) -> int:
 
 
 class Ledger:
-    """Grants, records and the log, behind one lock."""
+    """Grants, records and the log; one writer task commits batches."""
 
     def __init__(self, db: aiosqlite.Connection) -> None:
         self._db = db
         self._lock = asyncio.Lock()
-        self._nodes: dict[tuple[int, int], bytes] = {}
         self._range = auditlog.CompactRange()
-        self._tree = auditlog.MerkleTree(lambda level, index: self._nodes[(level, index)])
+        self._queue: list[_Pending] = []
+        self._writer: asyncio.Task[None] | None = None
+        self.batches = 0  # committed batches (for tests and measurements)
 
     @classmethod
     async def open(cls, path: Path) -> Ledger:
-        """Open the ledger and rebuild the Merkle tree from the stored entries."""
+        """Open the ledger, recompute the Merkle tree from the stored entries and check (or,
+        after an upgrade, write) the stored nodes against it."""
         ledger = cls(await open_database(path, _MIGRATIONS))
         try:
-            expected = 0
-            async with ledger._db.execute(
-                "SELECT entry_index, entry FROM log_entries ORDER BY entry_index"
-            ) as cursor:
-                async for row in cursor:
-                    if row["entry_index"] != expected:
-                        raise RuntimeError(f"audit log entry {expected} is missing")
-                    ledger._add_leaf(auditlog.leaf_hash(bytes(row["entry"])))
-                    expected += 1
+            await ledger._check_tree()
         except BaseException:
             await ledger.close()
             raise
         return ledger
 
-    async def close(self) -> None:
-        """Close the database."""
-        await self._db.close()
+    async def _check_tree(self) -> None:
+        expected = 0
+        computed: list[tuple[int, int, bytes]] = []
+        async with self._db.execute(
+            "SELECT entry_index, entry FROM log_entries ORDER BY entry_index"
+        ) as cursor:
+            async for row in cursor:
+                if row["entry_index"] != expected:
+                    raise RuntimeError(f"audit log entry {expected} is missing")
+                computed.extend(self._range.append(auditlog.leaf_hash(bytes(row["entry"]))))
+                expected += 1
+                if len(computed) >= _CHECK_BATCH:
+                    await self._check_nodes(computed)
+                    computed = []
+        await self._check_nodes(computed)
 
-    def _add_leaf(self, leaf: bytes) -> None:
-        for level, index, value in self._range.append(leaf):
-            self._nodes[(level, index)] = value
+    async def _check_nodes(self, computed: list[tuple[int, int, bytes]]) -> None:
+        if not computed:
+            return
+        stored = await self._read_nodes([(level, index) for level, index, _ in computed])
+        missing = [node for node in computed if (node[0], node[1]) not in stored]
+        if any(stored.get((level, index), value) != value for level, index, value in computed):
+            raise TreeMismatch("a stored tree node is not the hash of the stored entries")
+        if missing:
+            # Written by a version that kept the tree in memory only: store it now.
+            await self._db.executemany(
+                "INSERT INTO tree_nodes (level, idx, hash) VALUES (?, ?, ?)", missing
+            )
+
+    async def _read_nodes(self, wanted: Sequence[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
+        found: dict[tuple[int, int], bytes] = {}
+        unique = sorted(set(wanted))
+        for start in range(0, len(unique), _CHECK_BATCH):
+            chunk = unique[start : start + _CHECK_BATCH]
+            values = ",".join("(?, ?)" for _ in chunk)
+            async with self._db.execute(
+                f"SELECT level, idx, hash FROM tree_nodes WHERE (level, idx) IN (VALUES {values})",  # noqa: S608 (placeholders only)
+                [v for node in chunk for v in node],
+            ) as cursor:
+                for row in await cursor.fetchall():
+                    found[(row["level"], row["idx"])] = bytes(row["hash"])
+        return found
+
+    async def close(self) -> None:
+        """Finish the batch being written, then close the database."""
+        if self._writer is not None:
+            await asyncio.gather(self._writer, return_exceptions=True)
+        await self._db.close()
 
     # Grants ------------------------------------------------------------------------------
     async def remember_grant(self, grant: GrantRow, now: float) -> GrantRow:
@@ -257,98 +341,160 @@ class Ledger:
             reason=row["reason"],
         )
 
-    async def _append(self, entry: bytes, now: int) -> int:
-        index = self._range.size
-        await self._db.execute(
-            "INSERT INTO log_entries (entry_index, entry, created_at) VALUES (?, ?, ?)",
-            (index, entry, now),
-        )
-        return index
-
     async def log_use(
         self, record_id: str, grant_id: str, entry: bytes, user_signature: bytes, now: float
     ) -> int:
-        """In one transaction: consume one use of the grant (total and today), append the
-        co-signed record to the log, and mark the record logged. Returns the entry index.
+        """Together, in the next batch: consume one use of the grant (total and today), append
+        the co-signed record to the log, and mark the record logged. Returns the entry index
+        once the batch is durable.
 
         Raises :class:`QuotaExceeded` (and changes nothing) when the grant cannot be used now:
         quota used up, revoked, or outside its window.
         """
-        day = utc_day(now)
-        async with self._lock:
-            await self._db.execute("BEGIN IMMEDIATE")
-            try:
-                # The grant is checked again here, in the transaction: a revocation or the end of
-                # its window that landed since the caller looked still stops the use.
-                async with self._db.execute(
-                    "UPDATE grants SET used_total = used_total + 1"
-                    " WHERE grant_id = ? AND used_total < quota_total AND revoked_at IS NULL"
-                    " AND not_before <= ? AND ? < not_after RETURNING quota_daily",
-                    (grant_id, int(now), int(now)),
-                ) as cursor:
-                    row = await cursor.fetchone()
-                if row is None:
-                    raise QuotaExceeded
-                async with self._db.execute(
-                    "INSERT INTO grant_days (grant_id, day, used) VALUES (?, ?, 1)"
-                    " ON CONFLICT (grant_id, day) DO UPDATE SET used = used + 1"
-                    " RETURNING used",
-                    (grant_id, day),
-                ) as cursor:
-                    used = await cursor.fetchone()
-                if used is None or used[0] > row[0]:
-                    raise QuotaExceeded
-                index = await self._append(entry, int(now))
-                async with self._db.execute(
-                    "UPDATE records SET state = 'logged', entry_index = ?, user_signature = ?"
-                    " WHERE record_id = ? AND state = 'prepared' RETURNING 1",
-                    (index, user_signature, record_id),
-                ) as cursor:
-                    if await cursor.fetchone() is None:
-                        raise sqlite3.IntegrityError("record not in the prepared state")
-                await self._db.execute("COMMIT")
-            except BaseException:
-                await self._db.execute("ROLLBACK")
-                raise
-            self._add_leaf(auditlog.leaf_hash(entry))
-            return index
+        return await self._submit(_Use(record_id, grant_id, entry, user_signature, now))
 
     async def log_outcome(
         self, record_id: str, entry: bytes, succeeded: bool, result: bytes | None, reason: str
     ) -> int:
-        """In one transaction: append the outcome entry and close the record."""
-        async with self._lock:
+        """Together, in the next batch: append the outcome entry and close the record."""
+        return await self._submit(
+            _Outcome(record_id, entry, succeeded, result, reason, time.time())
+        )
+
+    async def _submit(self, item: _Use | _Outcome) -> int:
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._queue.append((item, future))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_batches())
+        # A caller that goes away does not stop its batch: the writer is its own task.
+        return await asyncio.shield(future)
+
+    async def _write_batches(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue, []
+            async with self._lock:
+                await self._write(batch)
+
+    async def _write(self, batch: list[_Pending]) -> None:
+        grown = copy.deepcopy(self._range)
+        nodes: list[tuple[int, int, bytes]] = []
+        outcomes: list[tuple[asyncio.Future[int], int | BaseException]] = []
+        try:
             await self._db.execute("BEGIN IMMEDIATE")
-            try:
-                index = await self._append(entry, int(time.time()))
-                await self._db.execute(
-                    "UPDATE records SET state = ?, result = ?, reason = ? WHERE record_id = ?",
-                    ("done" if succeeded else "failed", result, reason, record_id),
-                )
-                await self._db.execute("COMMIT")
-            except BaseException:
-                await self._db.execute("ROLLBACK")
+            for item, future in batch:
+                await self._db.execute("SAVEPOINT one")
+                try:
+                    index = await self._apply(item, grown.size)
+                except (QuotaExceeded, sqlite3.IntegrityError) as refused:
+                    # This request only: the rest of the batch goes ahead.
+                    await self._db.execute("ROLLBACK TO one")
+                    outcomes.append((future, refused))
+                else:
+                    nodes.extend(grown.append(auditlog.leaf_hash(item.entry)))
+                    outcomes.append((future, index))
+                await self._db.execute("RELEASE one")
+            await self._db.executemany(
+                "INSERT INTO tree_nodes (level, idx, hash) VALUES (?, ?, ?)", nodes
+            )
+            await self._db.execute("COMMIT")
+        except BaseException as exc:
+            await self._db.execute("ROLLBACK")
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(exc)
+            if not isinstance(exc, Exception):
                 raise
-            self._add_leaf(auditlog.leaf_hash(entry))
-            return index
+            return
+        self._range = grown
+        self.batches += 1
+        for future, outcome in outcomes:
+            if future.done():
+                continue
+            if isinstance(outcome, BaseException):
+                future.set_exception(outcome)
+            else:
+                future.set_result(outcome)
+
+    async def _apply(self, item: _Use | _Outcome, index: int) -> int:
+        """One request's statements, inside its savepoint; the entry goes at ``index``."""
+        if isinstance(item, _Use):
+            day = utc_day(item.now)
+            # The grant is checked again here, in the transaction: a revocation or the end of
+            # its window that landed since the caller looked still stops the use.
+            async with self._db.execute(
+                "UPDATE grants SET used_total = used_total + 1"
+                " WHERE grant_id = ? AND used_total < quota_total AND revoked_at IS NULL"
+                " AND not_before <= ? AND ? < not_after RETURNING quota_daily",
+                (item.grant_id, int(item.now), int(item.now)),
+            ) as cursor:
+                row = await cursor.fetchone()
+            if row is None:
+                raise QuotaExceeded
+            async with self._db.execute(
+                "INSERT INTO grant_days (grant_id, day, used) VALUES (?, ?, 1)"
+                " ON CONFLICT (grant_id, day) DO UPDATE SET used = used + 1"
+                " RETURNING used",
+                (item.grant_id, day),
+            ) as cursor:
+                used = await cursor.fetchone()
+            if used is None or used[0] > row[0]:
+                raise QuotaExceeded
+            async with self._db.execute(
+                "UPDATE records SET state = 'logged', entry_index = ?, user_signature = ?"
+                " WHERE record_id = ? AND state = 'prepared' RETURNING 1",
+                (index, item.user_signature, item.record_id),
+            ) as cursor:
+                if await cursor.fetchone() is None:
+                    raise sqlite3.IntegrityError("record not in the prepared state")
+        else:
+            await self._db.execute(
+                "UPDATE records SET state = ?, result = ?, reason = ? WHERE record_id = ?",
+                (
+                    "done" if item.succeeded else "failed",
+                    item.result,
+                    item.reason,
+                    item.record_id,
+                ),
+            )
+        await self._db.execute(
+            "INSERT INTO log_entries (entry_index, entry, created_at) VALUES (?, ?, ?)",
+            (index, item.entry, int(item.now)),
+        )
+        return index
 
     # Log ---------------------------------------------------------------------------------
     @property
     def size(self) -> int:
-        """Entries in the log."""
+        """Entries in the log (committed)."""
         return self._range.size
 
-    def root(self, size: int | None = None) -> bytes:
+    async def _with_nodes(self, compute: Callable[[auditlog.MerkleTree], T]) -> T:
+        """Run ``compute`` over the stored tree: which nodes a proof needs depends only on the
+        sizes and indices asked, so a first pass lists them and one query fetches them."""
+        wanted: list[tuple[int, int]] = []
+
+        def note(level: int, index: int) -> bytes:
+            wanted.append((level, index))
+            return bytes(32)
+
+        compute(auditlog.MerkleTree(note))
+        async with self._lock:
+            nodes = await self._read_nodes(wanted)
+        return compute(auditlog.MerkleTree(lambda level, index: nodes[(level, index)]))
+
+    async def root(self, size: int | None = None) -> bytes:
         """The RFC 9162 root of the first ``size`` entries (default: all)."""
-        return self._tree.root(self.size if size is None else size)
+        if size is None or size == self.size:
+            return self._range.root()
+        return await self._with_nodes(lambda tree: tree.root(size))
 
-    def inclusion_proof(self, index: int, size: int) -> list[bytes]:
+    async def inclusion_proof(self, index: int, size: int) -> list[bytes]:
         """Inclusion proof of entry ``index`` in the tree of ``size`` entries."""
-        return self._tree.inclusion_proof(index, size)
+        return await self._with_nodes(lambda tree: tree.inclusion_proof(index, size))
 
-    def consistency_proof(self, old_size: int, new_size: int) -> list[bytes]:
+    async def consistency_proof(self, old_size: int, new_size: int) -> list[bytes]:
         """Consistency proof between two tree sizes."""
-        return self._tree.consistency_proof(old_size, new_size)
+        return await self._with_nodes(lambda tree: tree.consistency_proof(old_size, new_size))
 
     async def entry(self, index: int) -> bytes | None:
         """One entry's bytes, or None."""

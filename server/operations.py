@@ -344,6 +344,6 @@ class Operations:
             user_certificate=session.certificate.der,
             entry_index=entry_index,
             entry=records.RecordEntry(record, user_signature).encode(),
-            inclusion_proof=self._audit.inclusion_proof(entry_index, size),
+            inclusion_proof=await self._audit.inclusion_proof(entry_index, size),
             checkpoint=note,
         )

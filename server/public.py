@@ -159,14 +159,14 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         self, request: gateway_pb2.GetInclusionProofRequest, context: _Context
     ) -> gateway_pb2.GetInclusionProofResponse:
         return gateway_pb2.GetInclusionProofResponse(
-            proof=self._audit.inclusion_proof(request.entry_index, request.tree_size)
+            proof=await self._audit.inclusion_proof(request.entry_index, request.tree_size)
         )
 
     async def GetConsistencyProof(
         self, request: gateway_pb2.GetConsistencyProofRequest, context: _Context
     ) -> gateway_pb2.GetConsistencyProofResponse:
         return gateway_pb2.GetConsistencyProofResponse(
-            proof=self._audit.consistency_proof(request.old_size, request.new_size)
+            proof=await self._audit.consistency_proof(request.old_size, request.new_size)
         )
 
     async def GetLogEntry(

@@ -1,8 +1,8 @@
 """The gateway's ledger on a temporary SQLite file: its copy of the RA's grants and its count of
-their uses (total and daily),
-the one transaction that consumes a use and appends to the audit log, refusals that change
-nothing, state that survives reopening, and a Merkle tree that matches :mod:`mobilesign.auditlog`
-computed independently from the entries."""
+their uses (total and daily), the steps that consume a use and append to the audit log together,
+batches that share one commit (a refused request leaves its batch alone), refusals that change
+nothing, state that survives reopening, stored tree nodes checked against the entries at start,
+and a Merkle tree that matches :mod:`mobilesign.auditlog` computed independently."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import pytest
 
 from mobilesign import auditlog
 from server import ledger as ledger_module
-from server.ledger import GrantRow, Ledger, QuotaExceeded, utc_day
+from server.ledger import GrantRow, Ledger, QuotaExceeded, TreeMismatch, utc_day
 
 #: A fixed "now" (seconds since the epoch), in the middle of a UTC day.
 NOW = 1_780_000_000 // 86_400 * 86_400 + 43_200
@@ -94,7 +94,7 @@ async def _snapshot(ledger: Ledger, grant_id: str) -> tuple[object, ...]:
     grant = await ledger.grant(grant_id, NOW)
     assert grant is not None
     entries = [await ledger.entry(i) for i in range(ledger.size + 1)]
-    return grant.used_total, grant.used_today, ledger.size, ledger.root(), entries
+    return grant.used_total, grant.used_today, ledger.size, await ledger.root(), entries
 
 
 # Grants --------------------------------------------------------------------------------------
@@ -250,7 +250,7 @@ async def test_records_need_an_existing_grant(ledger: Ledger) -> None:
 
 
 async def test_roots_and_proofs_match_auditlog(ledger: Ledger) -> None:
-    assert ledger.root() == auditlog.EMPTY_ROOT
+    assert await ledger.root() == auditlog.EMPTY_ROOT
     await ledger.remember_grant(_grant(quota_total=100, quota_daily=100), NOW)
     entries: list[bytes] = []
     for n in range(13):
@@ -263,22 +263,22 @@ async def test_roots_and_proofs_match_auditlog(ledger: Ledger) -> None:
     assert ledger.size == len(entries)
     assert [await ledger.entry(i) for i in range(len(entries))] == entries
     for size in range(len(entries) + 1):
-        assert ledger.root(size) == auditlog.merkle_tree_hash(entries[:size])
-    root = ledger.root()
+        assert await ledger.root(size) == auditlog.merkle_tree_hash(entries[:size])
+    root = await ledger.root()
     assert root == auditlog.merkle_tree_hash(entries)
     for index, entry in enumerate(entries):
         auditlog.verify_inclusion(
             leaf_hash=auditlog.leaf_hash(entry),
             index=index,
             size=len(entries),
-            proof=ledger.inclusion_proof(index, len(entries)),
+            proof=await ledger.inclusion_proof(index, len(entries)),
             root=root,
         )
     for old in range(1, len(entries)):
         auditlog.verify_consistency(
             old_size=old,
             new_size=len(entries),
-            proof=ledger.consistency_proof(old, len(entries)),
+            proof=await ledger.consistency_proof(old, len(entries)),
             old_root=auditlog.merkle_tree_hash(entries[:old]),
             new_root=root,
         )
@@ -288,7 +288,7 @@ async def test_roots_and_proofs_match_auditlog(ledger: Ledger) -> None:
             leaf_hash=auditlog.leaf_hash(b"not logged"),
             index=0,
             size=len(entries),
-            proof=ledger.inclusion_proof(0, len(entries)),
+            proof=await ledger.inclusion_proof(0, len(entries)),
             root=root,
         )
 
@@ -305,13 +305,13 @@ async def test_reopening_keeps_grants_uses_records_and_the_tree(path: Path) -> N
             await _use(first, "g1", n)
         await first.log_outcome("g1-0", b"outcome", True, b"ok", "")
         await first.remember_grant(dataclasses.replace(_grant("g2"), revoked=True), NOW)
-        root, size = first.root(), first.size
+        root, size = await first.root(), first.size
     finally:
         await first.close()
 
     again = await Ledger.open(path)
     try:
-        assert (again.root(), again.size) == (root, size)
+        assert (await again.root(), again.size) == (root, size)
         grant = await again.grant("g1", NOW)
         assert grant is not None
         assert (grant.used_total, grant.used_today) == (3, 3)
@@ -325,7 +325,9 @@ async def test_reopening_keeps_grants_uses_records_and_the_tree(path: Path) -> N
         assert await _use(again, "g1", 4, NOW + DAY) == size
         entries = [await again.entry(i) for i in range(again.size)]
         assert all(e is not None for e in entries)
-        assert again.root() == auditlog.merkle_tree_hash([e for e in entries if e is not None])
+        assert await again.root() == auditlog.merkle_tree_hash(
+            [e for e in entries if e is not None]
+        )
     finally:
         await again.close()
 
@@ -348,26 +350,120 @@ async def test_a_missing_entry_is_found_at_start(path: Path) -> None:
         await Ledger.open(path)
 
 
-async def test_the_tree_is_recomputed_from_the_entries_at_start(path: Path) -> None:
+async def _three_uses(path: Path) -> bytes:
     first = await Ledger.open(path)
     try:
         await first.remember_grant(_grant(), NOW)
         for n in range(3):
             await _use(first, "g1", n)
-        root = first.root()
+        return await first.root()
     finally:
         await first.close()
+
+
+def _alter(path: Path, statement: str, *args: object) -> None:
     connection = sqlite3.connect(path)
     try:
-        connection.execute("UPDATE log_entries SET entry = ? WHERE entry_index = 2", (b"changed",))
+        connection.execute(statement, args)
         connection.commit()
     finally:
         connection.close()
+
+
+async def test_an_entry_changed_on_disk_stops_the_start(path: Path) -> None:
+    await _three_uses(path)
+    _alter(path, "UPDATE log_entries SET entry = ? WHERE entry_index = 2", b"changed")
+    with pytest.raises(TreeMismatch):
+        await Ledger.open(path)
+
+
+async def test_a_tree_node_changed_on_disk_stops_the_start(path: Path) -> None:
+    await _three_uses(path)
+    _alter(path, "UPDATE tree_nodes SET hash = ? WHERE level = 1 AND idx = 0", bytes(32))
+    with pytest.raises(TreeMismatch):
+        await Ledger.open(path)
+
+
+async def test_nodes_missing_after_an_upgrade_are_written_from_the_entries(path: Path) -> None:
+    root = await _three_uses(path)
+    _alter(path, "DELETE FROM tree_nodes")
     again = await Ledger.open(path)
     try:
-        assert again.root() != root
-        assert again.root() == auditlog.merkle_tree_hash(
-            [_entry("g1-0"), _entry("g1-1"), b"changed"]
+        assert await again.root() == root
+        assert await again.root(2) == auditlog.merkle_tree_hash([_entry("g1-0"), _entry("g1-1")])
+        auditlog.verify_inclusion(
+            index=1,
+            size=3,
+            leaf_hash=auditlog.leaf_hash(_entry("g1-1")),
+            proof=await again.inclusion_proof(1, 3),
+            root=root,
         )
+    finally:
+        await again.close()
+    connection = sqlite3.connect(path)
+    try:
+        (count,) = connection.execute("SELECT COUNT(*) FROM tree_nodes").fetchone()
+    finally:
+        connection.close()
+    assert count == 4  # three leaves and (1, 0): the perfect subtrees of a tree of three
+
+
+# Group commit ----------------------------------------------------------------------------------
+
+
+async def test_concurrent_uses_share_durable_commits(ledger: Ledger) -> None:
+    await ledger.remember_grant(_grant(quota_total=1000, quota_daily=1000), NOW)
+    for n in range(64):
+        await ledger.add_record(f"g1-{n}", "alice", "ab" * 32, "g1", b"record")
+    before = ledger.batches
+    indices = await asyncio.gather(
+        *(ledger.log_use(f"g1-{n}", "g1", _entry(f"g1-{n}"), b"sig", NOW) for n in range(64))
+    )
+    assert sorted(indices) == list(range(64))
+    # The first request starts a batch; every other one arrives while it commits.
+    assert ledger.batches - before < 64
+    assert ledger.batches - before <= 3
+    assert (await _stored(ledger, "g1")).used_total == 64
+
+
+async def test_a_refused_use_leaves_its_batch_alone(ledger: Ledger) -> None:
+    await ledger.remember_grant(_grant(quota_total=2, quota_daily=10), NOW)
+    for n in range(4):
+        await ledger.add_record(f"g1-{n}", "alice", "ab" * 32, "g1", b"record")
+    await ledger.add_record("x", "alice", "ab" * 32, "g1", b"record")
+    results = await asyncio.gather(
+        ledger.log_use("g1-0", "g1", _entry("g1-0"), b"sig", NOW),
+        ledger.log_use("g1-0", "g1", _entry("again"), b"sig", NOW),  # no longer prepared
+        ledger.log_use("g1-1", "g1", _entry("g1-1"), b"sig", NOW),
+        ledger.log_use("g1-2", "g1", _entry("g1-2"), b"sig", NOW),  # over the total quota
+        return_exceptions=True,
+    )
+    assert results[0] == 0
+    assert isinstance(results[1], sqlite3.IntegrityError)
+    assert results[2] == 1
+    assert isinstance(results[3], QuotaExceeded)
+    assert ledger.size == 2
+    assert [await ledger.entry(i) for i in range(3)] == [_entry("g1-0"), _entry("g1-1"), None]
+    assert (await _stored(ledger, "g1")).used_total == 2
+    record = await ledger.record("g1-2")
+    assert record is not None
+    assert record.state == "prepared"
+
+
+async def test_a_cancelled_caller_does_not_undo_its_use(path: Path) -> None:
+    ledger = await Ledger.open(path)
+    await ledger.remember_grant(_grant(), NOW)
+    await ledger.add_record("g1-0", "alice", "ab" * 32, "g1", b"record")
+    task = asyncio.create_task(ledger.log_use("g1-0", "g1", _entry("g1-0"), b"sig", NOW))
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await ledger.close()  # waits for the batch in flight
+    again = await Ledger.open(path)
+    try:
+        record = await again.record("g1-0")
+        assert record is not None
+        assert (record.state, record.entry_index) == ("logged", 0)
     finally:
         await again.close()
