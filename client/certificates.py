@@ -20,10 +20,13 @@ from mobilesign.v1 import cosigner_pb2, cosigner_pb2_grpc, gateway_pb2, gateway_
 
 @dataclass(frozen=True)
 class Certificates:
-    """A verified personal certificate and the CA certificate it chains to (DER)."""
+    """A verified personal certificate and the CA certificate it chains to (DER), and the RA's
+    grant key (DER SubjectPublicKeyInfo) as the RA sent it through the cosigner at enrolment;
+    empty when fetched again from the gateway, which is not trusted to name it."""
 
     certificate: bytes
     ca_certificate: bytes
+    grant_key_spki: bytes
 
 
 class _JointSigner:
@@ -113,7 +116,7 @@ async def request_personal_certificate(
     except grpc.aio.AioRpcError as exc:
         raise ClientError.from_rpc(exc) from None
     verify_personal_certificate(keystore, reply.certificate, reply.ca_certificate, trust_anchor)
-    return Certificates(reply.certificate, reply.ca_certificate), csr
+    return Certificates(reply.certificate, reply.ca_certificate, reply.grant_key_spki), csr
 
 
 async def fetch_personal_certificate(
@@ -140,4 +143,4 @@ async def fetch_personal_certificate(
         raise ClientError.from_rpc(exc) from None
     if status.status != gateway_pb2.CERTIFICATE_STATUS_GOOD:
         raise ClientError("CERTIFICATE_REVOKED", "the certificate is not in good standing")
-    return Certificates(reply.certificate, reply.ca_certificate)
+    return Certificates(reply.certificate, reply.ca_certificate, b"")

@@ -4,10 +4,13 @@ The phone logs into the gateway with its device key, asks for an operation under
 the service record the gateway built, co-signs it with the cosigner, and gets the result with a
 receipt, which it verifies before returning.
 
-The gateway is not trusted to build the record honestly: before co-signing, the phone checks that
-the record names exactly what the user asked for: the user and key, the grant and the
-organisation key it covers, the hash of that key's certificate (which must chain to the CA the
-phone trusts), the exact operation for that key's algorithm, the data and the purpose.
+The gateway is not trusted to build the record honestly, nor to describe grants and keys: the
+phone checks the grant's signature with the RA's grant key it received at enrolment (through the
+cosigner, not the gateway), and before co-signing that the record names exactly what the user
+asked for: the user and key, the grant and the organisation key that grant covers, the hash of
+that key's certificate (which must chain to the CA the phone trusts), an operation the grant
+allows in the exact form for that key's algorithm, inside the grant's window, the data and the
+purpose.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from dataclasses import dataclass
 
 import grpc
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from client.errors import ClientError
@@ -26,6 +30,8 @@ from client.keystore import Keystore
 from client.sdk import SigningSession
 from client.verifier import TrustAnchors, VerificationFailed, verify_receipt
 from mobilesign import deviceauth, pkix, records
+from mobilesign.grants import GrantError, Statement, check_use
+from mobilesign.grants import verify as verify_grant
 from mobilesign.v1 import gateway_pb2, gateway_pb2_grpc
 
 _MAX_CLOCK_SKEW_MS = 300_000
@@ -163,10 +169,26 @@ class GatewaySession:
             self._keys[key_id] = _checked_key(reply.key, key_id, ca_certificate)
         return self._keys[key_id]
 
+    def _statement(self, grant: gateway_pb2.Grant, trust: TrustAnchors) -> Statement:
+        """The grant as the RA signed it: the gateway's description of it is not used."""
+        try:
+            grant_key = serialization.load_der_public_key(trust.grant_key_spki)
+        except ValueError:
+            raise ClientError("GRANT_KEY_REQUIRED", "the RA's grant key is needed") from None
+        if not isinstance(grant_key, ec.EllipticCurvePublicKey):
+            raise ClientError("GRANT_KEY_REQUIRED", "the RA's grant key is an EC P-256 key")
+        try:
+            statement = verify_grant(grant.signed_grant, [grant_key])
+        except GrantError as exc:
+            raise ClientError(exc.reason, str(exc)) from None
+        if statement.grant_id != grant.grant_id or statement.user_id != self._keystore.user_id:
+            raise ClientError("GRANT_MISMATCH", "the grant is not this user's")
+        return statement
+
     def _check_record(
         self,
         encoded: bytes,
-        grant: gateway_pb2.Grant,
+        statement: Statement,
         key: OrganisationKey,
         operation: int,
         data: bytes,
@@ -179,15 +201,19 @@ class GatewaySession:
         if (
             record.user_id != self._keystore.user_id
             or record.user_key_id != self._keystore.key_id
-            or record.grant_id != grant.grant_id
-            or record.organisation_key_id != grant.key_id
+            or record.grant_id != statement.grant_id
+            or record.organisation_key_id != statement.key_id
             or record.organisation_certificate_sha256 != key.certificate_sha256
             or record.operation is not key.operation_for(operation)
             or record.input_sha256 != hashlib.sha256(data).digest()
-            or record.purpose != (purpose or grant.purpose)
+            or record.purpose != (purpose or statement.purpose)
             or abs(record.time_ms - time.time() * 1000) > _MAX_CLOCK_SKEW_MS
         ):
             raise ClientError("RECORD_MISMATCH", "the record is not what was asked for")
+        try:
+            check_use(statement, record, int(time.time()))
+        except GrantError as exc:
+            raise ClientError(exc.reason, str(exc)) from None
         return record
 
     async def use_key(
@@ -202,10 +228,11 @@ class GatewaySession:
     ) -> Use:
         """Sign a digest or decrypt a ciphertext with an organisation key under a grant.
 
-        Nothing is co-signed unless the record names exactly this grant's key, its certificate,
-        the operation and the data (``RECORD_MISMATCH`` otherwise)."""
-        grant = await self._grant(grant_id)
-        key = await self.organisation_key(grant.key_id, trust.ca_certificate)
+        Nothing is co-signed unless the grant verifies with the RA's grant key in ``trust`` and
+        the record names exactly that grant's key, its certificate, the operation and the data
+        (``RECORD_MISMATCH`` otherwise)."""
+        statement = self._statement(await self._grant(grant_id), trust)
+        key = await self.organisation_key(statement.key_id, trust.ca_certificate)
         key.operation_for(operation)  # refuse what this key cannot do before asking for it
         try:
             prepared = await self._stub.PrepareOperation(
@@ -217,7 +244,7 @@ class GatewaySession:
             )
         except grpc.aio.AioRpcError as exc:
             raise ClientError.from_rpc(exc) from None
-        record = self._check_record(prepared.record, grant, key, operation, data, purpose)
+        record = self._check_record(prepared.record, statement, key, operation, data, purpose)
         user_signature = await signing.sign(prepared.record)
         try:
             executed = await self._stub.ExecuteOperation(

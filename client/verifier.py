@@ -30,11 +30,14 @@ class VerificationFailed(ClientError):
 
 @dataclass(frozen=True)
 class TrustAnchors:
-    """What a verifier must hold beforehand: the CA certificate and the log's key and origin."""
+    """What a verifier must hold beforehand: the CA certificate, the log's key and origin, and
+    (for a phone about to co-sign) the RA's grant key."""
 
     ca_certificate: bytes
     log_public_key: bytes
     log_origin: str
+    #: DER SubjectPublicKeyInfo of the RA's grant key; receipts are verified without it.
+    grant_key_spki: bytes = b""
 
 
 @dataclass(frozen=True)

@@ -61,7 +61,7 @@ async def _raw_rate(
 
 async def _raw(config: EscrowConfig, pool: token.SessionPool) -> list[Row]:
     record = await pool.run(
-        lambda s: keys.generate(s, "raw", keys.Purpose.SERVICE, keys.Algorithm.EC_P256)
+        lambda s: keys.generate(s, "raw", keys.Purpose.TICKET, keys.Algorithm.EC_P256)
     )
     rows = []
     for workers in config.raw_workers:

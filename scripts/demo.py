@@ -77,7 +77,7 @@ async def organisation_certificate(
     deployment: Deployment, out: Path
 ) -> tuple[gateway_pb2.OrganisationKey, gateway_pb2.OrganisationKey]:
     """S1: organisation keys in the HSM, their CSRs signed inside the HSM, their certificates."""
-    _step("S1: organisation keys in the HSM and their certificates (gateway RA/CA)")
+    _step("S1: organisation keys in the HSM and their certificates (the RA and its CA)")
     async with deployment.channel("ra", "admin") as channel:
         admin = ra_pb2_grpc.AdminServiceStub(channel)
         await admin.CreateOrganisation(
@@ -124,8 +124,11 @@ async def organisation_certificate(
     return seal, encryption
 
 
-async def joint_signature(deployment: Deployment, out: Path) -> client.Keystore:
-    """S2 and the two-party signature: enrol a phone, sign with phone and cosigner together."""
+async def joint_signature(
+    deployment: Deployment, out: Path
+) -> tuple[client.Keystore, client.Certificates]:
+    """S2 and the two-party signature: enrol a phone, sign with phone and cosigner together;
+    returns the phone's keystore and what the RA sent it through the cosigner."""
     _step("Enrol a user's phone with the cosigner (two-party FROST key generation)")
     async with deployment.channel("ra", "admin") as channel:
         admin = ra_pb2_grpc.AdminServiceStub(channel)
@@ -195,13 +198,14 @@ async def joint_signature(deployment: Deployment, out: Path) -> client.Keystore:
     ):
         raise SystemExit("the personal certificate is not for the joint key")
     print("the public key in user.pem is the joint key in joint.pub.pem")
-    return keystore
+    return keystore, certificates
 
 
 async def escrowed_use(
     deployment: Deployment,
     out: Path,
     keystore: client.Keystore,
+    certificates: client.Certificates,
     seal: gateway_pb2.OrganisationKey,
     encryption: gateway_pb2.OrganisationKey,
 ) -> None:
@@ -243,7 +247,10 @@ async def escrowed_use(
         phone = client.GatewaySession(gateway_channel, keystore)
         await phone.login()
         print("alice's phone logged into the gateway with its device key")
-        trust = client.TrustAnchors(ca_der, log_key.public_key_spki, log_key.origin)
+        # The grant key came from the RA through the cosigner at enrolment, not from the gateway.
+        trust = client.TrustAnchors(
+            ca_der, log_key.public_key_spki, log_key.origin, certificates.grant_key_spki
+        )
         document = b"Purchase order 2026-117: 40 units at EUR 125.00, delivery by 2026-12-15.\n"
         secret = b"Tender envelope 7: our bid is EUR 4,980,000.\n"
         encryption_key = x509.load_der_x509_certificate(encryption.certificate).public_key()
@@ -262,7 +269,8 @@ async def escrowed_use(
                 trust=trust,
             )
             print(
-                f"alice's phone checked the record names key {signed.key.label!r} "
+                f"alice's phone checked the RA's signature on the grant, and that the record names "
+                f"key {signed.key.label!r} "
                 f"({signed.key.organisation_id}), its certificate, the operation, the document's "
                 f"digest and the purpose {signed.record.purpose!r}"
             )
@@ -379,8 +387,8 @@ def _run_client(*args: str) -> None:
 
 async def _flow(deployment: Deployment, out: Path) -> None:
     seal, encryption = await organisation_certificate(deployment, out)
-    keystore = await joint_signature(deployment, out)
-    await escrowed_use(deployment, out, keystore, seal, encryption)
+    keystore, certificates = await joint_signature(deployment, out)
+    await escrowed_use(deployment, out, keystore, certificates, seal, encryption)
 
 
 def main() -> None:
