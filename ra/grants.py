@@ -217,11 +217,13 @@ class GrantIssuer:
         return [grant_message(g, u) for g, u in zip(found, usage, strict=True)]
 
     async def get(self, grant_id: str) -> gateway_pb2.Grant:
-        """One grant with its use so far; NOT_FOUND when there is none."""
+        """One grant, signed, and whether it is revoked (its use counts are left at zero: the
+        gateway keeps its own and the HSM proxy's are in :meth:`list`); NOT_FOUND when there is
+        none."""
         found = await self._store.get(grant_id)
         if found is None:
             raise RaError(Kind.NOT_FOUND, "GRANT_NOT_FOUND", "no such grant")
-        return (await self._with_usage([found]))[0]
+        return grant_message(found, hsm_pb2.GrantUsage(grant_id=grant_id))
 
     async def list(self, user_id: str = "", key_id: str = "") -> list[gateway_pb2.Grant]:
         """Grants with their use so far, optionally of one user and/or one key."""

@@ -15,13 +15,13 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import json
 import os
 import tempfile
 import time
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 import client
@@ -35,7 +35,7 @@ from scripts.bench_loopback import PIN, Loopback, _drive
 _RAW: dict[int, float] = {}
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class EscrowConfig:
     """Sizes of the organisation-key sections."""
 
@@ -97,17 +97,18 @@ def raw_softhsm(config: EscrowConfig) -> Section:
     return section
 
 
-@dataclass
+@dataclasses.dataclass
 class _Phone:
     gateway: client.GatewaySession
     signing: client.SigningSession
     grant_id: str
+    trust: client.TrustAnchors
 
 
 async def _phone(env: Loopback, index: int, key_id: str, trust: client.TrustAnchors) -> _Phone:
     deployment = env.deployment
     user_id = f"escrow-bench-{index:03d}"
-    async with deployment.channel("gateway", "admin") as admin_channel:
+    async with deployment.channel("ra", "admin") as admin_channel:
         admin = ra_pb2_grpc.AdminServiceStub(admin_channel)
         await admin.CreateUser(ra_pb2.CreateUserRequest(user_id=user_id))
         ticket = (
@@ -135,12 +136,13 @@ async def _phone(env: Loopback, index: int, key_id: str, trust: client.TrustAnch
     await signing.open()
     gateway_channel = deployment.public_channel("gateway")
     env.channels.append(gateway_channel)
-    await client.request_personal_certificate(
-        gateway_channel, signing, keystore, ticket, trust.ca_certificate
+    certificates, _ = await client.request_personal_certificate(
+        cosigner, signing, keystore, ticket, trust.ca_certificate
     )
     gateway = client.GatewaySession(gateway_channel, keystore)
     await gateway.login()
-    return _Phone(gateway, signing, grant.grant_id)
+    trust = dataclasses.replace(trust, grant_key_spki=certificates.grant_key_spki)
+    return _Phone(gateway, signing, grant.grant_id, trust)
 
 
 def _hsm_calls(log: Path, offset: int) -> Counter[str]:
@@ -166,7 +168,7 @@ async def organisation_key_uses(env: Loopback, config: EscrowConfig | None = Non
         "Organisation-key uses end to end (co-signed record, durable log append, witnessed "
         "checkpoint, HSM check and signature, receipt)",
     )
-    async with env.deployment.channel("gateway", "admin") as admin_channel:
+    async with env.deployment.channel("ra", "admin") as admin_channel:
         admin = ra_pb2_grpc.AdminServiceStub(admin_channel)
         await admin.CreateOrganisation(
             ra_pb2.CreateOrganisationRequest(organisation_id="bench", name="Bench Org")
@@ -180,7 +182,8 @@ async def organisation_key_uses(env: Loopback, config: EscrowConfig | None = Non
                 )
             )
         ).key
-        public = gateway_pb2_grpc.GatewayServiceStub(admin_channel)
+    async with env.deployment.channel("gateway", "admin") as gateway_channel:
+        public = gateway_pb2_grpc.GatewayServiceStub(gateway_channel)
         ca = (await public.GetCaCertificate(gateway_pb2.GetCaCertificateRequest())).certificate
         log = await public.GetLogPublicKey(gateway_pb2.GetLogPublicKeyRequest())
     trust = client.TrustAnchors(ca, log.public_key_spki, log.origin)
@@ -199,7 +202,7 @@ async def organisation_key_uses(env: Loopback, config: EscrowConfig | None = Non
             operation=gateway_pb2.OPERATION_SIGN_DIGEST,
             data=digest,
             purpose="bench",
-            trust=trust,
+            trust=phone.trust,
         )
 
     raw = _RAW.get(1, 0.0)

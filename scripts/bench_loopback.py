@@ -80,7 +80,7 @@ class Loopback:
         self.deployment = deployment
         self.config = config
         self.cosigner_pid = deployment.services["cosigner"].process.pid
-        self._admin = deployment.channel("gateway", "admin")
+        self._admin = deployment.channel("ra", "admin")
         self.users: set[str] = set()
         self.channels: list[grpc.aio.Channel] = []
         self.keystores: list[client.Keystore] = []

@@ -590,7 +590,8 @@ class RegistrationServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetGrant(self, request, context):
-        """GetGrant returns one grant, signed, with its use so far (the gateway, before a use).
+        """GetGrant returns one grant, signed, and whether it is revoked (the gateway, before a use);
+        its use counts are left at zero (ListGrants has the HSM proxy's count).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -226,7 +226,9 @@ class RegistrationServiceStub:
     calls it, forwarding the phone's jointly signed CSR with its attestation of the key.
     """
     GetGrant: _grpc.UnaryUnaryMultiCallable[_ra_pb2.GetGrantRequest, _ra_pb2.GetGrantResponse]
-    """GetGrant returns one grant, signed, with its use so far (the gateway, before a use)."""
+    """GetGrant returns one grant, signed, and whether it is revoked (the gateway, before a use);
+    its use counts are left at zero (ListGrants has the HSM proxy's count).
+    """
     GetCaCertificate: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.GetCaCertificateRequest, _gateway_pb2.GetCaCertificateResponse]
     """GetCaCertificate returns the CA certificate.
     buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
@@ -260,7 +262,9 @@ class RegistrationServiceAsyncStub(RegistrationServiceStub):
     calls it, forwarding the phone's jointly signed CSR with its attestation of the key.
     """
     GetGrant: _aio.UnaryUnaryMultiCallable[_ra_pb2.GetGrantRequest, _ra_pb2.GetGrantResponse]  # type: ignore[assignment]
-    """GetGrant returns one grant, signed, with its use so far (the gateway, before a use)."""
+    """GetGrant returns one grant, signed, and whether it is revoked (the gateway, before a use);
+    its use counts are left at zero (ListGrants has the HSM proxy's count).
+    """
     GetCaCertificate: _aio.UnaryUnaryMultiCallable[_gateway_pb2.GetCaCertificateRequest, _gateway_pb2.GetCaCertificateResponse]  # type: ignore[assignment]
     """GetCaCertificate returns the CA certificate.
     buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
@@ -315,7 +319,9 @@ class RegistrationServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _ra_pb2.GetGrantRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_ra_pb2.GetGrantResponse, _abc.Awaitable[_ra_pb2.GetGrantResponse]]:
-        """GetGrant returns one grant, signed, with its use so far (the gateway, before a use)."""
+        """GetGrant returns one grant, signed, and whether it is revoked (the gateway, before a use);
+        its use counts are left at zero (ListGrants has the HSM proxy's count).
+        """
 
     @_abc_1.abstractmethod
     def GetCaCertificate(
