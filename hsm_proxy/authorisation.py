@@ -147,9 +147,8 @@ class AuthorisationChecker:
         return certificate
 
     async def _check_attestation(self, record: records.ServiceRecord, attestation: bytes) -> None:
-        # The CA key is used by the gateway, so a certificate proves nothing on its own; only
-        # the cosigner can seal this, and it does so for keys it holds a share of, naming the
-        # user each was enrolled for.
+        # A certificate alone is the RA's word; only the cosigner can seal this, and it does so
+        # for keys it holds a share of, naming the user each was enrolled for.
         try:
             opened = await self._unseal_cosigner(attestation, records.KEY_ATTESTATION_AAD)
             attested = records.decode_key_attestation(opened)
