@@ -1,4 +1,4 @@
-"""Shared by the RA/CA tests (flows S1 and S2) against real HSM proxy, gateway and cosigner
+"""Shared by the RA/CA tests (flows S1 and S2) against real HSM proxy, RA, gateway and cosigner
 processes: the CA's expected settings, the certificates issued once for all of them (``Pki``,
 made by the ``pki`` fixture), administration and public calls, and field-by-field checks.
 """
@@ -25,9 +25,19 @@ from cryptography.x509.oid import NameOID, SignatureAlgorithmOID
 from client import sdk
 from client.certificates import request_personal_certificate
 from client.keystore import Keystore
+from mobilesign import records
 from mobilesign.rpc.status import reason_of
 from mobilesign.testing import Deployment
-from mobilesign.v1 import gateway_pb2, gateway_pb2_grpc, hsm_pb2, hsm_pb2_grpc
+from mobilesign.v1 import (
+    cosigner_pb2,
+    cosigner_pb2_grpc,
+    gateway_pb2,
+    gateway_pb2_grpc,
+    hsm_pb2,
+    hsm_pb2_grpc,
+    ra_pb2,
+    ra_pb2_grpc,
+)
 from tests.certificate_checks import (
     check_end_entity_extensions,
     key_usage,
@@ -39,7 +49,7 @@ Algorithm: TypeAlias = gateway_pb2.OrganisationKeyAlgorithm.ValueType
 PIN = "135790"
 ORG_ID = "acme"
 ORG_NAME = "ACME Trading, Société Anonyme"
-#: The gateway's built-in CA settings (server/config.py, ca/authority.py).
+#: The RA's built-in CA settings (ra/config.py, mobilesign/ca/authority.py).
 CA_KEY_LABEL = "mobilesign-root-ca"
 CA_SUBJECT = x509.Name(
     [
@@ -82,6 +92,8 @@ class Personal:
     certificate: bytes
     ca_certificate: bytes
     csr: bytes
+    #: The RA's grant key as the certificate response carried it.
+    grant_key_spki: bytes
 
 
 @dataclass(frozen=True)
@@ -107,12 +119,45 @@ class Pki:
 # Calls to the deployment ----------------------------------------------------------------------
 
 
-def admin_stub(channel: grpc.aio.Channel) -> gateway_pb2_grpc.AdminServiceAsyncStub:
-    return gateway_pb2_grpc.AdminServiceStub(channel)
+def admin_stub(channel: grpc.aio.Channel) -> ra_pb2_grpc.AdminServiceAsyncStub:
+    return ra_pb2_grpc.AdminServiceStub(channel)
+
+
+def registration_stub(channel: grpc.aio.Channel) -> ra_pb2_grpc.RegistrationServiceAsyncStub:
+    return ra_pb2_grpc.RegistrationServiceStub(channel)
 
 
 def public_stub(channel: grpc.aio.Channel) -> gateway_pb2_grpc.GatewayServiceAsyncStub:
     return gateway_pb2_grpc.GatewayServiceStub(channel)
+
+
+def cosigner_stub(channel: grpc.aio.Channel) -> cosigner_pb2_grpc.CosignerServiceAsyncStub:
+    return cosigner_pb2_grpc.CosignerServiceStub(channel)
+
+
+async def apply_for_certificate(
+    deployment: Deployment, ticket: bytes, csr: bytes
+) -> cosigner_pb2.RequestPersonalCertificateResponse:
+    """What a phone can do: submit a ticket and a CSR at the cosigner's public edge, raw."""
+    async with deployment.public_channel("cosigner") as channel:
+        return await cosigner_stub(channel).RequestPersonalCertificate(
+            cosigner_pb2.RequestPersonalCertificateRequest(ticket=ticket, csr=csr), timeout=30
+        )
+
+
+async def certify_at_ra(
+    deployment: Deployment,
+    ticket: bytes,
+    csr: bytes,
+    attestation: bytes,
+    identity: str = "cosigner",
+) -> ra_pb2.CertifyUserKeyResponse:
+    """What the RA checks: CertifyUserKey called directly, by default as the cosigner."""
+    async with deployment.channel("ra", identity) as channel:
+        return await registration_stub(channel).CertifyUserKey(
+            ra_pb2.CertifyUserKeyRequest(ticket=ticket, csr=csr, attestation=attestation),
+            timeout=30,
+        )
 
 
 def hsm_stub(channel: grpc.aio.Channel) -> hsm_pb2_grpc.HsmServiceAsyncStub:
@@ -122,13 +167,24 @@ def hsm_stub(channel: grpc.aio.Channel) -> hsm_pb2_grpc.HsmServiceAsyncStub:
 async def new_user(deployment: Deployment, prefix: str) -> tuple[str, bytes]:
     """A new user and an enrolment ticket for them."""
     user_id = f"{prefix}-{secrets.token_hex(4)}"
-    async with deployment.channel("gateway", "admin") as channel:
+    async with deployment.channel("ra", "admin") as channel:
         admin = admin_stub(channel)
-        await admin.CreateUser(gateway_pb2.CreateUserRequest(user_id=user_id, display_name="T"))
+        await admin.CreateUser(ra_pb2.CreateUserRequest(user_id=user_id, display_name="T"))
         reply = await admin.IssueEnrolmentTicket(
-            gateway_pb2.IssueEnrolmentTicketRequest(user_id=user_id, ttl_seconds=600)
+            ra_pb2.IssueEnrolmentTicketRequest(user_id=user_id, ttl_seconds=600)
         )
     return user_id, reply.ticket
+
+
+def ticket_id_of(ticket: bytes) -> str:
+    """The id a (genuine) ticket names."""
+    signed = ra_pb2.SignedEnrolmentTicket.FromString(ticket)
+    return ra_pb2.EnrolmentTicketClaims.FromString(signed.claims).ticket_id
+
+
+def attestation_of(keystore: Keystore, ticket: bytes) -> bytes:
+    """The attestation the cosigner makes for a key it enrolled with ``ticket``."""
+    return records.KeyAttestation(keystore.key_id, keystore.user_id, ticket_id_of(ticket)).encode()
 
 
 async def enrol(deployment: Deployment, prefix: str) -> tuple[Keystore, bytes]:
@@ -155,10 +211,17 @@ async def certify(deployment: Deployment, keystore: Keystore, ticket: bytes) -> 
     """The SDK's honest request for a personal certificate (verified by the SDK)."""
     async with (
         signing_session(deployment, keystore) as session,
-        deployment.public_channel("gateway") as gateway,
+        deployment.public_channel("cosigner") as cosigner,
     ):
-        certificates, csr = await request_personal_certificate(gateway, session, keystore, ticket)
-    return Personal(keystore, ticket, certificates.certificate, certificates.ca_certificate, csr)
+        certificates, csr = await request_personal_certificate(cosigner, session, keystore, ticket)
+    return Personal(
+        keystore,
+        ticket,
+        certificates.certificate,
+        certificates.ca_certificate,
+        csr,
+        certificates.grant_key_spki,
+    )
 
 
 async def enrol_and_certify(deployment: Deployment, prefix: str) -> Personal:
@@ -175,9 +238,9 @@ async def hsm_key_info(deployment: Deployment, key_id: str) -> hsm_pb2.KeyInfo:
 async def create_key(
     deployment: Deployment, organisation_id: str, label: str, algorithm: int
 ) -> OrganisationKey:
-    async with deployment.channel("gateway", "admin") as channel:
+    async with deployment.channel("ra", "admin") as channel:
         reply = await admin_stub(channel).CreateOrganisationKey(
-            gateway_pb2.CreateOrganisationKeyRequest(
+            ra_pb2.CreateOrganisationKeyRequest(
                 organisation_id=organisation_id,
                 label=label,
                 algorithm=gateway_pb2.OrganisationKeyAlgorithm.ValueType(algorithm),
@@ -188,9 +251,9 @@ async def create_key(
 
 
 async def create_organisation(deployment: Deployment, organisation_id: str, name: str) -> None:
-    async with deployment.channel("gateway", "admin") as channel:
+    async with deployment.channel("ra", "admin") as channel:
         await admin_stub(channel).CreateOrganisation(
-            gateway_pb2.CreateOrganisationRequest(organisation_id=organisation_id, name=name)
+            ra_pb2.CreateOrganisationRequest(organisation_id=organisation_id, name=name)
         )
 
 
@@ -300,11 +363,11 @@ def crl_number(crl: x509.CertificateRevocationList) -> int:
 
 
 def ca_db_path(deployment: Deployment) -> Path:
-    return deployment.state_dir / "gateway" / "ca.db"
+    return deployment.state_dir / "ra" / "ca.db"
 
 
 def issued_count(deployment: Deployment) -> int:
-    """Certificates in the CA's database (read-only, beside the running gateway)."""
+    """Certificates in the CA's database (read-only, beside the running RA)."""
     connection = sqlite3.connect(f"file:{ca_db_path(deployment)}?mode=ro", uri=True)
     try:
         (count,) = connection.execute("SELECT COUNT(*) FROM certificates").fetchone()
@@ -322,10 +385,10 @@ async def certificate_status(
         )
 
 
-async def key_status(deployment: Deployment, key_id: str) -> gateway_pb2.GetKeyStatusResponse:
-    async with deployment.channel("gateway", "cosigner") as channel:
-        return await admin_stub(channel).GetKeyStatus(
-            gateway_pb2.GetKeyStatusRequest(key_id=key_id)
+async def key_status(deployment: Deployment, key_id: str) -> ra_pb2.GetKeyStatusResponse:
+    async with deployment.channel("ra", "cosigner") as channel:
+        return await ra_pb2_grpc.RegistrationServiceStub(channel).GetKeyStatus(
+            ra_pb2.GetKeyStatusRequest(key_id=key_id)
         )
 
 

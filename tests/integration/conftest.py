@@ -24,7 +24,7 @@ async def keystore(two_party_deployment: Deployment) -> Keystore:
 
 @pytest.fixture(scope="session")
 def certificates_deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    """HSM proxy, gateway (RA/CA) and cosigner processes sharing one state directory, for the
+    """HSM proxy, RA/CA, gateway and cosigner processes sharing one state directory, for the
     RA/CA test modules."""
     deployment = Deployment(tmp_path_factory.mktemp("certificates"))
     try:

@@ -13,7 +13,7 @@ from cryptography import x509
 
 import client
 from mobilesign.testing import Deployment
-from mobilesign.v1 import gateway_pb2, gateway_pb2_grpc
+from mobilesign.v1 import gateway_pb2, gateway_pb2_grpc, hsm_pb2, hsm_pb2_grpc, ra_pb2, ra_pb2_grpc
 
 PIN = "482916"
 
@@ -48,9 +48,9 @@ class Phone:
             await channel.close()
 
 
-def admin(channel: grpc.aio.Channel) -> gateway_pb2_grpc.AdminServiceAsyncStub:
-    """The gateway's administrator stub."""
-    return gateway_pb2_grpc.AdminServiceStub(channel)
+def admin(channel: grpc.aio.Channel) -> ra_pb2_grpc.AdminServiceAsyncStub:
+    """The RA's administrator stub."""
+    return ra_pb2_grpc.AdminServiceStub(channel)
 
 
 def public(channel: grpc.aio.Channel) -> gateway_pb2_grpc.GatewayServiceAsyncStub:
@@ -60,10 +60,10 @@ def public(channel: grpc.aio.Channel) -> gateway_pb2_grpc.GatewayServiceAsyncStu
 
 async def organisation(deployment: Deployment, name: str = "acme") -> Organisation:
     """An organisation with an EC P-256 and an RSA-2048 key and their certificates."""
-    async with deployment.channel("gateway") as channel:
+    async with deployment.channel("ra") as channel:
         stub = admin(channel)
         await stub.CreateOrganisation(
-            gateway_pb2.CreateOrganisationRequest(organisation_id=name, name=name.upper())
+            ra_pb2.CreateOrganisationRequest(organisation_id=name, name=name.upper())
         )
         keys = []
         for label, algorithm in (
@@ -71,26 +71,42 @@ async def organisation(deployment: Deployment, name: str = "acme") -> Organisati
             ("encryption", gateway_pb2.ORGANISATION_KEY_ALGORITHM_RSA_2048),
         ):
             reply = await stub.CreateOrganisationKey(
-                gateway_pb2.CreateOrganisationKeyRequest(
+                ra_pb2.CreateOrganisationKeyRequest(
                     organisation_id=name, label=f"{name}-{label}", algorithm=algorithm
                 )
             )
             keys.append(reply.key)
+    async with deployment.channel("gateway") as channel:
         ca = (
             await public(channel).GetCaCertificate(gateway_pb2.GetCaCertificateRequest())
         ).certificate
         log = await public(channel).GetLogPublicKey(gateway_pb2.GetLogPublicKeyRequest())
-    return Organisation(keys[0], keys[1], client.TrustAnchors(ca, log.public_key_spki, log.origin))
+    return Organisation(
+        keys[0],
+        keys[1],
+        client.TrustAnchors(ca, log.public_key_spki, log.origin, await grant_key(deployment)),
+    )
+
+
+async def grant_key(deployment: Deployment) -> bytes:
+    """The RA's grant key, read from the token by an administrator (a phone receives it from the
+    RA through the cosigner when its key is certified)."""
+    async with deployment.channel("hsm-proxy") as channel:
+        listed = await hsm_pb2_grpc.HsmServiceStub(channel).ListKeys(
+            hsm_pb2.ListKeysRequest(purpose=hsm_pb2.KEY_PURPOSE_GRANT)
+        )
+    (key,) = listed.keys
+    return key.public_key_spki
 
 
 async def phone(deployment: Deployment, organisation: Organisation, name: str) -> Phone:
     """A new user with an enrolled key, its personal certificate, and open sessions."""
     user_id = f"{name}-{secrets.token_hex(3)}"
-    async with deployment.channel("gateway") as channel:
-        await admin(channel).CreateUser(gateway_pb2.CreateUserRequest(user_id=user_id))
+    async with deployment.channel("ra") as channel:
+        await admin(channel).CreateUser(ra_pb2.CreateUserRequest(user_id=user_id))
         ticket = (
             await admin(channel).IssueEnrolmentTicket(
-                gateway_pb2.IssueEnrolmentTicketRequest(user_id=user_id)
+                ra_pb2.IssueEnrolmentTicketRequest(user_id=user_id)
             )
         ).ticket
     cosigner = deployment.public_channel("cosigner")
@@ -99,8 +115,9 @@ async def phone(deployment: Deployment, organisation: Organisation, name: str) -
     signing = client.SigningSession(cosigner, keystore, PIN)
     await signing.open()
     certificates, _ = await client.request_personal_certificate(
-        gateway_channel, signing, keystore, ticket, organisation.trust.ca_certificate
+        cosigner, signing, keystore, ticket, organisation.trust.ca_certificate
     )
+    assert certificates.grant_key_spki == organisation.trust.grant_key_spki
     serial = format(x509.load_der_x509_certificate(certificates.certificate).serial_number, "x")
     gateway = client.GatewaySession(gateway_channel, keystore)
     await gateway.login()
@@ -124,9 +141,9 @@ async def grant(
         "purpose": "tests",
     }
     values.update(fields)
-    async with deployment.channel("gateway") as channel:
+    async with deployment.channel("ra") as channel:
         reply = await admin(channel).CreateGrant(
-            gateway_pb2.CreateGrantRequest(
+            ra_pb2.CreateGrantRequest(
                 user_id=user_id, key_id=key.key_id, operations=operations, **values
             )
         )
@@ -135,8 +152,8 @@ async def grant(
 
 async def grant_state(deployment: Deployment, grant_id: str) -> gateway_pb2.Grant | None:
     """A grant as the administrator sees it now (None when there is none)."""
-    async with deployment.channel("gateway") as channel:
-        listed = await admin(channel).ListGrants(gateway_pb2.ListGrantsRequest())
+    async with deployment.channel("ra") as channel:
+        listed = await admin(channel).ListGrants(ra_pb2.ListGrantsRequest())
     return next((g for g in listed.grants if g.grant_id == grant_id), None)
 
 

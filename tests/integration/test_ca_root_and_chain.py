@@ -57,7 +57,7 @@ CRL_DAYS = 7
 
 @pytest.fixture
 def deployment(certificates_deployment: Deployment) -> Deployment:
-    """The shared HSM proxy, gateway (RA/CA) and cosigner."""
+    """The shared HSM proxy, RA/CA, gateway and cosigner."""
     return certificates_deployment
 
 
@@ -104,9 +104,9 @@ async def test_ca_certificate_is_a_self_signed_root_for_the_hsm_key(
     assert spki_of(root.public_key()) == ca_key.public_key_spki
     assert isinstance(ca_public_key(root).curve, ec.SECP256R1)
 
-    # Every answer carries the same root; the gateway publishes it in its state directory too.
+    # Every answer carries the same root; the RA publishes it in its state directory too.
     assert pki.alice.ca_certificate == pki.bob.ca_certificate == pki.root_der
-    assert (deployment.state_dir / "gateway" / "ca.der").read_bytes() == pki.root_der
+    assert (deployment.state_dir / "ra" / "ca.der").read_bytes() == pki.root_der
     assert await fetch_root(deployment) == pki.root_der
 
 

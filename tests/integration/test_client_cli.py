@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from mobilesign.testing import Deployment
 from mobilesign.testing.deployment import ROOT
-from mobilesign.v1 import gateway_pb2, gateway_pb2_grpc
+from mobilesign.v1 import ra_pb2, ra_pb2_grpc
 
 pytestmark = pytest.mark.integration
 PIN = "731902"
@@ -24,7 +24,7 @@ PIN = "731902"
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    """All three services."""
+    """All four services."""
     deployment = Deployment(tmp_path_factory.mktemp("cli"))
     deployment.start_all()
     yield deployment
@@ -56,11 +56,11 @@ def _cli(deployment: Deployment, pin: str, *args: str) -> subprocess.CompletedPr
 async def test_enrol_sign_and_export_from_the_command_line(
     deployment: Deployment, tmp_path: Path
 ) -> None:
-    async with deployment.channel("gateway") as channel:
-        admin = gateway_pb2_grpc.AdminServiceStub(channel)
-        await admin.CreateUser(gateway_pb2.CreateUserRequest(user_id="carol"))
+    async with deployment.channel("ra") as channel:
+        admin = ra_pb2_grpc.AdminServiceStub(channel)
+        await admin.CreateUser(ra_pb2.CreateUserRequest(user_id="carol"))
         ticket = await admin.IssueEnrolmentTicket(
-            gateway_pb2.IssueEnrolmentTicketRequest(user_id="carol")
+            ra_pb2.IssueEnrolmentTicketRequest(user_id="carol")
         )
     (tmp_path / "ticket.bin").write_bytes(ticket.ticket)
     keystore = tmp_path / "carol.keystore"
@@ -104,7 +104,7 @@ async def test_enrol_sign_and_export_from_the_command_line(
     assert wrong.returncode == 1
     assert "WRONG_PIN" in wrong.stderr
     assert "000000" not in wrong.stderr + wrong.stdout
-    for name in ("cosigner", "gateway", "hsm-proxy"):
+    for name in ("cosigner", "gateway", "ra", "hsm-proxy"):
         log = deployment.services[name].log.read_text()
         assert PIN not in log
         assert "000000" not in log

@@ -31,7 +31,7 @@ CYCLES = 4
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    """All three services."""
+    """All four services."""
     deployment = Deployment(tmp_path_factory.mktemp("crash"))
     deployment.start_all()
     yield deployment

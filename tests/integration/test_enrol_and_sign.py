@@ -35,7 +35,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def deployment(two_party_deployment: Deployment) -> Deployment:
-    """The shared HSM proxy, gateway and cosigner (step timeout 3 s)."""
+    """The shared HSM proxy, RA, gateway and cosigner (step timeout 3 s)."""
     return two_party_deployment
 
 

@@ -19,7 +19,7 @@ from client.keystore import Keystore
 from mobilesign import tickets, twoparty
 from mobilesign.testing import Deployment
 from mobilesign.v1 import cosigner_pb2 as pb
-from mobilesign.v1 import gateway_pb2, hsm_pb2, hsm_pb2_grpc
+from mobilesign.v1 import hsm_pb2, hsm_pb2_grpc, ra_pb2
 from tests.integration.two_party import (
     PIN,
     Code,
@@ -34,22 +34,24 @@ from tests.integration.two_party import (
 )
 
 pytestmark = pytest.mark.integration
-TICKET_KEY_LABEL = "gateway-tickets"
+#: The RA's ticket key in the token (ra/config.py).
+TICKET_KEY_LABEL = "ra-tickets"
 
 
 @pytest.fixture
 def deployment(two_party_deployment: Deployment) -> Deployment:
-    """The shared HSM proxy, gateway and cosigner (step timeout 3 s)."""
+    """The shared HSM proxy, RA, gateway and cosigner (step timeout 3 s)."""
     return two_party_deployment
 
 
 async def _hsm_signed(
     deployment: Deployment, claims: bytes, label: str = TICKET_KEY_LABEL
 ) -> bytes:
-    """A ticket over ``claims`` signed in the HSM by the service key ``label`` (created if new)."""
-    async with deployment.channel("hsm-proxy", "admin") as channel:
+    """A ticket over ``claims`` signed in the HSM by the ticket-purpose key ``label`` (created if
+    new), as the RA would sign it (only the RA may use ticket keys)."""
+    async with deployment.channel("hsm-proxy", "ra") as channel:
         hsm = hsm_pb2_grpc.HsmServiceStub(channel)
-        listed = await hsm.ListKeys(hsm_pb2.ListKeysRequest(purpose=hsm_pb2.KEY_PURPOSE_SERVICE))
+        listed = await hsm.ListKeys(hsm_pb2.ListKeysRequest(purpose=hsm_pb2.KEY_PURPOSE_TICKET))
         keys = [key for key in listed.keys if key.label == label]
         if keys:
             key = keys[0]
@@ -58,7 +60,7 @@ async def _hsm_signed(
                 await hsm.GenerateKeyPair(
                     hsm_pb2.GenerateKeyPairRequest(
                         label=label,
-                        purpose=hsm_pb2.KEY_PURPOSE_SERVICE,
+                        purpose=hsm_pb2.KEY_PURPOSE_TICKET,
                         algorithm=hsm_pb2.KEY_ALGORITHM_EC_P256,
                     )
                 )
@@ -112,7 +114,7 @@ def _claims(**overrides: Any) -> bytes:
         "audience": tickets.AUDIENCE,
     }
     fields.update(overrides)
-    return gateway_pb2.EnrolmentTicketClaims(**fields).SerializeToString(deterministic=True)
+    return ra_pb2.EnrolmentTicketClaims(**fields).SerializeToString(deterministic=True)
 
 
 @pytest.mark.parametrize(
@@ -143,7 +145,7 @@ async def test_correctly_signed_but_unacceptable_ticket(
 ) -> None:
     overrides = claims(int(time.time()))
     encoded = _claims(**overrides)
-    user_id = gateway_pb2.EnrolmentTicketClaims.FromString(encoded).user_id
+    user_id = ra_pb2.EnrolmentTicketClaims.FromString(encoded).user_id
     ticket = await _hsm_signed(deployment, encoded)
     code = Code.INVALID_ARGUMENT if reason == "TICKET_MALFORMED" else Code.PERMISSION_DENIED
     async with deployment.public_channel("cosigner") as channel:
@@ -159,15 +161,15 @@ async def test_correctly_signed_but_unacceptable_ticket(
 
 def _resign_claims(ticket: bytes, **overrides: Any) -> bytes:
     """The ticket with some claims changed and the original signature kept."""
-    signed = gateway_pb2.SignedEnrolmentTicket.FromString(ticket)
-    claims = gateway_pb2.EnrolmentTicketClaims.FromString(signed.claims)
+    signed = ra_pb2.SignedEnrolmentTicket.FromString(ticket)
+    claims = ra_pb2.EnrolmentTicketClaims.FromString(signed.claims)
     for name, value in overrides.items():
         setattr(claims, name, value)
     return tickets.assemble(claims.SerializeToString(deterministic=True), signed.signature)
 
 
 def _flip_signature_bit(ticket: bytes) -> bytes:
-    signed = gateway_pb2.SignedEnrolmentTicket.FromString(ticket)
+    signed = ra_pb2.SignedEnrolmentTicket.FromString(ticket)
     signature = bytearray(signed.signature)
     signature[-1] ^= 0x01  # the low bit of s: still DER, no longer a signature
     return tickets.assemble(signed.claims, bytes(signature))
@@ -178,7 +180,7 @@ def _flip_signature_bit(ticket: bytes) -> bytes:
     [
         pytest.param(_flip_signature_bit, Code.PERMISSION_DENIED, "TICKET_FORGED", id="sig-bit"),
         pytest.param(
-            lambda t: tickets.assemble(gateway_pb2.SignedEnrolmentTicket.FromString(t).claims, b""),
+            lambda t: tickets.assemble(ra_pb2.SignedEnrolmentTicket.FromString(t).claims, b""),
             Code.PERMISSION_DENIED,
             "TICKET_FORGED",
             id="no-signature",
@@ -230,7 +232,7 @@ async def test_forged_or_malformed_ticket(
 
 async def test_ticket_signed_by_another_hsm_key_is_forged(deployment: Deployment) -> None:
     user_id, ticket = await new_ticket(deployment)
-    claims = gateway_pb2.SignedEnrolmentTicket.FromString(ticket).claims
+    claims = ra_pb2.SignedEnrolmentTicket.FromString(ticket).claims
     forged = await _hsm_signed(deployment, claims, label="not-the-ticket-key")
     async with deployment.public_channel("cosigner") as channel:
         call = cosigner_stub(channel).KeyGen()

@@ -7,6 +7,7 @@ import asyncio
 import base64
 import hashlib
 import json
+import secrets
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -24,7 +25,7 @@ from mobilesign import deviceauth, records
 from mobilesign.rpc.status import reason_of
 from mobilesign.testing import Deployment
 from mobilesign.testing.deployment import ROOT
-from mobilesign.v1 import gateway_pb2
+from mobilesign.v1 import gateway_pb2, ra_pb2
 from tests.integration import escrow
 
 pytestmark = pytest.mark.integration
@@ -35,7 +36,7 @@ DIGEST = hashlib.sha256(b"purchase order 2026-117").digest()
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    """All three services."""
+    """All four services."""
     deployment = Deployment(tmp_path_factory.mktemp("escrow"))
     deployment.start_all()
     yield deployment
@@ -292,15 +293,27 @@ async def test_refusals_execute_and_count_nothing(
     assert (state.used_total, state.used_today) == (1, 1)
     # Revoked before use.
     revoked = await escrow.grant(deployment, phone.user_id, organisation.seal, [SIGN])
-    async with deployment.channel("gateway") as channel:
+    async with deployment.channel("ra") as channel:
         await escrow.admin(channel).RevokeGrant(
-            gateway_pb2.RevokeGrantRequest(grant_id=revoked.grant_id)
+            ra_pb2.RevokeGrantRequest(grant_id=revoked.grant_id)
+        )
+        # Revoking again is harmless (it repeats the push to the HSM proxy); a grant the RA
+        # never issued is not found.
+        await escrow.admin(channel).RevokeGrant(
+            ra_pb2.RevokeGrantRequest(grant_id=revoked.grant_id)
         )
         with pytest.raises(grpc.aio.AioRpcError) as info:
             await escrow.admin(channel).RevokeGrant(
-                gateway_pb2.RevokeGrantRequest(grant_id=revoked.grant_id)
+                ra_pb2.RevokeGrantRequest(grant_id=secrets.token_hex(16))
             )
-        assert reason_of(info.value) == "GRANT_NOT_FOUND"
+        assert (info.value.code(), reason_of(info.value)) == (
+            grpc.StatusCode.NOT_FOUND,
+            "GRANT_NOT_FOUND",
+        )
+    state = await escrow.grant_state(deployment, revoked.grant_id)
+    assert state is not None
+    assert state.revoked
+    assert (state.used_total, state.used_today) == (0, 0)
     await _refused(deployment, phone, organisation, revoked.grant_id, "GRANT_REVOKED")
 
 
@@ -378,10 +391,8 @@ async def test_execute_refusals_and_idempotency(
     assert await escrow.log_size(deployment) == size
     assert await _used(deployment, grant.grant_id) == 0
     # Revoked between prepare and execute.
-    async with deployment.channel("gateway") as channel:
-        await escrow.admin(channel).RevokeGrant(
-            gateway_pb2.RevokeGrantRequest(grant_id=grant.grant_id)
-        )
+    async with deployment.channel("ra") as channel:
+        await escrow.admin(channel).RevokeGrant(ra_pb2.RevokeGrantRequest(grant_id=grant.grant_id))
     await _expect(
         _execute(phone, prepared.record_id, signature),
         grpc.StatusCode.PERMISSION_DENIED,
@@ -478,9 +489,9 @@ async def test_sessions_need_the_device_and_a_valid_certificate(
         )
     # Revoking the user's certificate ends the existing session and refuses a new one.
     await _use(phone, organisation, grant.grant_id)
-    async with deployment.channel("gateway") as channel:
+    async with deployment.channel("ra") as channel:
         await escrow.admin(channel).RevokeCertificate(
-            gateway_pb2.RevokeCertificateRequest(
+            ra_pb2.RevokeCertificateRequest(
                 serial=phone.certificate_serial,
                 reason=gateway_pb2.REVOCATION_REASON_KEY_COMPROMISE,
             )

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 import client
 from mobilesign.testing import Deployment
-from mobilesign.v1 import gateway_pb2, gateway_pb2_grpc, hsm_pb2, hsm_pb2_grpc
+from mobilesign.v1 import hsm_pb2, hsm_pb2_grpc, ra_pb2, ra_pb2_grpc
 
 pytestmark = pytest.mark.integration
 PIN = "731590"
@@ -29,11 +29,11 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
 
 
 async def _ticket(deployment: Deployment, user_id: str) -> bytes:
-    async with deployment.channel("gateway") as channel:
-        admin = gateway_pb2_grpc.AdminServiceStub(channel)
-        await admin.CreateUser(gateway_pb2.CreateUserRequest(user_id=user_id))
+    async with deployment.channel("ra") as channel:
+        admin = ra_pb2_grpc.AdminServiceStub(channel)
+        await admin.CreateUser(ra_pb2.CreateUserRequest(user_id=user_id))
         reply = await admin.IssueEnrolmentTicket(
-            gateway_pb2.IssueEnrolmentTicketRequest(user_id=user_id)
+            ra_pb2.IssueEnrolmentTicketRequest(user_id=user_id)
         )
     return reply.ticket
 

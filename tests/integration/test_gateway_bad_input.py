@@ -1,5 +1,5 @@
-"""Bad input to the gateway's administrator and public RPCs: a clear status with a stable reason,
-and nothing created."""
+"""Bad input to the administrator RPCs (at the RA) and the gateway's public RPCs: a clear status
+with a stable reason, and nothing created."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest_asyncio
 
 from mobilesign.rpc.status import reason_of
 from mobilesign.testing import Deployment
-from mobilesign.v1 import gateway_pb2
+from mobilesign.v1 import gateway_pb2, ra_pb2, ra_pb2_grpc
 from tests.integration import escrow
 
 pytestmark = pytest.mark.integration
@@ -23,7 +23,7 @@ DECRYPT = gateway_pb2.OPERATION_DECRYPT
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    """All three services."""
+    """All four services."""
     deployment = Deployment(tmp_path_factory.mktemp("gateway-input"))
     deployment.start_all()
     yield deployment
@@ -44,46 +44,47 @@ async def _expect(call: object, code: grpc.StatusCode, reason: str) -> None:
 
 
 async def test_users_and_tickets(deployment: Deployment) -> None:
-    async with deployment.channel("gateway") as channel:
+    async with deployment.channel("ra") as channel:
         admin = escrow.admin(channel)
-        await admin.CreateUser(gateway_pb2.CreateUserRequest(user_id="dora"))
+        registry = ra_pb2_grpc.RegistrationServiceStub(channel)
+        await admin.CreateUser(ra_pb2.CreateUserRequest(user_id="dora"))
         for user_id in ("", "has space", "x" * 65, "semi;colon", "dora\n"):
             await _expect(
-                admin.CreateUser(gateway_pb2.CreateUserRequest(user_id=user_id)),
+                admin.CreateUser(ra_pb2.CreateUserRequest(user_id=user_id)),
                 Code.INVALID_ARGUMENT,
                 "MALFORMED_USER_ID",
             )
         await _expect(
-            admin.CreateUser(gateway_pb2.CreateUserRequest(user_id="dora")),
+            admin.CreateUser(ra_pb2.CreateUserRequest(user_id="dora")),
             Code.ALREADY_EXISTS,
             "USER_EXISTS",
         )
         await _expect(
-            admin.CreateUser(gateway_pb2.CreateUserRequest(user_id="eve", display_name="x" * 201)),
+            admin.CreateUser(ra_pb2.CreateUserRequest(user_id="eve", display_name="x" * 201)),
             Code.INVALID_ARGUMENT,
             "MALFORMED_DISPLAY_NAME",
         )
         await _expect(
-            admin.GetUser(gateway_pb2.GetUserRequest(user_id="eve")),
+            admin.GetUser(ra_pb2.GetUserRequest(user_id="eve")),
             Code.NOT_FOUND,
             "USER_NOT_FOUND",
         )
         await _expect(
-            admin.IssueEnrolmentTicket(gateway_pb2.IssueEnrolmentTicketRequest(user_id="eve")),
+            admin.IssueEnrolmentTicket(ra_pb2.IssueEnrolmentTicketRequest(user_id="eve")),
             Code.NOT_FOUND,
             "USER_NOT_FOUND",
         )
         for ttl in (59, 7 * 86_400 + 1):
             await _expect(
                 admin.IssueEnrolmentTicket(
-                    gateway_pb2.IssueEnrolmentTicketRequest(user_id="dora", ttl_seconds=ttl)
+                    ra_pb2.IssueEnrolmentTicketRequest(user_id="dora", ttl_seconds=ttl)
                 ),
                 Code.INVALID_ARGUMENT,
                 "TTL_OUT_OF_RANGE",
             )
         for key_id in ("", "ab" * 31, "AB" * 32):
             await _expect(
-                admin.GetKeyStatus(gateway_pb2.GetKeyStatusRequest(key_id=key_id)),
+                registry.GetKeyStatus(ra_pb2.GetKeyStatusRequest(key_id=key_id)),
                 Code.INVALID_ARGUMENT,
                 "MALFORMED_KEY_ID",
             )
@@ -112,16 +113,16 @@ async def test_grants(deployment: Deployment, organisation: escrow.Organisation)
         ({"quota_total": 10**7}, Code.INVALID_ARGUMENT, "QUOTA_INVALID"),
         ({"purpose": "p" * 201}, Code.INVALID_ARGUMENT, "PURPOSE_TOO_LONG"),
     ]
-    async with deployment.channel("gateway") as channel:
+    async with deployment.channel("ra") as channel:
         admin = escrow.admin(channel)
-        await admin.CreateUser(gateway_pb2.CreateUserRequest(user_id="frank"))
+        await admin.CreateUser(ra_pb2.CreateUserRequest(user_id="frank"))
         for change, code, reason in cases:
-            request = gateway_pb2.CreateGrantRequest(**{**good, **change})  # type: ignore[arg-type]
+            request = ra_pb2.CreateGrantRequest(**{**good, **change})  # type: ignore[arg-type]
             await _expect(admin.CreateGrant(request), code, reason)
-        listed = await admin.ListGrants(gateway_pb2.ListGrantsRequest(user_id="frank"))
+        listed = await admin.ListGrants(ra_pb2.ListGrantsRequest(user_id="frank"))
         assert list(listed.grants) == []
         await _expect(
-            admin.RevokeGrant(gateway_pb2.RevokeGrantRequest(grant_id="ab" * 16)),
+            admin.RevokeGrant(ra_pb2.RevokeGrantRequest(grant_id="ab" * 16)),
             Code.NOT_FOUND,
             "GRANT_NOT_FOUND",
         )

@@ -51,7 +51,7 @@ TORSION_4 = bytes(32)
 
 @pytest.fixture
 def deployment(two_party_deployment: Deployment) -> Deployment:
-    """The shared HSM proxy, gateway and cosigner (step timeout 3 s)."""
+    """The shared HSM proxy, RA, gateway and cosigner (step timeout 3 s)."""
     return two_party_deployment
 
 

@@ -24,21 +24,24 @@ from mobilesign.v1 import hsm_pb2, hsm_pb2_grpc
 
 pytestmark = pytest.mark.integration
 
+#: The mobilesign services each process serves (the RA's administrator interface is the RA's
+#: alone: the gateway no longer serves it).
 _SERVICES = {
-    "hsm-proxy": "mobilesign.v1.HsmService",
-    "cosigner": "mobilesign.v1.CosignerService",
-    "gateway": "mobilesign.v1.AdminService",
+    "hsm-proxy": ("mobilesign.v1.HsmService",),
+    "ra": ("mobilesign.v1.AdminService", "mobilesign.v1.RegistrationService"),
+    "cosigner": ("mobilesign.v1.CosignerService",),
+    "gateway": ("mobilesign.v1.GatewayService",),
 }
 
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    """All three services, with a short grace period."""
+    """All four services, with a short grace period."""
     deployment = Deployment(
         tmp_path_factory.mktemp("lifecycle"),
         extra_env={
             f"MOBILESIGN_{section}_GRACE_SECONDS": "2"
-            for section in ("HSM_PROXY", "COSIGNER", "GATEWAY")
+            for section in ("HSM_PROXY", "RA", "COSIGNER", "GATEWAY")
         },
     )
     deployment.start_all()
@@ -49,16 +52,17 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
 @pytest.mark.parametrize("name", START_ORDER)
 async def test_health_and_reflection(deployment: Deployment, name: str) -> None:
     async with deployment.channel(name) as channel:
-        health = await health_pb2_grpc.HealthStub(channel).Check(
-            health_pb2.HealthCheckRequest(service=_SERVICES[name])
-        )
-        assert health.status == health_pb2.HealthCheckResponse.SERVING
+        for service in _SERVICES[name]:
+            health = await health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=service)
+            )
+            assert health.status == health_pb2.HealthCheckResponse.SERVING
         call = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo()
         await call.write(reflection_pb2.ServerReflectionRequest(list_services=""))
         reply = await call.read()
         await call.done_writing()
         listed = {s.name for s in reply.list_services_response.service}
-        assert _SERVICES[name] in listed
+        assert {s for s in listed if s.startswith("mobilesign.")} == set(_SERVICES[name])
         assert "grpc.health.v1.Health" in listed
 
 

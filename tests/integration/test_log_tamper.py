@@ -2,7 +2,10 @@
 appending entries behind the gateway's back) gets no checkpoint signed. The HSM proxy, the log's
 witness, signs only trees that extend the last one it signed, so an attacker with the gateway's
 disk and credentials cannot make a rewritten log look valid; a verifier holding an earlier
-checkpoint would detect one (``client.verify_consistency``) if it ever saw it."""
+checkpoint would detect one (``client.verify_consistency``) if it ever saw it. Before that, the
+gateway itself refuses to start on entries that do not match the Merkle tree nodes it stored
+beside them; an attacker who also deletes the stored nodes (the gateway then recomputes them from
+the entries it finds) gets it started, and the witness still refuses."""
 
 from __future__ import annotations
 
@@ -26,7 +29,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    """All three services, fresh for each manipulation."""
+    """All four services, fresh for each manipulation."""
     deployment = Deployment(tmp_path_factory.mktemp("tamper"))
     deployment.start_all()
     yield deployment
@@ -58,14 +61,40 @@ async def _fill(deployment: Deployment, uses: int) -> tuple[escrow.Organisation,
     return organisation, note
 
 
-def _rewrite(deployment: Deployment, *statements: tuple[str, tuple[object, ...]]) -> None:
-    """Stop the gateway, change its ledger database directly, as an attacker with disk access."""
+def _rewrite(
+    deployment: Deployment, *statements: tuple[str, tuple[object, ...]], drop_tree: bool = False
+) -> None:
+    """Stop the gateway, change its ledger database directly, as an attacker with disk access;
+    with ``drop_tree``, also delete the stored tree nodes (the gateway recomputes missing ones
+    from the entries at start)."""
     assert deployment.stop("gateway", signal.SIGTERM) == 0
+    _change_ledger(deployment, *statements, drop_tree=drop_tree)
+
+
+def _change_ledger(
+    deployment: Deployment, *statements: tuple[str, tuple[object, ...]], drop_tree: bool = False
+) -> None:
+    assert deployment.services["gateway"].process.poll() is not None  # the gateway is down
     ledger = deployment.state_dir / "gateway" / "ledger.db"
     with contextlib.closing(sqlite3.connect(ledger)) as db:
         for sql, parameters in statements:
             assert db.execute(sql, parameters).rowcount == 1
+        if drop_tree:
+            db.execute("DELETE FROM tree_nodes")
         db.commit()
+
+
+def _refuses_to_start(deployment: Deployment) -> None:
+    """The gateway's start check: the entries do not hash to the stored tree nodes."""
+    with pytest.raises(RuntimeError, match="a stored tree node is not the hash of the stored"):
+        deployment.start("gateway")
+
+
+def _started_without_the_stored_tree(deployment: Deployment) -> None:
+    """After the start check refused, the attacker deletes the stored nodes and starts again."""
+    _refuses_to_start(deployment)
+    _change_ledger(deployment, drop_tree=True)
+    deployment.start("gateway")
 
 
 async def _consistent_with_today(
@@ -117,14 +146,15 @@ async def test_changed_entry_is_detected(deployment: Deployment) -> None:
             (),
         ),
     )
-    deployment.start("gateway")
+    _started_without_the_stored_tree(deployment)
     await _refused_by_the_witness(deployment)
 
 
 async def test_deleted_entries_are_detected(deployment: Deployment) -> None:
     organisation, earlier = await _fill(deployment, 3)
     genuine = _entries(deployment)
-    # Deleting the newest entry (truncation): a smaller tree than the witness signed.
+    # Deleting the newest entry (truncation): a smaller tree than the witness signed. (Here
+    # the attacker always deletes the stored tree nodes too: only the witness is left.)
     _rewrite(
         deployment,
         (
@@ -132,6 +162,7 @@ async def test_deleted_entries_are_detected(deployment: Deployment) -> None:
             " FROM log_entries)",
             (),
         ),
+        drop_tree=True,
     )
     deployment.start("gateway")
     await _refused_by_the_witness(deployment)
@@ -146,15 +177,17 @@ async def test_deleted_entries_are_detected(deployment: Deployment) -> None:
         deployment,
         (append, (last_entry + b"\x00", created_at)),
         (append, (last_entry + b"\x01", created_at)),
+        drop_tree=True,
     )
     deployment.start("gateway")
     await _refused_by_the_witness(deployment)
     # Deleting an entry in the middle leaves a hole: the gateway refuses to start on it.
-    _rewrite(deployment, ("DELETE FROM log_entries WHERE entry_index = 1", ()))
+    _rewrite(deployment, ("DELETE FROM log_entries WHERE entry_index = 1", ()), drop_tree=True)
     with pytest.raises(RuntimeError, match="entry 1 is missing"):
         deployment.start("gateway")
     # Closing the hole by renumbering the later entries changes the tree: refused too.
     _renumber_after(deployment, 1)
+    _change_ledger(deployment, drop_tree=True)
     deployment.start("gateway")
     await _refused_by_the_witness(deployment)
     # Put back as it was signed, the log is served again and extends the earlier checkpoint.
@@ -174,6 +207,7 @@ def _put_back(deployment: Deployment, entries: list[tuple[int, bytes, int]]) -> 
     ledger = deployment.state_dir / "gateway" / "ledger.db"
     with contextlib.closing(sqlite3.connect(ledger)) as db:
         db.execute("DELETE FROM log_entries")
+        db.execute("DELETE FROM tree_nodes")
         db.executemany("INSERT INTO log_entries VALUES (?, ?, ?)", entries)
         db.commit()
 
@@ -196,5 +230,5 @@ async def test_reordered_entries_are_detected(deployment: Deployment) -> None:
         ("UPDATE log_entries SET entry_index = 1 WHERE entry_index = 2", ()),
         ("UPDATE log_entries SET entry_index = 2 WHERE entry_index = -1", ()),
     )
-    deployment.start("gateway")
+    _started_without_the_stored_tree(deployment)
     await _refused_by_the_witness(deployment)

@@ -16,7 +16,7 @@ from cryptography.x509.oid import NameOID, SignatureAlgorithmOID
 from mobilesign.ca.authority import ORGANISATION_POLICY_OID
 from mobilesign.rpc import channels
 from mobilesign.testing import Deployment
-from mobilesign.v1 import gateway_pb2, hsm_pb2
+from mobilesign.v1 import gateway_pb2, hsm_pb2, ra_pb2
 from tests.certificate_checks import key_usage, spki_of
 from tests.integration.certificates import (
     ALGORITHMS,
@@ -35,6 +35,7 @@ from tests.integration.certificates import (
     hsm_stub,
     issued_count,
     key_status,
+    registration_stub,
     serial_hex,
 )
 
@@ -45,7 +46,7 @@ RSA_USAGE = key_usage(digital_signature=True, content_commitment=True, key_encip
 
 @pytest.fixture
 def deployment(certificates_deployment: Deployment) -> Deployment:
-    """The shared HSM proxy, gateway (RA/CA) and cosigner."""
+    """The shared HSM proxy, RA/CA, gateway and cosigner."""
     return certificates_deployment
 
 
@@ -104,9 +105,9 @@ async def test_organisation_certificate_fields(pki: Pki, algorithm: Algorithm) -
 async def test_list_organisation_keys_returns_them_with_certificates(
     deployment: Deployment, pki: Pki
 ) -> None:
-    async with deployment.channel("gateway", "admin") as channel:
+    async with deployment.channel("ra", "admin") as channel:
         listed = await admin_stub(channel).ListOrganisationKeys(
-            gateway_pb2.ListOrganisationKeysRequest(organisation_id=ORG_ID)
+            ra_pb2.ListOrganisationKeysRequest(organisation_id=ORG_ID)
         )
     expected = sorted((k.key for k in pki.organisation_keys.values()), key=lambda k: k.label)
     assert list(listed.keys) == expected
@@ -119,9 +120,9 @@ async def test_list_organisation_keys_returns_them_with_certificates(
 async def _organisation_state(deployment: Deployment) -> tuple[Any, ...]:
     """What a refused request must not change: the CA's records, the organisation's keys and
     certificates, and the organisation keys in the token."""
-    async with deployment.channel("gateway", "admin") as channel:
+    async with deployment.channel("ra", "admin") as channel:
         listed = await admin_stub(channel).ListOrganisationKeys(
-            gateway_pb2.ListOrganisationKeysRequest(organisation_id=ORG_ID)
+            ra_pb2.ListOrganisationKeysRequest(organisation_id=ORG_ID)
         )
     async with deployment.channel("hsm-proxy", "admin") as channel:
         token = await hsm_stub(channel).ListKeys(
@@ -140,8 +141,8 @@ def _key_request(
     label: str,
     organisation_id: str = ORG_ID,
     algorithm: int = gateway_pb2.ORGANISATION_KEY_ALGORITHM_EC_P256,
-) -> gateway_pb2.CreateOrganisationKeyRequest:
-    return gateway_pb2.CreateOrganisationKeyRequest(
+) -> ra_pb2.CreateOrganisationKeyRequest:
+    return ra_pb2.CreateOrganisationKeyRequest(
         organisation_id=organisation_id,
         label=label,
         algorithm=gateway_pb2.OrganisationKeyAlgorithm.ValueType(algorithm),
@@ -153,7 +154,7 @@ async def test_bad_organisation_key_requests_are_refused_and_issue_nothing(
 ) -> None:
     before = await _organisation_state(deployment)
     existing = pki.organisation_keys[gateway_pb2.ORGANISATION_KEY_ALGORITHM_EC_P256].key.label
-    async with deployment.channel("gateway", "admin") as channel:
+    async with deployment.channel("ra", "admin") as channel:
         admin = admin_stub(channel)
         await expect_refusal(
             admin.CreateOrganisationKey(_key_request("nobody-seal", "no-such-organisation")),
@@ -162,7 +163,7 @@ async def test_bad_organisation_key_requests_are_refused_and_issue_nothing(
         )
         await expect_refusal(
             admin.ListOrganisationKeys(
-                gateway_pb2.ListOrganisationKeysRequest(organisation_id="no-such-organisation")
+                ra_pb2.ListOrganisationKeysRequest(organisation_id="no-such-organisation")
             ),
             Code.NOT_FOUND,
             "ORGANISATION_NOT_FOUND",
@@ -175,7 +176,7 @@ async def test_bad_organisation_key_requests_are_refused_and_issue_nothing(
             )
         # Labels are unique among all organisations' keys, not per organisation.
         await admin.CreateOrganisation(
-            gateway_pb2.CreateOrganisationRequest(organisation_id="initech", name="Initech")
+            ra_pb2.CreateOrganisationRequest(organisation_id="initech", name="Initech")
         )
         await expect_refusal(
             admin.CreateOrganisationKey(_key_request(existing, "initech")),
@@ -204,13 +205,13 @@ async def test_bad_organisation_key_requests_are_refused_and_issue_nothing(
             )
         await expect_refusal(
             admin.CreateOrganisation(
-                gateway_pb2.CreateOrganisationRequest(organisation_id=ORG_ID, name="Again")
+                ra_pb2.CreateOrganisationRequest(organisation_id=ORG_ID, name="Again")
             ),
             Code.ALREADY_EXISTS,
             "ORGANISATION_EXISTS",
         )
         initech = await admin.ListOrganisationKeys(
-            gateway_pb2.ListOrganisationKeysRequest(organisation_id="initech")
+            ra_pb2.ListOrganisationKeysRequest(organisation_id="initech")
         )
     assert list(initech.keys) == []
     assert await _organisation_state(deployment) == before
@@ -227,47 +228,54 @@ async def test_callers_that_are_not_administrators_are_refused(
         calls: list[Awaitable[object]] = [
             admin.CreateOrganisationKey(_key_request("intruder-seal")),
             admin.CreateOrganisation(
-                gateway_pb2.CreateOrganisationRequest(organisation_id="intruder", name="X")
+                ra_pb2.CreateOrganisationRequest(organisation_id="intruder", name="X")
             ),
-            admin.ListOrganisationKeys(
-                gateway_pb2.ListOrganisationKeysRequest(organisation_id=ORG_ID)
-            ),
+            admin.ListOrganisationKeys(ra_pb2.ListOrganisationKeysRequest(organisation_id=ORG_ID)),
             admin.RevokeCertificate(
-                gateway_pb2.RevokeCertificateRequest(
+                ra_pb2.RevokeCertificateRequest(
                     serial=serial, reason=gateway_pb2.REVOCATION_REASON_KEY_COMPROMISE
                 )
             ),
-            admin.CreateUser(gateway_pb2.CreateUserRequest(user_id="intruder")),
+            admin.CreateUser(ra_pb2.CreateUserRequest(user_id="intruder")),
             admin.IssueEnrolmentTicket(
-                gateway_pb2.IssueEnrolmentTicketRequest(user_id=pki.alice.keystore.user_id)
+                ra_pb2.IssueEnrolmentTicketRequest(user_id=pki.alice.keystore.user_id)
             ),
         ]
         for call in calls:
             await expect_refusal(call, code, "CALLER_NOT_AUTHORISED")
 
     # Internal identities other than the administrator.
-    for identity in ("gateway", "cosigner"):
-        async with deployment.channel("gateway", identity) as channel:
+    for identity in ("gateway", "cosigner", "hsm-proxy"):
+        async with deployment.channel("ra", identity) as channel:
             await refused(channel, Code.PERMISSION_DENIED)
-    # No client certificate at all: the public listener serves the same services.
-    async with deployment.public_channel("gateway") as channel:
-        await refused(channel, Code.UNAUTHENTICATED)
-        await expect_refusal(
-            admin_stub(channel).GetKeyStatus(
-                gateway_pb2.GetKeyStatusRequest(key_id=pki.alice.keystore.key_id)
-            ),
-            Code.UNAUTHENTICATED,
-            "CALLER_NOT_AUTHORISED",
-        )
-    # The internal listener does not even complete a handshake without a client certificate
-    # (the same server-authenticated channel to the public listener works: see above).
+    # The RA has no public listener: its internal one does not even complete a handshake without
+    # a client certificate.
     ca_pem = deployment.credential("admin").read()[2]
-    async with channels.server_tls(deployment.address("gateway"), ca_pem) as channel:
-        with pytest.raises(grpc.aio.AioRpcError) as info:
-            await admin_stub(channel).CreateOrganisationKey(
-                _key_request("intruder-seal"), timeout=5
-            )
-        assert info.value.code() == Code.UNAVAILABLE
+    async with channels.server_tls(deployment.address("ra"), ca_pem) as channel:
+        for call in (
+            admin_stub(channel).CreateOrganisationKey(_key_request("intruder-seal"), timeout=5),
+            registration_stub(channel).GetKeyStatus(
+                ra_pb2.GetKeyStatusRequest(key_id=pki.alice.keystore.key_id), timeout=5
+            ),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await call
+            assert info.value.code() == Code.UNAVAILABLE
+    # The gateway no longer serves the RA's services, on either listener, to anyone.
+    async with (
+        deployment.public_channel("gateway") as public,
+        deployment.channel("gateway", "admin") as internal,
+    ):
+        for channel in (public, internal):
+            for call in (
+                admin_stub(channel).CreateOrganisationKey(_key_request("intruder-seal")),
+                registration_stub(channel).GetKeyStatus(
+                    ra_pb2.GetKeyStatusRequest(key_id=pki.alice.keystore.key_id)
+                ),
+            ):
+                with pytest.raises(grpc.aio.AioRpcError) as info:
+                    await call
+                assert info.value.code() == Code.UNIMPLEMENTED
     # The cosigner may ask for a key's status, which is what it needs.
     assert not (await key_status(deployment, pki.alice.keystore.key_id)).revoked
 

@@ -1,6 +1,8 @@
-"""Refused personal certificate requests issue nothing: bad CSRs, subjects, keys and tickets, a
-ticket the gateway never issued, a used ticket, and concurrent requests with one ticket. Each is
-checked by gRPC code and stable reason, and by the CA's database, which gains no row.
+"""Refused personal certificate requests issue nothing: bad CSRs, subjects, keys and tickets sent
+by a phone to the cosigner's public edge (refused there or by the RA, whose refusal the cosigner
+relays unchanged), a ticket the RA never issued, a used ticket, and concurrent requests with one
+ticket. Each is checked by gRPC code and stable reason, and by the CA's database, which gains no
+row.
 """
 
 from __future__ import annotations
@@ -27,18 +29,21 @@ from client.certificates import (
     joint_public_key_spki,
 )
 from client.keystore import Keystore
-from mobilesign import pkix, tickets
+from mobilesign import pkix, records, tickets
 from mobilesign.rpc.status import reason_of
 from mobilesign.testing import Deployment
-from mobilesign.v1 import gateway_pb2, hsm_pb2
+from mobilesign.v1 import cosigner_pb2, gateway_pb2, hsm_pb2, ra_pb2
 from tests.certificate_checks import spki_of
 from tests.integration.certificates import (
     ORG_NAME,
     PIN,
     Code,
     Pki,
-    admin_stub,
+    apply_for_certificate,
+    attestation_of,
     certify,
+    certify_at_ra,
+    cosigner_stub,
     enrol,
     expect_refusal,
     fetch_root,
@@ -48,18 +53,21 @@ from tests.integration.certificates import (
     new_user,
     personal_subject,
     public_stub,
+    registration_stub,
     serial_hex,
     signing_session,
+    ticket_id_of,
 )
 
 pytestmark = pytest.mark.integration
-TICKET_KEY_LABEL = "gateway-tickets"
+#: The RA's ticket key in the token (ra/config.py).
+TICKET_KEY_LABEL = "ra-tickets"
 MAX_CSR_BYTES = 4096
 
 
 @pytest.fixture
 def deployment(certificates_deployment: Deployment) -> Deployment:
-    """The shared HSM proxy, gateway (RA/CA) and cosigner."""
+    """The shared HSM proxy, RA/CA, gateway and cosigner."""
     return certificates_deployment
 
 
@@ -73,11 +81,11 @@ async def _no_certificate(deployment: Deployment, key_id: str) -> None:
             Code.NOT_FOUND,
             "CERTIFICATE_NOT_FOUND",
         )
-    async with deployment.channel("gateway", "admin") as channel:
-        status = await admin_stub(channel).GetKeyStatus(
-            gateway_pb2.GetKeyStatusRequest(key_id=key_id)
+    async with deployment.channel("ra", "admin") as channel:
+        status = await registration_stub(channel).GetKeyStatus(
+            ra_pb2.GetKeyStatusRequest(key_id=key_id)
         )
-    assert status == gateway_pb2.GetKeyStatusResponse(revoked=False, certificate_serial="")
+    assert status == ra_pb2.GetKeyStatusResponse(revoked=False, certificate_serial="")
 
 
 class _JointSigner:
@@ -181,6 +189,9 @@ async def _extra_subject_attribute(attempt: Attempt) -> tuple[bytes, bytes]:
 
 
 async def _other_users_ticket_own_subject(attempt: Attempt) -> tuple[bytes, bytes]:
+    """The phone's own CSR with another user's ticket: the cosigner enrolled the key with
+    another ticket, so it refuses before the RA sees it (the RA's own subject check on such a
+    request is test_ra_checks_the_subject_against_the_ticket)."""
     _, ticket = await new_user(attempt.deployment, "other")
     return ticket, await _joint_csr(attempt)
 
@@ -292,7 +303,7 @@ BAD_REQUESTS = [
     pytest.param(
         _other_users_ticket_own_subject,
         Code.PERMISSION_DENIED,
-        ("SUBJECT_MISMATCH",),
+        ("KEY_NOT_ENROLLED",),
         id="other-users-ticket",
     ),
     pytest.param(
@@ -339,14 +350,7 @@ async def test_bad_personal_request_is_refused_and_issues_nothing(
     async with signing_session(deployment, keystore) as session:
         attempt = Attempt(deployment, keystore, ticket, session)
         bad_ticket, bad_csr = await build(attempt)
-        async with deployment.public_channel("gateway") as channel:
-            await expect_refusal(
-                public_stub(channel).RequestPersonalCertificate(
-                    gateway_pb2.RequestPersonalCertificateRequest(ticket=bad_ticket, csr=bad_csr)
-                ),
-                code,
-                *reasons,
-            )
+        await expect_refusal(apply_for_certificate(deployment, bad_ticket, bad_csr), code, *reasons)
     assert issued_count(deployment) == issued
     await _no_certificate(deployment, keystore.key_id)
     # Nothing was consumed either: the ticket still yields its one certificate.
@@ -356,14 +360,43 @@ async def test_bad_personal_request_is_refused_and_issues_nothing(
     assert certificate.subject == personal_subject(keystore.user_id)
 
 
+@pytest.mark.parametrize("attested", ["own-ticket", "ticket-presented"])
+async def test_ra_checks_the_subject_against_the_ticket(
+    deployment: Deployment, attested: str
+) -> None:
+    """Another user's ticket with the phone's own, jointly signed CSR, sent to the RA as the
+    cosigner (which would have refused it: see other-users-ticket): whatever the attestation
+    says, the subject is not the ticket's user."""
+    keystore, ticket = await enrol(deployment, "subject")
+    other, other_ticket = await new_user(deployment, "other")
+    attestation = (
+        attestation_of(keystore, ticket)
+        if attested == "own-ticket"
+        else records.KeyAttestation(keystore.key_id, other, ticket_id_of(other_ticket)).encode()
+    )
+    async with signing_session(deployment, keystore) as session:
+        csr = await build_personal_csr(session, keystore)
+    issued = issued_count(deployment)
+    await expect_refusal(
+        certify_at_ra(deployment, other_ticket, csr, attestation),
+        Code.PERMISSION_DENIED,
+        "SUBJECT_MISMATCH",
+    )
+    assert issued_count(deployment) == issued
+    await _no_certificate(deployment, keystore.key_id)
+    # Neither ticket was consumed.
+    await certify(deployment, keystore, ticket)
+    assert issued_count(deployment) == issued + 1
+
+
 async def _ticket_signed_in_hsm(deployment: Deployment, user_id: str) -> bytes:
-    """A well-formed ticket signed by the gateway's ticket key through the HSM proxy, which the
-    gateway itself never issued (nor recorded), for ``user_id``."""
+    """A well-formed ticket signed by the RA's ticket key through the HSM proxy (as only the RA
+    may), which the RA itself never issued (nor recorded), for ``user_id``."""
     now = int(time.time())
-    claims = tickets.encode(tickets.Claims(secrets.token_hex(16), user_id, now, now + 600))
-    async with deployment.channel("hsm-proxy", "admin") as channel:
+    claims = tickets.encode(tickets.Claims(secrets.token_hex(16), user_id, now, now + 600, False))
+    async with deployment.channel("hsm-proxy", "ra") as channel:
         hsm = hsm_stub(channel)
-        listed = await hsm.ListKeys(hsm_pb2.ListKeysRequest(purpose=hsm_pb2.KEY_PURPOSE_SERVICE))
+        listed = await hsm.ListKeys(hsm_pb2.ListKeysRequest(purpose=hsm_pb2.KEY_PURPOSE_TICKET))
         (key,) = [k for k in listed.keys if k.label == TICKET_KEY_LABEL]
         signed = await hsm.SignDigest(
             hsm_pb2.SignDigestRequest(
@@ -375,31 +408,27 @@ async def _ticket_signed_in_hsm(deployment: Deployment, user_id: str) -> bytes:
     return tickets.assemble(claims, signed.signature)
 
 
-async def test_ticket_the_gateway_never_issued_yields_no_certificate(
+async def test_ticket_the_ra_never_issued_yields_no_certificate(
     deployment: Deployment, pki: Pki
 ) -> None:
-    # (``pki`` made the gateway create its ticket key in the token.)
-    user_id = f"ghost-{secrets.token_hex(4)}"  # never registered with the gateway
+    # (``pki`` made sure the RA is up, with its ticket key in the token.)
+    user_id = f"ghost-{secrets.token_hex(4)}"  # never registered with the RA
     ticket = await _ticket_signed_in_hsm(deployment, user_id)
     async with deployment.public_channel("cosigner") as channel:
         keystore = await sdk.enrol(channel, ticket, PIN)
     issued = issued_count(deployment)
     refusals = []
-    async with (
-        signing_session(deployment, keystore) as session,
-        deployment.public_channel("gateway") as channel,
-    ):
+    async with signing_session(deployment, keystore) as session:
         for _ in range(2):
             csr = await build_personal_csr(session, keystore)
             try:
-                await public_stub(channel).RequestPersonalCertificate(
-                    gateway_pb2.RequestPersonalCertificateRequest(ticket=ticket, csr=csr)
-                )
+                await apply_for_certificate(deployment, ticket, csr)
             except grpc.aio.AioRpcError as exc:
-                refusals.append(exc.code())
-    # The gateway has no record of this ticket: it issues nothing for it.
-    assert refusals == [Code.PERMISSION_DENIED, Code.PERMISSION_DENIED]
+                refusals.append((exc.code(), reason_of(exc)))
+    # The RA has no record of this ticket: it issues nothing for it.
+    assert refusals == [(Code.PERMISSION_DENIED, "TICKET_UNKNOWN")] * 2
     assert issued_count(deployment) == issued
+    await _no_certificate(deployment, keystore.key_id)
 
 
 async def test_used_ticket_yields_no_second_certificate(deployment: Deployment) -> None:
@@ -407,26 +436,20 @@ async def test_used_ticket_yields_no_second_certificate(deployment: Deployment) 
     first = await certify(deployment, keystore, ticket)
     serial = serial_hex(x509.load_der_x509_certificate(first.certificate))
     issued = issued_count(deployment)
-    async with (
-        signing_session(deployment, keystore) as session,
-        deployment.public_channel("gateway") as channel,
-    ):
+    async with signing_session(deployment, keystore) as session:
         fresh_csr = await build_personal_csr(session, keystore)
-        for csr in (first.csr, fresh_csr):
-            await expect_refusal(
-                public_stub(channel).RequestPersonalCertificate(
-                    gateway_pb2.RequestPersonalCertificateRequest(ticket=ticket, csr=csr)
-                ),
-                Code.PERMISSION_DENIED,
-                "TICKET_USED",
-            )
+    for csr in (first.csr, fresh_csr):
+        await expect_refusal(
+            apply_for_certificate(deployment, ticket, csr), Code.PERMISSION_DENIED, "TICKET_USED"
+        )
+    async with deployment.public_channel("gateway") as channel:
         current = await public_stub(channel).GetPersonalCertificate(
             gateway_pb2.GetPersonalCertificateRequest(key_id=keystore.key_id)
         )
     assert issued_count(deployment) == issued
     assert current.certificate == first.certificate
-    assert await key_status(deployment, keystore.key_id) == gateway_pb2.GetKeyStatusResponse(
-        revoked=False, certificate_serial=serial
+    assert await key_status(deployment, keystore.key_id) == ra_pb2.GetKeyStatusResponse(
+        revoked=False, certificate_serial=serial, certificate=first.certificate
     )
 
 
@@ -437,18 +460,18 @@ async def test_concurrent_requests_with_one_ticket_issue_one_certificate(
     async with signing_session(deployment, keystore) as session:
         csrs = [await build_personal_csr(session, keystore) for _ in range(6)]
     issued = issued_count(deployment)
-    async with deployment.public_channel("gateway") as channel:
-        stub = public_stub(channel)
+    async with deployment.public_channel("cosigner") as channel:
+        stub = cosigner_stub(channel)
         results = await asyncio.gather(
             *(
                 stub.RequestPersonalCertificate(
-                    gateway_pb2.RequestPersonalCertificateRequest(ticket=ticket, csr=csr)
+                    cosigner_pb2.RequestPersonalCertificateRequest(ticket=ticket, csr=csr)
                 )
                 for csr in csrs
             ),
             return_exceptions=True,
         )
-    granted = [r for r in results if isinstance(r, gateway_pb2.RequestPersonalCertificateResponse)]
+    granted = [r for r in results if isinstance(r, cosigner_pb2.RequestPersonalCertificateResponse)]
     refused = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
     assert len(granted) == 1
     assert len(refused) == len(csrs) - 1

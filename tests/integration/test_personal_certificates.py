@@ -37,10 +37,10 @@ from tests.integration.certificates import (
     END_ENTITY_DAYS,
     PERSONAL_USAGE,
     Pki,
+    apply_for_certificate,
     check_end_entity,
     enrol,
     personal_subject,
-    public_stub,
     run_openssl,
     signing_session,
     utc_now,
@@ -52,7 +52,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def deployment(certificates_deployment: Deployment) -> Deployment:
-    """The shared HSM proxy, gateway (RA/CA) and cosigner."""
+    """The shared HSM proxy, RA/CA, gateway and cosigner."""
     return certificates_deployment
 
 
@@ -142,10 +142,7 @@ async def test_csr_extension_requests_are_ignored(deployment: Deployment, pki: P
     requested = x509.load_der_x509_csr(csr_der)
     assert requested.is_signature_valid
     assert requested.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
-    async with deployment.public_channel("gateway") as channel:
-        reply = await public_stub(channel).RequestPersonalCertificate(
-            gateway_pb2.RequestPersonalCertificateRequest(ticket=ticket, csr=csr_der)
-        )
+    reply = await apply_for_certificate(deployment, ticket, csr_der)
     check_end_entity(
         x509.load_der_x509_certificate(reply.certificate),
         x509.load_der_x509_certificate(pki.root_der),

@@ -84,7 +84,7 @@ class StandInGateway(gateway_pb2_grpc.GatewayServiceServicer):
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    """All three services."""
+    """All four services."""
     deployment = Deployment(tmp_path_factory.mktemp("phone-checks"))
     deployment.start_all()
     yield deployment

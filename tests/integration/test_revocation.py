@@ -17,7 +17,7 @@ from cryptography import x509
 from client import sdk
 from client.errors import ClientError
 from mobilesign.testing import Deployment
-from mobilesign.v1 import gateway_pb2
+from mobilesign.v1 import gateway_pb2, ra_pb2
 from tests.integration.certificates import (
     PIN,
     Code,
@@ -55,14 +55,14 @@ REASONS = {
 
 @pytest.fixture
 def deployment(certificates_deployment: Deployment) -> Deployment:
-    """The shared HSM proxy, gateway (RA/CA) and cosigner."""
+    """The shared HSM proxy, RA/CA, gateway and cosigner."""
     return certificates_deployment
 
 
 async def _revoke(deployment: Deployment, serial: str, reason: int) -> None:
-    async with deployment.channel("gateway", "admin") as channel:
+    async with deployment.channel("ra", "admin") as channel:
         await admin_stub(channel).RevokeCertificate(
-            gateway_pb2.RevokeCertificateRequest(
+            ra_pb2.RevokeCertificateRequest(
                 serial=serial, reason=gateway_pb2.RevocationReason.ValueType(reason)
             )
         )
@@ -75,12 +75,12 @@ async def test_bad_revocation_requests_are_refused_and_change_nothing(
     crl_before = await fetch_crl(deployment)
     issued = issued_count(deployment)
     key_compromise = gateway_pb2.REVOCATION_REASON_KEY_COMPROMISE
-    async with deployment.channel("gateway", "admin") as channel:
+    async with deployment.channel("ra", "admin") as channel:
         admin = admin_stub(channel)
 
         def revoke(serial: str, reason: int = key_compromise) -> Awaitable[object]:
             return admin.RevokeCertificate(
-                gateway_pb2.RevokeCertificateRequest(
+                ra_pb2.RevokeCertificateRequest(
                     serial=serial, reason=gateway_pb2.RevocationReason.ValueType(reason)
                 )
             )
@@ -133,8 +133,8 @@ async def test_revoked_personal_certificate(
     assert (
         await certificate_status(deployment, serial)
     ) == gateway_pb2.GetCertificateStatusResponse(status=gateway_pb2.CERTIFICATE_STATUS_GOOD)
-    assert await key_status(deployment, key_id) == gateway_pb2.GetKeyStatusResponse(
-        revoked=False, certificate_serial=serial
+    assert await key_status(deployment, key_id) == ra_pb2.GetKeyStatusResponse(
+        revoked=False, certificate_serial=serial, certificate=carol.certificate
     )
     async with signing_session(deployment, carol.keystore) as session:
         await session.sign(b"before revocation")
@@ -149,8 +149,8 @@ async def test_revoked_personal_certificate(
     assert status.status == gateway_pb2.CERTIFICATE_STATUS_REVOKED
     assert status.reason == gateway_pb2.REVOCATION_REASON_KEY_COMPROMISE
     assert started <= status.revoked_at_unix <= ended
-    assert await key_status(deployment, key_id) == gateway_pb2.GetKeyStatusResponse(
-        revoked=True, certificate_serial=serial
+    assert await key_status(deployment, key_id) == ra_pb2.GetKeyStatusResponse(
+        revoked=True, certificate_serial=serial, certificate=carol.certificate
     )
 
     crl_der = await fetch_crl(deployment)
@@ -181,10 +181,10 @@ async def test_revoked_personal_certificate(
     assert info.value.reason == "CERTIFICATE_REVOKED"
 
     # Revoking again is refused, keeps the first reason, and reissues nothing.
-    async with deployment.channel("gateway", "admin") as channel:
+    async with deployment.channel("ra", "admin") as channel:
         await expect_refusal(
             admin_stub(channel).RevokeCertificate(
-                gateway_pb2.RevokeCertificateRequest(
+                ra_pb2.RevokeCertificateRequest(
                     serial=serial, reason=gateway_pb2.REVOCATION_REASON_SUPERSEDED
                 )
             ),
@@ -238,9 +238,9 @@ async def test_revoked_organisation_certificates_with_every_reason(
         result = _openssl_verify_with_crl(tmp_path, pki.root_der, crl_der, key.key.certificate)
         assert "certificate revoked" in result.stdout + result.stderr, result.stdout
     # The organisation still lists its keys, each with its (now revoked) certificate.
-    async with deployment.channel("gateway", "admin") as channel:
+    async with deployment.channel("ra", "admin") as channel:
         listed = await admin_stub(channel).ListOrganisationKeys(
-            gateway_pb2.ListOrganisationKeysRequest(organisation_id="globex")
+            ra_pb2.ListOrganisationKeysRequest(organisation_id="globex")
         )
     assert sorted(k.certificate for k in listed.keys) == sorted(
         k.key.certificate for k in keys.values()

@@ -44,7 +44,7 @@ MAX_PIN_ATTEMPTS = 5  # the cosigner's default
 
 @pytest.fixture
 def deployment(two_party_deployment: Deployment) -> Deployment:
-    """The shared HSM proxy, gateway and cosigner (step timeout 3 s)."""
+    """The shared HSM proxy, RA, gateway and cosigner (step timeout 3 s)."""
     return two_party_deployment
 
 

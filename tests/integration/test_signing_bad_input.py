@@ -51,7 +51,7 @@ TRANSPORT_LIMIT_BYTES = 2 * REQUEST_LIMIT_BYTES  # where grpc itself refuses
 
 @pytest.fixture
 def deployment(two_party_deployment: Deployment) -> Deployment:
-    """The shared HSM proxy, gateway and cosigner (step timeout 3 s)."""
+    """The shared HSM proxy, RA, gateway and cosigner (step timeout 3 s)."""
     return two_party_deployment
 
 

@@ -1,5 +1,5 @@
 """Shared by the two-party tests (enrolment with KeyGen, signing with Sign) against real HSM
-proxy, gateway and cosigner processes: administration, the cosigner's database read-only, raw
+proxy, RA, gateway and cosigner processes: administration, the cosigner's database read-only, raw
 streams driven with the real ``twoparty`` state machines, and the encodings they corrupt.
 """
 
@@ -27,7 +27,7 @@ from mobilesign.rpc import wire
 from mobilesign.rpc.status import reason_of
 from mobilesign.testing import Deployment
 from mobilesign.v1 import cosigner_pb2 as pb
-from mobilesign.v1 import cosigner_pb2_grpc, gateway_pb2, gateway_pb2_grpc
+from mobilesign.v1 import cosigner_pb2_grpc, ra_pb2, ra_pb2_grpc
 
 PIN = "271828"
 SCHEME = pb.SCHEME_FROST_ED25519_SHA512_V1
@@ -53,17 +53,17 @@ SignCall = grpc.aio.StreamStreamCall[pb.SignRequest, pb.SignResponse]
 Resp = TypeVar("Resp", bound=Message)
 
 
-# Gateway and cosigner admin -------------------------------------------------------------------
+# RA and cosigner admin ------------------------------------------------------------------------
 
 
 async def new_ticket(deployment: Deployment) -> tuple[str, bytes]:
-    """A new user and an enrolment ticket for them, issued by the gateway."""
+    """A new user and an enrolment ticket for them, issued by the RA."""
     user_id = f"user-{secrets.token_hex(6)}"
-    async with deployment.channel("gateway", "admin") as channel:
-        admin = gateway_pb2_grpc.AdminServiceStub(channel)
-        await admin.CreateUser(gateway_pb2.CreateUserRequest(user_id=user_id, display_name="T"))
+    async with deployment.channel("ra", "admin") as channel:
+        admin = ra_pb2_grpc.AdminServiceStub(channel)
+        await admin.CreateUser(ra_pb2.CreateUserRequest(user_id=user_id, display_name="T"))
         reply = await admin.IssueEnrolmentTicket(
-            gateway_pb2.IssueEnrolmentTicketRequest(user_id=user_id)
+            ra_pb2.IssueEnrolmentTicketRequest(user_id=user_id)
         )
     return user_id, reply.ticket
 
