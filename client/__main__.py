@@ -114,7 +114,7 @@ def main() -> None:
     parser.add_argument("--cosigner", default="127.0.0.1:9443", help="cosigner public address")
     parser.add_argument("--ca", help="CA certificate (default: $MOBILESIGN_STATE_DIR/pki/ca.pem)")
     commands = parser.add_subparsers(dest="command", required=True)
-    p = commands.add_parser("enrol", help="enrol a new key with a ticket from the gateway")
+    p = commands.add_parser("enrol", help="enrol a new key with a ticket from the RA")
     p.add_argument("--ticket", required=True, help="file holding the enrolment ticket")
     p.add_argument("--keystore", required=True, help="keystore file to create")
     p = commands.add_parser("sign", help="sign files jointly; writes FILE.sig (64 bytes)")

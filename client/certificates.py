@@ -14,15 +14,16 @@ from cryptography.x509.oid import NameOID
 from client.errors import ClientError
 from client.keystore import Keystore
 from client.sdk import SigningSession
-from mobilesign import pkix
+from mobilesign import activation, pkix
 from mobilesign.v1 import cosigner_pb2, cosigner_pb2_grpc, gateway_pb2, gateway_pb2_grpc
 
 
 @dataclass(frozen=True)
 class Certificates:
     """A verified personal certificate and the CA certificate it chains to (DER), and the RA's
-    grant key (DER SubjectPublicKeyInfo) as the RA sent it through the cosigner at enrolment;
-    empty when fetched again from the gateway, which is not trusted to name it."""
+    grant key (DER SubjectPublicKeyInfo) as the RA sent it through the cosigner at enrolment,
+    authenticated with the activation code; empty when fetched again from the gateway, which is
+    not trusted to name it."""
 
     certificate: bytes
     ca_certificate: bytes
@@ -99,22 +100,36 @@ async def request_personal_certificate(
     session: SigningSession,
     keystore: Keystore,
     ticket: bytes,
+    activation_code: bytes,
     trust_anchor: bytes | None = None,
 ) -> tuple[Certificates, bytes]:
-    """Build and co-sign the CSR, submit it with the enrolment ticket to the cosigner's public
-    edge (which forwards it to the RA with its attestation of the key), verify the answer.
+    """Build and co-sign the CSR, submit it with the enrolment ticket and a proof of the
+    ticket's activation code to the cosigner's public edge (which forwards it to the RA with its
+    attestation of the key), verify the answer and the RA's proof over it.
 
     ``trust_anchor`` is the CA certificate the phone was provisioned with; without one, the CA
-    certificate in the answer is trusted on first use (and should then be kept and pinned).
+    certificate in the answer (which the activation code authenticates) is kept and pinned.
     Returns the verified certificates and the CSR that was submitted.
     """
     csr = await build_personal_csr(session, keystore)
     try:
         reply = await cosigner_pb2_grpc.CosignerServiceStub(cosigner).RequestPersonalCertificate(
-            cosigner_pb2.RequestPersonalCertificateRequest(ticket=ticket, csr=csr), timeout=30
+            cosigner_pb2.RequestPersonalCertificateRequest(
+                ticket=ticket,
+                csr=csr,
+                application_proof=activation.application_proof(activation_code, csr),
+            ),
+            timeout=30,
         )
     except grpc.aio.AioRpcError as exc:
         raise ClientError.from_rpc(exc) from None
+    expected = activation.answer_proof(
+        activation_code, reply.certificate, reply.ca_certificate, reply.grant_key_spki
+    )
+    if not activation.matches(expected, reply.answer_proof):
+        raise ClientError(
+            "ANSWER_PROOF_INVALID", "the certificate answer was not made by the RA for this code"
+        )
     verify_personal_certificate(keystore, reply.certificate, reply.ca_certificate, trust_anchor)
     return Certificates(reply.certificate, reply.ca_certificate, reply.grant_key_spki), csr
 

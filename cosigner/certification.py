@@ -15,6 +15,7 @@ from cosigner.errors import CosignerError
 from mobilesign import records, tickets
 from mobilesign.errors import Kind
 from mobilesign.v1 import cosigner_pb2 as pb
+from mobilesign.v1 import ra_pb2
 
 MAX_CSR_BYTES = 4096
 
@@ -34,9 +35,11 @@ def _joint_key_id(csr_der: bytes) -> str:
 
 
 async def request_certificate(
-    cosigner: Cosigner, ticket: bytes, csr_der: bytes, now: int
+    cosigner: Cosigner, request: pb.RequestPersonalCertificateRequest, now: int
 ) -> pb.RequestPersonalCertificateResponse:
-    """Forward the phone's application to the RA with the cosigner's attestation."""
+    """Forward the phone's application to the RA with the cosigner's attestation (and the
+    phone's proof of the activation code, which only the RA can check)."""
+    ticket, csr_der = request.ticket, request.csr
     key_id = _joint_key_id(csr_der)
     claims = tickets.verify(ticket, await cosigner.registry.ticket_key(), now)
     key = await cosigner.store.get(key_id)
@@ -47,9 +50,17 @@ async def request_certificate(
             "the cosigner holds no share of this key for this ticket",
         )
     attestation = records.KeyAttestation(key.key_id, key.user_id, key.ticket_id).encode()
-    issued = await cosigner.registry.certify(ticket, csr_der, attestation)
+    issued = await cosigner.registry.certify(
+        ra_pb2.CertifyUserKeyRequest(
+            ticket=ticket,
+            csr=csr_der,
+            attestation=attestation,
+            application_proof=request.application_proof,
+        )
+    )
     return pb.RequestPersonalCertificateResponse(
         certificate=issued.certificate,
         ca_certificate=issued.ca_certificate,
         grant_key_spki=issued.grant_key_spki,
+        answer_proof=issued.answer_proof,
     )

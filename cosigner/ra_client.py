@@ -55,14 +55,9 @@ class Registry:
             raise _unreachable("to check the key's certificate") from None
         return reply.revoked
 
-    async def certify(
-        self, ticket: bytes, csr: bytes, attestation: bytes
-    ) -> ra_pb2.CertifyUserKeyResponse:
+    async def certify(self, request: ra_pb2.CertifyUserKeyRequest) -> ra_pb2.CertifyUserKeyResponse:
         """The RA's certificate for a joint key; its refusals come back as they are."""
         try:
-            return await self._stub.CertifyUserKey(
-                ra_pb2.CertifyUserKeyRequest(ticket=ticket, csr=csr, attestation=attestation),
-                timeout=30,
-            )
+            return await self._stub.CertifyUserKey(request, timeout=30)
         except grpc.aio.AioRpcError as exc:
             raise relayed(exc, CosignerError, "RA", "RA_UNAVAILABLE") from None

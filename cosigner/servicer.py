@@ -71,9 +71,7 @@ class CosignerServicer(cosigner_pb2_grpc.CosignerServiceServicer):
     async def RequestPersonalCertificate(
         self, request: pb.RequestPersonalCertificateRequest, context: _Context
     ) -> pb.RequestPersonalCertificateResponse:
-        return await certification.request_certificate(
-            self._cosigner, request.ticket, request.csr, int(time.time())
-        )
+        return await certification.request_certificate(self._cosigner, request, int(time.time()))
 
     async def UnlockKey(
         self, request: pb.UnlockKeyRequest, context: _Context

@@ -34,6 +34,10 @@ GATEWAY_SESSION = b"mobilesign/v1 gateway-session\x00"
 ENROLMENT_TICKET = b"mobilesign/v1 enrolment-ticket\x00"
 #: The RA's grant-key signature over a grant statement.
 GRANT = b"mobilesign/v1 grant\x00"
+#: HMAC input of the phone's proof of the activation code over its certificate application.
+CERTIFICATE_APPLICATION = b"mobilesign/v1 certificate-application\x00"
+#: HMAC input of the RA's proof of the activation code over its answer.
+CERTIFICATE_ANSWER = b"mobilesign/v1 certificate-answer\x00"
 #: Plaintext prefix of the cosigner's attestation that it holds a share of a user key.
 ENROLLED_KEY = b"mobilesign/v1 enrolled-key\x00"
 #: Associated data of that attestation when sealed (the whole AAD, nothing follows it).
@@ -59,6 +63,8 @@ ALL: Mapping[str, bytes] = MappingProxyType(
         "GATEWAY_SESSION": GATEWAY_SESSION,
         "ENROLMENT_TICKET": ENROLMENT_TICKET,
         "GRANT": GRANT,
+        "CERTIFICATE_APPLICATION": CERTIFICATE_APPLICATION,
+        "CERTIFICATE_ANSWER": CERTIFICATE_ANSWER,
         "ENROLLED_KEY": ENROLLED_KEY,
         "KEY_ATTESTATION_AAD": KEY_ATTESTATION_AAD,
         "SEALED_KEY_PACKAGE_AAD": SEALED_KEY_PACKAGE_AAD,

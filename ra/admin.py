@@ -8,7 +8,7 @@ from typing import Any
 
 import grpc
 
-from mobilesign import grants, ids, tickets
+from mobilesign import activation, grants, ids, tickets
 from mobilesign.ca import CertificateAuthority
 from mobilesign.errors import Kind
 from mobilesign.hosting import access
@@ -119,17 +119,13 @@ class AdminServicer(ra_pb2_grpc.AdminServiceServicer):
             hsm_pb2.SIGNATURE_MECHANISM_ECDSA_SHA256,
             tickets.signing_digest(encoded),
         )
-        await self._users.record_ticket(
-            claims.ticket_id,
-            claims.user_id,
-            claims.issued_at,
-            claims.expires_at,
-            claims.additional_key,
-        )
+        code = secrets.token_bytes(activation.CODE_BYTES)
+        await self._users.record_ticket(claims, code)
         return ra_pb2.IssueEnrolmentTicketResponse(
             ticket=tickets.assemble(encoded, signature),
             ticket_id=claims.ticket_id,
             expires_at_unix=claims.expires_at,
+            activation_code=code,
         )
 
     async def CreateOrganisation(

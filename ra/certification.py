@@ -8,8 +8,10 @@
   and the ticket it enrolled the key for) over mutual TLS. The RA checks the request's signature
   (made by phone and cosigner together, so it proves the two-party key exists), that the subject
   is the ticket's user, that the attestation names exactly this key, this user and this ticket,
-  that it issued the ticket, and that the user holds no other unrevoked key unless the ticket
-  allows another. One certificate per ticket.
+  that it issued the ticket, that the phone proved the ticket's activation code (which only the
+  user was given, beside the ticket) over this CSR, and that the user holds no other unrevoked
+  key unless the ticket allows another. One certificate per ticket; the answer carries the RA's
+  proof of the same code, so that the cosigner cannot change it on the way back.
 
 Revocations are stored by the CA, then pushed to the HSM proxy before they are acknowledged.
 """
@@ -25,7 +27,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.x509.oid import NameOID
 
-from mobilesign import pkix, records, tickets
+from mobilesign import activation, pkix, records, tickets
 from mobilesign.ca import CertificateAuthority, Issued, Status
 from mobilesign.errors import Kind
 from mobilesign.v1 import hsm_pb2
@@ -119,10 +121,11 @@ class RegistrationAuthority:
         return record, issued, csr_der
 
     async def request_personal_certificate(
-        self, ticket: bytes, csr_der: bytes, attestation: bytes
-    ) -> Issued:
-        """Check a jointly signed CSR against its ticket and the cosigner's attestation of the
-        key; issue once per ticket."""
+        self, ticket: bytes, csr_der: bytes, attestation: bytes, application_proof: bytes
+    ) -> tuple[Issued, bytes]:
+        """Check a jointly signed CSR against its ticket, the cosigner's attestation of the key
+        and the phone's proof of the ticket's activation code; issue once per ticket. Returns
+        the certificate and the activation code (for the proof over the answer)."""
         csr = parse_csr(csr_der)
         public = csr.public_key()
         if not isinstance(public, ed25519.Ed25519PublicKey):
@@ -155,6 +158,14 @@ class RegistrationAuthority:
             # A validly signed ticket the RA has no record of was not issued through it.
             if state is None or state.user_id != claims.user_id:
                 raise RaError(Kind.DENIED, "TICKET_UNKNOWN", "the RA did not issue this ticket")
+            proof = activation.application_proof(state.activation_code, csr_der)
+            if not activation.matches(proof, application_proof):
+                # The cosigner sees every ticket; only the phone was given the code.
+                raise RaError(
+                    Kind.DENIED,
+                    "APPLICATION_PROOF_INVALID",
+                    "the application does not prove the ticket's activation code",
+                )
             if state.certificate_serial is not None:
                 raise RaError(
                     Kind.DENIED, "TICKET_USED", "a certificate was already issued for this ticket"
@@ -169,7 +180,7 @@ class RegistrationAuthority:
                 user_id=claims.user_id, key_id=key_id, spki=_spki(csr)
             )
             await self._users.mark_ticket_certified(claims.ticket_id, issued.serial)
-        return issued
+        return issued, state.activation_code
 
     async def _holds_key(self, user_id: str) -> bool:
         for serial in await self._users.certified_serials(user_id):

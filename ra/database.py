@@ -22,6 +22,7 @@ MIGRATIONS = (
         issued_at INTEGER NOT NULL,
         expires_at INTEGER NOT NULL,
         additional_key INTEGER NOT NULL,
+        activation_code BLOB NOT NULL,
         certificate_serial TEXT
     );
     CREATE INDEX tickets_by_user ON tickets(user_id);

@@ -8,7 +8,7 @@ from typing import Any
 
 import grpc
 
-from mobilesign import ids
+from mobilesign import activation, ids
 from mobilesign.ca import CertificateAuthority, Status
 from mobilesign.errors import Kind
 from mobilesign.hosting import access
@@ -92,13 +92,15 @@ class RegistryServicer(ra_pb2_grpc.RegistrationServiceServicer):
     async def CertifyUserKey(
         self, request: ra_pb2.CertifyUserKeyRequest, context: _Context
     ) -> ra_pb2.CertifyUserKeyResponse:
-        issued = await self._ra.request_personal_certificate(
-            request.ticket, request.csr, request.attestation
+        issued, code = await self._ra.request_personal_certificate(
+            request.ticket, request.csr, request.attestation, request.application_proof
         )
+        grant_key = self._grants.public_key_spki
         return ra_pb2.CertifyUserKeyResponse(
             certificate=issued.der,
             ca_certificate=self._ca.root_der,
-            grant_key_spki=self._grants.public_key_spki,
+            grant_key_spki=grant_key,
+            answer_proof=activation.answer_proof(code, issued.der, self._ca.root_der, grant_key),
         )
 
     async def GetGrant(

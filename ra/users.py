@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import aiosqlite
 
-from mobilesign import ids
+from mobilesign import ids, tickets
 from mobilesign.errors import Kind
 from ra.errors import RaError
 
@@ -30,6 +30,7 @@ class TicketState:
 
     user_id: str
     additional_key: bool
+    activation_code: bytes
     certificate_serial: str | None
 
 
@@ -64,26 +65,38 @@ class UserStore:
             raise RaError(Kind.NOT_FOUND, "USER_NOT_FOUND", "no such user")
         return User(row["user_id"], row["display_name"], row["created_at"])
 
-    async def record_ticket(
-        self, ticket_id: str, user_id: str, issued_at: int, expires_at: int, additional_key: bool
-    ) -> None:
-        """Remember an issued ticket (the cosigner enforces its single use for enrolment)."""
+    async def record_ticket(self, claims: tickets.Claims, activation_code: bytes) -> None:
+        """Remember an issued ticket and its activation code (the cosigner enforces the
+        ticket's single use for enrolment, the RA its single use for a certificate)."""
         await self._db.execute(
-            "INSERT INTO tickets (ticket_id, user_id, issued_at, expires_at, additional_key)"
-            " VALUES (?, ?, ?, ?, ?)",
-            (ticket_id, user_id, issued_at, expires_at, int(additional_key)),
+            "INSERT INTO tickets (ticket_id, user_id, issued_at, expires_at, additional_key,"
+            " activation_code) VALUES (?, ?, ?, ?, ?, ?)",
+            (
+                claims.ticket_id,
+                claims.user_id,
+                claims.issued_at,
+                claims.expires_at,
+                int(claims.additional_key),
+                activation_code,
+            ),
         )
 
     async def ticket_state(self, ticket_id: str) -> TicketState | None:
         """What the RA recorded of a ticket it issued, or None."""
         async with self._db.execute(
-            "SELECT user_id, additional_key, certificate_serial FROM tickets WHERE ticket_id = ?",
+            "SELECT user_id, additional_key, activation_code, certificate_serial FROM tickets"
+            " WHERE ticket_id = ?",
             (ticket_id,),
         ) as cursor:
             row = await cursor.fetchone()
         if row is None:
             return None
-        return TicketState(row["user_id"], bool(row["additional_key"]), row["certificate_serial"])
+        return TicketState(
+            row["user_id"],
+            bool(row["additional_key"]),
+            bytes(row["activation_code"]),
+            row["certificate_serial"],
+        )
 
     async def certified_serials(self, user_id: str) -> list[str]:
         """Serials of the personal certificates issued against the user's tickets."""

@@ -111,11 +111,9 @@ async def _phone(env: Loopback, index: int, key_id: str, trust: client.TrustAnch
     async with deployment.channel("ra", "admin") as admin_channel:
         admin = ra_pb2_grpc.AdminServiceStub(admin_channel)
         await admin.CreateUser(ra_pb2.CreateUserRequest(user_id=user_id))
-        ticket = (
-            await admin.IssueEnrolmentTicket(
-                ra_pb2.IssueEnrolmentTicketRequest(user_id=user_id, ttl_seconds=600)
-            )
-        ).ticket
+        issued = await admin.IssueEnrolmentTicket(
+            ra_pb2.IssueEnrolmentTicketRequest(user_id=user_id, ttl_seconds=600)
+        )
         now = int(time.time())
         grant = (
             await admin.CreateGrant(
@@ -131,13 +129,13 @@ async def _phone(env: Loopback, index: int, key_id: str, trust: client.TrustAnch
             )
         ).grant
     cosigner = env.channel(len(env.channels))
-    keystore = await client.enrol(cosigner, ticket, PIN)
+    keystore = await client.enrol(cosigner, issued.ticket, PIN)
     signing = client.SigningSession(cosigner, keystore, PIN)
     await signing.open()
     gateway_channel = deployment.public_channel("gateway")
     env.channels.append(gateway_channel)
     certificates, _ = await client.request_personal_certificate(
-        cosigner, signing, keystore, ticket, trust.ca_certificate
+        cosigner, signing, keystore, issued.ticket, issued.activation_code, trust.ca_certificate
     )
     gateway = client.GatewaySession(gateway_channel, keystore)
     await gateway.login()

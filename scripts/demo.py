@@ -138,7 +138,10 @@ async def joint_signature(
         ticket = await admin.IssueEnrolmentTicket(
             ra_pb2.IssueEnrolmentTicketRequest(user_id="alice", ttl_seconds=600)
         )
-    print(f"RA issued enrolment ticket {ticket.ticket_id} for alice")
+    print(
+        f"RA issued enrolment ticket {ticket.ticket_id} for alice, and an activation code "
+        "handed to her beside it (it never passes through the cosigner)"
+    )
     async with deployment.public_channel("cosigner") as channel:
         keystore = await client.enrol(channel, ticket.ticket, DEMO_PIN)
         print(f"joint key {keystore.key_id}: phone holds share 1, cosigner holds share 2")
@@ -155,7 +158,12 @@ async def joint_signature(
                     serialization.Encoding.DER
                 )
                 certificates, csr = await client.request_personal_certificate(
-                    channel, session, keystore, ticket.ticket, trust_anchor=ca_der
+                    channel,
+                    session,
+                    keystore,
+                    ticket.ticket,
+                    ticket.activation_code,
+                    trust_anchor=ca_der,
                 )
                 crl = (
                     await gateway_pb2_grpc.GatewayServiceStub(gateway).GetCrl(

@@ -25,7 +25,7 @@ TWO_PARTY_STEP_TIMEOUT_SECONDS = 3
 
 @pytest.fixture(scope="session")
 def two_party_deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    """HSM proxy, gateway and cosigner processes sharing one state directory, started once for
+    """HSM proxy, RA, gateway and cosigner processes sharing one state directory, started once for
     all the two-party test modules (each test makes its own users, tickets and keys)."""
     deployment = Deployment(
         tmp_path_factory.mktemp("two-party"),

@@ -12,6 +12,8 @@ REASONS: frozenset[str] = frozenset(
     {
         "ALGORITHM_REQUIRED",
         "ALREADY_REVOKED",
+        "ANSWER_PROOF_INVALID",
+        "APPLICATION_PROOF_INVALID",
         "ATTESTATION_USER_MISMATCH",
         "AUTHORISATION_REPLAYED",
         "AUTHORISATION_REQUIRED",

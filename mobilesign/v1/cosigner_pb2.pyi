@@ -669,19 +669,23 @@ class RequestPersonalCertificateRequest(_message.Message):
 
     TICKET_FIELD_NUMBER: _builtins.int
     CSR_FIELD_NUMBER: _builtins.int
+    APPLICATION_PROOF_FIELD_NUMBER: _builtins.int
     ticket: _builtins.bytes
     """The enrolment ticket the key was enrolled with; it yields one certificate."""
     csr: _builtins.bytes
     """DER PKCS#10 request: subject CN=<user id>, Ed25519 public key = the joint key."""
+    application_proof: _builtins.bytes
+    """The phone's proof of the ticket's activation code over the CSR (docs/protocol.md 4.9)."""
     def __init__(
         self,
         *,
         ticket: _builtins.bytes = ...,
         csr: _builtins.bytes = ...,
+        application_proof: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["csr", b"csr", "ticket", b"ticket"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["application_proof", b"application_proof", "csr", b"csr", "ticket", b"ticket"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -696,20 +700,24 @@ class RequestPersonalCertificateResponse(_message.Message):
     CERTIFICATE_FIELD_NUMBER: _builtins.int
     CA_CERTIFICATE_FIELD_NUMBER: _builtins.int
     GRANT_KEY_SPKI_FIELD_NUMBER: _builtins.int
+    ANSWER_PROOF_FIELD_NUMBER: _builtins.int
     certificate: _builtins.bytes
     ca_certificate: _builtins.bytes
     grant_key_spki: _builtins.bytes
     """The RA's grant key (DER SubjectPublicKeyInfo): the phone checks grants with it."""
+    answer_proof: _builtins.bytes
+    """The RA's proof of the activation code over this answer (docs/protocol.md 4.9)."""
     def __init__(
         self,
         *,
         certificate: _builtins.bytes = ...,
         ca_certificate: _builtins.bytes = ...,
         grant_key_spki: _builtins.bytes = ...,
+        answer_proof: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ca_certificate", b"ca_certificate", "certificate", b"certificate", "grant_key_spki", b"grant_key_spki"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer_proof", b"answer_proof", "ca_certificate", b"ca_certificate", "certificate", b"certificate", "grant_key_spki", b"grant_key_spki"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -588,20 +588,26 @@ class IssueEnrolmentTicketResponse(_message.Message):
     TICKET_FIELD_NUMBER: _builtins.int
     TICKET_ID_FIELD_NUMBER: _builtins.int
     EXPIRES_AT_UNIX_FIELD_NUMBER: _builtins.int
+    ACTIVATION_CODE_FIELD_NUMBER: _builtins.int
     ticket: _builtins.bytes
     """A serialized SignedEnrolmentTicket."""
     ticket_id: _builtins.str
     expires_at_unix: _builtins.int
+    activation_code: _builtins.bytes
+    """16 random bytes to hand to the user beside the ticket, never to the cosigner: the phone
+    proves it knows them when it applies for its certificate (see CertifyUserKeyRequest).
+    """
     def __init__(
         self,
         *,
         ticket: _builtins.bytes = ...,
         ticket_id: _builtins.str = ...,
         expires_at_unix: _builtins.int = ...,
+        activation_code: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["expires_at_unix", b"expires_at_unix", "ticket", b"ticket", "ticket_id", b"ticket_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["activation_code", b"activation_code", "expires_at_unix", b"expires_at_unix", "ticket", b"ticket", "ticket_id", b"ticket_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -722,6 +728,7 @@ class CertifyUserKeyRequest(_message.Message):
     TICKET_FIELD_NUMBER: _builtins.int
     CSR_FIELD_NUMBER: _builtins.int
     ATTESTATION_FIELD_NUMBER: _builtins.int
+    APPLICATION_PROOF_FIELD_NUMBER: _builtins.int
     ticket: _builtins.bytes
     """The enrolment ticket the key was enrolled with; it yields one certificate."""
     csr: _builtins.bytes
@@ -732,16 +739,22 @@ class CertifyUserKeyRequest(_message.Message):
     """The cosigner's attestation of the key (the "ENROLLED_KEY" plaintext: user key id, user id,
     ticket id); the mutual-TLS identity of the caller vouches that it is the cosigner's.
     """
+    application_proof: _builtins.bytes
+    """The phone's HMAC-SHA256 with the ticket's activation code over
+    "mobilesign/v1 certificate-application" || 0x00 || csr: a cosigner that saw the ticket
+    cannot apply for a key of its own.
+    """
     def __init__(
         self,
         *,
         ticket: _builtins.bytes = ...,
         csr: _builtins.bytes = ...,
         attestation: _builtins.bytes = ...,
+        application_proof: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attestation", b"attestation", "csr", b"csr", "ticket", b"ticket"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["application_proof", b"application_proof", "attestation", b"attestation", "csr", b"csr", "ticket", b"ticket"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -756,20 +769,27 @@ class CertifyUserKeyResponse(_message.Message):
     CERTIFICATE_FIELD_NUMBER: _builtins.int
     CA_CERTIFICATE_FIELD_NUMBER: _builtins.int
     GRANT_KEY_SPKI_FIELD_NUMBER: _builtins.int
+    ANSWER_PROOF_FIELD_NUMBER: _builtins.int
     certificate: _builtins.bytes
     ca_certificate: _builtins.bytes
     grant_key_spki: _builtins.bytes
     """The RA's grant key (DER SubjectPublicKeyInfo, EC P-256): the phone checks grants with it."""
+    answer_proof: _builtins.bytes
+    """HMAC-SHA256 with the activation code over "mobilesign/v1 certificate-answer" || 0x00 ||
+    certificate, ca_certificate and grant_key_spki, each with a 4-byte big-endian length: the
+    phone checks that no one between it and the RA changed the answer.
+    """
     def __init__(
         self,
         *,
         certificate: _builtins.bytes = ...,
         ca_certificate: _builtins.bytes = ...,
         grant_key_spki: _builtins.bytes = ...,
+        answer_proof: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ca_certificate", b"ca_certificate", "certificate", b"certificate", "grant_key_spki", b"grant_key_spki"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["answer_proof", b"answer_proof", "ca_certificate", b"ca_certificate", "certificate", b"certificate", "grant_key_spki", b"grant_key_spki"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

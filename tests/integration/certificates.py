@@ -25,7 +25,7 @@ from cryptography.x509.oid import NameOID, SignatureAlgorithmOID
 from client import sdk
 from client.certificates import request_personal_certificate
 from client.keystore import Keystore
-from mobilesign import records
+from mobilesign import activation, records
 from mobilesign.rpc.status import reason_of
 from mobilesign.testing import Deployment
 from mobilesign.v1 import (
@@ -135,13 +135,36 @@ def cosigner_stub(channel: grpc.aio.Channel) -> cosigner_pb2_grpc.CosignerServic
     return cosigner_pb2_grpc.CosignerServiceStub(channel)
 
 
+#: The activation code the RA issued with each ticket the tests asked for: what the administrator
+#: hands the user beside the ticket (never to the cosigner).
+ACTIVATION_CODES: dict[bytes, bytes] = {}
+
+
+def remember(issued: ra_pb2.IssueEnrolmentTicketResponse) -> bytes:
+    """Keep the activation code of an issued ticket; returns the ticket."""
+    ACTIVATION_CODES[issued.ticket] = issued.activation_code
+    return issued.ticket
+
+
+def application_proof(ticket: bytes, csr: bytes) -> bytes:
+    """The honest phone's proof for ``csr`` (empty for a ticket the RA never issued here)."""
+    code = ACTIVATION_CODES.get(ticket)
+    return activation.application_proof(code, csr) if code is not None else b""
+
+
 async def apply_for_certificate(
-    deployment: Deployment, ticket: bytes, csr: bytes
+    deployment: Deployment, ticket: bytes, csr: bytes, proof: bytes | None = None
 ) -> cosigner_pb2.RequestPersonalCertificateResponse:
-    """What a phone can do: submit a ticket and a CSR at the cosigner's public edge, raw."""
+    """What a phone can do: submit a ticket and a CSR at the cosigner's public edge, raw, with
+    the proof of the ticket's activation code (the honest one unless ``proof`` is given)."""
     async with deployment.public_channel("cosigner") as channel:
         return await cosigner_stub(channel).RequestPersonalCertificate(
-            cosigner_pb2.RequestPersonalCertificateRequest(ticket=ticket, csr=csr), timeout=30
+            cosigner_pb2.RequestPersonalCertificateRequest(
+                ticket=ticket,
+                csr=csr,
+                application_proof=application_proof(ticket, csr) if proof is None else proof,
+            ),
+            timeout=30,
         )
 
 
@@ -151,11 +174,18 @@ async def certify_at_ra(
     csr: bytes,
     attestation: bytes,
     identity: str = "cosigner",
+    proof: bytes | None = None,
 ) -> ra_pb2.CertifyUserKeyResponse:
-    """What the RA checks: CertifyUserKey called directly, by default as the cosigner."""
+    """What the RA checks: CertifyUserKey called directly, by default as the cosigner, with the
+    honest phone's proof of the activation code unless ``proof`` is given."""
     async with deployment.channel("ra", identity) as channel:
         return await registration_stub(channel).CertifyUserKey(
-            ra_pb2.CertifyUserKeyRequest(ticket=ticket, csr=csr, attestation=attestation),
+            ra_pb2.CertifyUserKeyRequest(
+                ticket=ticket,
+                csr=csr,
+                attestation=attestation,
+                application_proof=application_proof(ticket, csr) if proof is None else proof,
+            ),
             timeout=30,
         )
 
@@ -173,7 +203,7 @@ async def new_user(deployment: Deployment, prefix: str) -> tuple[str, bytes]:
         reply = await admin.IssueEnrolmentTicket(
             ra_pb2.IssueEnrolmentTicketRequest(user_id=user_id, ttl_seconds=600)
         )
-    return user_id, reply.ticket
+    return user_id, remember(reply)
 
 
 def ticket_id_of(ticket: bytes) -> str:
@@ -213,7 +243,9 @@ async def certify(deployment: Deployment, keystore: Keystore, ticket: bytes) -> 
         signing_session(deployment, keystore) as session,
         deployment.public_channel("cosigner") as cosigner,
     ):
-        certificates, csr = await request_personal_certificate(cosigner, session, keystore, ticket)
+        certificates, csr = await request_personal_certificate(
+            cosigner, session, keystore, ticket, ACTIVATION_CODES[ticket]
+        )
     return Personal(
         keystore,
         ticket,

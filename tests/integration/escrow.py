@@ -104,18 +104,21 @@ async def phone(deployment: Deployment, organisation: Organisation, name: str) -
     user_id = f"{name}-{secrets.token_hex(3)}"
     async with deployment.channel("ra") as channel:
         await admin(channel).CreateUser(ra_pb2.CreateUserRequest(user_id=user_id))
-        ticket = (
-            await admin(channel).IssueEnrolmentTicket(
-                ra_pb2.IssueEnrolmentTicketRequest(user_id=user_id)
-            )
-        ).ticket
+        issued = await admin(channel).IssueEnrolmentTicket(
+            ra_pb2.IssueEnrolmentTicketRequest(user_id=user_id)
+        )
     cosigner = deployment.public_channel("cosigner")
     gateway_channel = deployment.public_channel("gateway")
-    keystore = await client.enrol(cosigner, ticket, PIN)
+    keystore = await client.enrol(cosigner, issued.ticket, PIN)
     signing = client.SigningSession(cosigner, keystore, PIN)
     await signing.open()
     certificates, _ = await client.request_personal_certificate(
-        cosigner, signing, keystore, ticket, organisation.trust.ca_certificate
+        cosigner,
+        signing,
+        keystore,
+        issued.ticket,
+        issued.activation_code,
+        organisation.trust.ca_certificate,
     )
     assert certificates.grant_key_spki == organisation.trust.grant_key_spki
     serial = format(x509.load_der_x509_certificate(certificates.certificate).serial_number, "x")

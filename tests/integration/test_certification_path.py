@@ -24,22 +24,30 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from client import sdk
-from client.certificates import build_personal_csr, fetch_personal_certificate
+from client.certificates import (
+    build_personal_csr,
+    fetch_personal_certificate,
+    request_personal_certificate,
+)
+from client.errors import ClientError
 from client.keystore import Keystore
-from mobilesign import domains, grants, pkix, records, tickets
+from mobilesign import activation, domains, grants, pkix, records, tickets
 from mobilesign.testing import Deployment
 from mobilesign.v1 import cosigner_pb2, cosigner_pb2_grpc, gateway_pb2, hsm_pb2, ra_pb2
 from tests.certificate_checks import spki_of
 from tests.integration import escrow
 from tests.integration.certificates import (
+    ACTIVATION_CODES,
     PIN,
     Code,
     Pki,
     admin_stub,
+    application_proof,
     apply_for_certificate,
     attestation_of,
     certify,
     certify_at_ra,
+    cosigner_stub,
     expect_refusal,
     hsm_stub,
     issued_count,
@@ -47,6 +55,7 @@ from tests.integration.certificates import (
     new_user,
     personal_subject,
     registration_stub,
+    remember,
     serial_hex,
     signing_session,
     ticket_id_of,
@@ -107,7 +116,7 @@ async def _ticket(deployment: Deployment, user_id: str, *, additional_key: bool 
         ra_pb2.SignedEnrolmentTicket.FromString(reply.ticket).claims
     )
     assert claims.additional_key is additional_key
-    return reply.ticket
+    return remember(reply)
 
 
 async def _enrolled(deployment: Deployment, ticket: bytes) -> Keystore:
@@ -639,3 +648,102 @@ async def test_certificate_response_carries_the_tokens_grant_key(
         fetched = await fetch_personal_certificate(channel, keystore, trust_anchor=pki.root_der)
     assert fetched.certificate == reply.certificate
     assert fetched.grant_key_spki == b""
+
+
+# The activation code: what only the phone was given -------------------------------------------
+
+
+async def test_a_cosigner_holding_a_genuine_ticket_cannot_certify_a_key_of_its_own(
+    deployment: Deployment,
+) -> None:
+    """Every ticket passes through the cosigner at enrolment; without the activation code, which
+    the administrator hands the user and never the cosigner, it is worth nothing to it."""
+    keystore, ticket = await _enrol_new(deployment, "stolen-ticket")
+    honest_csr = await _joint_csr(deployment, keystore)
+    own_key = ed25519.Ed25519PrivateKey.generate()
+    own_csr = await _software_csr(keystore.user_id, own_key)
+    own_key_id = spki_of(own_key.public_key())[-32:].hex()
+    # It writes the attestation itself, and tries every proof it could have: none, random, and
+    # the honest phone's proof (seen in flight) for the phone's own CSR.
+    proofs = [b"", os.urandom(32), application_proof(ticket, honest_csr)]
+    issued = issued_count(deployment)
+    for proof in proofs:
+        await expect_refusal(
+            certify_at_ra(
+                deployment,
+                ticket,
+                own_csr,
+                _attested(own_key_id, keystore.user_id, ticket_id_of(ticket)),
+                proof=proof,
+            ),
+            Code.PERMISSION_DENIED,
+            "APPLICATION_PROOF_INVALID",
+        )
+    assert issued_count(deployment) == issued
+    await _no_certificate(deployment, own_key_id)
+    # The ticket is not used up: the phone's own application still succeeds.
+    reply = await apply_for_certificate(deployment, ticket, honest_csr)
+    assert issued_count(deployment) == issued + 1
+    assert x509.load_der_x509_certificate(reply.certificate).public_key().public_bytes(
+        serialization.Encoding.Raw, serialization.PublicFormat.Raw
+    ) == bytes.fromhex(keystore.key_id)
+
+
+async def test_the_answer_proves_the_activation_code(deployment: Deployment, pki: Pki) -> None:
+    keystore, ticket = await _enrol_new(deployment, "answer")
+    reply = await apply_for_certificate(deployment, ticket, await _joint_csr(deployment, keystore))
+    code = ACTIVATION_CODES[ticket]
+    fields = (reply.certificate, reply.ca_certificate, reply.grant_key_spki)
+    assert reply.answer_proof == activation.answer_proof(code, *fields)
+    # A cosigner that swapped any part of the answer could not have made the proof.
+    for index in range(3):
+        changed = list(fields)
+        changed[index] = fields[index] + b"\x00"
+        assert reply.answer_proof != activation.answer_proof(code, *changed)
+    assert reply.answer_proof != activation.answer_proof(os.urandom(16), *fields)
+
+
+class _SwappingCosigner(cosigner_pb2_grpc.CosignerServiceServicer):
+    """A cosigner stand-in that passes the application on and swaps one part of the answer
+    (only this RPC is answered; the others are UNIMPLEMENTED, the base class's)."""
+
+    def __init__(self, deployment: Deployment, field: str) -> None:
+        self._deployment = deployment
+        self._field = field
+
+    async def RequestPersonalCertificate(
+        self, request: cosigner_pb2.RequestPersonalCertificateRequest, context: object
+    ) -> cosigner_pb2.RequestPersonalCertificateResponse:
+        async with self._deployment.public_channel("cosigner") as channel:
+            reply = await cosigner_stub(channel).RequestPersonalCertificate(request)
+        if self._field == "grant_key_spki":
+            reply.grant_key_spki = spki_of(ec.generate_private_key(ec.SECP256R1()).public_key())
+        else:
+            reply.answer_proof = bytes(32)
+        return reply
+
+
+@pytest.mark.parametrize("field", ["grant_key_spki", "answer_proof"])
+async def test_the_phone_refuses_an_answer_changed_on_the_way(
+    deployment: Deployment, pki: Pki, field: str
+) -> None:
+    keystore, ticket = await _enrol_new(deployment, "swapped")
+    server = grpc.aio.server()
+    cosigner_pb2_grpc.add_CosignerServiceServicer_to_server(
+        _SwappingCosigner(deployment, field),  # type: ignore[abstract]
+        server,
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with (
+            signing_session(deployment, keystore) as session,
+            grpc.aio.insecure_channel(f"127.0.0.1:{port}") as stand_in,
+        ):
+            with pytest.raises(ClientError) as info:
+                await request_personal_certificate(
+                    stand_in, session, keystore, ticket, ACTIVATION_CODES[ticket], pki.root_der
+                )
+    finally:
+        await server.stop(None)
+    assert info.value.reason == "ANSWER_PROOF_INVALID"

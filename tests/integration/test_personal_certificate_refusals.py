@@ -39,6 +39,7 @@ from tests.integration.certificates import (
     PIN,
     Code,
     Pki,
+    application_proof,
     apply_for_certificate,
     attestation_of,
     certify,
@@ -465,7 +466,9 @@ async def test_concurrent_requests_with_one_ticket_issue_one_certificate(
         results = await asyncio.gather(
             *(
                 stub.RequestPersonalCertificate(
-                    cosigner_pb2.RequestPersonalCertificateRequest(ticket=ticket, csr=csr)
+                    cosigner_pb2.RequestPersonalCertificateRequest(
+                        ticket=ticket, csr=csr, application_proof=application_proof(ticket, csr)
+                    )
                 )
                 for csr in csrs
             ),

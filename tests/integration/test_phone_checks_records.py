@@ -2,8 +2,9 @@
 
 A stand-in gateway (in this process) forwards every call to the real gateway process but changes
 one thing in what it answers: the organisation key, the certificate hash, the operation, the
-data or the purpose a record names, or the description of the organisation key itself. The SDK
-must refuse each before the cosigner is asked for anything, and nothing reaches execution.
+data or the purpose a record names, the description of the organisation key itself, or the
+signed grant. The SDK must refuse each before the cosigner is asked for anything, and nothing
+reaches execution.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 import client
-from mobilesign import records
+from mobilesign import grants, records
 from mobilesign.testing import Deployment
 from mobilesign.v1 import gateway_pb2, gateway_pb2_grpc
 from tests.integration import escrow
@@ -34,6 +35,7 @@ DIGEST = hashlib.sha256(b"framework agreement 2026-44").digest()
 
 RecordChange = Callable[[records.ServiceRecord], records.ServiceRecord]
 KeyChange = Callable[[gateway_pb2.OrganisationKey], gateway_pb2.OrganisationKey]
+GrantChange = Callable[[gateway_pb2.Grant], gateway_pb2.Grant]
 _Context = grpc.aio.ServicerContext[Any, Any]
 
 
@@ -44,6 +46,7 @@ class StandInGateway(gateway_pb2_grpc.GatewayServiceServicer):
         self._stub = gateway_pb2_grpc.GatewayServiceStub(upstream)
         self.change_record: RecordChange | None = None
         self.change_key: KeyChange | None = None
+        self.change_grant: GrantChange | None = None
         self.executed = 0
 
     async def _forward(self, method: str, request: Any, context: _Context) -> Any:
@@ -60,7 +63,12 @@ class StandInGateway(gateway_pb2_grpc.GatewayServiceServicer):
         return await self._forward("FinishSession", request, context)
 
     async def ListMyGrants(self, request: Any, context: _Context) -> Any:
-        return await self._forward("ListMyGrants", request, context)
+        reply = await self._forward("ListMyGrants", request, context)
+        if self.change_grant is not None:
+            return gateway_pb2.ListMyGrantsResponse(
+                grants=[self.change_grant(grant) for grant in reply.grants]
+            )
+        return reply
 
     async def GetOrganisationKey(self, request: Any, context: _Context) -> Any:
         reply = await self._forward("GetOrganisationKey", request, context)
@@ -285,3 +293,94 @@ async def test_a_grant_the_user_does_not_have_is_refused(
         )
     assert info.value.reason == "NO_GRANT"
     assert setting.signed == 0
+
+
+def _signed_by(key: ec.EllipticCurvePrivateKey, statement: bytes) -> bytes:
+    return grants.assemble(
+        statement, key.sign(grants.signing_digest(statement), ec.ECDSA(hashes.SHA256()))
+    )
+
+
+def _statement(grant: gateway_pb2.Grant) -> gateway_pb2.GrantStatement:
+    return gateway_pb2.GrantStatement.FromString(
+        gateway_pb2.SignedGrant.FromString(grant.signed_grant).statement
+    )
+
+
+def _resigned_for_another_key(grant: gateway_pb2.Grant) -> gateway_pb2.Grant:
+    statement = _statement(grant)
+    statement.key_id = "ab" * 16
+    forged = _signed_by(
+        ec.generate_private_key(ec.SECP256R1()), statement.SerializeToString(deterministic=True)
+    )
+    changed = gateway_pb2.Grant()
+    changed.CopyFrom(grant)
+    changed.signed_grant = forged
+    return changed
+
+
+def _unsigned(grant: gateway_pb2.Grant) -> gateway_pb2.Grant:
+    changed = gateway_pb2.Grant()
+    changed.CopyFrom(grant)
+    changed.signed_grant = b""
+    return changed
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        pytest.param(_resigned_for_another_key, "GRANT_FORGED", id="re-signed"),
+        pytest.param(_unsigned, "GRANT_MALFORMED", id="unsigned"),
+    ],
+)
+async def test_a_grant_the_ra_did_not_sign_is_refused(
+    setting: Setting,
+    organisation: escrow.Organisation,
+    change: GrantChange,
+    reason: str,
+) -> None:
+    setting.stand_in.change_grant = change
+    with pytest.raises(client.ClientError) as info:
+        await _use(setting, organisation)
+    assert info.value.reason == reason
+    assert (setting.signed, setting.stand_in.executed) == (0, 0)
+
+
+async def test_another_users_signed_grant_is_refused(
+    deployment: Deployment, setting: Setting, organisation: escrow.Organisation
+) -> None:
+    other = await escrow.phone(deployment, organisation, "other")
+    try:
+        theirs = await escrow.grant(deployment, other.user_id, organisation.seal, [SIGN])
+    finally:
+        await other.close()
+
+    def swap(grant: gateway_pb2.Grant) -> gateway_pb2.Grant:
+        # Genuinely signed by the RA, under this user's grant id: only the statement says whose.
+        changed = gateway_pb2.Grant()
+        changed.CopyFrom(grant)
+        changed.signed_grant = theirs.signed_grant
+        return changed
+
+    setting.stand_in.change_grant = swap
+    with pytest.raises(client.ClientError) as info:
+        await _use(setting, organisation)
+    assert info.value.reason == "GRANT_MISMATCH"
+    assert (setting.signed, setting.stand_in.executed) == (0, 0)
+
+
+async def test_the_description_beside_the_signed_grant_is_not_believed(
+    setting: Setting, organisation: escrow.Organisation
+) -> None:
+    def describe_another_key(grant: gateway_pb2.Grant) -> gateway_pb2.Grant:
+        changed = gateway_pb2.Grant()
+        changed.CopyFrom(grant)
+        changed.key_id = organisation.encryption.key_id
+        changed.purpose = "something else"
+        return changed
+
+    setting.stand_in.change_grant = describe_another_key
+    use = await _use(setting, organisation)
+    # The phone went by what the RA signed: the grant's own key and purpose.
+    assert use.record.organisation_key_id == organisation.seal.key_id
+    assert use.key.key_id == organisation.seal.key_id
