@@ -11,7 +11,8 @@ durable commit however many records it holds; each caller awaits its own result.
 The Merkle tree's nodes (every perfect subtree) are stored beside the entries in the same
 transaction, so proofs read O(log n) nodes from the file and memory does not grow with the log;
 the table is keyed by (level, index), which a second gateway could share. At start the tree is
-recomputed from the entries and checked against the stored nodes (nothing stored is trusted).
+recomputed from the entries and checked against the stored nodes, every one of them (nothing
+stored is trusted; a missing, extra or changed node stops the start).
 """
 
 from __future__ import annotations
@@ -187,6 +188,11 @@ class Ledger:
         return ledger
 
     async def _check_tree(self) -> None:
+        async with self._db.execute("SELECT COUNT(*) FROM tree_nodes") as cursor:
+            row = await cursor.fetchone()
+        # Written by a version that kept the tree in memory only: store it now. Otherwise
+        # every node must be there, and none beyond the entries.
+        backfill = row is None or row[0] == 0
         expected = 0
         computed: list[tuple[int, int, bytes]] = []
         async with self._db.execute(
@@ -198,22 +204,26 @@ class Ledger:
                 computed.extend(self._range.append(auditlog.leaf_hash(bytes(row["entry"]))))
                 expected += 1
                 if len(computed) >= _CHECK_BATCH:
-                    await self._check_nodes(computed)
+                    await self._check_nodes(computed, backfill)
                     computed = []
-        await self._check_nodes(computed)
+        await self._check_nodes(computed, backfill)
+        async with self._db.execute("SELECT COUNT(*) FROM tree_nodes") as cursor:
+            row = await cursor.fetchone()
+        # A tree of n leaves has 2n - popcount(n) perfect subtrees: no more, no fewer.
+        if row is None or row[0] != 2 * expected - expected.bit_count():
+            raise TreeMismatch("the stored tree has nodes the stored entries do not make")
 
-    async def _check_nodes(self, computed: list[tuple[int, int, bytes]]) -> None:
+    async def _check_nodes(self, computed: list[tuple[int, int, bytes]], backfill: bool) -> None:
         if not computed:
             return
-        stored = await self._read_nodes([(level, index) for level, index, _ in computed])
-        missing = [node for node in computed if (node[0], node[1]) not in stored]
-        if any(stored.get((level, index), value) != value for level, index, value in computed):
-            raise TreeMismatch("a stored tree node is not the hash of the stored entries")
-        if missing:
-            # Written by a version that kept the tree in memory only: store it now.
+        if backfill:
             await self._db.executemany(
-                "INSERT INTO tree_nodes (level, idx, hash) VALUES (?, ?, ?)", missing
+                "INSERT INTO tree_nodes (level, idx, hash) VALUES (?, ?, ?)", computed
             )
+            return
+        stored = await self._read_nodes([(level, index) for level, index, _ in computed])
+        if any(stored.get((level, index)) != value for level, index, value in computed):
+            raise TreeMismatch("a stored tree node is missing or not the hash of the entries")
 
     async def _read_nodes(self, wanted: Sequence[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
         found: dict[tuple[int, int], bytes] = {}

@@ -86,7 +86,7 @@ def _change_ledger(
 
 def _refuses_to_start(deployment: Deployment) -> None:
     """The gateway's start check: the entries do not hash to the stored tree nodes."""
-    with pytest.raises(RuntimeError, match="a stored tree node is not the hash of the stored"):
+    with pytest.raises(RuntimeError, match="TreeMismatch: a stored tree node is missing"):
         deployment.start("gateway")
 
 

@@ -384,6 +384,24 @@ async def test_a_tree_node_changed_on_disk_stops_the_start(path: Path) -> None:
         await Ledger.open(path)
 
 
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "DELETE FROM tree_nodes WHERE level = 1",
+        "INSERT INTO tree_nodes (level, idx, hash) VALUES (0, 3, zeroblob(32))",
+        "DELETE FROM log_entries WHERE entry_index = 2",
+    ],
+    ids=["node-missing", "node-beyond-the-entries", "entry-truncated"],
+)
+async def test_nodes_that_do_not_match_the_entries_stop_the_start(
+    path: Path, statement: str
+) -> None:
+    await _three_uses(path)
+    _alter(path, statement)
+    with pytest.raises(TreeMismatch):
+        await Ledger.open(path)
+
+
 async def test_nodes_missing_after_an_upgrade_are_written_from_the_entries(path: Path) -> None:
     root = await _three_uses(path)
     _alter(path, "DELETE FROM tree_nodes")
