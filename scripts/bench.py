@@ -3,7 +3,7 @@
 Sections, in order:
 
 1. the FROST signing core in this process, no network: CPU per party per signature;
-2. against hsm-proxy, gateway and cosigner started as real processes on loopback with TLS, in a
+2. against hsm-proxy, ra, gateway and cosigner started as real processes on loopback with TLS, in a
    fresh temporary state directory (``TMPDIR`` chooses where; never ``var/``):
    round trips per signature, one client's latency p50/p99, and signatures per second for 1, 16
    and 64 concurrent clients, each beside a plain unary gRPC call (``grpc.health.v1`` ``Check``
@@ -91,7 +91,7 @@ def _run_services(config: BenchConfig) -> tuple[list[Section], dict[str, Any]]:
         state.mkdir()
         facts: dict[str, Any] = {"state_dir_filesystem": bench_common.filesystem_of(state)}
         deployment = Deployment(state)
-        _progress(f"starting hsm-proxy, gateway and cosigner (state in {state})")
+        _progress(f"starting hsm-proxy, ra, gateway and cosigner (state in {state})")
         try:
             started = time.perf_counter()
             deployment.start_all()

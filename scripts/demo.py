@@ -405,7 +405,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     state = _fresh_state(Path(os.environ.get("MOBILESIGN_STATE_DIR", "var/demo")).resolve())
     deployment = Deployment(state)
-    _step(f"Starting hsm-proxy, gateway and cosigner (state in {state})")
+    _step(f"Starting hsm-proxy, ra, gateway and cosigner (state in {state})")
     deployment.start_all()
     try:
         asyncio.run(_flow(deployment, out))
