@@ -98,8 +98,12 @@ def relayed(
 ) -> E:
     """A callee's failure as the caller's own error: unreachable (UNAVAILABLE or a deadline)
     becomes UNAVAILABLE ``unreachable_reason``; a refusal keeps its kind, reason and message,
-    so that the phone or administrator sees why the callee said no."""
+    so that the phone or administrator sees why the callee said no. A failure without a reason
+    (the callee's transport, not its code) keeps its kind under ``unreachable_reason``."""
     code = error.code()
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         return factory(Kind.UNAVAILABLE, unreachable_reason, f"the {callee} cannot be reached")
-    return factory(kind_of(code), reason_of(error) or "CALLEE_FAILED", error.details() or "")
+    reason = reason_of(error)
+    if reason is None:
+        return factory(kind_of(code), unreachable_reason, f"the {callee} failed ({code.name})")
+    return factory(kind_of(code), reason, error.details() or "")
