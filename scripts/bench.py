@@ -90,7 +90,11 @@ def _run_services(config: BenchConfig) -> tuple[list[Section], dict[str, Any]]:
         state = Path(tmp) / "state"
         state.mkdir()
         facts: dict[str, Any] = {"state_dir_filesystem": bench_common.filesystem_of(state)}
-        deployment = Deployment(state)
+        # The measured sessions stay open from the first network section to the last, which on
+        # a loaded machine can be longer than the cosigner's idle limit for a session.
+        deployment = Deployment(
+            state, extra_env={"MOBILESIGN_COSIGNER_STEP_TIMEOUT_SECONDS": "600"}
+        )
         _progress(f"starting hsm-proxy, ra, gateway and cosigner (state in {state})")
         try:
             started = time.perf_counter()
