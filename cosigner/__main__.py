@@ -41,7 +41,7 @@ async def _main(
         name="cosigner",
         services={servicer.SERVICE: servicer.POLICY},
         register=lambda server: cosigner_pb2_grpc.add_CosignerServiceServicer_to_server(
-            servicer.CosignerServicer(cosigner), server
+            servicer.CosignerServicer(cosigner, cfg.first_message_timeout_seconds), server
         ),
         listeners=[
             serve.Listener("internal", cfg.listen, mutual=True),
@@ -50,6 +50,9 @@ async def _main(
                 cfg.public_listen,
                 mutual=False,
                 credential=devpki.credential(state, "cosigner-public"),
+                max_concurrent_rpcs=cfg.public_max_concurrent_rpcs,
+                max_rpcs_per_peer=cfg.public_max_rpcs_per_peer,
+                first_message_timeout=cfg.first_message_timeout_seconds,
             ),
         ],
         credential=credential,

@@ -21,10 +21,20 @@ class CosignerConfig:
     ra: str = "127.0.0.1:50054"
     #: Seconds the cosigner waits for each protocol step before ending the stream.
     step_timeout_seconds: float = 30.0
+    #: Seconds a new stream (never more than the step timeout), or a unary call on the public
+    #: listener, may wait for its first message; then DEADLINE_EXCEEDED FIRST_MESSAGE_TIMEOUT.
+    first_message_timeout_seconds: float = 5.0
     #: Consecutive wrong PIN proofs after which a key is locked until an operator unlocks it.
     max_pin_attempts: int = 5
     max_message_bytes: int = 128 * 1024
+    #: Calls in flight on the internal listener.
     max_concurrent_rpcs: int = 1024
+    #: Calls in flight on the public listener: its own server, so a flood there leaves the
+    #: internal listener's capacity alone.
+    public_max_concurrent_rpcs: int = 1024
+    #: Calls in flight from one address (IPv4, or IPv6 /64) on the public listener; beyond it
+    #: RESOURCE_EXHAUSTED TOO_MANY_RPCS_FROM_PEER.
+    public_max_rpcs_per_peer: int = 32
     grace_seconds: float = 5.0
     log_level: str = "info"
 

@@ -38,16 +38,20 @@ _Context = grpc.aio.ServicerContext[Any, Any]
 class CosignerServicer(cosigner_pb2_grpc.CosignerServiceServicer):
     """Implements ``mobilesign.v1.CosignerService``."""
 
-    def __init__(self, cosigner: Cosigner) -> None:
+    def __init__(self, cosigner: Cosigner, first_message_timeout: float) -> None:
         self._cosigner = cosigner
+        self._first_message_timeout = first_message_timeout
+
+    def _stream(self, context: _Context) -> StepStream[Any, Any]:
+        return StepStream(context, self._cosigner.step_timeout, self._first_message_timeout)
 
     # Streams use explicit context.read()/write(), which grpc.aio supports; the generated base
     # class only knows iterator-returning handlers, hence the ignores.
     async def KeyGen(self, request_iterator: Any, context: _Context) -> None:  # type: ignore[override]
-        await enrolment.enrol(self._cosigner, StepStream(context, self._cosigner.step_timeout))
+        await enrolment.enrol(self._cosigner, self._stream(context))
 
     async def Sign(self, request_iterator: Any, context: _Context) -> None:  # type: ignore[override]
-        await signing.sign(self._cosigner, StepStream(context, self._cosigner.step_timeout))
+        await signing.sign(self._cosigner, self._stream(context))
 
     async def GetKey(self, request: pb.GetKeyRequest, context: _Context) -> pb.GetKeyResponse:
         ids.USER_KEY_ID.check(request.key_id)

@@ -46,7 +46,7 @@ async def _main(
     )
     public_servicer = public.GatewayServicer(
         registry=registry,
-        sessions=Sessions(db, registry, cosigner),
+        sessions=Sessions(db, registry, cosigner, cfg.session_challenge_seconds),
         operations=operations,
         audit=audit,
     )
@@ -65,6 +65,9 @@ async def _main(
                 cfg.public_listen,
                 mutual=False,
                 credential=devpki.credential(state, "gateway-public"),
+                max_concurrent_rpcs=cfg.public_max_concurrent_rpcs,
+                max_rpcs_per_peer=cfg.public_max_rpcs_per_peer,
+                first_message_timeout=cfg.first_message_timeout_seconds,
             ),
         ],
         credential=credential,

@@ -20,7 +20,19 @@ class GatewayConfig:
     cosigner: str = "127.0.0.1:50052"
     ra: str = "127.0.0.1:50054"
     max_message_bytes: int = 256 * 1024
+    #: Calls in flight on the internal listener.
     max_concurrent_rpcs: int = 1024
+    #: Calls in flight on the public listener: its own server, so a flood there leaves the
+    #: internal listener's capacity alone.
+    public_max_concurrent_rpcs: int = 1024
+    #: Calls in flight from one address (IPv4, or IPv6 /64) on the public listener; beyond it
+    #: RESOURCE_EXHAUSTED TOO_MANY_RPCS_FROM_PEER.
+    public_max_rpcs_per_peer: int = 32
+    #: Seconds a call on the public listener may wait for its request message; then
+    #: DEADLINE_EXCEEDED FIRST_MESSAGE_TIMEOUT.
+    first_message_timeout_seconds: float = 5.0
+    #: Seconds a login challenge (StartSession) may be answered (FinishSession).
+    session_challenge_seconds: int = 60
     grace_seconds: float = 5.0
     log_level: str = "info"
 

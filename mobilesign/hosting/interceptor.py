@@ -1,18 +1,22 @@
 """One server interceptor for every mobilesign service: request ids, access control, logging and
 the translation of :class:`mobilesign.errors.Error` into a status with details.
 
-Only the service's own methods are wrapped; health and reflection pass through untouched.
+Only the service's own methods are wrapped; health and reflection pass through untouched. On a
+public listener it also bounds the calls in flight from one peer address.
 """
 
 from __future__ import annotations
 
+import asyncio
 import inspect
+import ipaddress
 import logging
 import re
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, cast
+from typing import Any, NoReturn, cast
+from urllib.parse import unquote
 
 import grpc
 
@@ -60,6 +64,165 @@ def _tolerant(
     return parse
 
 
+#: IPv6 peers are counted by their /64: one subscriber is usually given a whole /64, so
+#: counting single addresses would let one stranger appear as billions of peers.
+IPV6_PEER_PREFIX = 64
+
+
+def peer_address(peer: str) -> str:
+    """The address a call's ``context.peer()`` counts against: the IPv4 address, or the IPv6
+    /64 (an IPv4-mapped IPv6 address counts as its IPv4 address), without the port.
+
+    Anything else (a Unix socket, an unparsable string) is returned unchanged, so that it is
+    still one peer and never several."""
+    scheme, _, rest = peer.partition(":")
+    if scheme not in ("ipv4", "ipv6") or not rest:
+        return peer
+    host = unquote(rest).rsplit(":", 1)[0].strip("[]").split("%", 1)[0]
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return peer
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, IPV6_PEER_PREFIX), strict=False))
+    return str(address)
+
+
+class PeerCounter:
+    """Calls in flight per peer address, refused beyond ``limit``.
+
+    Entries exist only while a call is in flight, so strangers cannot grow it beyond the
+    server's own concurrency limit."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._counts: dict[str, int] = {}
+
+    def acquire(self, peer: str) -> None:
+        """Count one more call from ``peer``, or raise EXHAUSTED ``TOO_MANY_RPCS_FROM_PEER``."""
+        count = self._counts.get(peer, 0)
+        if count >= self.limit:
+            raise Error(
+                Kind.EXHAUSTED,
+                "TOO_MANY_RPCS_FROM_PEER",
+                f"at most {self.limit} calls at a time from one address",
+            )
+        self._counts[peer] = count + 1
+
+    def release(self, peer: str) -> None:
+        """One call from ``peer`` ended."""
+        count = self._counts.pop(peer, 0) - 1
+        if count > 0:
+            self._counts[peer] = count
+
+    def in_flight(self, peer: str) -> int:
+        """The calls from ``peer`` in flight now."""
+        return self._counts.get(peer, 0)
+
+
+async def first_request(context: grpc.aio.ServicerContext[Any, Any], seconds: float) -> Any:
+    """The one request message of a unary call served as a stream, within ``seconds`` of
+    the call's start (DEADLINE_EXCEEDED ``FIRST_MESSAGE_TIMEOUT`` otherwise)."""
+    try:
+        request = await asyncio.wait_for(context.read(), seconds)
+    except TimeoutError:
+        raise Error(
+            Kind.TIMEOUT,
+            "FIRST_MESSAGE_TIMEOUT",
+            f"no request message within {seconds:g} s of the call's start",
+        ) from None
+    if request is grpc.aio.EOF:
+        raise malformed_request()
+    if isinstance(request, Malformed):
+        raise request.error
+    return request
+
+
+def _request_read_first(behavior: Behavior, timeout: float) -> Behavior:
+    async def read_then_handle(_: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        return await behavior(await first_request(context, timeout), context)
+
+    return read_then_handle
+
+
+async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: Error) -> NoReturn:
+    code = status.code_of(exc.kind)
+    await context.abort(
+        code, exc.message, trailing_metadata=status.status_metadata(code, exc.reason, exc.message)
+    )
+
+
+def _counted(
+    handler: grpc.RpcMethodHandler[Any, Any],
+    counter: PeerCounter,
+    first_message_timeout: float | None,
+) -> grpc.RpcMethodHandler[Any, Any]:
+    """``handler`` (any of the four kinds, coroutine or async generator) with its calls counted
+    against their peer's address; with ``first_message_timeout``, a unary request is read as a
+    stream's first message (as for the services' own methods)."""
+    read_first = first_message_timeout is not None and handler.request_streaming is False
+
+    async def begin(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> tuple[str, Any]:
+        address = peer_address(context.peer())
+        try:
+            counter.acquire(address)
+        except Error as exc:
+            await _abort(context, exc)
+        if read_first and first_message_timeout is not None:
+            try:
+                request = await first_request(context, first_message_timeout)
+            except Error as exc:
+                counter.release(address)
+                await _abort(context, exc)
+        return address, request
+
+    def wrap(behavior: Any) -> Any:
+        if inspect.isasyncgenfunction(behavior):
+
+            async def streaming(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+                address, request = await begin(request, context)
+                try:
+                    async for response in behavior(request, context):
+                        yield response
+                finally:
+                    counter.release(address)
+
+            return streaming
+
+        async def plain(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            address, request = await begin(request, context)
+            try:
+                return await behavior(request, context)
+            finally:
+                counter.release(address)
+
+        return plain
+
+    # Read first, a unary request becomes a stream's first message (the same bytes on the wire).
+    kinds: tuple[tuple[Any, Any], ...] = (
+        (handler.unary_unary, grpc.unary_unary_rpc_method_handler),
+        (handler.unary_stream, grpc.unary_stream_rpc_method_handler),
+        (handler.stream_unary, grpc.stream_unary_rpc_method_handler),
+        (handler.stream_stream, grpc.stream_stream_rpc_method_handler),
+    )
+    if read_first:
+        kinds = (
+            (handler.unary_unary, grpc.stream_unary_rpc_method_handler),
+            (handler.unary_stream, grpc.stream_stream_rpc_method_handler),
+        )
+    for behavior, make in kinds:
+        if behavior is not None:
+            counted: grpc.RpcMethodHandler[Any, Any] = make(
+                wrap(behavior),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+            return counted
+    return handler
+
+
 def _request_id(context: grpc.aio.ServicerContext[Any, Any]) -> str:
     for key, value in context.invocation_metadata() or ():
         if key == "x-request-id" and isinstance(value, str) and _REQUEST_ID.fullmatch(value):
@@ -68,11 +231,27 @@ def _request_id(context: grpc.aio.ServicerContext[Any, Any]) -> str:
 
 
 class ServiceInterceptor(grpc.aio.ServerInterceptor):
-    """Wraps the unary and streaming handlers of the given services (``package.Service``)."""
+    """Wraps the unary and streaming handlers of the given services (``package.Service``);
+    with ``max_rpcs_per_peer``, at most that many of their calls from one peer address (see
+    :func:`peer_address`) are in flight at a time.
 
-    def __init__(self, policies: Mapping[str, access.AccessPolicy], max_message_bytes: int) -> None:
+    With ``first_message_timeout``, a unary call whose request does not arrive within that many
+    seconds of its start ends with DEADLINE_EXCEEDED ``FIRST_MESSAGE_TIMEOUT``: grpc would
+    otherwise wait for it for ever, holding a place of the server's concurrency limit, before
+    any handler (or the per-peer count) sees the call."""
+
+    def __init__(
+        self,
+        policies: Mapping[str, access.AccessPolicy],
+        max_message_bytes: int,
+        *,
+        max_rpcs_per_peer: int | None = None,
+        first_message_timeout: float | None = None,
+    ) -> None:
         self._policies = dict(policies)
         self._max_message_bytes = max_message_bytes
+        self._peers = None if max_rpcs_per_peer is None else PeerCounter(max_rpcs_per_peer)
+        self._first_message_timeout = first_message_timeout
 
     async def intercept_service(
         self,
@@ -85,9 +264,30 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
         full = handler_call_details.method
         service, _, method = full.lstrip("/").partition("/")
         policy = self._policies.get(service)
-        if handler is None or policy is None:
-            return handler
+        if handler is None:
+            return None
+        if policy is None:
+            # Health and reflection: untouched, but counted against the peer too, or their
+            # streams (Watch, ServerReflectionInfo) would be a way round the cap.
+            if self._peers is None:
+                return handler
+            return _counted(handler, self._peers, self._first_message_timeout)
         deserializer = _tolerant(handler.request_deserializer, self._max_message_bytes)
+        if handler.unary_unary is not None and self._first_message_timeout is not None:
+            # Served as client-streaming (the same bytes on the wire), so that the handler runs
+            # from the call's start and can stop waiting for the request.
+            return grpc.stream_unary_rpc_method_handler(
+                self._wrap(
+                    method,
+                    policy,
+                    _request_read_first(
+                        cast(Behavior, handler.unary_unary), self._first_message_timeout
+                    ),
+                    unary=False,
+                ),
+                request_deserializer=deserializer,
+                response_serializer=handler.response_serializer,
+            )
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
                 self._wrap(method, policy, cast(Behavior, handler.unary_unary), unary=True),
@@ -116,7 +316,12 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             started = time.perf_counter()
             outcome = "OK"
             reason = ""
+            peer: str | None = None
             try:
+                if self._peers is not None:
+                    address = peer_address(context.peer())
+                    self._peers.acquire(address)
+                    peer = address
                 await context.send_initial_metadata((("x-request-id", rid),))
                 if not policy.allows(method, identity):
                     raise access.AccessError(
@@ -152,6 +357,8 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
                     ),
                 )
             finally:
+                if peer is not None and self._peers is not None:
+                    self._peers.release(peer)
                 _log.info(
                     "rpc",
                     extra={

@@ -2,6 +2,9 @@
 
 A service is served on one or two listeners: ``internal`` requires a client certificate from the
 internal CA (mutual TLS); ``public`` (the phone-facing edge) authenticates the server only.
+Each listener is its own gRPC server with its own concurrency limit, so that strangers flooding
+the public edge cannot use up the capacity the internal callers need; a listener may also cap
+the calls in flight from one peer address.
 Once bound, the actual addresses are written to ``<state_dir>/run/<name>.json`` so that a
 supervisor (or the test harness) that asked for port 0 learns the ports without racing.
 On SIGTERM or SIGINT, health turns NOT_SERVING, then in-flight calls get ``grace`` seconds.
@@ -34,12 +37,19 @@ _log = logging.getLogger("mobilesign.serve")
 class Listener:
     """One address to serve on; ``mutual`` requires and verifies a client certificate.
 
-    ``credential`` overrides the service's own certificate (the public edge has its own)."""
+    ``credential`` overrides the service's own certificate (the public edge has its own);
+    ``max_concurrent_rpcs`` overrides :attr:`Limits.max_concurrent_rpcs` for this listener, and
+    ``max_rpcs_per_peer`` (None: no cap) bounds the calls in flight from one peer address, and
+    ``first_message_timeout`` (None: wait as grpc does) how long a unary call may wait for its
+    request."""
 
     name: str
     address: str
     mutual: bool
     credential: channels.Credential | None = None
+    max_concurrent_rpcs: int | None = None
+    max_rpcs_per_peer: int | None = None
+    first_message_timeout: float | None = None
 
 
 @dataclass(frozen=True)
@@ -47,6 +57,7 @@ class Limits:
     """Bounds that keep one service from being overwhelmed by a caller."""
 
     max_message_bytes: int
+    #: Per listener (each is its own server), unless the listener sets its own.
     max_concurrent_rpcs: int
     grace_seconds: float
 
@@ -68,6 +79,33 @@ def _write_run_file(state_dir: Path, name: str, addresses: dict[str, str]) -> Pa
     return path
 
 
+def _server(
+    listener: Listener,
+    services: Mapping[str, access.AccessPolicy],
+    register: Callable[[grpc.aio.Server], None],
+    limits: Limits,
+) -> tuple[grpc.aio.Server, health_aio.HealthServicer]:
+    """One listener's server: the services, health and reflection, within its own limits."""
+    server = grpc.aio.server(
+        interceptors=[
+            ServiceInterceptor(
+                services,
+                limits.max_message_bytes,
+                max_rpcs_per_peer=listener.max_rpcs_per_peer,
+                first_message_timeout=listener.first_message_timeout,
+            )
+        ],
+        options=channels.options(limits.max_message_bytes * TRANSPORT_FACTOR),
+        maximum_concurrent_rpcs=listener.max_concurrent_rpcs or limits.max_concurrent_rpcs,
+    )
+    register(server)
+    health = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+    reflection.enable_server_reflection((*services, health_name, reflection.SERVICE_NAME), server)
+    return server, health
+
+
 async def serve(
     *,
     name: str,
@@ -78,19 +116,14 @@ async def serve(
     limits: Limits,
     state_dir: Path,
 ) -> None:
-    """Serve ``services`` (name: access policy) until SIGTERM/SIGINT, then shut down gracefully."""
-    server = grpc.aio.server(
-        interceptors=[ServiceInterceptor(services, limits.max_message_bytes)],
-        options=channels.options(limits.max_message_bytes * TRANSPORT_FACTOR),
-        maximum_concurrent_rpcs=limits.max_concurrent_rpcs,
-    )
-    register(server)
-    health = health_aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)
-    health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
-    reflection.enable_server_reflection((*services, health_name, reflection.SERVICE_NAME), server)
+    """Serve ``services`` (name: access policy) until SIGTERM/SIGINT, then shut down gracefully.
+
+    ``register`` adds the service implementations to a server; it is called once per listener.
+    """
+    servers: list[tuple[grpc.aio.Server, health_aio.HealthServicer]] = []
     bound: dict[str, str] = {}
     for listener in listeners:
+        server, health = _server(listener, services, register, limits)
         host = listener.address.rsplit(":", 1)[0]
         port = server.add_secure_port(
             listener.address, _credentials(listener.credential or credential, listener.mutual)
@@ -98,9 +131,11 @@ async def serve(
         if port == 0:
             raise OSError(f"cannot listen on {listener.address}")
         bound[listener.name] = f"{host}:{port}"
-    await server.start()
-    for svc in ("", *services):
-        await health.set(svc, health_pb2.HealthCheckResponse.SERVING)
+        servers.append((server, health))
+    for server, health in servers:
+        await server.start()
+        for svc in ("", *services):
+            await health.set(svc, health_pb2.HealthCheckResponse.SERVING)
     run_file = _write_run_file(state_dir, name, bound)
     _log.info("serving", extra={"fields": {"listeners": bound}})
 
@@ -111,7 +146,9 @@ async def serve(
     await stop.wait()
 
     _log.info("stopping", extra={"fields": {"grace_seconds": limits.grace_seconds}})
-    await health.enter_graceful_shutdown()
-    await server.stop(limits.grace_seconds)
+    for _, health in servers:
+        await health.enter_graceful_shutdown()
+    # Together, so that the grace period is the whole service's and not one per listener.
+    await asyncio.gather(*(server.stop(limits.grace_seconds) for server, _ in servers))
     run_file.unlink(missing_ok=True)
     _log.info("stopped")

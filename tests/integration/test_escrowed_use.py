@@ -453,7 +453,8 @@ async def test_sessions_need_the_device_and_a_valid_certificate(
                 grpc.StatusCode.UNAUTHENTICATED,
                 reason,
             )
-        # A challenge answered by another device key, and a challenge used twice.
+        # A challenge answered by another device key (which does not use it up: a stranger
+        # cannot spoil a login), then by the right one, then used twice.
         key_id = phone.keystore.key_id
         challenge = (
             await gateway.StartSession(gateway_pb2.StartSessionRequest(key_id=key_id))
@@ -471,16 +472,14 @@ async def test_sessions_need_the_device_and_a_valid_certificate(
             grpc.StatusCode.UNAUTHENTICATED,
             "DEVICE_PROOF_INVALID",
         )
+        answer = gateway_pb2.FinishSessionRequest(
+            key_id=key_id,
+            challenge=challenge,
+            device_signature=deviceauth.sign(phone.keystore.device_key, transcript),
+        )
+        assert (await gateway.FinishSession(answer)).session_token
         await _expect(
-            gateway.FinishSession(
-                gateway_pb2.FinishSessionRequest(
-                    key_id=key_id,
-                    challenge=challenge,
-                    device_signature=deviceauth.sign(phone.keystore.device_key, transcript),
-                )
-            ),
-            grpc.StatusCode.UNAUTHENTICATED,
-            "CHALLENGE_INVALID",
+            gateway.FinishSession(answer), grpc.StatusCode.UNAUTHENTICATED, "CHALLENGE_INVALID"
         )
         await _expect(
             gateway.StartSession(gateway_pb2.StartSessionRequest(key_id="zz")),
