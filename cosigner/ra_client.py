@@ -13,6 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from cosigner.errors import CosignerError
 from mobilesign.errors import Kind
+from mobilesign.rpc import retry
 from mobilesign.rpc.status import relayed
 from mobilesign.v1 import ra_pb2, ra_pb2_grpc
 
@@ -34,7 +35,9 @@ class Registry:
         async with self._lock:
             if self._ticket_key is None:
                 try:
-                    reply = await self._stub.GetTicketKey(ra_pb2.GetTicketKeyRequest(), timeout=10)
+                    reply = await retry.idempotent(
+                        lambda: self._stub.GetTicketKey(ra_pb2.GetTicketKeyRequest(), timeout=10)
+                    )
                 except grpc.aio.AioRpcError:
                     raise _unreachable("to check the ticket") from None
                 key = serialization.load_der_public_key(reply.public_key_spki)
@@ -48,15 +51,18 @@ class Registry:
     async def key_revoked(self, key_id: str) -> bool:
         """True when the personal certificate of ``key_id`` has been revoked."""
         try:
-            reply = await self._stub.GetKeyStatus(
-                ra_pb2.GetKeyStatusRequest(key_id=key_id), timeout=10
+            reply = await retry.idempotent(
+                lambda: self._stub.GetKeyStatus(
+                    ra_pb2.GetKeyStatusRequest(key_id=key_id), timeout=10
+                )
             )
         except grpc.aio.AioRpcError:
             raise _unreachable("to check the key's certificate") from None
         return reply.revoked
 
     async def certify(self, request: ra_pb2.CertifyUserKeyRequest) -> ra_pb2.CertifyUserKeyResponse:
-        """The RA's certificate for a joint key; its refusals come back as they are."""
+        """The RA's certificate for a joint key; its refusals come back as they are (never
+        retried: a repeat of an application the RA granted would be TICKET_USED)."""
         try:
             return await self._stub.CertifyUserKey(request, timeout=30)
         except grpc.aio.AioRpcError as exc:

@@ -110,9 +110,11 @@ async def sign(cosigner: Cosigner, stream: StepStream[pb.SignRequest, pb.SignRes
     await stream.write(pb.SignResponse(ready=pb.SignReady(user_id=key.user_id)))
     recorded = 0
     signing_id: int | None = None
-    # Reports are written in the background, off the path of the next signature, and all of
-    # them are on disk before the session closes (or ends in error).
-    completions: list[asyncio.Task[None]] = []
+    # A report is written in the background, off the path of the next signature; at most one
+    # is ever pending (the next report waits for the one before it), so a long session keeps
+    # no task per signature, and the last is on disk before the session closes (or ends in
+    # error).
+    completion: asyncio.Task[None] | None = None
     try:
         while True:
             step, request = await stream.read("commit", "report", "close")
@@ -123,7 +125,8 @@ async def sign(cosigner: Cosigner, stream: StepStream[pb.SignRequest, pb.SignRes
                         "REPORT_MISSING",
                         "the last signature was not reported",
                     )
-                await asyncio.gather(*completions)
+                if completion is not None:
+                    await completion
                 await stream.write(
                     pb.SignResponse(closed=pb.SignClosed(signatures_recorded=recorded))
                 )
@@ -157,15 +160,18 @@ async def sign(cosigner: Cosigner, stream: StepStream[pb.SignRequest, pb.SignRes
                     twoparty.SignatureReport(signature=request.report.signature)
                 )
                 assert signing_id is not None
-                completions.append(
-                    asyncio.create_task(
-                        cosigner.store.complete_signing(
-                            signing_id, cosigned.signature, int(time.time())
-                        )
+                if completion is not None:
+                    # Done by now almost always: a whole round trip went by since it started.
+                    previous, completion = completion, None
+                    await previous
+                completion = asyncio.create_task(
+                    cosigner.store.complete_signing(
+                        signing_id, cosigned.signature, int(time.time())
                     )
                 )
                 recorded += 1
     finally:
         signer.abort()
-        await asyncio.gather(*completions, return_exceptions=True)
+        if completion is not None:
+            await asyncio.gather(completion, return_exceptions=True)
         _log.info("session ended", extra={"fields": {"key_id": key.key_id, "recorded": recorded}})

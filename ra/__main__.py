@@ -20,6 +20,7 @@ from ra.certification import RegistrationAuthority
 from ra.database import open_ra_db
 from ra.grants import GrantIssuer, GrantStore
 from ra.hsm_proxy_client import HsmClient, HsmSigner
+from ra.key_creations import KeyCreations
 from ra.organisations import OrganisationStore
 from ra.users import UserStore
 
@@ -56,8 +57,16 @@ async def _main(
     users = UserStore(db)
     organisations = OrganisationStore(db)
     authority = RegistrationAuthority(
-        ca=ca, users=users, organisations=organisations, hsm=hsm, ticket_key=ticket_key
+        ca=ca,
+        users=users,
+        organisations=organisations,
+        hsm=hsm,
+        ticket_key=ticket_key,
+        creations=KeyCreations(db),
     )
+    # An organisation key left in the token by a creation cut short is adopted (and any other
+    # key no organisation holds is named in the log) before the first request.
+    await authority.reconcile_organisation_keys()
     issuer = GrantIssuer(
         store=GrantStore(db),
         users=users,

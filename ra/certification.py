@@ -19,6 +19,7 @@ Revocations are stored by the CA, then pushed to the HSM proxy before they are a
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 
 from cryptography import x509
@@ -33,10 +34,12 @@ from mobilesign.errors import Kind
 from mobilesign.v1 import hsm_pb2
 from ra.errors import RaError
 from ra.hsm_proxy_client import HsmClient
-from ra.organisations import OrganisationKey, OrganisationStore
+from ra.key_creations import KeyCreations, PendingCreation
+from ra.organisations import Organisation, OrganisationKey, OrganisationStore
 from ra.users import UserStore
 
 MAX_CSR_BYTES = 4096
+_log = logging.getLogger("mobilesign.ra.organisation_keys")
 
 
 def _spki(key: x509.Certificate | x509.CertificateSigningRequest) -> bytes:
@@ -74,8 +77,10 @@ class RegistrationAuthority:
         organisations: OrganisationStore,
         hsm: HsmClient,
         ticket_key: hsm_pb2.KeyInfo,
+        creations: KeyCreations,
     ) -> None:
         self._ca = ca
+        self._creations = creations
         self._users = users
         self._organisations = organisations
         self._hsm = hsm
@@ -89,7 +94,11 @@ class RegistrationAuthority:
     async def create_organisation_key(
         self, organisation_id: str, label: str, algorithm: hsm_pb2.KeyAlgorithm.ValueType
     ) -> tuple[OrganisationKey, Issued, bytes]:
-        """Generate an organisation key in the HSM, have it sign its CSR, and certify it."""
+        """Generate an organisation key in the HSM, have it sign its CSR, and certify it.
+
+        The creation is recorded before the token is asked, so that one cut short by a crash is
+        finished at the next start (:meth:`reconcile_organisation_keys`); asking again with the
+        same label, organisation and algorithm finishes it too."""
         organisation = await self._organisations.get(organisation_id)
         async with self._organisation_lock:
             if await self._organisations.key_by_label(label) is not None:
@@ -98,17 +107,52 @@ class RegistrationAuthority:
                     "LABEL_IN_USE",
                     "an organisation key has this label",
                 )
-            # A key left in the token by a crash before it was recorded is taken up again.
-            key = await self._hsm.ensure_key(label, hsm_pb2.KEY_PURPOSE_ORGANISATION, algorithm)
-            if key.algorithm != algorithm:
+            pending = await self._creations.get(label)
+            if pending is not None and (pending.organisation_id, pending.algorithm) != (
+                organisation_id,
+                int(algorithm),
+            ):
+                raise RaError(
+                    Kind.CONFLICT,
+                    "LABEL_IN_USE",
+                    "an interrupted creation of another key has this label",
+                )
+            key = await self._hsm.find_key(label, hsm_pb2.KEY_PURPOSE_ORGANISATION)
+            if key is not None and key.algorithm != algorithm:
                 raise RaError(Kind.CONFLICT, "LABEL_IN_USE", "the token has this label")
-            csr_der = await self._hsm.certificate_request(
-                key.key_id,
-                pkix.name({"common_name": label, "organization_name": organisation.name}),
-            )
-            csr = parse_csr(csr_der)
-            if _spki(csr) != key.public_key_spki:
-                raise RaError(Kind.INTERNAL, "CSR_KEY_MISMATCH", "the CSR names another key")
+            if key is not None and pending is None:
+                # A key in the token no creation accounts for (the start-up log names it):
+                # generated for this label by the RA and never certified, so taken up here.
+                _log.warning(
+                    "adopting an organisation key no organisation held",
+                    extra={"fields": {"key_id": key.key_id, "label": label}},
+                )
+            if pending is None:
+                await self._creations.begin(
+                    PendingCreation(label, organisation_id, int(algorithm), int(time.time()))
+                )
+            if key is None:
+                key = await self._hsm.generate_key(
+                    label, hsm_pb2.KEY_PURPOSE_ORGANISATION, algorithm
+                )
+            return await self._certify_organisation_key(organisation, key, label)
+
+    async def _certify_organisation_key(
+        self, organisation: Organisation, key: hsm_pb2.KeyInfo, label: str
+    ) -> tuple[OrganisationKey, Issued, bytes]:
+        """The token's CSR for ``key``, its certificate (issued once: a certificate issued
+        before a crash is reused), then the key recorded and its creation forgotten."""
+        csr_der = await self._hsm.certificate_request(
+            key.key_id,
+            pkix.name({"common_name": label, "organization_name": organisation.name}),
+        )
+        csr = parse_csr(csr_der)
+        if _spki(csr) != key.public_key_spki:
+            raise RaError(Kind.INTERNAL, "CSR_KEY_MISMATCH", "the CSR names another key")
+        earlier = await self._ca.current_for_key(key.key_id)
+        if earlier is not None and earlier.kind == "organisation" and earlier.revoked_at is None:
+            issued = Issued(earlier.serial, earlier.der)
+        else:
             issued = await self._ca.issue_organisation(
                 organisation=organisation.name,
                 label=label,
@@ -116,9 +160,59 @@ class RegistrationAuthority:
                 spki=key.public_key_spki,
                 encipherment=isinstance(csr.public_key(), rsa.RSAPublicKey),
             )
-            record = OrganisationKey(key.key_id, organisation_id, label, int(algorithm))
-            await self._organisations.add_key(record, int(time.time()))
+        record = OrganisationKey(key.key_id, organisation.organisation_id, label, key.algorithm)
+        await self._organisations.add_key(record, int(time.time()))
+        await self._creations.finish(label)
         return record, issued, csr_der
+
+    async def reconcile_organisation_keys(self) -> None:
+        """At start: finish every creation cut short, and name in the log every organisation
+        key in the token that no organisation holds (never deleting one: a key may be needed
+        to decrypt data, and removing it is an administrator's decision)."""
+        async with self._organisation_lock:
+            token = await self._hsm.list_keys(hsm_pb2.KEY_PURPOSE_ORGANISATION)
+            for pending in await self._creations.all():
+                await self._finish_pending(pending, token)
+            for key in token:
+                if await self._organisations.key(key.key_id) is None:
+                    _log.warning(
+                        "organisation key in the token that no organisation holds; left in place",
+                        extra={"fields": {"key_id": key.key_id, "label": key.label}},
+                    )
+
+    async def _finish_pending(self, pending: PendingCreation, token: list[hsm_pb2.KeyInfo]) -> None:
+        fields: dict[str, object] = {
+            "label": pending.label,
+            "organisation_id": pending.organisation_id,
+        }
+        if await self._organisations.key_by_label(pending.label) is not None:
+            await self._creations.finish(pending.label)  # recorded just before the crash
+            return
+        key = next((k for k in token if k.label == pending.label), None)
+        if key is None or key.algorithm != pending.algorithm:
+            # Cut short before the token made the key (or the label holds another key, which
+            # the report of unknown keys names): nothing to adopt.
+            _log.info(
+                "organisation key creation cut short before the key existed",
+                extra={"fields": fields},
+            )
+            await self._creations.finish(pending.label)
+            return
+        fields["key_id"] = key.key_id
+        try:
+            organisation = await self._organisations.get(pending.organisation_id)
+            _, issued, _ = await self._certify_organisation_key(organisation, key, pending.label)
+        except RaError as exc:
+            # Left pending: the next start, or the administrator asking again, retries.
+            _log.error(
+                "could not adopt an organisation key left by an interrupted creation",
+                extra={"fields": {**fields, "reason": exc.reason}},
+            )
+            return
+        _log.warning(
+            "adopted an organisation key left by an interrupted creation",
+            extra={"fields": {**fields, "serial": issued.serial}},
+        )
 
     async def request_personal_certificate(
         self, ticket: bytes, csr_der: bytes, attestation: bytes, application_proof: bytes

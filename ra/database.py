@@ -49,6 +49,15 @@ MIGRATIONS = (
     CREATE INDEX grants_by_user ON grants(user_id);
     CREATE INDEX grants_by_key ON grants(key_id)
     """,
+    # Organisation keys asked of the token and not yet recorded (see ra/key_creations.py).
+    """
+    CREATE TABLE organisation_key_creations (
+        label TEXT PRIMARY KEY,
+        organisation_id TEXT NOT NULL REFERENCES organisations(organisation_id),
+        algorithm INTEGER NOT NULL,
+        started_at INTEGER NOT NULL
+    )
+    """,
 )
 
 

@@ -58,6 +58,36 @@ class HsmClient:
                 raise _failed(exc) from None
             return reply.key
 
+    async def list_keys(self, purpose: hsm_pb2.KeyPurpose.ValueType) -> list[hsm_pb2.KeyInfo]:
+        """Every key of ``purpose`` in the token."""
+        try:
+            listed = await self._stub.ListKeys(hsm_pb2.ListKeysRequest(purpose=purpose), timeout=10)
+        except grpc.aio.AioRpcError as exc:
+            raise _failed(exc) from None
+        return list(listed.keys)
+
+    async def find_key(
+        self, label: str, purpose: hsm_pb2.KeyPurpose.ValueType
+    ) -> hsm_pb2.KeyInfo | None:
+        """The key of ``purpose`` labelled ``label`` in the token, or None."""
+        return next((k for k in await self.list_keys(purpose) if k.label == label), None)
+
+    async def generate_key(
+        self,
+        label: str,
+        purpose: hsm_pb2.KeyPurpose.ValueType,
+        algorithm: hsm_pb2.KeyAlgorithm.ValueType,
+    ) -> hsm_pb2.KeyInfo:
+        """A new key pair in the token."""
+        try:
+            reply = await self._stub.GenerateKeyPair(
+                hsm_pb2.GenerateKeyPairRequest(label=label, purpose=purpose, algorithm=algorithm),
+                timeout=60,
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise _failed(exc) from None
+        return reply.key
+
     async def sign_digest(
         self, key_id: str, mechanism: hsm_pb2.SignatureMechanism.ValueType, digest: bytes
     ) -> bytes:

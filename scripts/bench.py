@@ -39,7 +39,7 @@ from typing import Any
 from mobilesign.testing import Deployment
 from mobilesign.testing.deployment import ROOT
 from scripts import bench_common, bench_core, bench_escrow, bench_loopback
-from scripts.bench_common import Row, Section, Table
+from scripts.bench_common import LOAD_TEST_ENV, Row, Section, Table
 
 
 @dataclass(frozen=True)
@@ -90,11 +90,7 @@ def _run_services(config: BenchConfig) -> tuple[list[Section], dict[str, Any]]:
         state = Path(tmp) / "state"
         state.mkdir()
         facts: dict[str, Any] = {"state_dir_filesystem": bench_common.filesystem_of(state)}
-        # The measured sessions stay open from the first network section to the last, which on
-        # a loaded machine can be longer than the cosigner's idle limit for a session.
-        deployment = Deployment(
-            state, extra_env={"MOBILESIGN_COSIGNER_STEP_TIMEOUT_SECONDS": "600"}
-        )
+        deployment = Deployment(state, extra_env=dict(LOAD_TEST_ENV))
         _progress(f"starting hsm-proxy, ra, gateway and cosigner (state in {state})")
         try:
             started = time.perf_counter()

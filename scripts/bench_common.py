@@ -15,6 +15,16 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+#: Settings of a deployment that load tests drive: the measured sessions stay open from the first
+#: network section to the last (on a loaded machine longer than the cosigner's idle limit for a
+#: session), and every simulated phone connects from this one machine's address (the public
+#: edges' per-address cap is for strangers, not for a room of phones behind one address).
+LOAD_TEST_ENV = {
+    "MOBILESIGN_COSIGNER_STEP_TIMEOUT_SECONDS": "600",
+    "MOBILESIGN_COSIGNER_PUBLIC_MAX_RPCS_PER_PEER": "4096",
+    "MOBILESIGN_GATEWAY_PUBLIC_MAX_RPCS_PER_PEER": "4096",
+}
+
 
 @dataclass(frozen=True)
 class Row:

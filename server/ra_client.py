@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from mobilesign.rpc import retry
 from mobilesign.rpc.status import relayed
 from mobilesign.v1 import gateway_pb2, ra_pb2, ra_pb2_grpc
 from server.errors import GatewayError
@@ -26,7 +27,8 @@ def _failed(error: grpc.aio.AioRpcError) -> GatewayError:
 
 
 class Registry:
-    """Asks the RA's RegistrationService (and AdminService.ListGrants)."""
+    """Asks the RA's RegistrationService (and AdminService.ListGrants); every question is a
+    read, tried once more if the RA was unreachable (it may have just restarted)."""
 
     def __init__(self, channel: grpc.aio.Channel) -> None:
         self._registry = ra_pb2_grpc.RegistrationServiceStub(channel)
@@ -35,8 +37,10 @@ class Registry:
     async def key_status(self, key_id: str) -> KeyStatus:
         """The key's current certificate and whether any of its certificates was revoked."""
         try:
-            reply = await self._registry.GetKeyStatus(
-                ra_pb2.GetKeyStatusRequest(key_id=key_id), timeout=10
+            reply = await retry.idempotent(
+                lambda: self._registry.GetKeyStatus(
+                    ra_pb2.GetKeyStatusRequest(key_id=key_id), timeout=10
+                )
             )
         except grpc.aio.AioRpcError as exc:
             raise _failed(exc) from None
@@ -45,8 +49,10 @@ class Registry:
     async def organisation_key(self, key_id: str) -> gateway_pb2.OrganisationKey:
         """An organisation key with its current certificate; NOT_FOUND when there is none."""
         try:
-            reply = await self._registry.GetOrganisationKey(
-                gateway_pb2.GetOrganisationKeyRequest(key_id=key_id), timeout=10
+            reply = await retry.idempotent(
+                lambda: self._registry.GetOrganisationKey(
+                    gateway_pb2.GetOrganisationKeyRequest(key_id=key_id), timeout=10
+                )
             )
         except grpc.aio.AioRpcError as exc:
             raise _failed(exc) from None
@@ -55,8 +61,10 @@ class Registry:
     async def grant(self, grant_id: str) -> gateway_pb2.Grant | None:
         """One grant, signed, with its use so far, or None when the RA has no such grant."""
         try:
-            reply = await self._registry.GetGrant(
-                ra_pb2.GetGrantRequest(grant_id=grant_id), timeout=10
+            reply = await retry.idempotent(
+                lambda: self._registry.GetGrant(
+                    ra_pb2.GetGrantRequest(grant_id=grant_id), timeout=10
+                )
             )
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.NOT_FOUND:
@@ -67,8 +75,10 @@ class Registry:
     async def grants_of(self, user_id: str) -> list[gateway_pb2.Grant]:
         """A user's grants, oldest first."""
         try:
-            reply = await self._admin.ListGrants(
-                ra_pb2.ListGrantsRequest(user_id=user_id), timeout=10
+            reply = await retry.idempotent(
+                lambda: self._admin.ListGrants(
+                    ra_pb2.ListGrantsRequest(user_id=user_id), timeout=10
+                )
             )
         except grpc.aio.AioRpcError as exc:
             raise _failed(exc) from None
@@ -77,8 +87,10 @@ class Registry:
     async def ca_certificate(self) -> bytes:
         """The CA certificate (DER)."""
         try:
-            reply = await self._registry.GetCaCertificate(
-                gateway_pb2.GetCaCertificateRequest(), timeout=10
+            reply = await retry.idempotent(
+                lambda: self._registry.GetCaCertificate(
+                    gateway_pb2.GetCaCertificateRequest(), timeout=10
+                )
             )
         except grpc.aio.AioRpcError as exc:
             raise _failed(exc) from None
@@ -87,7 +99,9 @@ class Registry:
     async def crl(self) -> bytes:
         """The current CRL (DER)."""
         try:
-            reply = await self._registry.GetCrl(gateway_pb2.GetCrlRequest(), timeout=10)
+            reply = await retry.idempotent(
+                lambda: self._registry.GetCrl(gateway_pb2.GetCrlRequest(), timeout=10)
+            )
         except grpc.aio.AioRpcError as exc:
             raise _failed(exc) from None
         return reply.crl
@@ -95,8 +109,10 @@ class Registry:
     async def certificate_status(self, serial: str) -> gateway_pb2.GetCertificateStatusResponse:
         """Good, revoked or unknown for a serial number."""
         try:
-            return await self._registry.GetCertificateStatus(
-                gateway_pb2.GetCertificateStatusRequest(serial=serial), timeout=10
+            return await retry.idempotent(
+                lambda: self._registry.GetCertificateStatus(
+                    gateway_pb2.GetCertificateStatusRequest(serial=serial), timeout=10
+                )
             )
         except grpc.aio.AioRpcError as exc:
             raise _failed(exc) from None

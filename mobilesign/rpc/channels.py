@@ -33,6 +33,18 @@ def options(max_message_bytes: int) -> list[tuple[str, int]]:
     ]
 
 
+#: Reconnection after a peer restarts: gRPC's defaults back off from 1 s up to 120 s, so a
+#: caller kept answering UNAVAILABLE for seconds after its callee was serving again. Peers are
+#: on loopback or a local network, so a retry every quarter second at most costs nothing. The
+#: minimum is gRPC's connection timeout too: a TLS handshake with a busy peer may take longer
+#: than the first back-off.
+RECONNECT_OPTIONS: list[tuple[str, int]] = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 2_000),
+    ("grpc.max_reconnect_backoff_ms", 250),
+]
+
+
 def mutual_tls(
     address: str,
     credential: Credential,
@@ -48,6 +60,7 @@ def mutual_tls(
     )
     channel_options = [
         *options(max_message_bytes),
+        *RECONNECT_OPTIONS,
         ("grpc.ssl_target_name_override", server_identity),
     ]
     return grpc.aio.secure_channel(address, creds, options=channel_options)
@@ -58,4 +71,5 @@ def server_tls(
 ) -> grpc.aio.Channel:
     """A channel that authenticates the server against ``ca_pem`` and presents no certificate."""
     creds = grpc.ssl_channel_credentials(root_certificates=ca_pem)
-    return grpc.aio.secure_channel(address, creds, options=options(max_message_bytes))
+    channel_options = [*options(max_message_bytes), *RECONNECT_OPTIONS]
+    return grpc.aio.secure_channel(address, creds, options=channel_options)

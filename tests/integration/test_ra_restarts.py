@@ -3,6 +3,7 @@ not yet push to the HSM proxy reaches the proxy when the RA starts again."""
 
 from __future__ import annotations
 
+import secrets
 import signal
 import sqlite3
 import time
@@ -45,7 +46,7 @@ async def _grant(deployment: Deployment) -> str:
     now = int(time.time())
     async with deployment.channel("ra") as channel:
         admin = ra_pb2_grpc.AdminServiceStub(channel)
-        user = f"restart-{now % 100_000}"
+        user = f"restart-{secrets.token_hex(4)}"
         await admin.CreateUser(ra_pb2.CreateUserRequest(user_id=user))
         await admin.CreateOrganisation(
             ra_pb2.CreateOrganisationRequest(organisation_id=user, name="Restart Ltd")

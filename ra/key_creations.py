@@ -1,0 +1,64 @@
+"""Organisation-key creations in progress: a row is written before the RA asks the HSM proxy
+to generate a key and removed once the key is recorded, so that a creation cut short (the RA
+killed between the token generating the key and the RA recording it) is known at the next
+start, and its key adopted rather than left in the token unknown."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import aiosqlite
+
+
+@dataclass(frozen=True)
+class PendingCreation:
+    """An organisation key asked for and not yet recorded."""
+
+    label: str
+    organisation_id: str
+    algorithm: int
+    started_at: int
+
+
+class KeyCreations:
+    """The ``organisation_key_creations`` table of the RA database."""
+
+    def __init__(self, db: aiosqlite.Connection) -> None:
+        self._db = db
+
+    async def begin(self, creation: PendingCreation) -> None:
+        """Record a creation before the token is asked for its key (durable on return)."""
+        await self._db.execute(
+            "INSERT OR IGNORE INTO organisation_key_creations"
+            " (label, organisation_id, algorithm, started_at) VALUES (?, ?, ?, ?)",
+            (creation.label, creation.organisation_id, creation.algorithm, creation.started_at),
+        )
+
+    async def get(self, label: str) -> PendingCreation | None:
+        """The creation in progress for ``label``, or None."""
+        async with self._db.execute(
+            "SELECT label, organisation_id, algorithm, started_at"
+            " FROM organisation_key_creations WHERE label = ?",
+            (label,),
+        ) as cursor:
+            row = await cursor.fetchone()
+        return _creation(row) if row else None
+
+    async def all(self) -> list[PendingCreation]:
+        """Every creation in progress, oldest first."""
+        async with self._db.execute(
+            "SELECT label, organisation_id, algorithm, started_at"
+            " FROM organisation_key_creations ORDER BY started_at, label"
+        ) as cursor:
+            rows = await cursor.fetchall()
+        return [_creation(r) for r in rows]
+
+    async def finish(self, label: str) -> None:
+        """Forget a creation (its key is recorded, or the token never made it)."""
+        await self._db.execute("DELETE FROM organisation_key_creations WHERE label = ?", (label,))
+
+
+def _creation(row: aiosqlite.Row) -> PendingCreation:
+    return PendingCreation(
+        row["label"], row["organisation_id"], int(row["algorithm"]), int(row["started_at"])
+    )
