@@ -6,7 +6,7 @@ BUF := .tools/node_modules/.bin/buf
 PROTOS := $(wildcard protos/mobilesign/v1/*.proto)
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup proto lint test demo run bench clean
+.PHONY: setup proto lint test demo run bench soak fuzz clean
 
 setup: $(VENV)/.installed $(BUF) .softhsm2
 
@@ -45,6 +45,14 @@ run: setup
 
 bench: setup
 	$(PY) -m scripts.bench
+
+# The long property-based fuzz of every RPC (at least 10^5 cases; `make test` runs a small one).
+fuzz: setup
+	$(PY) -m tests.fuzz
+
+# 64 clients for 5 minutes, each service's memory every 10 s and its slope (SOAK_ARGS to change).
+soak: setup
+	$(PY) -m scripts.soak $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) .tools/node_modules .softhsm2 var demo-out .mypy_cache .ruff_cache .pytest_cache
