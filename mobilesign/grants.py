@@ -117,12 +117,7 @@ def _statement(message: gateway_pb2.GrantStatement) -> Statement:
     )
 
 
-def verify(signed: bytes, public_keys: Iterable[ec.EllipticCurvePublicKey]) -> Statement:
-    """Check that one of ``public_keys`` signed ``signed``; return its statement.
-
-    INVALID GRANT_MALFORMED for bytes that are not a well-formed signed grant, DENIED
-    GRANT_FORGED when no key verifies the signature.
-    """
+def _parse(signed: bytes) -> tuple[gateway_pb2.SignedGrant, Statement]:
     if not signed or len(signed) > MAX_SIGNED_GRANT_BYTES:
         raise _malformed()
     try:
@@ -136,13 +131,29 @@ def verify(signed: bytes, public_keys: Iterable[ec.EllipticCurvePublicKey]) -> S
     message.DiscardUnknownFields()
     if message.SerializeToString(deterministic=True) != envelope.statement:
         raise _malformed()
+    return envelope, _statement(message)
+
+
+def read(signed: bytes) -> Statement:
+    """The statement of a signed grant, its signature not checked: for the RA reading back the
+    grants it signed and stored itself. INVALID GRANT_MALFORMED as :func:`verify`."""
+    return _parse(signed)[1]
+
+
+def verify(signed: bytes, public_keys: Iterable[ec.EllipticCurvePublicKey]) -> Statement:
+    """Check that one of ``public_keys`` signed ``signed``; return its statement.
+
+    INVALID GRANT_MALFORMED for bytes that are not a well-formed signed grant, DENIED
+    GRANT_FORGED when no key verifies the signature.
+    """
+    envelope, statement = _parse(signed)
     digest = signing_digest(envelope.statement)
     for key in public_keys:
         try:
             key.verify(envelope.signature, digest, ec.ECDSA(utils.Prehashed(hashes.SHA256())))
         except InvalidSignature:
             continue
-        return _statement(message)
+        return statement
     raise GrantError(Kind.DENIED, "GRANT_FORGED", "the grant is not signed by the RA")
 
 

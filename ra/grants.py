@@ -70,25 +70,7 @@ class GrantStore:
         # The RA's own signature was checked when it was made; the statement is read back from
         # exactly the bytes the proxy and the phone will see.
         signed = bytes(row["signed_grant"])
-        statement = gateway_pb2.GrantStatement.FromString(
-            gateway_pb2.SignedGrant.FromString(signed).statement
-        )
-        return GrantRecord(
-            statement=grants.Statement(
-                grant_id=statement.grant_id,
-                user_id=statement.user_id,
-                key_id=statement.key_id,
-                operations=tuple(grants.operation_name(op) for op in statement.operations),
-                not_before=statement.not_before_unix,
-                not_after=statement.not_after_unix,
-                quota_total=statement.quota_total,
-                quota_daily=statement.quota_daily,
-                purpose=statement.purpose,
-                issued_at=statement.issued_at_unix,
-            ),
-            signed=signed,
-            revoked=row["revoked_at"] is not None,
-        )
+        return GrantRecord(grants.read(signed), signed, row["revoked_at"] is not None)
 
     async def get(self, grant_id: str) -> GrantRecord | None:
         """One grant, or None."""

@@ -264,3 +264,12 @@ def test_operation_names_and_values() -> None:
         assert (info.value.kind, info.value.reason) == (Kind.INVALID, "OPERATION_INVALID")
     with pytest.raises(KeyError):
         grants.operation_value("delete")
+
+
+def test_read_returns_the_statement_without_a_key_and_refuses_what_verify_refuses() -> None:
+    statement = _statement()
+    signed = _signed(grants.encode(statement))
+    assert grants.read(signed) == statement
+    with pytest.raises(grants.GrantError) as info:
+        grants.read(signed[:-3])
+    assert info.value.reason == "GRANT_MALFORMED"
