@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import grpc
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from client import sdk
@@ -34,7 +34,7 @@ from client.keystore import Keystore
 from mobilesign import activation, domains, grants, pkix, records, tickets
 from mobilesign.testing import Deployment
 from mobilesign.v1 import cosigner_pb2, cosigner_pb2_grpc, gateway_pb2, hsm_pb2, ra_pb2
-from tests.certificate_checks import spki_of
+from tests.certificate_checks import SoftwareSigner, spki_of
 from tests.integration import escrow
 from tests.integration.certificates import (
     ACTIVATION_CODES,
@@ -170,30 +170,12 @@ class _JointSigner:
         return await self._session.sign(data)
 
 
-class _SoftwareSigner:
-    """A pkix signer with a key in this process (Ed25519 or EC P-256)."""
-
-    def __init__(self, key: ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey) -> None:
-        self._key = key
-
-    @property
-    def algorithm(self) -> pkix.SignatureAlgorithm:
-        if isinstance(self._key, ed25519.Ed25519PrivateKey):
-            return pkix.SignatureAlgorithm.ED25519
-        return pkix.SignatureAlgorithm.ECDSA_SHA256
-
-    async def sign(self, data: bytes) -> bytes:
-        if isinstance(self._key, ed25519.Ed25519PrivateKey):
-            return self._key.sign(data)
-        return self._key.sign(data, ec.ECDSA(hashes.SHA256()))
-
-
 async def _software_csr(
     user_id: str, key: ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey
 ) -> bytes:
     """A CSR for ``CN=<user_id>`` whose signature verifies, for a key nobody enrolled."""
     return await pkix.build_csr(
-        signer=_SoftwareSigner(key),
+        signer=SoftwareSigner(key),
         subject=pkix.name({"common_name": user_id}),
         subject_public_key_info=spki_of(key.public_key()),
     )

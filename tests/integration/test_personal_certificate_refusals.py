@@ -20,7 +20,6 @@ from asn1crypto import csr as asn1_csr
 from asn1crypto import keys as asn1_keys
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from client import sdk
@@ -33,7 +32,7 @@ from mobilesign import pkix, records, tickets
 from mobilesign.rpc.status import reason_of
 from mobilesign.testing import Deployment
 from mobilesign.v1 import cosigner_pb2, gateway_pb2, hsm_pb2, ra_pb2
-from tests.certificate_checks import spki_of
+from tests.certificate_checks import SoftwareSigner, spki_of
 from tests.integration.certificates import (
     ORG_NAME,
     PIN,
@@ -103,24 +102,6 @@ class _JointSigner:
         return await self._session.sign(data)
 
 
-class _SoftwareSigner:
-    """A pkix signer with a key in this process (Ed25519 or EC P-256)."""
-
-    def __init__(self, key: ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey) -> None:
-        self._key = key
-
-    @property
-    def algorithm(self) -> pkix.SignatureAlgorithm:
-        if isinstance(self._key, ed25519.Ed25519PrivateKey):
-            return pkix.SignatureAlgorithm.ED25519
-        return pkix.SignatureAlgorithm.ECDSA_SHA256
-
-    async def sign(self, data: bytes) -> bytes:
-        if isinstance(self._key, ed25519.Ed25519PrivateKey):
-            return self._key.sign(data)
-        return self._key.sign(data, ec.ECDSA(hashes.SHA256()))
-
-
 @dataclass(frozen=True)
 class Attempt:
     """A phone with an enrolled key (no certificate yet), its ticket, and an open session."""
@@ -152,7 +133,7 @@ async def _flipped_signature(attempt: Attempt) -> tuple[bytes, bytes]:
 async def _joint_key_signed_by_another(attempt: Attempt) -> tuple[bytes, bytes]:
     """Names the joint key but is signed by another key: no proof of possession."""
     csr = await pkix.build_csr(
-        signer=_SoftwareSigner(ed25519.Ed25519PrivateKey.generate()),
+        signer=SoftwareSigner(ed25519.Ed25519PrivateKey.generate()),
         subject=pkix.name({"common_name": attempt.user_id}),
         subject_public_key_info=joint_public_key_spki(attempt.keystore),
     )
@@ -163,7 +144,7 @@ async def _software_key(attempt: Attempt) -> tuple[bytes, bytes]:
     """A valid CSR for a key the cosigner holds no share of."""
     key = ed25519.Ed25519PrivateKey.generate()
     csr = await pkix.build_csr(
-        signer=_SoftwareSigner(key),
+        signer=SoftwareSigner(key),
         subject=pkix.name({"common_name": attempt.user_id}),
         subject_public_key_info=spki_of(key.public_key()),
     )
@@ -173,7 +154,7 @@ async def _software_key(attempt: Attempt) -> tuple[bytes, bytes]:
 async def _ec_key(attempt: Attempt) -> tuple[bytes, bytes]:
     key = ec.generate_private_key(ec.SECP256R1())
     csr = await pkix.build_csr(
-        signer=_SoftwareSigner(key),
+        signer=SoftwareSigner(key),
         subject=pkix.name({"common_name": attempt.user_id}),
         subject_public_key_info=spki_of(key.public_key()),
     )
