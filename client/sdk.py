@@ -17,8 +17,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from client.errors import ClientError
 from client.keystore import Keystore
 from mobilesign import deviceauth, twoparty
+from mobilesign.errors import Kind
 from mobilesign.rpc import wire
-from mobilesign.rpc.status import kind_of, reason_in
+from mobilesign.rpc.status import kind_of, reason_in, reason_of
 from mobilesign.v1 import cosigner_pb2 as pb
 from mobilesign.v1 import cosigner_pb2_grpc
 
@@ -55,9 +56,19 @@ async def _write(call: Any, message: Any) -> None:
     try:
         await call.write(message)
     except grpc.aio.AioRpcError as exc:
+        if exc.code() == grpc.StatusCode.INTERNAL and reason_of(exc) is None:
+            # grpc's own failure to send on a stream the cosigner ended meanwhile ("Internal
+            # error from Core"): not the cosigner's answer, and not an internal error of ours.
+            raise _stream_ended("while sending") from None
         raise ClientError.from_rpc(exc) from None
     except asyncio.InvalidStateError:
         raise await _ended(call, "") from None
+
+
+def _stream_ended(when: str) -> ClientError:
+    return ClientError(
+        "STREAM_ENDED", f"the cosigner ended the stream {when}".strip(), Kind.UNAVAILABLE
+    )
 
 
 async def _ended(call: Any, when: str) -> ClientError:
@@ -65,7 +76,7 @@ async def _ended(call: Any, when: str) -> ClientError:
     call's status with its reason, or ``STREAM_ENDED`` when it ended without one."""
     code = await call.code()
     if code == grpc.StatusCode.OK:
-        return ClientError("STREAM_ENDED", f"the cosigner ended the stream {when}".strip())
+        return _stream_ended(when)
     reason = reason_in(await call.trailing_metadata())
     return ClientError(reason or code.name, await call.details() or "", kind_of(code))
 
