@@ -42,7 +42,10 @@ from mobilesign.twoparty._scheme import (
 )
 from mobilesign.twoparty._secret import hold, wipe
 
-_RECENT_WINDOW = 1024  # nonce commitments remembered per signer, own and peer's
+# Nonce commitments remembered per signer, own and peer's: a quick check within one session
+# (a stuck random source, a replayed request). Small, because it is held per session for the
+# session's life; the cosigner's durable record of every phone commitment catches the rest.
+_RECENT_WINDOW = 64
 
 
 def _unexpected(detail: str, culprit: int | None) -> ProtocolError:
