@@ -17,6 +17,7 @@ from ra import admin, registry
 from ra import config as ra_config
 from ra.ca_repository import CaStore
 from ra.certification import RegistrationAuthority
+from ra.changes import ChangeFeed
 from ra.database import open_ra_db
 from ra.grants import GrantIssuer, GrantStore
 from ra.hsm_proxy_client import HsmClient, HsmSigner
@@ -56,6 +57,7 @@ async def _main(
     (state / "ra" / "ca.der").write_bytes(ca.root_der)
     users = UserStore(db)
     organisations = OrganisationStore(db)
+    changes = ChangeFeed()
     authority = RegistrationAuthority(
         ca=ca,
         users=users,
@@ -63,6 +65,7 @@ async def _main(
         hsm=hsm,
         ticket_key=ticket_key,
         creations=KeyCreations(db),
+        changes=changes,
     )
     # An organisation key left in the token by a creation cut short is adopted (and any other
     # key no organisation holds is named in the log) before the first request.
@@ -73,6 +76,7 @@ async def _main(
         organisations=organisations,
         hsm=hsm,
         grant_key=grant_key,
+        changes=changes,
     )
     # A revocation stored here whose push to the HSM proxy was cut short reaches it now.
     await authority.push_revocations(
@@ -95,6 +99,7 @@ async def _main(
         organisations=organisations,
         issuer=issuer,
         ticket_key=ticket_key,
+        changes=changes,
     )
 
     def register(server: grpc.aio.Server) -> None:

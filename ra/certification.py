@@ -32,6 +32,7 @@ from mobilesign import activation, pkix, records, tickets
 from mobilesign.ca import CertificateAuthority, Issued, Status
 from mobilesign.errors import Kind
 from mobilesign.v1 import hsm_pb2
+from ra.changes import ChangeFeed
 from ra.errors import RaError
 from ra.hsm_proxy_client import HsmClient
 from ra.key_creations import KeyCreations, PendingCreation
@@ -78,8 +79,10 @@ class RegistrationAuthority:
         hsm: HsmClient,
         ticket_key: hsm_pb2.KeyInfo,
         creations: KeyCreations,
+        changes: ChangeFeed,
     ) -> None:
         self._ca = ca
+        self._changes = changes
         self._creations = creations
         self._users = users
         self._organisations = organisations
@@ -163,6 +166,7 @@ class RegistrationAuthority:
         record = OrganisationKey(key.key_id, organisation.organisation_id, label, key.algorithm)
         await self._organisations.add_key(record, int(time.time()))
         await self._creations.finish(label)
+        await self._changes.publish(key_ids=[key.key_id])
         return record, issued, csr_der
 
     async def reconcile_organisation_keys(self) -> None:
@@ -274,6 +278,7 @@ class RegistrationAuthority:
                 user_id=claims.user_id, key_id=key_id, spki=_spki(csr)
             )
             await self._users.mark_ticket_certified(claims.ticket_id, issued.serial)
+        await self._changes.publish(key_ids=[key_id])
         return issued, state.activation_code
 
     async def _holds_key(self, user_id: str) -> bool:
@@ -284,7 +289,8 @@ class RegistrationAuthority:
         return False
 
     async def revoke(self, serial: str, reason: str) -> None:
-        """Revoke a certificate at the CA (CRL reissued), then at the HSM proxy."""
+        """Revoke a certificate at the CA (CRL reissued), then at the HSM proxy, then at every
+        gateway that keeps the key's status."""
         _, record = await self._ca.status(serial)
         if record is not None and record.revoked_at is not None:
             # Revoked before; the push to the proxy may be what failed, so it is repeated
@@ -294,6 +300,7 @@ class RegistrationAuthority:
         _, record = await self._ca.status(serial)
         assert record is not None
         await self._push(record.kind, serial, record.subject_key_id)
+        await self._changes.publish(key_ids=[record.subject_key_id])
 
     async def _push(self, kind: str, serial: str, subject_key_id: str) -> None:
         if kind == "organisation":

@@ -16,6 +16,7 @@ import aiosqlite
 from mobilesign import grants, records
 from mobilesign.errors import Kind
 from mobilesign.v1 import gateway_pb2, hsm_pb2
+from ra.changes import ChangeFeed
 from ra.errors import RaError
 from ra.hsm_proxy_client import HsmClient
 from ra.organisations import OrganisationStore
@@ -117,8 +118,10 @@ class GrantIssuer:
         organisations: OrganisationStore,
         hsm: HsmClient,
         grant_key: hsm_pb2.KeyInfo,
+        changes: ChangeFeed,
     ) -> None:
         self._store = store
+        self._changes = changes
         self._users = users
         self._organisations = organisations
         self._hsm = hsm
@@ -212,11 +215,13 @@ class GrantIssuer:
         return await self._with_usage(await self._store.matching(user_id, key_id))
 
     async def revoke(self, grant_id: str, now: int) -> None:
-        """End a grant: stored here, then at the HSM proxy, before this returns. Repeating it
-        is harmless (and finishes a revocation whose push to the proxy failed)."""
+        """End a grant: stored here, then at the HSM proxy and at every gateway that keeps it,
+        before this returns. Repeating it is harmless (and finishes a revocation whose push to
+        the proxy failed)."""
         if not await self._store.revoke(grant_id, now):
             raise RaError(Kind.NOT_FOUND, "GRANT_NOT_FOUND", "no such grant")
         await self._hsm.record_revocation(hsm_pb2.RecordRevocationRequest(grant_id=grant_id))
+        await self._changes.publish(grant_ids=[grant_id])
 
     async def push_revocations(self) -> None:
         """Tell the HSM proxy of every revoked grant again (idempotent): a revocation whose push

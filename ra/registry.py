@@ -14,6 +14,7 @@ from mobilesign.errors import Kind
 from mobilesign.hosting import access
 from mobilesign.v1 import gateway_pb2, hsm_pb2, ra_pb2, ra_pb2_grpc
 from ra.certification import RegistrationAuthority
+from ra.changes import ChangeFeed
 from ra.errors import RaError
 from ra.grants import GrantIssuer
 from ra.organisations import OrganisationStore, key_message
@@ -34,6 +35,8 @@ POLICY = access.AccessPolicy(
         "GetOrganisationKey": _READERS,
         "GetCrl": _READERS,
         "GetCertificateStatus": _READERS,
+        # The gateway keeps the RA's answers while it watches for their changes.
+        "WatchChanges": frozenset({"gateway"}),
     }
 )
 
@@ -59,8 +62,10 @@ class RegistryServicer(ra_pb2_grpc.RegistrationServiceServicer):
         organisations: OrganisationStore,
         issuer: GrantIssuer,
         ticket_key: hsm_pb2.KeyInfo,
+        changes: ChangeFeed,
     ) -> None:
         self._ca = ca
+        self._changes = changes
         self._ra = ra
         self._organisations = organisations
         self._grants = issuer
@@ -151,3 +156,8 @@ class RegistryServicer(ra_pb2_grpc.RegistrationServiceServicer):
             ),
             revoked_at_unix=record.revoked_at or 0,
         )
+
+    # A stream with explicit context.read()/write(), which grpc.aio supports; the generated
+    # base class only knows iterator-returning handlers, hence the ignore.
+    async def WatchChanges(self, request_iterator: Any, context: _Context) -> None:  # type: ignore[override]
+        await self._changes.serve(context)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from server.database import open_gateway_db
 from server.hsm_proxy_client import HsmClient
 from server.ledger import Ledger
 from server.operations import Operations
-from server.ra_client import Registry
+from server.ra_cache import CachedRegistry
 from server.sessions import Sessions
 
 
@@ -37,7 +38,9 @@ async def _main(
         resources.push_async_callback(channels_to[name].close)
     hsm = HsmClient(channels_to["hsm-proxy"])
     cosigner = CosignerClient(channels_to["cosigner"])
-    registry = Registry(channels_to["ra"])
+    registry = CachedRegistry(channels_to["ra"])
+    watch = asyncio.create_task(registry.watch())
+    resources.callback(watch.cancel)
     ledger = await Ledger.open(state / "gateway" / "ledger.db")
     resources.push_async_callback(ledger.close)
     audit = AuditLog(ledger, hsm, await hsm.log_state())

@@ -560,6 +560,11 @@ class RegistrationServiceStub:
                 request_serializer=mobilesign_dot_v1_dot_gateway__pb2.GetCertificateStatusRequest.SerializeToString,
                 response_deserializer=mobilesign_dot_v1_dot_gateway__pb2.GetCertificateStatusResponse.FromString,
                 _registered_method=True)
+        self.WatchChanges = channel.stream_stream(
+                '/mobilesign.v1.RegistrationService/WatchChanges',
+                request_serializer=mobilesign_dot_v1_dot_ra__pb2.WatchChangesRequest.SerializeToString,
+                response_deserializer=mobilesign_dot_v1_dot_ra__pb2.WatchChangesResponse.FromString,
+                _registered_method=True)
 
 
 class RegistrationServiceServicer:
@@ -629,6 +634,18 @@ class RegistrationServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchChanges(self, request_iterator, context):
+        """WatchChanges tells a caller that keeps the RA's answers (the gateway) which of them changed.
+        The first response (sequence 0) opens the watch; each later one names the keys and grants
+        whose answers changed, or none (a heartbeat, every second). The caller acknowledges each
+        change by its sequence number once it has dropped what it kept; the RA answers the
+        administrator's revocation after every watcher has done so, and ends the watch of one that
+        has not within a second.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistrationServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -671,6 +688,11 @@ def add_RegistrationServiceServicer_to_server(servicer, server):
                     servicer.GetCertificateStatus,
                     request_deserializer=mobilesign_dot_v1_dot_gateway__pb2.GetCertificateStatusRequest.FromString,
                     response_serializer=mobilesign_dot_v1_dot_gateway__pb2.GetCertificateStatusResponse.SerializeToString,
+            ),
+            'WatchChanges': grpc.stream_stream_rpc_method_handler(
+                    servicer.WatchChanges,
+                    request_deserializer=mobilesign_dot_v1_dot_ra__pb2.WatchChangesRequest.FromString,
+                    response_serializer=mobilesign_dot_v1_dot_ra__pb2.WatchChangesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -890,6 +912,33 @@ class RegistrationService:
             '/mobilesign.v1.RegistrationService/GetCertificateStatus',
             mobilesign_dot_v1_dot_gateway__pb2.GetCertificateStatusRequest.SerializeToString,
             mobilesign_dot_v1_dot_gateway__pb2.GetCertificateStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchChanges(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/mobilesign.v1.RegistrationService/WatchChanges',
+            mobilesign_dot_v1_dot_ra__pb2.WatchChangesRequest.SerializeToString,
+            mobilesign_dot_v1_dot_ra__pb2.WatchChangesResponse.FromString,
             options,
             channel_credentials,
             insecure,

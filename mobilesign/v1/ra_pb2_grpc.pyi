@@ -245,6 +245,14 @@ class RegistrationServiceStub:
     """GetCertificateStatus answers good, revoked or unknown for a serial number.
     buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
     """
+    WatchChanges: _grpc.StreamStreamMultiCallable[_ra_pb2.WatchChangesRequest, _ra_pb2.WatchChangesResponse]
+    """WatchChanges tells a caller that keeps the RA's answers (the gateway) which of them changed.
+    The first response (sequence 0) opens the watch; each later one names the keys and grants
+    whose answers changed, or none (a heartbeat, every second). The caller acknowledges each
+    change by its sequence number once it has dropped what it kept; the RA answers the
+    administrator's revocation after every watcher has done so, and ends the watch of one that
+    has not within a second.
+    """
 
 @_typing.type_check_only
 class RegistrationServiceAsyncStub(RegistrationServiceStub):
@@ -280,6 +288,14 @@ class RegistrationServiceAsyncStub(RegistrationServiceStub):
     GetCertificateStatus: _aio.UnaryUnaryMultiCallable[_gateway_pb2.GetCertificateStatusRequest, _gateway_pb2.GetCertificateStatusResponse]  # type: ignore[assignment]
     """GetCertificateStatus answers good, revoked or unknown for a serial number.
     buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+    """
+    WatchChanges: _aio.StreamStreamMultiCallable[_ra_pb2.WatchChangesRequest, _ra_pb2.WatchChangesResponse]  # type: ignore[assignment]
+    """WatchChanges tells a caller that keeps the RA's answers (the gateway) which of them changed.
+    The first response (sequence 0) opens the watch; each later one names the keys and grants
+    whose answers changed, or none (a heartbeat, every second). The caller acknowledges each
+    change by its sequence number once it has dropped what it kept; the RA answers the
+    administrator's revocation after every watcher has done so, and ends the watch of one that
+    has not within a second.
     """
 
 class RegistrationServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -361,6 +377,20 @@ class RegistrationServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_gateway_pb2.GetCertificateStatusResponse, _abc.Awaitable[_gateway_pb2.GetCertificateStatusResponse]]:
         """GetCertificateStatus answers good, revoked or unknown for a serial number.
         buf:lint:ignore RPC_REQUEST_RESPONSE_UNIQUE
+        """
+
+    @_abc_1.abstractmethod
+    def WatchChanges(
+        self,
+        request_iterator: _MaybeAsyncIterator[_ra_pb2.WatchChangesRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_ra_pb2.WatchChangesResponse], _abc.AsyncIterator[_ra_pb2.WatchChangesResponse]]:
+        """WatchChanges tells a caller that keeps the RA's answers (the gateway) which of them changed.
+        The first response (sequence 0) opens the watch; each later one names the keys and grants
+        whose answers changed, or none (a heartbeat, every second). The caller acknowledges each
+        change by its sequence number once it has dropped what it kept; the RA answers the
+        administrator's revocation after every watcher has done so, and ends the watch of one that
+        has not within a second.
         """
 
 def add_RegistrationServiceServicer_to_server(servicer: RegistrationServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

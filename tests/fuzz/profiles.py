@@ -12,11 +12,11 @@ import os
 from hypothesis import HealthCheck, settings
 
 #: Examples per test (one test per unary RPC, one per stream) in each profile. The long one
-#: makes 49 x 2,000 + 2,000 + 1,000 = 101,000 cases with today's 51 RPCs (a Sign example, a
-#: whole session with the PIN check, costs about ten unary ones).
+#: makes 49 x 2,000 + 2,000 + 1,000 + 1,000 = 102,000 cases with today's 52 RPCs (a Sign
+#: example, a whole session with the PIN check, costs about ten unary ones).
 EXAMPLES = {
-    "ci": {"unary": 10, "KeyGen": 20, "Sign": 15},
-    "long": {"unary": 2_000, "KeyGen": 2_000, "Sign": 1_000},
+    "ci": {"unary": 10, "KeyGen": 20, "Sign": 15, "WatchChanges": 10},
+    "long": {"unary": 2_000, "KeyGen": 2_000, "Sign": 1_000, "WatchChanges": 1_000},
 }
 _CHECKS = list(HealthCheck)
 
@@ -40,7 +40,8 @@ def profile() -> str:
 
 
 def for_kind(kind: str) -> settings:
-    """Settings for a test of ``kind`` ("unary", "KeyGen" or "Sign") in the selected profile."""
+    """Settings for a test of ``kind`` (``unary`` or a stream's name: ``KeyGen``, ``Sign``,
+    ``WatchChanges``) in the selected profile."""
     name = profile()
     # MOBILESIGN_FUZZ_EXAMPLES overrides the count of every test (for a run of another size).
     examples = int(os.environ.get("MOBILESIGN_FUZZ_EXAMPLES", "0")) or EXAMPLES[name][kind]

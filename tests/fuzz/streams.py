@@ -1,4 +1,5 @@
-"""Broken KeyGen and Sign streams, driven step by step with hypothesis' interactive draws.
+"""Broken KeyGen, Sign and WatchChanges streams, driven step by step with hypothesis'
+interactive draws.
 
 Each example is one stream: at every step it draws the honest next step (computed with the real
 ``twoparty`` state machines, so that later steps are reached), a broken one (invalid, small-order
@@ -19,6 +20,7 @@ from hypothesis import strategies as st
 from mobilesign import deviceauth, twoparty
 from mobilesign.rpc import wire
 from mobilesign.v1 import cosigner_pb2 as pb
+from mobilesign.v1 import ra_pb2
 from tests.fuzz import messages
 from tests.fuzz.harness import CALL_TIMEOUT, HOSTS, TALLY, Flagged, Fuzz, suppressed_write_errors
 from tests.integration.two_party import (
@@ -531,3 +533,59 @@ async def material_unlock(fuzz: Fuzz, material: Material, error: Any) -> None:
         return
     stub = cosigner_pb2_grpc.CosignerServiceStub(fuzz.channel("cosigner", "admin"))
     await stub.UnlockKey(pb.UnlockKeyRequest(key_id=material.keystore.key_id))
+
+
+# WatchChanges ---------------------------------------------------------------------------------
+
+#: Who may ask the RA for its change feed (the gateway) and who may not.
+WATCH_CALLERS = ("gateway", "gateway", "admin", "cosigner", "hsm-proxy")
+_WATCH_LIMIT = HOSTS["mobilesign.v1.RegistrationService"][1]
+_WATCH_SIZES = messages.Sizes(_WATCH_LIMIT)
+_ACKNOWLEDGED = st.sampled_from((0, 1, 2, 2**32, 2**63 - 1, 2**64 - 1))
+
+
+async def watch(fuzz: Fuzz, material: Material, data: Any, caller: str) -> None:
+    """One watch of the RA's change feed: opened honestly or not, acknowledgements of changes
+    never sent, raw and mutated messages, then a half-close or a cancel. A watch changes
+    nothing, so the state is checked after every one."""
+    rpc = "RegistrationService.WatchChanges"
+    before = await fuzz.before()
+    multi: Any = fuzz.channel("ra", caller).stream_stream(
+        "/mobilesign.v1.RegistrationService/WatchChanges",
+        request_serializer=None,
+        response_deserializer=None,
+    )
+    stream = _Stream(fuzz, data, multi(timeout=CALL_TIMEOUT))
+    actions: list[str] = []
+    try:
+        for _ in range(data.draw(st.integers(1, 4), label="steps")):
+            action = data.draw(st.sampled_from(("honest", "ack", "raw", "mutated", "cancel")))
+            actions.append(action)
+            if action == "cancel":
+                stream.call.cancel()
+                stream.ended = True
+                break
+            if action == "honest":
+                message = ra_pb2.WatchChangesRequest(acknowledged=0).SerializeToString()
+            elif action == "ack":
+                message = ra_pb2.WatchChangesRequest(
+                    acknowledged=data.draw(_ACKNOWLEDGED)
+                ).SerializeToString()
+            elif action == "raw":
+                message = data.draw(messages.raw_bytes(_WATCH_SIZES))
+            else:
+                descriptor = ra_pb2.WatchChangesRequest.DESCRIPTOR
+                message = data.draw(messages.message_bytes(descriptor, _SEEDS, _WATCH_SIZES))
+            await stream.write(message)
+        if stream.ended:
+            await fuzz.judge_state(rpc, before, f"{caller} {actions}")
+            return
+        await stream.drain()
+        error = stream.error
+        if error is not None and stream.write_failed and _client_side(error):
+            await fuzz.judge_state(rpc, before, f"{caller} {actions}")
+            return
+        await fuzz.judge(rpc, before, error, stream.largest, _WATCH_LIMIT, f"{caller} {actions}")
+    finally:
+        if not stream.ended:
+            stream.call.cancel()

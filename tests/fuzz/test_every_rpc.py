@@ -27,6 +27,13 @@ StreamFuzz = Callable[[Any, streams.Material, Any, str], Awaitable[None]]
 STREAMS: dict[str, StreamFuzz] = {
     "mobilesign.v1.CosignerService.KeyGen": streams.keygen,
     "mobilesign.v1.CosignerService.Sign": streams.sign,
+    "mobilesign.v1.RegistrationService.WatchChanges": streams.watch,
+}
+#: Who opens each stream (the cosigner's are public, the RA's internal only).
+STREAM_CALLERS = {
+    "mobilesign.v1.CosignerService.KeyGen": streams.STREAM_CALLERS,
+    "mobilesign.v1.CosignerService.Sign": streams.STREAM_CALLERS,
+    "mobilesign.v1.RegistrationService.WatchChanges": streams.WATCH_CALLERS,
 }
 
 UNARY = [
@@ -53,7 +60,7 @@ def test_every_rpc_has_a_strategy() -> None:
             missing.append(method.full_name)
     assert missing == []
     assert len(UNARY) + len(STREAMING) == sum(1 for _ in methods())
-    assert sorted(STREAMING) == sorted(STREAMS)
+    assert sorted(STREAMING) == sorted(STREAMS) == sorted(STREAM_CALLERS)
 
 
 def _metadata(
@@ -105,7 +112,13 @@ def test_sign_stream(fuzz_context: Context, data: Any) -> None:
     _stream(fuzz_context, "mobilesign.v1.CosignerService.Sign", data)
 
 
+@profiles.for_kind("WatchChanges")
+@given(data=st.data())
+def test_watch_stream(fuzz_context: Context, data: Any) -> None:
+    _stream(fuzz_context, "mobilesign.v1.RegistrationService.WatchChanges", data)
+
+
 def _stream(fuzz_context: Context, name: str, data: Any) -> None:
-    caller = data.draw(st.sampled_from(streams.STREAM_CALLERS), label="caller")
+    caller = data.draw(st.sampled_from(STREAM_CALLERS[name]), label="caller")
     fuzz = fuzz_context.fuzz
     fuzz.run(STREAMS[name](fuzz, fuzz_context.material, data, caller))
