@@ -43,7 +43,9 @@ demo: setup
 run: setup
 	$(PY) -m scripts.run_all
 
+# strace counts the services' fsyncs; without it the bench says they were not measured.
 bench: setup
+	@scripts/ensure-debian-packages.sh strace || echo "bench: strace not installed, fsyncs will not be measured"
 	$(PY) -m scripts.bench
 
 # The long property-based fuzz of every RPC (at least 10^5 cases; `make test` runs a small one).

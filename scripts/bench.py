@@ -5,13 +5,14 @@ Sections, in order:
 1. the FROST signing core in this process, no network: CPU per party per signature;
 2. against hsm-proxy, ra, gateway and cosigner started as real processes on loopback with TLS, in a
    fresh temporary state directory (``TMPDIR`` chooses where; never ``var/``):
-   round trips per signature, one client's latency p50/p99, and signatures per second for 1, 16
-   and 64 concurrent clients, each beside a plain unary gRPC call (``grpc.health.v1`` ``Check``
-   on the cosigner's public listener) measured in the same run, as ratios; the cosigner
-   process's own CPU per signature under load;
+   a DKG enrolment's p50 with and without the PIN's key derivation; round trips per signature,
+   one client's latency p50/p99, and signatures per second for 1, 16 and 64 concurrent clients,
+   each beside a plain unary gRPC call (``grpc.health.v1`` ``Check`` on the cosigner's public
+   listener) measured in the same run, as ratios; each process's CPU per signature under load;
 3. raw SoftHSM2 ECDSA signing through python-pkcs11 (in this process, before the services
    start), and organisation-key uses per second end to end for 1, 16 and 64 clients, as a ratio
-   to it.
+   to it, with each process's CPU, RPCs by service, HSM operations and voluntary context
+   switches per use, and fsyncs per use counted by strace in a separate traced window.
 
 Prints a table and writes ``bench-out/bench.json`` (``--out``). Nothing here asserts speed: the
 targets are reported as met or missed, and the exit status is 0 whenever the run completed.
@@ -64,6 +65,7 @@ IN_PROCESS_SECTIONS: tuple[InProcessSection, ...] = (
 #: Sections measured against the running services, in this order (they share keys and sessions).
 LOOPBACK_SECTIONS: tuple[LoopbackSection, ...] = (
     bench_loopback.durable_write,
+    bench_loopback.enrolment,
     bench_loopback.round_trips,
     bench_loopback.latency,
     bench_loopback.throughput,
@@ -239,11 +241,14 @@ def _parse_args(argv: list[str] | None) -> tuple[BenchConfig, Path]:
             level_seconds=min(args.seconds, 1.0),
             level_warmup_seconds=0.2,
             fsync_samples=50,
+            enrolment_samples=8,
+            enrolment_warmup=1,
         )
     escrow = bench_escrow.EscrowConfig(
         levels=levels,
         level_seconds=loopback.level_seconds,
         raw_seconds=0.5 if args.quick else 2.0,
+        traced_seconds=0.5 if args.quick else 2.0,
     )
     return BenchConfig(core=core, loopback=loopback, escrow=escrow, pin=not args.no_pin), args.out
 

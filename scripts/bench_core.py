@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from mobilesign import twoparty
 from scripts.bench_common import Row, Section, ms
 
-#: The brief's target: under 1 ms of CPU per party per signature.
-CPU_TARGET_MS = 1.0
+#: Issue 11's target: at most 0.3 ms of CPU per party per signature.
+CPU_TARGET_MS = 0.3
 
 
 @dataclass(frozen=True)
@@ -102,15 +102,15 @@ def cpu_per_party(config: CoreConfig) -> Section:
         Row(
             "phone CPU / signature",
             ms(phone_mean),
-            f"< {CPU_TARGET_MS:g} ms",
-            phone_mean < CPU_TARGET_MS,
+            f"<= {CPU_TARGET_MS:g} ms",
+            phone_mean <= CPU_TARGET_MS,
             spread(phone_ms),
         ),
         Row(
             "cosigner CPU / signature",
             ms(cosigner_mean),
-            f"< {CPU_TARGET_MS:g} ms",
-            cosigner_mean < CPU_TARGET_MS,
+            f"<= {CPU_TARGET_MS:g} ms",
+            cosigner_mean <= CPU_TARGET_MS,
             spread(cosigner_ms),
         ),
         Row(
