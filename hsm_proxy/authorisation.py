@@ -20,6 +20,7 @@ import hashlib
 import time
 from collections.abc import Awaitable, Callable
 
+from cachetools import LRUCache
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
@@ -37,6 +38,8 @@ MAX_RECORD_AGE_SECONDS = 300
 MAX_FIELD_BYTES = 4096
 #: An inclusion proof in a tree of at most 2**64 entries has at most 64 hashes.
 MAX_INCLUSION_HASHES = 64
+#: Verified grants, certificates and attestations remembered (least recently used dropped).
+VERIFIED_ENTRIES = 16_384
 
 KeyLister = Callable[[keys.Purpose], Awaitable[list[keys.KeyRecord]]]
 #: Opens a blob sealed by the cosigner (with the cosigner's sealing key, whoever asks).
@@ -67,6 +70,12 @@ class AuthorisationChecker:
         # key seen stays valid; a list is read again only when none of its known keys verifies.
         self._ca_cache: list[ec.EllipticCurvePublicKey] = []
         self._grant_cache: list[ec.EllipticCurvePublicKey] = []
+        # What verified once verifies for ever (the keys that signed or sealed it stay in the
+        # token): signed grants, certificates' issuer signature and key usage (their validity
+        # period is checked each time), and the cosigner's attestations.
+        self._verified_grants: LRUCache[bytes, grants.Statement] = LRUCache(VERIFIED_ENTRIES)
+        self._verified_certificates: LRUCache[bytes, x509.Certificate] = LRUCache(VERIFIED_ENTRIES)
+        self._attested: LRUCache[bytes, records.KeyAttestation] = LRUCache(VERIFIED_ENTRIES)
 
     async def _token_keys(self, purpose: keys.Purpose) -> list[ec.EllipticCurvePublicKey]:
         found = []
@@ -86,17 +95,22 @@ class AuthorisationChecker:
             raise HsmProxyError(
                 Kind.DENIED, "GRANT_REQUIRED", "organisation keys need the grant the RA signed"
             )
+        known = self._verified_grants.get(signed)
+        if known is not None:
+            return known
         try:
             try:
-                return grants.verify(signed, self._grant_cache)
+                statement = grants.verify(signed, self._grant_cache)
             except grants.GrantError as exc:
                 if exc.kind is not Kind.DENIED:
                     raise  # malformed: no key would change that
-            self._grant_cache = await self._token_keys(keys.Purpose.GRANT)
-            return grants.verify(signed, self._grant_cache)
+                self._grant_cache = await self._token_keys(keys.Purpose.GRANT)
+                statement = grants.verify(signed, self._grant_cache)
         except grants.GrantError as exc:
             # Every refusal of an authorisation is PERMISSION_DENIED, a malformed grant too.
             raise HsmProxyError(Kind.DENIED, exc.reason, exc.message) from None
+        self._verified_grants[signed] = statement
+        return statement
 
     @staticmethod
     def _issued_by_one_of(
@@ -115,6 +129,19 @@ class AuthorisationChecker:
         return False
 
     async def _certificate(self, der: bytes) -> x509.Certificate:
+        certificate = self._verified_certificates.get(der)
+        if certificate is None:
+            certificate = await self._issued_certificate(der)
+            self._verified_certificates[der] = certificate
+        now = datetime.datetime.now(datetime.UTC)
+        if not certificate.not_valid_before_utc <= now < certificate.not_valid_after_utc:
+            raise HsmProxyError(
+                Kind.DENIED, "USER_CERTIFICATE_EXPIRED", "the user certificate is not valid now"
+            )
+        return certificate
+
+    async def _issued_certificate(self, der: bytes) -> x509.Certificate:
+        """``der`` parsed, issued by a CA key in this token, for signing."""
         try:
             certificate = x509.load_der_x509_certificate(der)
         except ValueError:
@@ -128,11 +155,6 @@ class AuthorisationChecker:
                 Kind.DENIED,
                 "USER_CERTIFICATE_UNTRUSTED",
                 "the user certificate is not from a CA in this token",
-            )
-        now = datetime.datetime.now(datetime.UTC)
-        if not certificate.not_valid_before_utc <= now < certificate.not_valid_after_utc:
-            raise HsmProxyError(
-                Kind.DENIED, "USER_CERTIFICATE_EXPIRED", "the user certificate is not valid now"
             )
         try:
             usage = certificate.extensions.get_extension_for_class(x509.KeyUsage).value
@@ -149,15 +171,19 @@ class AuthorisationChecker:
     async def _check_attestation(self, record: records.ServiceRecord, attestation: bytes) -> None:
         # A certificate alone is the RA's word; only the cosigner can seal this, and it does so
         # for keys it holds a share of, naming the user each was enrolled for.
-        try:
-            opened = await self._unseal_cosigner(attestation, records.KEY_ATTESTATION_AAD)
-            attested = records.decode_key_attestation(opened)
-        except records.RecordError:
-            attested = None
-        except HsmProxyError as exc:
-            if exc.reason != "SEALED_BLOB_INVALID":
-                raise  # e.g. the HSM queue is full: not the attestation's fault
-            attested = None
+        attested = self._attested.get(attestation)
+        if attested is None:
+            try:
+                opened = await self._unseal_cosigner(attestation, records.KEY_ATTESTATION_AAD)
+                attested = records.decode_key_attestation(opened)
+            except records.RecordError:
+                attested = None
+            except HsmProxyError as exc:
+                if exc.reason != "SEALED_BLOB_INVALID":
+                    raise  # e.g. the HSM queue is full: not the attestation's fault
+                attested = None
+            if attested is not None:
+                self._attested[attestation] = attested
         if attested is None or attested.user_key_id != record.user_key_id:
             raise HsmProxyError(
                 Kind.DENIED,

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiosqlite
+from cachetools import LRUCache
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -27,6 +28,8 @@ from mobilesign.storage.sqlite import open_database
 MAX_PROOF_HASHES = 128
 #: Largest tree size the witness stores (SQLite integers are signed 64-bit).
 MAX_TREE_SIZE = 2**63 - 1
+#: Roots of signed checkpoints kept in memory (the authorisations name recent ones).
+KEPT_ROOTS = 4096
 
 _MIGRATIONS = (
     """
@@ -69,6 +72,7 @@ class Witness:
         assert isinstance(public, ec.EllipticCurvePublicKey)
         self._public = public
         self._sign_digest = sign_digest
+        self._roots: LRUCache[int, bytes] = LRUCache(KEPT_ROOTS)
         self._state = state
         # One checkpoint at a time: each is checked against the one signed just before it.
         self._lock = asyncio.Lock()
@@ -147,11 +151,18 @@ class Witness:
         """The root of the tree of ``tree_size`` entries, if a checkpoint of it was signed."""
         if not 0 <= tree_size <= MAX_TREE_SIZE:
             return None
+        known = self._roots.get(tree_size)
+        if known is not None:
+            return known
         async with self._db.execute(
             "SELECT root_hash FROM signed_checkpoints WHERE tree_size = ?", (tree_size,)
         ) as cursor:
             row = await cursor.fetchone()
-        return bytes(row["root_hash"]) if row else None
+        if row is None:
+            return None
+        # A signed checkpoint is never changed: its root can be kept.
+        root = self._roots[tree_size] = bytes(row["root_hash"])
+        return root
 
     async def sign(
         self, *, old_size: int, tree_size: int, root_hash: bytes, proof: Sequence[bytes], now: int

@@ -248,7 +248,12 @@ class Ledger:
     # Grants ------------------------------------------------------------------------------
     async def remember_grant(self, grant: GrantRow, now: float) -> GrantRow:
         """Keep the RA's grant (once; a revocation the RA reports is kept too, and never
-        undone) and return it with the ledger's counts of its uses (today: ``now``'s UTC day)."""
+        undone) and return it with the ledger's counts of its uses (today: ``now``'s UTC day).
+        Written only when it is new here or newly revoked: a write is a commit, and a use asks
+        twice."""
+        found = await self.grant(grant.grant_id, now)
+        if found is not None and (found.revoked or not grant.revoked):
+            return found
         async with self._lock:
             await self._db.execute(
                 "INSERT INTO grants (grant_id, user_id, key_id, operations, not_before, not_after,"

@@ -24,7 +24,6 @@ import time
 import weakref
 from dataclasses import dataclass
 
-from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
@@ -241,7 +240,7 @@ class Operations:
     ) -> int:
         if time.time() * 1000 - record.time_ms > RECORD_LIFETIME_SECONDS * 1000:
             raise GatewayError(Kind.PRECONDITION, "RECORD_EXPIRED", "prepare the operation again")
-        user_key = x509.load_der_x509_certificate(session.certificate.der).public_key()
+        user_key = session.certificate.parsed.public_key()
         assert isinstance(user_key, ed25519.Ed25519PublicKey)
         try:
             user_key.verify(user_signature, encoded)

@@ -16,11 +16,11 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Generic, TypeVar
+from typing import TypeVar
 
 import grpc
+from cachetools import LRUCache
 
 from mobilesign.v1 import gateway_pb2, ra_pb2, ra_pb2_grpc
 from server.ra_client import KeyStatus, Registry
@@ -35,34 +35,6 @@ _log = logging.getLogger("mobilesign.gateway.ra_cache")
 _V = TypeVar("_V")
 
 
-class _Kept(Generic[_V]):
-    """A bounded map of answers, least recently used dropped first."""
-
-    def __init__(self) -> None:
-        self._items: OrderedDict[str, _V] = OrderedDict()
-
-    def get(self, key: str) -> _V | None:
-        value = self._items.get(key)
-        if value is not None:
-            self._items.move_to_end(key)
-        return value
-
-    def put(self, key: str, value: _V) -> None:
-        self._items[key] = value
-        self._items.move_to_end(key)
-        if len(self._items) > MAX_ENTRIES:
-            self._items.popitem(last=False)
-
-    def drop(self, key: str) -> None:
-        self._items.pop(key, None)
-
-    def clear(self) -> None:
-        self._items.clear()
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-
 class CachedRegistry(Registry):
     """:class:`Registry` answering from what it kept while the RA's change feed is live."""
 
@@ -74,9 +46,9 @@ class CachedRegistry(Registry):
         # Bumped by every change and every end of a watch: an answer asked for before a bump
         # is not kept, since the change may have crossed it in flight.
         self._generation = 0
-        self._statuses: _Kept[KeyStatus] = _Kept()
-        self._organisation_keys: _Kept[gateway_pb2.OrganisationKey] = _Kept()
-        self._grants: _Kept[gateway_pb2.Grant] = _Kept()
+        self._statuses: LRUCache[str, KeyStatus] = LRUCache(MAX_ENTRIES)
+        self._organisation_keys: LRUCache[str, gateway_pb2.OrganisationKey] = LRUCache(MAX_ENTRIES)
+        self._grants: LRUCache[str, gateway_pb2.Grant] = LRUCache(MAX_ENTRIES)
         self._ca: bytes | None = None
 
     @property
@@ -91,7 +63,7 @@ class CachedRegistry(Registry):
 
     async def _answer(
         self,
-        kept: _Kept[_V],
+        kept: LRUCache[str, _V],
         key: str,
         ask: Callable[[], Awaitable[_V | None]],
         worth_keeping: Callable[[_V], bool] = lambda _: True,
@@ -104,7 +76,7 @@ class CachedRegistry(Registry):
         value = await ask()
         fresh = self.live and generation == self._generation
         if value is not None and fresh and worth_keeping(value):
-            kept.put(key, value)
+            kept[key] = value
         return value
 
     async def key_status(self, key_id: str) -> KeyStatus:
@@ -144,10 +116,10 @@ class CachedRegistry(Registry):
     def _forget(self, key_ids: list[str], grant_ids: list[str]) -> None:
         self._generation += 1
         for key_id in key_ids:
-            self._statuses.drop(key_id)
-            self._organisation_keys.drop(key_id)
+            self._statuses.pop(key_id, None)
+            self._organisation_keys.pop(key_id, None)
         for grant_id in grant_ids:
-            self._grants.drop(grant_id)
+            self._grants.pop(grant_id, None)
 
     def _end_watch(self) -> None:
         self._heard_at = None

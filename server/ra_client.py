@@ -3,9 +3,11 @@ know about certificates, organisation keys and grants, and the documents it repu
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import grpc
+from cryptography import x509
 
 from mobilesign.rpc import retry
 from mobilesign.rpc.status import relayed
@@ -20,6 +22,11 @@ class KeyStatus:
     serial: str  # empty when none was issued
     der: bytes
     revoked: bool
+
+    @functools.cached_property
+    def parsed(self) -> x509.Certificate:
+        """The certificate, parsed once (``ValueError`` when there is none)."""
+        return x509.load_der_x509_certificate(self.der)
 
 
 def _failed(error: grpc.aio.AioRpcError) -> GatewayError:

@@ -24,7 +24,7 @@ from typing import Any
 
 import aiosqlite
 import grpc
-from cryptography import x509
+from cachetools import LRUCache
 
 from mobilesign import deviceauth, ids
 from mobilesign.errors import Kind
@@ -34,6 +34,8 @@ from server.ra_client import KeyStatus, Registry
 
 CHALLENGE_SECONDS = 60
 SESSION_SECONDS = 900
+#: Sessions kept in memory once read from the database.
+KNOWN_SESSIONS = 65_536
 #: A challenge: timestamp (8 bytes, big-endian nanoseconds on this process's monotonic clock),
 #: random (8 bytes), HMAC-SHA256 truncated to 16 bytes: 32 bytes in all, the length the wire
 #: format always had.
@@ -179,6 +181,9 @@ class Sessions:
         self._cosigner = cosigner
         self._challenges = Challenges(challenge_seconds)
         self._used = UsedChallenges(self._challenges)
+        # Sessions found in the database (user key, user, expiry), by token hash: a session
+        # ends only by expiring, so one found stays as it was.
+        self._known: LRUCache[bytes, tuple[str, str, int]] = LRUCache(KNOWN_SESSIONS)
 
     async def certificate(self, user_key_id: str) -> KeyStatus:
         """The key's personal certificate (the RA's answer), which must be valid now and never
@@ -192,7 +197,7 @@ class Sessions:
                 "CERTIFICATE_REVOKED",
                 "the user's certificate has been revoked",
             )
-        certificate = x509.load_der_x509_certificate(record.der)
+        certificate = record.parsed
         now = time.time()
         if not (
             certificate.not_valid_before_utc.timestamp()
@@ -252,14 +257,21 @@ class Sessions:
             raise GatewayError(
                 Kind.UNAUTHENTICATED, "SESSION_REQUIRED", "a session token is required"
             )
-        async with self._db.execute(
-            "SELECT user_key_id, user_id, expires_at FROM sessions WHERE token_sha256 = ?",
-            (hashlib.sha256(token.encode()).digest(),),
-        ) as cursor:
-            row = await cursor.fetchone()
-        if row is None or row["expires_at"] <= time.time():
+        digest = hashlib.sha256(token.encode()).digest()
+        known = self._known.get(digest)
+        if known is None:
+            async with self._db.execute(
+                "SELECT user_key_id, user_id, expires_at FROM sessions WHERE token_sha256 = ?",
+                (digest,),
+            ) as cursor:
+                row = await cursor.fetchone()
+            if row is not None:
+                known = (row["user_key_id"], row["user_id"], row["expires_at"])
+                self._known[digest] = known
+        if known is None or known[2] <= time.time():
             raise GatewayError(
                 Kind.UNAUTHENTICATED, "SESSION_EXPIRED", "the session is unknown or has expired"
             )
-        certificate = await self.certificate(row["user_key_id"])
-        return Session(row["user_id"], row["user_key_id"], certificate)
+        user_key_id, user_id, _ = known
+        certificate = await self.certificate(user_key_id)
+        return Session(user_id, user_key_id, certificate)
