@@ -7,6 +7,15 @@ from pathlib import Path
 
 import aiosqlite
 
+#: Every connection's settings: write-ahead log, a commit is on disk when it returns, foreign
+#: keys enforced, and a wait (not an error) when another connection holds the write lock.
+PRAGMAS = (
+    "PRAGMA journal_mode=WAL",
+    "PRAGMA synchronous=FULL",
+    "PRAGMA foreign_keys=ON",
+    "PRAGMA busy_timeout=5000",
+)
+
 
 async def open_database(path: Path, migrations: Sequence[str]) -> aiosqlite.Connection:
     """Open (creating) ``path`` in WAL mode with fully synchronous commits, and bring its schema
@@ -18,10 +27,8 @@ async def open_database(path: Path, migrations: Sequence[str]) -> aiosqlite.Conn
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     db = await aiosqlite.connect(path, isolation_level=None)
     try:
-        await db.execute("PRAGMA journal_mode=WAL")
-        await db.execute("PRAGMA synchronous=FULL")
-        await db.execute("PRAGMA foreign_keys=ON")
-        await db.execute("PRAGMA busy_timeout=5000")
+        for pragma in PRAGMAS:
+            await db.execute(pragma)
         async with db.execute("PRAGMA user_version") as cursor:
             row = await cursor.fetchone()
         version = int(row[0]) if row else 0
