@@ -1,7 +1,8 @@
 """The gateway's ledger: its copy of the RA's grants with its count of their uses, service
 records, and the audit log.
 
-One SQLite file with its own connection. The steps that must be atomic for one use (consume
+One SQLite file with its own connection and thread (each method below is one hop to it, a
+whole transaction at a time). The steps that must be atomic for one use (consume
 quota, append the co-signed record to the log, mark the record logged) happen together, so a
 crash leaves either all of them or none. Uses and outcomes are integrated in batches (group
 commit): every request that arrives while a transaction commits joins the next one, each inside
@@ -26,10 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-import aiosqlite
-
 from mobilesign import auditlog
-from mobilesign.storage.sqlite import open_database
+from mobilesign.storage.database import Database
 
 _MIGRATIONS = (
     """
@@ -167,9 +166,8 @@ def utc_day(now: float) -> int:
 class Ledger:
     """Grants, records and the log; one writer task commits batches."""
 
-    def __init__(self, db: aiosqlite.Connection) -> None:
+    def __init__(self, db: Database) -> None:
         self._db = db
-        self._lock = asyncio.Lock()
         self._range = auditlog.CompactRange()
         self._queue: list[_Pending] = []
         self._writer: asyncio.Task[None] | None = None
@@ -179,65 +177,13 @@ class Ledger:
     async def open(cls, path: Path) -> Ledger:
         """Open the ledger, recompute the Merkle tree from the stored entries and check (or,
         after an upgrade, write) the stored nodes against it."""
-        ledger = cls(await open_database(path, _MIGRATIONS))
+        ledger = cls(await Database.open(path, _MIGRATIONS))
         try:
-            await ledger._check_tree()
+            ledger._range = await ledger._db.run(_checked_tree)
         except BaseException:
             await ledger.close()
             raise
         return ledger
-
-    async def _check_tree(self) -> None:
-        async with self._db.execute("SELECT COUNT(*) FROM tree_nodes") as cursor:
-            row = await cursor.fetchone()
-        # Written by a version that kept the tree in memory only: store it now. Otherwise
-        # every node must be there, and none beyond the entries.
-        backfill = row is None or row[0] == 0
-        expected = 0
-        computed: list[tuple[int, int, bytes]] = []
-        async with self._db.execute(
-            "SELECT entry_index, entry FROM log_entries ORDER BY entry_index"
-        ) as cursor:
-            async for row in cursor:
-                if row["entry_index"] != expected:
-                    raise RuntimeError(f"audit log entry {expected} is missing")
-                computed.extend(self._range.append(auditlog.leaf_hash(bytes(row["entry"]))))
-                expected += 1
-                if len(computed) >= _CHECK_BATCH:
-                    await self._check_nodes(computed, backfill)
-                    computed = []
-        await self._check_nodes(computed, backfill)
-        async with self._db.execute("SELECT COUNT(*) FROM tree_nodes") as cursor:
-            row = await cursor.fetchone()
-        # A tree of n leaves has 2n - popcount(n) perfect subtrees: no more, no fewer.
-        if row is None or row[0] != 2 * expected - expected.bit_count():
-            raise TreeMismatch("the stored tree has nodes the stored entries do not make")
-
-    async def _check_nodes(self, computed: list[tuple[int, int, bytes]], backfill: bool) -> None:
-        if not computed:
-            return
-        if backfill:
-            await self._db.executemany(
-                "INSERT INTO tree_nodes (level, idx, hash) VALUES (?, ?, ?)", computed
-            )
-            return
-        stored = await self._read_nodes([(level, index) for level, index, _ in computed])
-        if any(stored.get((level, index)) != value for level, index, value in computed):
-            raise TreeMismatch("a stored tree node is missing or not the hash of the entries")
-
-    async def _read_nodes(self, wanted: Sequence[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
-        found: dict[tuple[int, int], bytes] = {}
-        unique = sorted(set(wanted))
-        for start in range(0, len(unique), _CHECK_BATCH):
-            chunk = unique[start : start + _CHECK_BATCH]
-            values = ",".join("(?, ?)" for _ in chunk)
-            async with self._db.execute(
-                f"SELECT level, idx, hash FROM tree_nodes WHERE (level, idx) IN (VALUES {values})",  # noqa: S608 (placeholders only)
-                [v for node in chunk for v in node],
-            ) as cursor:
-                for row in await cursor.fetchall():
-                    found[(row["level"], row["idx"])] = bytes(row["hash"])
-        return found
 
     async def close(self) -> None:
         """Finish the batch being written, then close the database."""
@@ -251,11 +197,12 @@ class Ledger:
         undone) and return it with the ledger's counts of its uses (today: ``now``'s UTC day).
         Written only when it is new here or newly revoked: a write is a commit, and a use asks
         twice."""
-        found = await self.grant(grant.grant_id, now)
-        if found is not None and (found.revoked or not grant.revoked):
-            return found
-        async with self._lock:
-            await self._db.execute(
+
+        def remember(c: sqlite3.Connection) -> GrantRow:
+            found = _grant(c, grant.grant_id, now)
+            if found is not None and (found.revoked or not grant.revoked):
+                return found
+            c.execute(
                 "INSERT INTO grants (grant_id, user_id, key_id, operations, not_before, not_after,"
                 " quota_total, quota_daily, purpose, created_at, revoked_at, signed_grant)"
                 " VALUES (?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (grant_id) DO UPDATE SET"
@@ -275,86 +222,62 @@ class Ledger:
                     grant.signed_grant,
                 ),
             )
-        found = await self.grant(grant.grant_id, now)
-        assert found is not None
-        return found
+            stored = _grant(c, grant.grant_id, now)
+            assert stored is not None
+            return stored
+
+        return await self._db.run(remember)
 
     async def signed_grant(self, grant_id: str) -> bytes:
         """The RA's signed bytes of a grant the ledger keeps."""
-        async with (
-            self._lock,
-            self._db.execute(
-                "SELECT signed_grant FROM grants WHERE grant_id = ?", (grant_id,)
-            ) as cursor,
-        ):
-            row = await cursor.fetchone()
-        return bytes(row["signed_grant"]) if row else b""
 
-    def _grant(self, row: aiosqlite.Row, used_today: int) -> GrantRow:
-        return GrantRow(
-            grant_id=row["grant_id"],
-            user_id=row["user_id"],
-            key_id=row["key_id"],
-            operations=tuple(row["operations"].split(",")),
-            not_before=row["not_before"],
-            not_after=row["not_after"],
-            quota_total=row["quota_total"],
-            quota_daily=row["quota_daily"],
-            purpose=row["purpose"],
-            revoked=row["revoked_at"] is not None,
-            used_total=row["used_total"],
-            used_today=used_today,
-            signed_grant=bytes(row["signed_grant"]),
-        )
+        def read(c: sqlite3.Connection) -> bytes:
+            row = c.execute(
+                "SELECT signed_grant FROM grants WHERE grant_id = ?", (grant_id,)
+            ).fetchone()
+            return bytes(row["signed_grant"]) if row else b""
+
+        return await self._db.run(read)
 
     async def grant(self, grant_id: str, now: float) -> GrantRow | None:
         """One grant with its uses so far (in total, and on the UTC day of ``now``), or None."""
-        day = utc_day(now)
-        async with (
-            self._lock,
-            self._db.execute(
-                "SELECT g.*, COALESCE(d.used, 0) AS used_today FROM grants g"
-                " LEFT JOIN grant_days d ON d.grant_id = g.grant_id AND d.day = ?"
-                " WHERE g.grant_id = ?",
-                (day, grant_id),
-            ) as cursor,
-        ):
-            row = await cursor.fetchone()
-        return self._grant(row, row["used_today"]) if row else None
+        return await self._db.run(lambda c: _grant(c, grant_id, now))
 
     # Records -----------------------------------------------------------------------------
     async def add_record(
         self, record_id: str, user_id: str, user_key_id: str, grant_id: str, record: bytes
     ) -> None:
         """Remember a prepared record (not yet signed, counted or logged)."""
-        async with self._lock:
-            await self._db.execute(
+        values = (record_id, user_id, user_key_id, grant_id, record, int(time.time()))
+        await self._db.run(
+            lambda c: c.execute(
                 "INSERT INTO records (record_id, user_id, user_key_id, grant_id, record, state,"
                 " created_at) VALUES (?, ?, ?, ?, ?, 'prepared', ?)",
-                (record_id, user_id, user_key_id, grant_id, record, int(time.time())),
+                values,
             )
+        )
 
     async def record(self, record_id: str) -> RecordRow | None:
         """A record and its state, or None."""
-        async with (
-            self._lock,
-            self._db.execute("SELECT * FROM records WHERE record_id = ?", (record_id,)) as cursor,
-        ):
-            row = await cursor.fetchone()
-        if row is None:
-            return None
-        return RecordRow(
-            record_id=row["record_id"],
-            user_id=row["user_id"],
-            user_key_id=row["user_key_id"],
-            grant_id=row["grant_id"],
-            record=bytes(row["record"]),
-            state=row["state"],
-            entry_index=row["entry_index"],
-            user_signature=bytes(row["user_signature"]) if row["user_signature"] else None,
-            result=bytes(row["result"]) if row["result"] is not None else None,
-            reason=row["reason"],
-        )
+
+        def read(c: sqlite3.Connection) -> RecordRow | None:
+            row = c.execute("SELECT * FROM records WHERE record_id = ?", (record_id,)).fetchone()
+            if row is None:
+                return None
+            return RecordRow(
+                record_id=row["record_id"],
+                user_id=row["user_id"],
+                user_key_id=row["user_key_id"],
+                grant_id=row["grant_id"],
+                record=bytes(row["record"]),
+                state=row["state"],
+                entry_index=row["entry_index"],
+                user_signature=bytes(row["user_signature"]) if row["user_signature"] else None,
+                result=bytes(row["result"]) if row["result"] is not None else None,
+                reason=row["reason"],
+            )
+
+        return await self._db.run(read)
 
     async def log_use(
         self, record_id: str, grant_id: str, entry: bytes, user_signature: bytes, now: float
@@ -387,95 +310,28 @@ class Ledger:
     async def _write_batches(self) -> None:
         while self._queue:
             batch, self._queue = self._queue, []
-            async with self._lock:
-                await self._write(batch)
+            await self._write(batch)
 
     async def _write(self, batch: list[_Pending]) -> None:
+        # The tree grows in a copy, adopted once the batch is durable.
         grown = copy.deepcopy(self._range)
-        nodes: list[tuple[int, int, bytes]] = []
-        outcomes: list[tuple[asyncio.Future[int], int | BaseException]] = []
+        items = [item for item, _ in batch]
         try:
-            await self._db.execute("BEGIN IMMEDIATE")
-            for item, future in batch:
-                await self._db.execute("SAVEPOINT one")
-                try:
-                    index = await self._apply(item, grown.size)
-                except (QuotaExceeded, sqlite3.IntegrityError) as refused:
-                    # This request only: the rest of the batch goes ahead.
-                    await self._db.execute("ROLLBACK TO one")
-                    outcomes.append((future, refused))
-                else:
-                    nodes.extend(grown.append(auditlog.leaf_hash(item.entry)))
-                    outcomes.append((future, index))
-                await self._db.execute("RELEASE one")
-            await self._db.executemany(
-                "INSERT INTO tree_nodes (level, idx, hash) VALUES (?, ?, ?)", nodes
-            )
-            await self._db.execute("COMMIT")
-        except BaseException as exc:
-            await self._db.execute("ROLLBACK")
+            outcomes = await self._db.run(lambda c: _write_batch(c, items, grown))
+        except Exception as exc:
             for _, future in batch:
                 if not future.done():
                     future.set_exception(exc)
-            if not isinstance(exc, Exception):
-                raise
             return
         self._range = grown
         self.batches += 1
-        for future, outcome in outcomes:
+        for (_, future), outcome in zip(batch, outcomes, strict=True):
             if future.done():
                 continue
             if isinstance(outcome, BaseException):
                 future.set_exception(outcome)
             else:
                 future.set_result(outcome)
-
-    async def _apply(self, item: _Use | _Outcome, index: int) -> int:
-        """One request's statements, inside its savepoint; the entry goes at ``index``."""
-        if isinstance(item, _Use):
-            day = utc_day(item.now)
-            # The grant is checked again here, in the transaction: a revocation or the end of
-            # its window that landed since the caller looked still stops the use.
-            async with self._db.execute(
-                "UPDATE grants SET used_total = used_total + 1"
-                " WHERE grant_id = ? AND used_total < quota_total AND revoked_at IS NULL"
-                " AND not_before <= ? AND ? < not_after RETURNING quota_daily",
-                (item.grant_id, int(item.now), int(item.now)),
-            ) as cursor:
-                row = await cursor.fetchone()
-            if row is None:
-                raise QuotaExceeded
-            async with self._db.execute(
-                "INSERT INTO grant_days (grant_id, day, used) VALUES (?, ?, 1)"
-                " ON CONFLICT (grant_id, day) DO UPDATE SET used = used + 1"
-                " RETURNING used",
-                (item.grant_id, day),
-            ) as cursor:
-                used = await cursor.fetchone()
-            if used is None or used[0] > row[0]:
-                raise QuotaExceeded
-            async with self._db.execute(
-                "UPDATE records SET state = 'logged', entry_index = ?, user_signature = ?"
-                " WHERE record_id = ? AND state = 'prepared' RETURNING 1",
-                (index, item.user_signature, item.record_id),
-            ) as cursor:
-                if await cursor.fetchone() is None:
-                    raise sqlite3.IntegrityError("record not in the prepared state")
-        else:
-            await self._db.execute(
-                "UPDATE records SET state = ?, result = ?, reason = ? WHERE record_id = ?",
-                (
-                    "done" if item.succeeded else "failed",
-                    item.result,
-                    item.reason,
-                    item.record_id,
-                ),
-            )
-        await self._db.execute(
-            "INSERT INTO log_entries (entry_index, entry, created_at) VALUES (?, ?, ?)",
-            (index, item.entry, int(item.now)),
-        )
-        return index
 
     # Log ---------------------------------------------------------------------------------
     @property
@@ -493,8 +349,7 @@ class Ledger:
             return bytes(32)
 
         compute(auditlog.MerkleTree(note))
-        async with self._lock:
-            nodes = await self._read_nodes(wanted)
+        nodes = await self._db.run(lambda c: _read_nodes(c, wanted))
         return compute(auditlog.MerkleTree(lambda level, index: nodes[(level, index)]))
 
     async def root(self, size: int | None = None) -> bytes:
@@ -513,11 +368,163 @@ class Ledger:
 
     async def entry(self, index: int) -> bytes | None:
         """One entry's bytes, or None."""
-        async with (
-            self._lock,
-            self._db.execute(
-                "SELECT entry FROM log_entries WHERE entry_index = ?", (index,)
-            ) as cursor,
-        ):
-            row = await cursor.fetchone()
-        return bytes(row["entry"]) if row else None
+
+        def read(c: sqlite3.Connection) -> bytes | None:
+            row = c.execute("SELECT entry FROM log_entries WHERE entry_index = ?", (index,))
+            found = row.fetchone()
+            return bytes(found["entry"]) if found else None
+
+        return await self._db.run(read)
+
+
+# On the database's thread ------------------------------------------------------------------
+
+
+def _grant(c: sqlite3.Connection, grant_id: str, now: float) -> GrantRow | None:
+    row = c.execute(
+        "SELECT g.*, COALESCE(d.used, 0) AS used_today FROM grants g"
+        " LEFT JOIN grant_days d ON d.grant_id = g.grant_id AND d.day = ?"
+        " WHERE g.grant_id = ?",
+        (utc_day(now), grant_id),
+    ).fetchone()
+    if row is None:
+        return None
+    return GrantRow(
+        grant_id=row["grant_id"],
+        user_id=row["user_id"],
+        key_id=row["key_id"],
+        operations=tuple(row["operations"].split(",")),
+        not_before=row["not_before"],
+        not_after=row["not_after"],
+        quota_total=row["quota_total"],
+        quota_daily=row["quota_daily"],
+        purpose=row["purpose"],
+        revoked=row["revoked_at"] is not None,
+        used_total=row["used_total"],
+        used_today=row["used_today"],
+        signed_grant=bytes(row["signed_grant"]),
+    )
+
+
+def _read_nodes(
+    c: sqlite3.Connection, wanted: Sequence[tuple[int, int]]
+) -> dict[tuple[int, int], bytes]:
+    found: dict[tuple[int, int], bytes] = {}
+    unique = sorted(set(wanted))
+    for start in range(0, len(unique), _CHECK_BATCH):
+        chunk = unique[start : start + _CHECK_BATCH]
+        values = ",".join("(?, ?)" for _ in chunk)
+        rows = c.execute(
+            f"SELECT level, idx, hash FROM tree_nodes WHERE (level, idx) IN (VALUES {values})",  # noqa: S608 (placeholders only)
+            [v for node in chunk for v in node],
+        )
+        for row in rows:
+            found[(row["level"], row["idx"])] = bytes(row["hash"])
+    return found
+
+
+def _checked_tree(c: sqlite3.Connection) -> auditlog.CompactRange:
+    """The tree of the stored entries, its stored nodes checked against it (or written, after
+    an upgrade from a version that kept it in memory only)."""
+    tree = auditlog.CompactRange()
+    backfill = c.execute("SELECT COUNT(*) FROM tree_nodes").fetchone()[0] == 0
+    expected = 0
+    computed: list[tuple[int, int, bytes]] = []
+    for row in c.execute("SELECT entry_index, entry FROM log_entries ORDER BY entry_index"):
+        if row["entry_index"] != expected:
+            raise RuntimeError(f"audit log entry {expected} is missing")
+        computed.extend(tree.append(auditlog.leaf_hash(bytes(row["entry"]))))
+        expected += 1
+        if len(computed) >= _CHECK_BATCH:
+            _check_nodes(c, computed, backfill)
+            computed = []
+    _check_nodes(c, computed, backfill)
+    # A tree of n leaves has 2n - popcount(n) perfect subtrees: no more, no fewer.
+    if (
+        c.execute("SELECT COUNT(*) FROM tree_nodes").fetchone()[0]
+        != 2 * expected - expected.bit_count()
+    ):
+        raise TreeMismatch("the stored tree has nodes the stored entries do not make")
+    return tree
+
+
+def _check_nodes(
+    c: sqlite3.Connection, computed: list[tuple[int, int, bytes]], backfill: bool
+) -> None:
+    if not computed:
+        return
+    if backfill:
+        c.executemany("INSERT INTO tree_nodes (level, idx, hash) VALUES (?, ?, ?)", computed)
+        return
+    stored = _read_nodes(c, [(level, index) for level, index, _ in computed])
+    if any(stored.get((level, index)) != value for level, index, value in computed):
+        raise TreeMismatch("a stored tree node is missing or not the hash of the entries")
+
+
+def _write_batch(
+    c: sqlite3.Connection, items: list[_Use | _Outcome], grown: auditlog.CompactRange
+) -> list[int | Exception]:
+    """One transaction for the batch, each item in its own savepoint; ``grown`` takes each
+    entry appended. Returns each item's entry index, or the refusal that undid only it."""
+    outcomes: list[int | Exception] = []
+    nodes: list[tuple[int, int, bytes]] = []
+    c.execute("BEGIN IMMEDIATE")
+    try:
+        for item in items:
+            c.execute("SAVEPOINT one")
+            try:
+                index = _apply(c, item, grown.size)
+            except (QuotaExceeded, sqlite3.IntegrityError) as refused:
+                # This request only: the rest of the batch goes ahead.
+                c.execute("ROLLBACK TO one")
+                outcomes.append(refused)
+            else:
+                nodes.extend(grown.append(auditlog.leaf_hash(item.entry)))
+                outcomes.append(index)
+            c.execute("RELEASE one")
+        c.executemany("INSERT INTO tree_nodes (level, idx, hash) VALUES (?, ?, ?)", nodes)
+        c.execute("COMMIT")
+    except BaseException:
+        c.execute("ROLLBACK")
+        raise
+    return outcomes
+
+
+def _apply(c: sqlite3.Connection, item: _Use | _Outcome, index: int) -> int:
+    """One request's statements, inside its savepoint; the entry goes at ``index``."""
+    if isinstance(item, _Use):
+        # The grant is checked again here, in the transaction: a revocation or the end of its
+        # window that landed since the caller looked still stops the use.
+        row = c.execute(
+            "UPDATE grants SET used_total = used_total + 1"
+            " WHERE grant_id = ? AND used_total < quota_total AND revoked_at IS NULL"
+            " AND not_before <= ? AND ? < not_after RETURNING quota_daily",
+            (item.grant_id, int(item.now), int(item.now)),
+        ).fetchone()
+        if row is None:
+            raise QuotaExceeded
+        used = c.execute(
+            "INSERT INTO grant_days (grant_id, day, used) VALUES (?, ?, 1)"
+            " ON CONFLICT (grant_id, day) DO UPDATE SET used = used + 1"
+            " RETURNING used",
+            (item.grant_id, utc_day(item.now)),
+        ).fetchone()
+        if used is None or used[0] > row[0]:
+            raise QuotaExceeded
+        logged = c.execute(
+            "UPDATE records SET state = 'logged', entry_index = ?, user_signature = ?"
+            " WHERE record_id = ? AND state = 'prepared' RETURNING 1",
+            (index, item.user_signature, item.record_id),
+        ).fetchone()
+        if logged is None:
+            raise sqlite3.IntegrityError("record not in the prepared state")
+    else:
+        c.execute(
+            "UPDATE records SET state = ?, result = ?, reason = ? WHERE record_id = ?",
+            ("done" if item.succeeded else "failed", item.result, item.reason, item.record_id),
+        )
+    c.execute(
+        "INSERT INTO log_entries (entry_index, entry, created_at) VALUES (?, ?, ?)",
+        (index, item.entry, int(item.now)),
+    )
+    return index
