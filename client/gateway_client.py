@@ -249,7 +249,10 @@ class GatewaySession:
         try:
             executed = await self._stub.ExecuteOperation(
                 gateway_pb2.ExecuteOperationRequest(
-                    record_id=prepared.record_id, user_signature=user_signature, input=data
+                    record_id=prepared.record_id,
+                    user_signature=user_signature,
+                    input=data,
+                    record=prepared.record,
                 ),
                 metadata=self._metadata,
                 timeout=30,

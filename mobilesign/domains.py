@@ -34,6 +34,9 @@ GATEWAY_SESSION = b"mobilesign/v1 gateway-session\x00"
 ENROLMENT_TICKET = b"mobilesign/v1 enrolment-ticket\x00"
 #: The RA's grant-key signature over a grant statement.
 GRANT = b"mobilesign/v1 grant\x00"
+#: HMAC input of the gateway's nonce in a service record it prepared (its own key, its own
+#: check: the record comes back at execution instead of being stored in between).
+PREPARED_RECORD = b"mobilesign/v1 prepared-record\x00"
 #: HMAC input of the phone's proof of the activation code over its certificate application.
 CERTIFICATE_APPLICATION = b"mobilesign/v1 certificate-application\x00"
 #: HMAC input of the RA's proof of the activation code over its answer.
@@ -63,6 +66,7 @@ ALL: Mapping[str, bytes] = MappingProxyType(
         "GATEWAY_SESSION": GATEWAY_SESSION,
         "ENROLMENT_TICKET": ENROLMENT_TICKET,
         "GRANT": GRANT,
+        "PREPARED_RECORD": PREPARED_RECORD,
         "CERTIFICATE_APPLICATION": CERTIFICATE_APPLICATION,
         "CERTIFICATE_ANSWER": CERTIFICATE_ANSWER,
         "ENROLLED_KEY": ENROLLED_KEY,

@@ -15,7 +15,9 @@ refused, so each value has exactly one encoding.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
+import hmac
 import struct
 from dataclasses import dataclass
 
@@ -67,7 +69,8 @@ class ServiceRecord:
     purpose: str
     grant_id: str
     time_ms: int
-    gateway_nonce: bytes  # 16 random bytes
+    #: 16 bytes only the gateway that prepared the record can make (:func:`prepared_nonce`).
+    gateway_nonce: bytes
 
     def encode(self) -> bytes:
         """The record's bytes (``MSR1``)."""
@@ -86,6 +89,21 @@ class ServiceRecord:
             self.gateway_nonce,
         ]
         return RECORD_MAGIC + b"".join(struct.pack(">H", len(f)) + f for f in fields)
+
+
+NONCE_BYTES = 16
+
+
+def prepared_nonce(key: bytes, record: ServiceRecord) -> bytes:
+    """The gateway nonce of ``record`` under the gateway's record key: a MAC of every other
+    field, so that a record the gateway prepared can come back at execution unstored."""
+    unsealed = dataclasses.replace(record, gateway_nonce=bytes(NONCE_BYTES)).encode()
+    return hmac.digest(key, domains.PREPARED_RECORD + unsealed, "sha256")[:NONCE_BYTES]
+
+
+def prepared_with(key: bytes, record: ServiceRecord) -> bool:
+    """Whether ``record``'s gateway nonce is the one :func:`prepared_nonce` makes with ``key``."""
+    return hmac.compare_digest(record.gateway_nonce, prepared_nonce(key, record))
 
 
 def _fields(data: bytes, magic: bytes, count: int) -> list[bytes]:
@@ -142,7 +160,7 @@ def decode_record(data: bytes) -> ServiceRecord:
         purpose=_text(f[8], "purpose", MAX_PURPOSE),
         grant_id=_exact(f[9], 16, "grant id").hex(),
         time_ms=struct.unpack(">Q", _exact(f[10], 8, "time"))[0],
-        gateway_nonce=_exact(f[11], 16, "gateway nonce"),
+        gateway_nonce=_exact(f[11], NONCE_BYTES, "gateway nonce"),
     )
     if record.encode() != data:
         raise RecordError("not the canonical encoding")

@@ -9,7 +9,7 @@ from typing import Any
 
 import grpc
 
-from mobilesign.hosting import devpki, entrypoint, logs, serve
+from mobilesign.hosting import devpki, entrypoint, logs, secret_file, serve
 from mobilesign.rpc import channels
 from mobilesign.v1 import gateway_pb2_grpc
 from server import config as gateway_config
@@ -44,8 +44,16 @@ async def _main(
     ledger = await Ledger.open(state / "gateway" / "ledger.db")
     resources.push_async_callback(ledger.close)
     audit = AuditLog(ledger, hsm, await hsm.log_state())
+    record_key_file = (
+        Path(cfg.record_key_file) if cfg.record_key_file else state / "gateway" / "record.key"
+    )
     operations = Operations(
-        ledger=ledger, audit=audit, hsm=hsm, registry=registry, cosigner=cosigner
+        ledger=ledger,
+        audit=audit,
+        hsm=hsm,
+        registry=registry,
+        cosigner=cosigner,
+        record_key=secret_file.load_or_create(record_key_file),
     )
     public_servicer = public.GatewayServicer(
         registry=registry,

@@ -33,6 +33,10 @@ class GatewayConfig:
     first_message_timeout_seconds: float = 5.0
     #: Seconds a login challenge (StartSession) may be answered (FinishSession).
     session_challenge_seconds: int = 60
+    #: File of the key that authenticates the records this gateway prepares (32 random bytes,
+    #: made at the first start); empty means ``<state>/gateway/record.key``. Gateways that
+    #: share a database share this file.
+    record_key_file: str = ""
     grace_seconds: float = 5.0
     log_level: str = "info"
 

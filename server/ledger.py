@@ -1,13 +1,14 @@
 """The gateway's ledger: its copy of the RA's grants with its count of their uses, service
 records, and the audit log.
 
-One SQLite file with its own connection and thread (each method below is one hop to it, a
-whole transaction at a time). The steps that must be atomic for one use (consume
-quota, append the co-signed record to the log, mark the record logged) happen together, so a
-crash leaves either all of them or none. Uses and outcomes are integrated in batches (group
-commit): every request that arrives while a transaction commits joins the next one, each inside
-its own savepoint (a refused use leaves the rest of its batch alone), so a batch costs one
-durable commit however many records it holds; each caller awaits its own result.
+One SQLite file with its own connection and thread (each method below is one hop to it, a whole
+transaction at a time). A record is stored only once it is co-signed: the steps that must be
+atomic for one use (consume quota, append the co-signed record to the log, keep the record as
+logged) happen together, so a crash leaves either all of them or none. Uses and outcomes are
+integrated in batches (group commit): every request that arrives while a transaction commits
+joins the next one, each inside its own savepoint (a refused use leaves the rest of its batch
+alone), so a batch costs one durable commit however many records it holds; each caller awaits
+its own result.
 
 The Merkle tree's nodes (every perfect subtree) are stored beside the entries in the same
 transaction, so proofs read O(log n) nodes from the file and memory does not grow with the log;
@@ -100,10 +101,17 @@ class TreeMismatch(RuntimeError):
     """The stored tree nodes are not the tree of the stored entries."""
 
 
+class RecordExists(Exception):
+    """The record was logged already (by a concurrent execution of it)."""
+
+
 @dataclass(frozen=True)
 class _Use:
     record_id: str
+    user_id: str
+    user_key_id: str
     grant_id: str
+    record: bytes
     entry: bytes
     user_signature: bytes
     now: float
@@ -244,19 +252,6 @@ class Ledger:
         return await self._db.run(lambda c: _grant(c, grant_id, now))
 
     # Records -----------------------------------------------------------------------------
-    async def add_record(
-        self, record_id: str, user_id: str, user_key_id: str, grant_id: str, record: bytes
-    ) -> None:
-        """Remember a prepared record (not yet signed, counted or logged)."""
-        values = (record_id, user_id, user_key_id, grant_id, record, int(time.time()))
-        await self._db.run(
-            lambda c: c.execute(
-                "INSERT INTO records (record_id, user_id, user_key_id, grant_id, record, state,"
-                " created_at) VALUES (?, ?, ?, ?, ?, 'prepared', ?)",
-                values,
-            )
-        )
-
     async def record(self, record_id: str) -> RecordRow | None:
         """A record and its state, or None."""
 
@@ -280,16 +275,28 @@ class Ledger:
         return await self._db.run(read)
 
     async def log_use(
-        self, record_id: str, grant_id: str, entry: bytes, user_signature: bytes, now: float
+        self,
+        record_id: str,
+        *,
+        user_id: str,
+        user_key_id: str,
+        grant_id: str,
+        record: bytes,
+        entry: bytes,
+        user_signature: bytes,
+        now: float,
     ) -> int:
         """Together, in the next batch: consume one use of the grant (total and today), append
-        the co-signed record to the log, and mark the record logged. Returns the entry index
+        the co-signed record to the log, and keep the record as logged. Returns the entry index
         once the batch is durable.
 
-        Raises :class:`QuotaExceeded` (and changes nothing) when the grant cannot be used now:
-        quota used up, revoked, or outside its window.
+        Raises (and changes nothing) :class:`QuotaExceeded` when the grant cannot be used now
+        (quota used up, revoked, or outside its window), :class:`RecordExists` when the record
+        was logged before.
         """
-        return await self._submit(_Use(record_id, grant_id, entry, user_signature, now))
+        return await self._submit(
+            _Use(record_id, user_id, user_key_id, grant_id, record, entry, user_signature, now)
+        )
 
     async def log_outcome(
         self, record_id: str, entry: bytes, succeeded: bool, result: bytes | None, reason: str
@@ -474,7 +481,7 @@ def _write_batch(
             c.execute("SAVEPOINT one")
             try:
                 index = _apply(c, item, grown.size)
-            except (QuotaExceeded, sqlite3.IntegrityError) as refused:
+            except (QuotaExceeded, RecordExists, sqlite3.IntegrityError) as refused:
                 # This request only: the rest of the batch goes ahead.
                 c.execute("ROLLBACK TO one")
                 outcomes.append(refused)
@@ -511,13 +518,23 @@ def _apply(c: sqlite3.Connection, item: _Use | _Outcome, index: int) -> int:
         ).fetchone()
         if used is None or used[0] > row[0]:
             raise QuotaExceeded
-        logged = c.execute(
-            "UPDATE records SET state = 'logged', entry_index = ?, user_signature = ?"
-            " WHERE record_id = ? AND state = 'prepared' RETURNING 1",
-            (index, item.user_signature, item.record_id),
-        ).fetchone()
-        if logged is None:
-            raise sqlite3.IntegrityError("record not in the prepared state")
+        try:
+            c.execute(
+                "INSERT INTO records (record_id, user_id, user_key_id, grant_id, record, state,"
+                " entry_index, user_signature, created_at) VALUES (?,?,?,?,?,'logged',?,?,?)",
+                (
+                    item.record_id,
+                    item.user_id,
+                    item.user_key_id,
+                    item.grant_id,
+                    item.record,
+                    index,
+                    item.user_signature,
+                    int(item.now),
+                ),
+            )
+        except sqlite3.IntegrityError:
+            raise RecordExists from None
     else:
         c.execute(
             "UPDATE records SET state = ?, result = ?, reason = ? WHERE record_id = ?",

@@ -1,14 +1,15 @@
 """Use of organisation keys (flows S3 and S4): service records and their execution.
 
 Order of a use, each step durable before the next: the gateway checks the certificate and the
-grant (the RA's answers) and fixes the record's bytes (prepare); the user co-signs them; the
-gateway verifies that signature, then in one transaction consumes quota and appends the
-co-signed record to the audit log; the HSM proxy, as the log's witness, signs a checkpoint of a
-tree that includes it (one checkpoint serves every use logged before it); only then does the
-gateway ask the proxy to use the key, and the proxy checks the record again next to the key,
-with its inclusion under that checkpoint, and the RA's signed grant, whose uses it counts
-itself; the outcome is logged; the result goes back with a receipt. No record in the log, no
-service.
+grant (the RA's answers) and fixes the record's bytes (prepare), storing nothing: the record's
+gateway nonce is a MAC under the gateway's record key, and the phone brings the record back; the
+user co-signs it; the gateway checks that it prepared it and verifies that signature, then in
+one transaction consumes quota and appends the co-signed record to the audit log; the HSM proxy,
+as the log's witness, signs a checkpoint of a tree that includes it (one checkpoint serves every
+use logged before it); only then does the gateway ask the proxy to use the key, and the proxy
+checks the record again next to the key, with its inclusion under that checkpoint, and the RA's
+signed grant, whose uses it counts itself; the outcome is logged; the result goes back with a
+receipt. No record in the log, no service.
 
 The gateway counts each grant's uses too, in the transaction that logs the record, so that a use
 beyond the quota is refused before it reaches the log; the HSM proxy's count is the one that
@@ -18,6 +19,7 @@ holds if the gateway does not.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import secrets
 import time
@@ -34,7 +36,7 @@ from server.audit import AuditLog
 from server.cosigner_client import CosignerClient
 from server.errors import GatewayError
 from server.hsm_proxy_client import HsmClient
-from server.ledger import GrantRow, Ledger, QuotaExceeded
+from server.ledger import GrantRow, Ledger, QuotaExceeded, RecordExists, RecordRow
 from server.ra_client import Registry
 from server.sessions import Session
 
@@ -82,8 +84,10 @@ class Operations:
         hsm: HsmClient,
         registry: Registry,
         cosigner: CosignerClient,
+        record_key: bytes,
     ) -> None:
         self._ledger = ledger
+        self._record_key = record_key
         self._audit = audit
         self._hsm = hsm
         self._registry = registry
@@ -159,7 +163,7 @@ class Operations:
                     Kind.INVALID, "INPUT_INVALID", f"the ciphertext must be {size} bytes"
                 )
             record_operation = records.Operation.DECRYPT_RSA_OAEP_SHA256
-        record = records.ServiceRecord(
+        unsealed = records.ServiceRecord(
             record_id=secrets.token_hex(16),
             user_id=session.user_id,
             user_key_id=session.user_key_id,
@@ -171,36 +175,77 @@ class Operations:
             purpose=purpose or grant.purpose,
             grant_id=grant.grant_id,
             time_ms=int(time.time() * 1000),
-            gateway_nonce=secrets.token_bytes(16),
+            gateway_nonce=bytes(records.NONCE_BYTES),
         )
-        encoded = record.encode()
-        await self._ledger.add_record(
-            record.record_id, session.user_id, session.user_key_id, grant.grant_id, encoded
-        )
-        return record.record_id, encoded
+        nonce = records.prepared_nonce(self._record_key, unsealed)
+        record = dataclasses.replace(unsealed, gateway_nonce=nonce)
+        return record.record_id, record.encode()
 
     # Execute -----------------------------------------------------------------------------
     async def execute(
-        self, session: Session, *, record_id: str, data: bytes, user_signature: bytes
+        self,
+        session: Session,
+        *,
+        record_id: str,
+        record: bytes,
+        data: bytes,
+        user_signature: bytes,
     ) -> Executed:
-        """Verify the user's ``user_signature`` on the prepared record ``record_id``, log it,
-        execute it on ``data``, log the outcome, and return the result with a receipt."""
+        """Verify the user's ``user_signature`` on ``record`` (prepared here as ``record_id``),
+        log it, execute it on ``data``, log the outcome, and return the result with a receipt.
+        Once it is logged, executing it again needs only its id."""
         ids.RECORD_ID.check(record_id)
         lock = self._record_locks.setdefault(record_id, asyncio.Lock())
         async with lock:
-            return await self._execute(session, record_id, data, user_signature)
+            row = await self._ledger.record(record_id)
+            if row is None:
+                prepared = self._prepared(session, record_id, record)
+                self._check_input(prepared, data)
+                try:
+                    entry_index = await self._log(session, prepared, record, user_signature)
+                except RecordExists:  # logged meanwhile (through another gateway)
+                    row = await self._ledger.record(record_id)
+                else:
+                    return await self._finish(
+                        session, prepared, record, user_signature, entry_index, data
+                    )
+            assert row is not None
+            return await self._again(session, row, data)
 
-    async def _execute(
-        self, session: Session, record_id: str, data: bytes, user_signature: bytes
-    ) -> Executed:
-        row = await self._ledger.record(record_id)
-        if row is None or row.user_key_id != session.user_key_id:
-            raise GatewayError(Kind.NOT_FOUND, "RECORD_NOT_FOUND", "no such record")
-        record = records.decode_record(row.record)
+    def _prepared(
+        self, session: Session, record_id: str, presented: bytes
+    ) -> records.ServiceRecord:
+        """The record as this gateway prepared it for this session's key, or NOT_FOUND."""
+        try:
+            record = records.decode_record(presented) if presented else None
+        except records.RecordError:
+            record = None
+        if (
+            record is None
+            or record.record_id != record_id
+            or record.user_key_id != session.user_key_id
+            or record.user_id != session.user_id
+            or not records.prepared_with(self._record_key, record)
+        ):
+            raise GatewayError(
+                Kind.NOT_FOUND, "RECORD_NOT_FOUND", "no such record was prepared for this key"
+            )
+        return record
+
+    @staticmethod
+    def _check_input(record: records.ServiceRecord, data: bytes) -> None:
         if hashlib.sha256(data).digest() != record.input_sha256:
             raise GatewayError(
                 Kind.INVALID, "INPUT_MISMATCH", "the input is not the one in the record"
             )
+
+    async def _again(self, session: Session, row: RecordRow, data: bytes) -> Executed:
+        """A record logged before: its kept result, its failure, or, logged before a crash and
+        not yet executed, the rest of its execution."""
+        if row.user_key_id != session.user_key_id:
+            raise GatewayError(Kind.NOT_FOUND, "RECORD_NOT_FOUND", "no such record")
+        record = records.decode_record(row.record)
+        self._check_input(record, data)
         if row.state == "done":
             if row.result is None or row.entry_index is None or row.user_signature is None:
                 raise GatewayError(
@@ -218,22 +263,33 @@ class Operations:
                 "RECORD_FAILED",
                 f"the record's operation failed: {row.reason}",
             )
-        if row.state == "prepared":
-            entry_index = await self._log(session, row.grant_id, record, row.record, user_signature)
-        else:  # logged before a crash, not yet executed: carry on
-            assert row.entry_index is not None
-            assert row.user_signature is not None
-            entry_index, user_signature = row.entry_index, row.user_signature
+        if row.state == "prepared":  # stored by a version that stored prepared records
+            raise GatewayError(Kind.PRECONDITION, "RECORD_EXPIRED", "prepare the operation again")
+        # Logged before a crash, not yet executed: carry on.
+        assert row.entry_index is not None
+        assert row.user_signature is not None
+        return await self._finish(
+            session, record, row.record, row.user_signature, row.entry_index, data
+        )
+
+    async def _finish(
+        self,
+        session: Session,
+        record: records.ServiceRecord,
+        encoded: bytes,
+        user_signature: bytes,
+        entry_index: int,
+        data: bytes,
+    ) -> Executed:
         # The witnessed checkpoint comes first: the HSM proxy checks the record's inclusion.
-        tree_size, receipt = await self._receipt(session, row.record, user_signature, entry_index)
-        authorisation = await self._authorisation(receipt, tree_size, session, row.grant_id)
+        tree_size, receipt = await self._receipt(session, encoded, user_signature, entry_index)
+        authorisation = await self._authorisation(receipt, tree_size, session, record.grant_id)
         result = await self._run(record, authorisation, data)
         return Executed(result, receipt)
 
     async def _log(
         self,
         session: Session,
-        grant_id: str,
         record: records.ServiceRecord,
         encoded: bytes,
         user_signature: bytes,
@@ -251,15 +307,22 @@ class Operations:
                 "the signature on the record is not the user's",
             ) from None
         name = "sign" if record.operation.is_sign else "decrypt"
-        await self._usable_grant(grant_id, session, name)
+        await self._usable_grant(record.grant_id, session, name)
         entry = records.RecordEntry(encoded, user_signature).encode()
         try:
             index = await self._ledger.log_use(
-                record.record_id, grant_id, entry, user_signature, time.time()
+                record.record_id,
+                user_id=record.user_id,
+                user_key_id=record.user_key_id,
+                grant_id=record.grant_id,
+                record=encoded,
+                entry=entry,
+                user_signature=user_signature,
+                now=time.time(),
             )
         except QuotaExceeded:
             # Say which: revoked or expired meanwhile, or the quota.
-            await self._usable_grant(grant_id, session, name)
+            await self._usable_grant(record.grant_id, session, name)
             raise GatewayError(
                 Kind.EXHAUSTED, "QUOTA_EXCEEDED", "the grant's quota is used up"
             ) from None

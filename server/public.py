@@ -142,6 +142,7 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         executed = await self._operations.execute(
             session,
             record_id=request.record_id,
+            record=request.record,
             data=request.input,
             user_signature=request.user_signature,
         )

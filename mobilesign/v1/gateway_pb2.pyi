@@ -456,21 +456,28 @@ class ExecuteOperationRequest(_message.Message):
     RECORD_ID_FIELD_NUMBER: _builtins.int
     USER_SIGNATURE_FIELD_NUMBER: _builtins.int
     INPUT_FIELD_NUMBER: _builtins.int
+    RECORD_FIELD_NUMBER: _builtins.int
     record_id: _builtins.str
     user_signature: _builtins.bytes
     """The user's Ed25519 signature over the record bytes."""
     input: _builtins.bytes
     """The same input as in PrepareOperation (its SHA-256 is in the record)."""
+    record: _builtins.bytes
+    """The record as PrepareOperation returned it: the gateway stores nothing until it is
+    co-signed, and knows its own records by their gateway nonce. Once the record is logged,
+    executing it again needs only record_id.
+    """
     def __init__(
         self,
         *,
         record_id: _builtins.str = ...,
         user_signature: _builtins.bytes = ...,
         input: _builtins.bytes = ...,
+        record: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "record_id", b"record_id", "user_signature", b"user_signature"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "record", b"record", "record_id", b"record_id", "user_signature", b"user_signature"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

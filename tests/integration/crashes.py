@@ -39,6 +39,7 @@ class InFlight:
     """A record co-signed whose execution got no answer."""
 
     record_id: str
+    record: bytes
     signature: bytes
     data: bytes
     grant_id: str
@@ -67,13 +68,18 @@ async def use_once(
     try:
         executed = await stub.ExecuteOperation(
             gateway_pb2.ExecuteOperationRequest(
-                record_id=prepared.record_id, user_signature=signature, input=data
+                record_id=prepared.record_id,
+                record=prepared.record,
+                user_signature=signature,
+                input=data,
             ),
             metadata=phone.gateway._metadata,
             timeout=30,
         )
     except grpc.aio.AioRpcError:
-        in_flight.append((phone, InFlight(prepared.record_id, signature, data, grant_id)))
+        in_flight.append(
+            (phone, InFlight(prepared.record_id, prepared.record, signature, data, grant_id))
+        )
         return False
     seen.append(Acknowledged(executed.receipt, grant_id))
     return True
@@ -91,7 +97,10 @@ async def retry(
     try:
         executed = await phone.gateway._stub.ExecuteOperation(
             gateway_pb2.ExecuteOperationRequest(
-                record_id=flight.record_id, user_signature=flight.signature, input=flight.data
+                record_id=flight.record_id,
+                record=flight.record,
+                user_signature=flight.signature,
+                input=flight.data,
             ),
             metadata=phone.gateway._metadata,
             timeout=30,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import hashlib
 import json
 import secrets
@@ -328,14 +329,29 @@ async def _prepare(
 
 
 async def _execute(
-    phone: escrow.Phone, record_id: str, signature: bytes, data: bytes = DIGEST
+    phone: escrow.Phone,
+    prepared: gateway_pb2.PrepareOperationResponse,
+    signature: bytes,
+    data: bytes = DIGEST,
 ) -> gateway_pb2.ExecuteOperationResponse:
     stub = phone.gateway._stub
     return await stub.ExecuteOperation(
         gateway_pb2.ExecuteOperationRequest(
-            record_id=record_id, user_signature=signature, input=data
+            record_id=prepared.record_id,
+            record=prepared.record,
+            user_signature=signature,
+            input=data,
         ),
         metadata=phone.gateway._metadata,
+    )
+
+
+def _presenting(
+    prepared: gateway_pb2.PrepareOperationResponse, *, record_id: str = "", record: bytes = b""
+) -> gateway_pb2.PrepareOperationResponse:
+    """What a phone sends back instead of what the gateway prepared."""
+    return gateway_pb2.PrepareOperationResponse(
+        record_id=record_id or prepared.record_id, record=record
     )
 
 
@@ -360,29 +376,49 @@ async def test_execute_refusals_and_idempotency(
     size = await escrow.log_size(deployment)
     # A signature that is not the user's, other input, unknown or malformed record ids.
     await _expect(
-        _execute(phone, prepared.record_id, bytes(64)),
+        _execute(phone, prepared, bytes(64)),
         grpc.StatusCode.PERMISSION_DENIED,
         "USER_SIGNATURE_INVALID",
     )
     signature = await phone.signing.sign(prepared.record)
     await _expect(
-        _execute(phone, prepared.record_id, signature, hashlib.sha256(b"other").digest()),
+        _execute(phone, prepared, signature, hashlib.sha256(b"other").digest()),
         grpc.StatusCode.INVALID_ARGUMENT,
         "INPUT_MISMATCH",
     )
     await _expect(
-        _execute(phone, "ab" * 16, signature), grpc.StatusCode.NOT_FOUND, "RECORD_NOT_FOUND"
+        _execute(
+            phone, _presenting(prepared, record_id="ab" * 16, record=prepared.record), signature
+        ),
+        grpc.StatusCode.NOT_FOUND,
+        "RECORD_NOT_FOUND",
     )
     await _expect(
-        _execute(phone, "not-a-record", signature),
+        _execute(phone, _presenting(prepared, record_id="not-a-record"), signature),
         grpc.StatusCode.INVALID_ARGUMENT,
         "MALFORMED_RECORD_ID",
     )
+    # The gateway stored nothing at prepare: it knows its records by their nonce. Without the
+    # record, with a record the gateway did not make (the user's own purpose, co-signed), or
+    # with bytes that are no record, there is nothing to execute.
+    forged = records.decode_record(prepared.record)
+    forged = dataclasses.replace(forged, purpose="what the phone would like")
+    forged_signature = await phone.signing.sign(forged.encode())
+    for presented, user_signature in (
+        (b"", signature),
+        (forged.encode(), forged_signature),
+        (b"MSR1 not a record", signature),
+    ):
+        await _expect(
+            _execute(phone, _presenting(prepared, record=presented), user_signature),
+            grpc.StatusCode.NOT_FOUND,
+            "RECORD_NOT_FOUND",
+        )
     # Another user cannot execute (or see) my record.
     other = await escrow.phone(deployment, organisation, "intruder")
     try:
         await _expect(
-            _execute(other, prepared.record_id, signature),
+            _execute(other, prepared, signature),
             grpc.StatusCode.NOT_FOUND,
             "RECORD_NOT_FOUND",
         )
@@ -394,7 +430,7 @@ async def test_execute_refusals_and_idempotency(
     async with deployment.channel("ra") as channel:
         await escrow.admin(channel).RevokeGrant(ra_pb2.RevokeGrantRequest(grant_id=grant.grant_id))
     await _expect(
-        _execute(phone, prepared.record_id, signature),
+        _execute(phone, prepared, signature),
         grpc.StatusCode.PERMISSION_DENIED,
         "GRANT_REVOKED",
     )
@@ -403,9 +439,10 @@ async def test_execute_refusals_and_idempotency(
     grant = await escrow.grant(deployment, phone.user_id, organisation.seal, [SIGN])
     prepared = await _prepare(phone, grant.grant_id)
     signature = await phone.signing.sign(prepared.record)
-    first = await _execute(phone, prepared.record_id, signature)
+    first = await _execute(phone, prepared, signature)
     size = await escrow.log_size(deployment)
-    again = await _execute(phone, prepared.record_id, signature)
+    # Logged: the id alone names it now.
+    again = await _execute(phone, _presenting(prepared), signature)
     assert again.result == first.result
     assert again.receipt.entry_index == first.receipt.entry_index
     assert await escrow.log_size(deployment) == size
@@ -425,9 +462,9 @@ async def test_execute_refusals_and_idempotency(
         metadata=phone.gateway._metadata,
     )
     signature = await phone.signing.sign(prepared.record)
-    assert (await _execute(phone, prepared.record_id, signature, ciphertext)).result == b"once"
+    assert (await _execute(phone, prepared, signature, ciphertext)).result == b"once"
     await _expect(
-        _execute(phone, prepared.record_id, signature, ciphertext),
+        _execute(phone, prepared, signature, ciphertext),
         grpc.StatusCode.FAILED_PRECONDITION,
         "RECORD_ALREADY_EXECUTED",
     )

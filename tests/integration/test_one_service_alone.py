@@ -88,8 +88,8 @@ class Scene:
     #: One use of each operation, logged and executed.
     logged: dict[str, Asked]
     #: One record of each operation, co-signed by the user, kept by the gateway and never
-    #: logged, with the user's signature.
-    kept: dict[str, tuple[Asked, bytes]]
+    #: logged: what it asked, the record's bytes and the user's signature.
+    kept: dict[str, tuple[Asked, bytes, bytes]]
     #: Entries the honest uses put in the log (a record and an outcome each).
     entries: int
 
@@ -117,7 +117,7 @@ async def _stage(deployment: Deployment) -> Scene:
     organisation = await escrow.organisation(deployment, "lone")
     phone = await escrow.phone(deployment, organisation, "alice")
     logged: dict[str, Asked] = {}
-    kept: dict[str, tuple[Asked, bytes]] = {}
+    kept: dict[str, tuple[Asked, bytes, bytes]] = {}
     try:
         for operation in OPERATIONS:
             key = organisation.seal if operation == SIGN else organisation.encryption
@@ -157,6 +157,7 @@ async def _stage(deployment: Deployment) -> Scene:
                     request = gateway.kept[-1]
                     kept[operation] = (
                         dataclasses.replace(asked, data=data, record_id=request.record_id),
+                        request.record,
                         request.user_signature,
                     )
     finally:
@@ -426,27 +427,33 @@ async def _from_ledger(
     gateway: Attacker,
     files: compromised.GatewayFiles,
     record_id: str,
-    user_signature: bytes | None = None,
+    kept: tuple[bytes, bytes] | None = None,
     entry_index: int | None = None,
 ) -> Authorisation:
-    """Everything the gateway has for ``record_id``: the record, the user's signature, the
+    """Everything the gateway has for ``record_id`` (logged, or ``kept``: the record and the
+    user's signature it kept from a phone's request): the record, the user's signature, the
     user's certificate, the cosigner's attestation and the signed grant, and the inclusion proof
     of entry ``entry_index`` (by default the record's own) under the last witnessed
     checkpoint."""
-    row = files.records[record_id]
-    record = records.decode_record(row.record)
+    signature: bytes | None
+    if kept is not None:
+        encoded, signature = kept
+        index = entry_index
+    else:
+        row = files.records[record_id]
+        encoded, signature = row.record, row.user_signature
+        index = row.entry_index if entry_index is None else entry_index
+    record = records.decode_record(encoded)
     certificate, attestation = await _pieces(gateway, record.user_key_id)
     state = await gateway.hsm.GetLogState(hsm_pb2.GetLogStateRequest())
-    signature = user_signature or row.user_signature
-    index = row.entry_index if entry_index is None else entry_index
     assert signature is not None
     assert index is not None
     return compromised.authorisation(
-        row.record,
+        encoded,
         signature,
         user_certificate=certificate,
         cosigner_attestation=attestation,
-        signed_grant=files.signed_grants[row.grant_id],
+        signed_grant=files.signed_grants[record.grant_id],
         tree=files.tree,
         entry_index=index,
         tree_size=state.tree_size,
@@ -524,8 +531,10 @@ async def _kept(
 ) -> tuple[Asked, Authorisation]:
     """A record the user co-signed and the gateway kept, claimed to be entry ``entry_index``
     of the witnessed log."""
-    asked, signature = scene.kept[operation]
-    return asked, await _from_ledger(gateway, files, asked.record_id, signature, entry_index)
+    asked, record, signature = scene.kept[operation]
+    return asked, await _from_ledger(
+        gateway, files, asked.record_id, (record, signature), entry_index
+    )
 
 
 async def _forged_grant(

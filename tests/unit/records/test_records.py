@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import hashlib
+import hmac
 from typing import Any
 
 import pytest
@@ -174,3 +175,32 @@ def test_malformed_key_attestations_are_refused(mangle: Any) -> None:
     encoded = records.KeyAttestation("ab" * 32, "alice", "cd" * 16).encode()
     with pytest.raises(records.RecordError):
         records.decode_key_attestation(mangle(encoded))
+
+
+_KEY = bytes(range(32))
+
+
+@settings(max_examples=50)
+@given(record=_RECORDS, other=_RECORDS)
+def test_a_prepared_record_is_recognised_and_any_change_is_not(
+    record: records.ServiceRecord, other: records.ServiceRecord
+) -> None:
+    prepared = dataclasses.replace(record, gateway_nonce=records.prepared_nonce(_KEY, record))
+    assert records.prepared_with(_KEY, prepared)
+    assert not records.prepared_with(bytes(32), prepared)  # another gateway's key
+    for field in dataclasses.fields(records.ServiceRecord):
+        if field.name == "gateway_nonce" or getattr(other, field.name) == getattr(
+            record, field.name
+        ):
+            continue
+        changed = dataclasses.replace(prepared, **{field.name: getattr(other, field.name)})
+        assert not records.prepared_with(_KEY, changed), field.name
+
+
+def test_the_prepared_nonce_is_pinned() -> None:
+    # HMAC-SHA256 under the domain tag, truncated to 16 bytes, over the record with a zero nonce.
+    record = _example()
+    expected = hmac.digest(_KEY, b"mobilesign/v1 prepared-record\x00" + record.encode(), "sha256")[
+        :16
+    ]
+    assert records.prepared_nonce(_KEY, record) == expected

@@ -10,14 +10,14 @@ import asyncio
 import dataclasses
 import sqlite3
 import types
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 
 import pytest
 
 from mobilesign import auditlog
 from server import ledger as ledger_module
-from server.ledger import GrantRow, Ledger, QuotaExceeded, TreeMismatch, utc_day
+from server.ledger import GrantRow, Ledger, QuotaExceeded, RecordExists, TreeMismatch, utc_day
 
 #: A fixed "now" (seconds since the epoch), in the middle of a UTC day.
 NOW = 1_780_000_000 // 86_400 * 86_400 + 43_200
@@ -70,13 +70,20 @@ def _grant(
 
 
 async def _use(ledger: Ledger, grant_id: str, n: int, now: float = NOW) -> int:
-    """Prepare record ``<grant>-<n>`` and log its use; returns the entry index."""
-    record_id = f"{grant_id}-{n}"
-    await ledger.add_record(
-        record_id, "alice", "ab" * 32, grant_id, b"record " + record_id.encode()
-    )
-    return await ledger.log_use(
-        record_id, grant_id, _entry(record_id), b"sig " + record_id.encode(), now
+    """Log the use of record ``<grant>-<n>``; returns the entry index."""
+    return await _log(ledger, f"{grant_id}-{n}", grant_id, now)
+
+
+def _log(ledger: Ledger, record_id: str, grant_id: str, now: float = NOW) -> Awaitable[int]:
+    return ledger.log_use(
+        record_id,
+        user_id="alice",
+        user_key_id="ab" * 32,
+        grant_id=grant_id,
+        record=b"record " + record_id.encode(),
+        entry=_entry(record_id),
+        user_signature=b"sig " + record_id.encode(),
+        now=now,
     )
 
 
@@ -165,9 +172,7 @@ async def test_total_quota(ledger: Ledger) -> None:
             await _use(ledger, "g1", 3 + later, NOW + later)
     assert await _snapshot(ledger, "g1") == before
     assert (await _stored(ledger, "g1")).used_total == 2
-    record = await ledger.record("g1-3")
-    assert record is not None
-    assert (record.state, record.entry_index) == ("prepared", None)
+    assert await ledger.record("g1-3") is None  # a refused use keeps nothing
 
 
 async def test_daily_quota_resets_the_next_utc_day(ledger: Ledger) -> None:
@@ -208,29 +213,41 @@ async def test_outside_the_window_is_refused(ledger: Ledger, now: int) -> None:
 
 async def test_a_use_of_an_unknown_grant_is_refused(ledger: Ledger) -> None:
     with pytest.raises(QuotaExceeded):
-        await ledger.log_use("r", "no-such-grant", b"entry", b"sig", NOW)
+        await _log(ledger, "r", "no-such-grant")
     assert ledger.size == 0
+    assert await ledger.record("r") is None
 
 
-async def test_a_record_not_prepared_rolls_the_quota_back(ledger: Ledger) -> None:
+async def test_a_record_logged_again_rolls_the_quota_back(ledger: Ledger) -> None:
     await ledger.remember_grant(_grant(), NOW)
     await _use(ledger, "g1", 1)
     before = await _snapshot(ledger, "g1")
-    # Logged already, and never prepared: the log entry and the quota use are undone too.
-    for record_id in ("g1-1", "never-prepared"):
-        with pytest.raises(sqlite3.IntegrityError):
-            await ledger.log_use(record_id, "g1", b"again", b"sig", NOW)
-        assert await _snapshot(ledger, "g1") == before
+    # Logged already: the second log entry and quota use are undone too.
+    with pytest.raises(RecordExists):
+        await _use(ledger, "g1", 1)
+    assert await _snapshot(ledger, "g1") == before
     # And the ledger still works.
     assert await _use(ledger, "g1", 2) == 1
 
 
+async def test_a_logged_record_is_kept_with_its_entry(ledger: Ledger) -> None:
+    await ledger.remember_grant(_grant(), NOW)
+    index = await _use(ledger, "g1", 7)
+    row = await ledger.record("g1-7")
+    assert row is not None
+    assert (row.state, row.entry_index, row.record, row.user_signature) == (
+        "logged",
+        index,
+        b"record g1-7",
+        b"sig g1-7",
+    )
+    assert (row.user_id, row.user_key_id, row.grant_id) == ("alice", "ab" * 32, "g1")
+
+
 async def test_concurrent_uses_never_exceed_the_quota(ledger: Ledger) -> None:
     await ledger.remember_grant(_grant(quota_total=3), NOW)
-    for n in range(8):
-        await ledger.add_record(f"c{n}", "alice", "ab" * 32, "g1", b"r")
     results = await asyncio.gather(
-        *(ledger.log_use(f"c{n}", "g1", _entry(f"c{n}"), b"s", NOW) for n in range(8)),
+        *(_log(ledger, f"c{n}", "g1") for n in range(8)),
         return_exceptions=True,
     )
     indexes = sorted(r for r in results if isinstance(r, int))
@@ -238,12 +255,6 @@ async def test_concurrent_uses_never_exceed_the_quota(ledger: Ledger) -> None:
     assert sum(isinstance(r, QuotaExceeded) for r in results) == 5
     assert ledger.size == 3
     assert (await _stored(ledger, "g1")).used_total == 3
-
-
-async def test_records_need_an_existing_grant(ledger: Ledger) -> None:
-    with pytest.raises(sqlite3.IntegrityError):
-        await ledger.add_record("r", "alice", "ab" * 32, "no-such-grant", b"r")
-    assert await ledger.record("r") is None
 
 
 # The Merkle tree -------------------------------------------------------------------------------
@@ -431,12 +442,8 @@ async def test_nodes_missing_after_an_upgrade_are_written_from_the_entries(path:
 
 async def test_concurrent_uses_share_durable_commits(ledger: Ledger) -> None:
     await ledger.remember_grant(_grant(quota_total=1000, quota_daily=1000), NOW)
-    for n in range(64):
-        await ledger.add_record(f"g1-{n}", "alice", "ab" * 32, "g1", b"record")
     before = ledger.batches
-    indices = await asyncio.gather(
-        *(ledger.log_use(f"g1-{n}", "g1", _entry(f"g1-{n}"), b"sig", NOW) for n in range(64))
-    )
+    indices = await asyncio.gather(*(_use(ledger, "g1", n) for n in range(64)))
     assert sorted(indices) == list(range(64))
     # The first request starts a batch; every other one arrives while it commits.
     assert ledger.batches - before < 64
@@ -446,33 +453,27 @@ async def test_concurrent_uses_share_durable_commits(ledger: Ledger) -> None:
 
 async def test_a_refused_use_leaves_its_batch_alone(ledger: Ledger) -> None:
     await ledger.remember_grant(_grant(quota_total=2, quota_daily=10), NOW)
-    for n in range(4):
-        await ledger.add_record(f"g1-{n}", "alice", "ab" * 32, "g1", b"record")
-    await ledger.add_record("x", "alice", "ab" * 32, "g1", b"record")
     results = await asyncio.gather(
-        ledger.log_use("g1-0", "g1", _entry("g1-0"), b"sig", NOW),
-        ledger.log_use("g1-0", "g1", _entry("again"), b"sig", NOW),  # no longer prepared
-        ledger.log_use("g1-1", "g1", _entry("g1-1"), b"sig", NOW),
-        ledger.log_use("g1-2", "g1", _entry("g1-2"), b"sig", NOW),  # over the total quota
+        _use(ledger, "g1", 0),
+        _use(ledger, "g1", 0),  # logged just before, in the same batch
+        _use(ledger, "g1", 1),
+        _use(ledger, "g1", 2),  # over the total quota
         return_exceptions=True,
     )
     assert results[0] == 0
-    assert isinstance(results[1], sqlite3.IntegrityError)
+    assert isinstance(results[1], RecordExists)
     assert results[2] == 1
     assert isinstance(results[3], QuotaExceeded)
     assert ledger.size == 2
     assert [await ledger.entry(i) for i in range(3)] == [_entry("g1-0"), _entry("g1-1"), None]
     assert (await _stored(ledger, "g1")).used_total == 2
-    record = await ledger.record("g1-2")
-    assert record is not None
-    assert record.state == "prepared"
+    assert await ledger.record("g1-2") is None
 
 
 async def test_a_cancelled_caller_does_not_undo_its_use(path: Path) -> None:
     ledger = await Ledger.open(path)
     await ledger.remember_grant(_grant(), NOW)
-    await ledger.add_record("g1-0", "alice", "ab" * 32, "g1", b"record")
-    task = asyncio.create_task(ledger.log_use("g1-0", "g1", _entry("g1-0"), b"sig", NOW))
+    task = asyncio.create_task(_use(ledger, "g1", 0))
     await asyncio.sleep(0)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
