@@ -108,9 +108,19 @@ class _Signer:
             raise ProtocolError(Reason.NONCE_REUSE, self._id, "random source repeated itself")
         return nonces, Commitment(self._id, d, e)
 
-    def _sign(self, ctx: SigningContext, nonces: bytearray) -> Scalar:
+    def _pair(self, nonces: bytearray) -> tuple[Scalar, Scalar]:
         n = self._cs.scalar_len
-        pair = (Scalar(bytes(nonces[:n])), Scalar(bytes(nonces[n:])))
+        return Scalar(bytes(nonces[:n])), Scalar(bytes(nonces[n:]))
+
+    def _context(
+        self, commitments: list[Commitment], message: bytes, nonces: bytearray
+    ) -> SigningContext:
+        return signing_context(
+            self._cs, self._group_key, commitments, message, (self._id, self._pair(nonces))
+        )
+
+    def _sign(self, ctx: SigningContext, nonces: bytearray) -> Scalar:
+        pair = self._pair(nonces)
         return sign_share(self._cs, ctx, self._id, self._share, self._lambda, pair)
 
     def _peer_commitment(self, hiding: object, binding: object) -> Commitment:
@@ -170,7 +180,7 @@ class PhoneSigner(_Signer):
         )
 
     def receive_response(self, response: SignResponse) -> SignatureReport:
-        """Verify the cosigner's share, add ours, check the signature; return it as a report.
+        """Add our share to the cosigner's and check the signature; return it as a report.
 
         Raises ProtocolError naming the cosigner (2) for any fault in its response. The
         nonces are wiped whatever happens.
@@ -190,18 +200,20 @@ class PhoneSigner(_Signer):
             raise _malformed("expected SignResponse")
         peer = self._peer_commitment(response.hiding_commitment, response.binding_commitment)
         peer_share = cs.deserialize_scalar(response.signature_share)
-        ctx = signing_context(
-            cs, self._group_key, _commitment_list(pending.commitment, peer), pending.message
+        ctx = self._context(
+            _commitment_list(pending.commitment, peer), pending.message, pending.nonces
         )
-        if not share_is_valid(cs, ctx, self._peer, self._peer_key, self._peer_lambda, peer_share):
-            raise ProtocolError(Reason.INVALID_SIGNATURE_SHARE, detail="cosigner share invalid")
         own_share = self._sign(ctx, pending.nonces)
         signature = encode_signature(cs, ctx.group_commitment, cs.scalar_add(own_share, peer_share))
-        # Unreachable with a valid key package and a verified peer share; checked anyway
-        # so that nothing unverified ever leaves the phone.
-        if not cs.verify_signature(self._group_key, pending.message, signature):
-            raise ProtocolError(Reason.INVALID_SIGNATURE, self._id, "own share is wrong")
-        return SignatureReport(signature=signature)
+        # The signature is verified first, the cosigner's share only when it fails, to say
+        # whose fault it is (RFC 9591 5.3): nothing unverified ever leaves the phone, and a
+        # valid signature costs one verification instead of two.
+        if cs.verify_signature(self._group_key, pending.message, signature):
+            return SignatureReport(signature=signature)
+        if not share_is_valid(cs, ctx, self._peer, self._peer_key, self._peer_lambda, peer_share):
+            raise ProtocolError(Reason.INVALID_SIGNATURE_SHARE, detail="cosigner share invalid")
+        # Unreachable with a valid key package and a valid peer share.
+        raise ProtocolError(Reason.INVALID_SIGNATURE, self._id, "own share is wrong")
 
 
 @dataclass(frozen=True)
@@ -257,9 +269,7 @@ class CosignerSigner(_Signer):
             raise ProtocolError(Reason.REPLAYED_MESSAGE, detail="nonce commitment reused")
         nonces, own = self._new_nonces()
         try:
-            ctx = signing_context(
-                cs, self._group_key, _commitment_list(peer, own), bytes(request.message)
-            )
+            ctx = self._context(_commitment_list(peer, own), bytes(request.message), nonces)
             share = self._sign(ctx, nonces)
         finally:
             wipe(nonces)
