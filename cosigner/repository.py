@@ -1,5 +1,9 @@
 """The cosigner's repository: enrolled keys (shares sealed by the HSM), PIN failure counts,
-consumed tickets, and every signing the cosigner took part in. SQLite, durable commits."""
+consumed tickets, and every signing the cosigner took part in. SQLite, durable commits.
+
+Each method is one function on the database's thread (one hop). A statement's rows are fetched
+to the end: one still in progress would keep its autocommit transaction open past the function.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +11,7 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
-import aiosqlite
-
-from mobilesign.storage.sqlite import open_database
+from mobilesign.storage.database import Database
 
 _MIGRATIONS = (
     """
@@ -86,13 +88,13 @@ class Signing:
 class KeyStore:
     """Queries over the cosigner database. Every write is one statement or one transaction."""
 
-    def __init__(self, db: aiosqlite.Connection) -> None:
+    def __init__(self, db: Database) -> None:
         self._db = db
 
     @classmethod
     async def open(cls, path: Path) -> KeyStore:
         """Open (creating) the database at ``path``."""
-        return cls(await open_database(path, _MIGRATIONS))
+        return cls(await Database.open(path, _MIGRATIONS))
 
     async def close(self) -> None:
         """Close the database."""
@@ -101,20 +103,22 @@ class KeyStore:
     async def add(self, key: StoredKey) -> None:
         """Store a new key, consuming its ticket; :class:`TicketAlreadyUsed` if consumed."""
         try:
-            await self._db.execute(
-                "INSERT INTO keys (key_id, user_id, scheme, sealed_key_package,"
-                " sealed_pin_verifier, device_public_key, failed_pin_attempts, locked,"
-                " ticket_id, created_at) VALUES (?, ?, ?, ?, ?, ?, 0, 0, ?, ?)",
-                (
-                    key.key_id,
-                    key.user_id,
-                    key.scheme,
-                    key.sealed_key_package,
-                    key.sealed_pin_verifier,
-                    key.device_public_key,
-                    key.ticket_id,
-                    key.created_at,
-                ),
+            await self._db.run(
+                lambda c: c.execute(
+                    "INSERT INTO keys (key_id, user_id, scheme, sealed_key_package,"
+                    " sealed_pin_verifier, device_public_key, failed_pin_attempts, locked,"
+                    " ticket_id, created_at) VALUES (?, ?, ?, ?, ?, ?, 0, 0, ?, ?)",
+                    (
+                        key.key_id,
+                        key.user_id,
+                        key.scheme,
+                        key.sealed_key_package,
+                        key.sealed_pin_verifier,
+                        key.device_public_key,
+                        key.ticket_id,
+                        key.created_at,
+                    ),
+                )
             )
         except sqlite3.IntegrityError as exc:
             if "ticket_id" in str(exc):
@@ -123,17 +127,19 @@ class KeyStore:
 
     async def ticket_used(self, ticket_id: str) -> bool:
         """True when a key was enrolled with ``ticket_id``."""
-        async with self._db.execute(
-            "SELECT 1 FROM keys WHERE ticket_id = ?", (ticket_id,)
-        ) as cursor:
-            return await cursor.fetchone() is not None
+        rows = await self._db.run(
+            lambda c: c.execute("SELECT 1 FROM keys WHERE ticket_id = ?", (ticket_id,)).fetchall()
+        )
+        return bool(rows)
 
     async def get(self, key_id: str) -> StoredKey | None:
         """The key with this id, or None."""
-        async with self._db.execute("SELECT * FROM keys WHERE key_id = ?", (key_id,)) as cursor:
-            row = await cursor.fetchone()
-        if row is None:
+        rows = await self._db.run(
+            lambda c: c.execute("SELECT * FROM keys WHERE key_id = ?", (key_id,)).fetchall()
+        )
+        if not rows:
             return None
+        row = rows[0]
         return StoredKey(
             key_id=row["key_id"],
             user_id=row["user_id"],
@@ -151,34 +157,41 @@ class KeyStore:
         """Count one PIN attempt before its proof is checked (durably, so that a crash or a
         flood of sessions cannot check more than ``max_attempts`` proofs); the attempt's number,
         or None when the key is locked or has no attempt left."""
-        async with self._db.execute(
-            "UPDATE keys SET failed_pin_attempts = failed_pin_attempts + 1"
-            " WHERE key_id = ? AND NOT locked AND failed_pin_attempts < ?"
-            " RETURNING failed_pin_attempts",
-            (key_id, max_attempts),
-        ) as cursor:
-            row = await cursor.fetchone()
-        return int(row[0]) if row is not None else None
+        rows = await self._db.run(
+            lambda c: c.execute(
+                "UPDATE keys SET failed_pin_attempts = failed_pin_attempts + 1"
+                " WHERE key_id = ? AND NOT locked AND failed_pin_attempts < ?"
+                " RETURNING failed_pin_attempts",
+                (key_id, max_attempts),
+            ).fetchall()
+        )
+        return int(rows[0][0]) if rows else None
 
     async def lock(self, key_id: str) -> None:
         """Lock the key (its last attempt failed); an administrator unlocks it."""
-        await self._db.execute("UPDATE keys SET locked = 1 WHERE key_id = ?", (key_id,))
+        await self._db.run(
+            lambda c: c.execute("UPDATE keys SET locked = 1 WHERE key_id = ?", (key_id,))
+        )
 
     async def reset_pin_failures(self, key_id: str) -> None:
         """A correct PIN proof ends the run of consecutive failures (its own attempt too)."""
-        await self._db.execute(
-            "UPDATE keys SET failed_pin_attempts = 0 WHERE key_id = ? AND failed_pin_attempts > 0"
-            " AND NOT locked",
-            (key_id,),
+        await self._db.run(
+            lambda c: c.execute(
+                "UPDATE keys SET failed_pin_attempts = 0"
+                " WHERE key_id = ? AND failed_pin_attempts > 0 AND NOT locked",
+                (key_id,),
+            )
         )
 
     async def unlock(self, key_id: str) -> bool:
         """Clear a lockout; False when there is no such key."""
-        async with self._db.execute(
-            "UPDATE keys SET failed_pin_attempts = 0, locked = 0 WHERE key_id = ? RETURNING 1",
-            (key_id,),
-        ) as cursor:
-            return await cursor.fetchone() is not None
+        rows = await self._db.run(
+            lambda c: c.execute(
+                "UPDATE keys SET failed_pin_attempts = 0, locked = 0 WHERE key_id = ? RETURNING 1",
+                (key_id,),
+            ).fetchall()
+        )
+        return bool(rows)
 
     async def begin_signing(
         self, key_id: str, message_sha256: bytes, commitments: bytes, now: int
@@ -188,32 +201,35 @@ class KeyStore:
         ``commitments`` is D1 || E1 || D2 || E2; :class:`CommitmentReplayed` if D1 was used.
         """
         try:
-            async with self._db.execute(
-                "INSERT INTO signings (key_id, message_sha256, phone_commitment, commitments,"
-                " created_at) VALUES (?, ?, ?, ?, ?) RETURNING signing_id",
-                (key_id, message_sha256, commitments[:32], commitments, now),
-            ) as cursor:
-                row = await cursor.fetchone()
+            (row,) = await self._db.run(
+                lambda c: c.execute(
+                    "INSERT INTO signings (key_id, message_sha256, phone_commitment, commitments,"
+                    " created_at) VALUES (?, ?, ?, ?, ?) RETURNING signing_id",
+                    (key_id, message_sha256, commitments[:32], commitments, now),
+                ).fetchall()
+            )
         except sqlite3.IntegrityError:
             raise CommitmentReplayed from None
-        assert row is not None
         return int(row[0])
 
     async def complete_signing(self, signing_id: int, signature: bytes, now: int) -> None:
         """Attach the final signature the phone reported."""
-        await self._db.execute(
-            "UPDATE signings SET signature = ?, completed_at = ? WHERE signing_id = ?",
-            (signature, now, signing_id),
+        await self._db.run(
+            lambda c: c.execute(
+                "UPDATE signings SET signature = ?, completed_at = ? WHERE signing_id = ?",
+                (signature, now, signing_id),
+            )
         )
 
     async def signings(self, key_id: str) -> list[Signing]:
         """Every signing recorded for a key, oldest first."""
-        async with self._db.execute(
-            "SELECT signing_id, key_id, message_sha256, commitments, signature, created_at"
-            " FROM signings WHERE key_id = ? ORDER BY signing_id",
-            (key_id,),
-        ) as cursor:
-            rows = await cursor.fetchall()
+        rows = await self._db.run(
+            lambda c: c.execute(
+                "SELECT signing_id, key_id, message_sha256, commitments, signature, created_at"
+                " FROM signings WHERE key_id = ? ORDER BY signing_id",
+                (key_id,),
+            ).fetchall()
+        )
         return [
             Signing(
                 r["signing_id"],

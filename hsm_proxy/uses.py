@@ -3,15 +3,16 @@ authorisation is good once), each grant's uses (in total and per UTC day, agains
 quotas), the revocations the RA recorded, and the one certificate request each organisation key
 signed.
 
-One SQLite connection serves every caller. Each transaction runs under one asyncio lock, so two
-coroutines never interleave statements of different transactions on the connection, and
-``BEGIN IMMEDIATE`` takes the write lock before the first read, so a quota is checked and counted
-with nothing in between.
+One SQLite connection serves every caller. Each method is one function on the database's thread
+(one hop, however many statements), and those functions run one after the other, so statements
+of different transactions never interleave on the connection; ``BEGIN IMMEDIATE`` takes the
+write lock before the first read, so a quota is checked and counted with nothing in between.
+A statement's rows are fetched to the end: one still in progress would keep its implicit
+transaction open past the function.
 """
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import json
 import logging
@@ -20,11 +21,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import aiosqlite
-
 from hsm_proxy.errors import HsmProxyError
 from mobilesign.errors import Kind
-from mobilesign.storage.sqlite import open_database
+from mobilesign.storage.database import Database, transaction
 
 _log = logging.getLogger("mobilesign.hsm")
 
@@ -112,41 +111,17 @@ def _quota_exceeded(which: str) -> HsmProxyError:
 class UseStore:
     """The proxy's durable memory of uses, revocations and certificate requests."""
 
-    def __init__(self, db: aiosqlite.Connection) -> None:
+    def __init__(self, db: Database) -> None:
         self._db = db
-        self._lock = asyncio.Lock()
 
     @classmethod
     async def open(cls, path: Path) -> UseStore:
         """Open (creating or upgrading) the database at ``path``."""
-        return cls(await open_database(path, MIGRATIONS))
+        return cls(await Database.open(path, MIGRATIONS))
 
     async def close(self) -> None:
         """Close the database."""
         await self._db.close()
-
-    async def _revocation(self, use: Use) -> HsmProxyError | None:
-        async with self._db.execute(
-            "SELECT kind FROM revocations WHERE (kind = 'grant' AND subject = ?)"
-            " OR (kind = 'certificate' AND subject = ?)"
-            " OR (kind = 'organisation_key' AND subject = ?)",
-            (use.grant_id, use.certificate_serial, use.key_id),
-        ) as cursor:
-            found = {Revoked(row["kind"]) for row in await cursor.fetchall()}
-        # The reason names the broadest thing revoked.
-        if Revoked.ORGANISATION_KEY in found:
-            return HsmProxyError(
-                Kind.DENIED,
-                "ORGANISATION_CERTIFICATE_REVOKED",
-                "the organisation key's certificate is revoked",
-            )
-        if Revoked.CERTIFICATE in found:
-            return HsmProxyError(
-                Kind.DENIED, "USER_CERTIFICATE_REVOKED", "the user's certificate is revoked"
-            )
-        if Revoked.GRANT in found:
-            return HsmProxyError(Kind.DENIED, "GRANT_REVOKED", "the grant is revoked")
-        return None
 
     async def consume(self, use: Use, now: int) -> None:
         """In one transaction: check that nothing the use depends on is revoked, mark the record
@@ -157,133 +132,143 @@ class UseStore:
         id was used before; EXHAUSTED ``QUOTA_EXCEEDED`` (metadata ``quota``: ``total`` or
         ``daily``) when the use would go beyond a quota.
         """
-        async with self._lock:
-            await self._db.execute("BEGIN IMMEDIATE")
-            try:
-                refusal = await self._revocation(use)
-                if refusal is not None:
-                    raise refusal
-                try:
-                    await self._db.execute(
-                        "INSERT INTO used_records (record_id, key_id, used_at, grant_id)"
-                        " VALUES (?, ?, ?, ?)",
-                        (use.record_id, use.key_id, now, use.grant_id),
-                    )
-                except sqlite3.IntegrityError:
-                    raise HsmProxyError(
-                        Kind.DENIED, "AUTHORISATION_REPLAYED", "this record was already used"
-                    ) from None
-                async with self._db.execute(
-                    "INSERT INTO grant_uses (grant_id, used_total) VALUES (?, 1)"
-                    " ON CONFLICT (grant_id) DO UPDATE SET used_total = used_total + 1"
-                    " RETURNING used_total",
-                    (use.grant_id,),
-                ) as cursor:
-                    total = await cursor.fetchone()
-                if total is None or total[0] > use.quota_total:
-                    raise _quota_exceeded("total")
-                async with self._db.execute(
-                    "INSERT INTO grant_days (grant_id, day, used) VALUES (?, ?, 1)"
-                    " ON CONFLICT (grant_id, day) DO UPDATE SET used = used + 1 RETURNING used",
-                    (use.grant_id, utc_day(now)),
-                ) as cursor:
-                    today = await cursor.fetchone()
-                if today is None or today[0] > use.quota_daily:
-                    raise _quota_exceeded("daily")
-                await self._db.execute("COMMIT")
-            except BaseException:
-                await self._db.execute("ROLLBACK")
-                raise
+        await self._db.run(lambda c: transaction(c, lambda c: _consume(c, use, now)))
 
     async def release(self, record_id: str) -> None:
         """Undo :meth:`consume` for a record whose operation failed before the token acted (e.g.
         queue full): in one transaction, the record id is freed and its use un-counted (on the
         day it was counted)."""
-        async with self._lock:
-            await self._db.execute("BEGIN IMMEDIATE")
-            try:
-                async with self._db.execute(
-                    "DELETE FROM used_records WHERE record_id = ? RETURNING grant_id, used_at",
-                    (record_id,),
-                ) as cursor:
-                    row = await cursor.fetchone()
-                if row is not None and row["grant_id"] is not None:
-                    grant_id = row["grant_id"]
-                    await self._db.execute(
-                        "UPDATE grant_uses SET used_total = used_total - 1 WHERE grant_id = ?",
-                        (grant_id,),
-                    )
-                    await self._db.execute(
-                        "UPDATE grant_days SET used = used - 1 WHERE grant_id = ? AND day = ?",
-                        (grant_id, utc_day(int(row["used_at"]))),
-                    )
-                await self._db.execute("COMMIT")
-            except BaseException:
-                await self._db.execute("ROLLBACK")
-                raise
+        await self._db.run(lambda c: transaction(c, lambda c: _release(c, record_id)))
 
     async def revoke(self, kind: Revoked, subject: str, now: int) -> None:
         """Record that ``subject`` is revoked; on disk when this returns. Idempotent (the first
         time is kept)."""
-        async with self._lock:
-            # One statement in autocommit mode: its own transaction, synchronous on commit.
-            await self._db.execute(
+        # One statement in autocommit mode: its own transaction, synchronous on commit.
+        await self._db.run(
+            lambda c: c.execute(
                 "INSERT INTO revocations (kind, subject, revoked_at) VALUES (?, ?, ?)"
                 " ON CONFLICT (kind, subject) DO NOTHING",
                 (kind.value, subject, now),
             )
+        )
         _log.info("revocation recorded", extra={"fields": {"kind": kind.value, "id": subject}})
 
     async def usage(self, grant_ids: Sequence[str], now: int) -> list[GrantUsage]:
         """Each grant's uses, in total and on ``now``'s UTC day (zero when never used)."""
         # The ids travel as one JSON array parameter: no statement is built from them.
         wanted = json.dumps(sorted(set(grant_ids)))
-        async with self._lock:
-            async with self._db.execute(
+
+        def read(c: sqlite3.Connection) -> tuple[dict[str, int], dict[str, int]]:
+            totals = c.execute(
                 "SELECT grant_id, used_total FROM grant_uses"
                 " WHERE grant_id IN (SELECT value FROM json_each(?))",
                 (wanted,),
-            ) as cursor:
-                totals = {row[0]: int(row[1]) for row in await cursor.fetchall()}
-            async with self._db.execute(
+            ).fetchall()
+            today = c.execute(
                 "SELECT grant_id, used FROM grant_days"
                 " WHERE day = ? AND grant_id IN (SELECT value FROM json_each(?))",
                 (utc_day(now), wanted),
-            ) as cursor:
-                today = {row[0]: int(row[1]) for row in await cursor.fetchall()}
+            ).fetchall()
+            return {r[0]: int(r[1]) for r in totals}, {r[0]: int(r[1]) for r in today}
+
+        totals, today = await self._db.run(read)
         return [GrantUsage(totals.get(g, 0), today.get(g, 0)) for g in grant_ids]
 
     async def certificate_request(self, key_id: str) -> tuple[bytes, bytes] | None:
         """The subject and the certificate request the key signed, or None before it did."""
-        async with (
-            self._lock,
-            self._db.execute(
-                "SELECT subject, csr FROM certificate_requests WHERE key_id = ?", (key_id,)
-            ) as cursor,
-        ):
-            row = await cursor.fetchone()
-        return (bytes(row["subject"]), bytes(row["csr"])) if row is not None else None
+        return await self._db.run(lambda c: _certificate_request(c, key_id))
 
     async def keep_certificate_request(
         self, key_id: str, subject: bytes, csr: bytes, now: int
     ) -> tuple[bytes, bytes]:
         """Store the key's certificate request unless it has one already; on disk when this
         returns. Returns the subject and request stored (the earlier ones if there were)."""
-        async with self._lock:
-            await self._db.execute("BEGIN IMMEDIATE")
-            try:
-                await self._db.execute(
-                    "INSERT INTO certificate_requests (key_id, subject, csr, made_at)"
-                    " VALUES (?, ?, ?, ?) ON CONFLICT (key_id) DO NOTHING",
-                    (key_id, subject, csr, now),
-                )
-                async with self._db.execute(
-                    "SELECT subject, csr FROM certificate_requests WHERE key_id = ?", (key_id,)
-                ) as cursor:
-                    row = await cursor.fetchone()
-                await self._db.execute("COMMIT")
-            except BaseException:
-                await self._db.execute("ROLLBACK")
-                raise
-        assert row is not None  # inserted or already there, in this transaction
-        return bytes(row["subject"]), bytes(row["csr"])
+
+        def keep(c: sqlite3.Connection) -> tuple[bytes, bytes] | None:
+            c.execute(
+                "INSERT INTO certificate_requests (key_id, subject, csr, made_at)"
+                " VALUES (?, ?, ?, ?) ON CONFLICT (key_id) DO NOTHING",
+                (key_id, subject, csr, now),
+            )
+            return _certificate_request(c, key_id)
+
+        stored = await self._db.run(lambda c: transaction(c, keep))
+        assert stored is not None  # inserted or already there, in this transaction
+        return stored
+
+
+def _revocation(c: sqlite3.Connection, use: Use) -> HsmProxyError | None:
+    rows = c.execute(
+        "SELECT kind FROM revocations WHERE (kind = 'grant' AND subject = ?)"
+        " OR (kind = 'certificate' AND subject = ?)"
+        " OR (kind = 'organisation_key' AND subject = ?)",
+        (use.grant_id, use.certificate_serial, use.key_id),
+    ).fetchall()
+    found = {Revoked(row["kind"]) for row in rows}
+    # The reason names the broadest thing revoked.
+    if Revoked.ORGANISATION_KEY in found:
+        return HsmProxyError(
+            Kind.DENIED,
+            "ORGANISATION_CERTIFICATE_REVOKED",
+            "the organisation key's certificate is revoked",
+        )
+    if Revoked.CERTIFICATE in found:
+        return HsmProxyError(
+            Kind.DENIED, "USER_CERTIFICATE_REVOKED", "the user's certificate is revoked"
+        )
+    if Revoked.GRANT in found:
+        return HsmProxyError(Kind.DENIED, "GRANT_REVOKED", "the grant is revoked")
+    return None
+
+
+def _consume(c: sqlite3.Connection, use: Use, now: int) -> None:
+    # Runs inside ``transaction``: a refusal raised here rolls back what came before it.
+    refusal = _revocation(c, use)
+    if refusal is not None:
+        raise refusal
+    try:
+        c.execute(
+            "INSERT INTO used_records (record_id, key_id, used_at, grant_id) VALUES (?, ?, ?, ?)",
+            (use.record_id, use.key_id, now, use.grant_id),
+        )
+    except sqlite3.IntegrityError:
+        raise HsmProxyError(
+            Kind.DENIED, "AUTHORISATION_REPLAYED", "this record was already used"
+        ) from None
+    (total,) = c.execute(
+        "INSERT INTO grant_uses (grant_id, used_total) VALUES (?, 1)"
+        " ON CONFLICT (grant_id) DO UPDATE SET used_total = used_total + 1"
+        " RETURNING used_total",
+        (use.grant_id,),
+    ).fetchall()
+    if total[0] > use.quota_total:
+        raise _quota_exceeded("total")
+    (today,) = c.execute(
+        "INSERT INTO grant_days (grant_id, day, used) VALUES (?, ?, 1)"
+        " ON CONFLICT (grant_id, day) DO UPDATE SET used = used + 1 RETURNING used",
+        (use.grant_id, utc_day(now)),
+    ).fetchall()
+    if today[0] > use.quota_daily:
+        raise _quota_exceeded("daily")
+
+
+def _release(c: sqlite3.Connection, record_id: str) -> None:
+    rows = c.execute(
+        "DELETE FROM used_records WHERE record_id = ? RETURNING grant_id, used_at", (record_id,)
+    ).fetchall()
+    if rows and rows[0]["grant_id"] is not None:
+        grant_id = rows[0]["grant_id"]
+        c.execute(
+            "UPDATE grant_uses SET used_total = used_total - 1 WHERE grant_id = ?", (grant_id,)
+        )
+        c.execute(
+            "UPDATE grant_days SET used = used - 1 WHERE grant_id = ? AND day = ?",
+            (grant_id, utc_day(int(rows[0]["used_at"]))),
+        )
+
+
+def _certificate_request(c: sqlite3.Connection, key_id: str) -> tuple[bytes, bytes] | None:
+    rows = c.execute(
+        "SELECT subject, csr FROM certificate_requests WHERE key_id = ?", (key_id,)
+    ).fetchall()
+    return (bytes(rows[0]["subject"]), bytes(rows[0]["csr"])) if rows else None

@@ -14,7 +14,6 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import aiosqlite
 from cachetools import LRUCache
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -22,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from hsm_proxy.errors import HsmProxyError
 from mobilesign import auditlog
 from mobilesign.errors import Kind
-from mobilesign.storage.sqlite import open_database
+from mobilesign.storage.database import Database
 
 #: Longest consistency proof between trees of at most 2**64 entries (2 * 64 hashes).
 MAX_PROOF_HASHES = 128
@@ -59,7 +58,7 @@ class Witness:
 
     def __init__(
         self,
-        db: aiosqlite.Connection,
+        db: Database,
         origin: str,
         public_key_spki: bytes,
         sign_digest: Callable[[bytes], Awaitable[bytes]],
@@ -87,14 +86,16 @@ class Witness:
     ) -> Witness:
         """Open (creating) the witness's database and read the last signed checkpoint."""
         auditlog.Checkpoint(origin, 0, auditlog.EMPTY_ROOT)  # refuses an unusable origin
-        db = await open_database(path, _MIGRATIONS)
-        async with db.execute(
-            "SELECT tree_size, root_hash FROM signed_checkpoints ORDER BY tree_size DESC LIMIT 1"
-        ) as cursor:
-            row = await cursor.fetchone()
+        db = await Database.open(path, _MIGRATIONS)
+        rows = await db.run(
+            lambda c: c.execute(
+                "SELECT tree_size, root_hash FROM signed_checkpoints"
+                " ORDER BY tree_size DESC LIMIT 1"
+            ).fetchall()
+        )
         state = (
-            LogState(int(row["tree_size"]), bytes(row["root_hash"]))
-            if row
+            LogState(int(rows[0]["tree_size"]), bytes(rows[0]["root_hash"]))
+            if rows
             else LogState(0, auditlog.EMPTY_ROOT)
         )
         return cls(db, origin, public_key_spki, sign_digest, state)
@@ -139,10 +140,13 @@ class Witness:
             body = auditlog.Checkpoint(self.origin, tree_size, root_hash).to_body()
             signature = await self._sign_digest(hashlib.sha256(body).digest())
             if tree_size != last.tree_size:
-                await self._db.execute(
-                    "INSERT INTO signed_checkpoints (tree_size, root_hash, signed_at)"
-                    " VALUES (?, ?, ?)",
-                    (tree_size, root_hash, now),
+                # One statement in autocommit mode: on disk before the note is released.
+                await self._db.run(
+                    lambda c: c.execute(
+                        "INSERT INTO signed_checkpoints (tree_size, root_hash, signed_at)"
+                        " VALUES (?, ?, ?)",
+                        (tree_size, root_hash, now),
+                    )
                 )
                 self._state = LogState(tree_size, root_hash)
         return body, signature
@@ -154,14 +158,15 @@ class Witness:
         known = self._roots.get(tree_size)
         if known is not None:
             return known
-        async with self._db.execute(
-            "SELECT root_hash FROM signed_checkpoints WHERE tree_size = ?", (tree_size,)
-        ) as cursor:
-            row = await cursor.fetchone()
-        if row is None:
+        rows = await self._db.run(
+            lambda c: c.execute(
+                "SELECT root_hash FROM signed_checkpoints WHERE tree_size = ?", (tree_size,)
+            ).fetchall()
+        )
+        if not rows:
             return None
         # A signed checkpoint is never changed: its root can be kept.
-        root = self._roots[tree_size] = bytes(row["root_hash"])
+        root = self._roots[tree_size] = bytes(rows[0]["root_hash"])
         return root
 
     async def sign(

@@ -1,6 +1,7 @@
 """The HSM proxy's durable memory of uses (``hsm_proxy.uses``) on a temporary file: quotas hold
 exactly under concurrent consumes, a refusal or a release leaves no count behind, revocations,
-counts and certificate requests survive a reopen, and a database of the first schema upgrades."""
+counts and certificate requests survive a reopen, a database of the first schema upgrades, and
+each call is one hop to the database's thread, committed when it returns."""
 
 from __future__ import annotations
 
@@ -8,15 +9,18 @@ import asyncio
 import contextlib
 import secrets
 import sqlite3
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
 from hsm_proxy.errors import HsmProxyError
 from hsm_proxy.uses import MIGRATIONS, GrantUsage, Revoked, Use, UseStore, utc_day
 from mobilesign.errors import Kind
-from mobilesign.storage.sqlite import open_database
+from mobilesign.storage.database import Database
+
+T = TypeVar("T")
 
 #: Noon, UTC: a day's uses stay on one day.
 NOW = utc_day(1_780_000_000) * 86_400 + 43_200
@@ -206,10 +210,12 @@ async def test_a_database_of_the_first_schema_upgrades(tmp_path: Path) -> None:
     assert MIGRATIONS[0] == FIRST_SCHEMA
     path = tmp_path / "uses.db"
     old_record = secrets.token_hex(16)
-    db = await open_database(path, [FIRST_SCHEMA])
-    await db.execute(
-        "INSERT INTO used_records (record_id, key_id, used_at) VALUES (?, ?, ?)",
-        (old_record, "0a" * 16, NOW),
+    db = await Database.open(path, [FIRST_SCHEMA])
+    await db.run(
+        lambda c: c.execute(
+            "INSERT INTO used_records (record_id, key_id, used_at) VALUES (?, ?, ?)",
+            (old_record, "0a" * 16, NOW),
+        )
     )
     await db.close()
 
@@ -228,3 +234,43 @@ async def test_a_database_of_the_first_schema_upgrades(tmp_path: Path) -> None:
         await store.close()
     with contextlib.closing(sqlite3.connect(path)) as plain:
         assert plain.execute("PRAGMA user_version").fetchone() == (len(MIGRATIONS),)
+
+
+async def test_each_call_is_one_hop_to_the_database_thread(
+    store: UseStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hops = 0
+    run = Database.run
+
+    async def counted(db: Database, function: Callable[[sqlite3.Connection], T]) -> T:
+        nonlocal hops
+        hops += 1
+        return await run(db, function)
+
+    monkeypatch.setattr(Database, "run", counted)
+    grant = secrets.token_hex(16)
+    used = _use(grant, total=1)
+    calls: list[Callable[[], Awaitable[object]]] = [
+        lambda: store.consume(used, NOW),
+        lambda: _refusal(store, _use(grant, total=1)),  # by the quota, after three statements
+        lambda: store.release(used.record_id),
+        lambda: store.revoke(Revoked.GRANT, grant, NOW),
+        lambda: _refusal(store, _use(grant)),
+        lambda: store.usage([grant, secrets.token_hex(16)], NOW),
+        lambda: store.keep_certificate_request("0f" * 16, b"subject", b"csr", NOW),
+        lambda: store.certificate_request("0f" * 16),
+    ]
+    for call in calls:
+        before = hops
+        await call()
+        assert hops == before + 1
+
+
+async def test_a_use_is_on_disk_when_consume_returns(tmp_path: Path, store: UseStore) -> None:
+    grant = secrets.token_hex(16)
+    await store.consume(_use(grant), NOW)
+    await store.revoke(Revoked.CERTIFICATE, "3a", NOW)
+    # Another connection sees both at once: nothing is left in an open transaction.
+    with contextlib.closing(sqlite3.connect(tmp_path / "uses.db")) as other:
+        assert other.execute("SELECT used_total FROM grant_uses").fetchall() == [(1,)]
+        assert other.execute("SELECT subject FROM revocations").fetchall() == [("3a",)]

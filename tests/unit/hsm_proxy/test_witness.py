@@ -225,10 +225,10 @@ async def test_a_note_is_released_only_once_its_state_is_stored(
 ) -> None:
     tree = _tree(4)
 
-    async def failing_execute(*args: object, **kwargs: object) -> None:
+    async def failing_run(*args: object, **kwargs: object) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(witness._db, "execute", failing_execute)
+    monkeypatch.setattr(witness._db, "run", failing_run)
     with pytest.raises(OSError, match="disk full"):
         await _sign(witness, tree, 4)
     assert witness.state.tree_size == 0
