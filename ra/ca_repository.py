@@ -125,12 +125,14 @@ class CaStore:
 
     async def revoke(self, serial: str, revoked_at: int, reason: str) -> bool:
         """Mark a certificate revoked; False when it was already revoked."""
-        async with self._db.execute(
+        # All rows in one call: a RETURNING statement still open keeps its autocommit
+        # transaction open, and another write on the connection would join it uncommitted.
+        rows = await self._db.execute_fetchall(
             "UPDATE certificates SET revoked_at = ?, revocation_reason = ?"
             " WHERE serial = ? AND revoked_at IS NULL RETURNING 1",
             (revoked_at, reason, serial),
-        ) as cursor:
-            return await cursor.fetchone() is not None
+        )
+        return bool(rows)
 
     async def revoked(self) -> list[CertificateRecord]:
         """Every revoked certificate, by revocation time."""
@@ -141,12 +143,12 @@ class CaStore:
 
     async def next_crl_number(self) -> int:
         """Allocate the next CRL number (monotonic, durable)."""
-        async with self._db.execute(
-            "UPDATE authority SET crl_number = crl_number + 1 RETURNING crl_number"
-        ) as cursor:
-            row = await cursor.fetchone()
-        assert row is not None
-        return int(row[0])
+        rows = list(
+            await self._db.execute_fetchall(
+                "UPDATE authority SET crl_number = crl_number + 1 RETURNING crl_number"
+            )
+        )
+        return int(rows[0][0])
 
     async def crl(self) -> tuple[bytes, int] | None:
         """(current CRL DER, issued at), once one was issued."""

@@ -93,11 +93,13 @@ class GrantStore:
 
     async def revoke(self, grant_id: str, now: int) -> bool:
         """Mark a grant revoked (keeping the first time); False when there is no such grant."""
-        async with self._db.execute(
+        # All rows in one call: a RETURNING statement still open keeps its autocommit
+        # transaction open, and another write on the connection would join it uncommitted.
+        rows = await self._db.execute_fetchall(
             "UPDATE grants SET revoked_at = COALESCE(revoked_at, ?) WHERE grant_id = ? RETURNING 1",
             (now, grant_id),
-        ) as cursor:
-            return await cursor.fetchone() is not None
+        )
+        return bool(rows)
 
     async def revoked_ids(self) -> list[str]:
         """Every revoked grant's id."""

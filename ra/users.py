@@ -109,9 +109,11 @@ class UserStore:
 
     async def mark_ticket_certified(self, ticket_id: str, serial: str) -> bool:
         """Record the certificate issued against a ticket; False if one already was."""
-        async with self._db.execute(
+        # All rows in one call: a RETURNING statement still open keeps its autocommit
+        # transaction open, and another write on the connection would join it uncommitted.
+        rows = await self._db.execute_fetchall(
             "UPDATE tickets SET certificate_serial = ? WHERE ticket_id = ?"
             " AND certificate_serial IS NULL RETURNING 1",
             (serial, ticket_id),
-        ) as cursor:
-            return await cursor.fetchone() is not None
+        )
+        return bool(rows)
