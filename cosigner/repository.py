@@ -1,8 +1,9 @@
 """The cosigner's repository: enrolled keys (shares sealed by the HSM), PIN failure counts,
 consumed tickets, and every signing the cosigner took part in. SQLite, durable commits.
 
-Each method is one function on the database's thread (one hop). A statement's rows are fetched
-to the end: one still in progress would keep its autocommit transaction open past the function.
+Each method is one function on the database's thread (one hop); the signings of every session
+share commits (group commit: one fsync per batch). A statement's rows are fetched to the end:
+one still in progress would keep its autocommit transaction open past the function.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mobilesign.storage.database import Database
+from mobilesign.storage.group_commit import GroupCommit
 
 _MIGRATIONS = (
     """
@@ -90,6 +92,7 @@ class KeyStore:
 
     def __init__(self, db: Database) -> None:
         self._db = db
+        self._signings = GroupCommit(db)
 
     @classmethod
     async def open(cls, path: Path) -> KeyStore:
@@ -97,7 +100,8 @@ class KeyStore:
         return cls(await Database.open(path, _MIGRATIONS))
 
     async def close(self) -> None:
-        """Close the database."""
+        """Finish the signings being written, then close the database."""
+        await self._signings.drain()
         await self._db.close()
 
     async def add(self, key: StoredKey) -> None:
@@ -200,21 +204,24 @@ class KeyStore:
 
         ``commitments`` is D1 || E1 || D2 || E2; :class:`CommitmentReplayed` if D1 was used.
         """
-        try:
-            (row,) = await self._db.run(
-                lambda c: c.execute(
+
+        def record(c: sqlite3.Connection) -> int:
+            try:
+                (row,) = c.execute(
                     "INSERT INTO signings (key_id, message_sha256, phone_commitment, commitments,"
                     " created_at) VALUES (?, ?, ?, ?, ?) RETURNING signing_id",
                     (key_id, message_sha256, commitments[:32], commitments, now),
                 ).fetchall()
-            )
-        except sqlite3.IntegrityError:
-            raise CommitmentReplayed from None
-        return int(row[0])
+            except sqlite3.IntegrityError:
+                raise CommitmentReplayed from None
+            return int(row[0])
+
+        # Signings of every session share commits: one fsync per batch, not per signature.
+        return await self._signings.run(record)
 
     async def complete_signing(self, signing_id: int, signature: bytes, now: int) -> None:
         """Attach the final signature the phone reported."""
-        await self._db.run(
+        await self._signings.run(
             lambda c: c.execute(
                 "UPDATE signings SET signature = ?, completed_at = ? WHERE signing_id = ?",
                 (signature, now, signing_id),

@@ -554,10 +554,10 @@ async def organisation_key_uses(env: Loopback, config: EscrowConfig | None = Non
         "gateway and service -> service calls alike); the record's co-signature travels on the "
         "phone's Sign stream to the cosigner, opened before the window, counted as round trips",
         "voluntary context switches: all threads of each process (/proc/<pid>/task/*/status), "
-        "per use; there is no per-statement counter of database thread hops, and every "
-        "aiosqlite statement hands its work to the connection's thread and wakes the caller "
-        "again, so these include the hops (and every other blocking wait: locks, sockets, "
-        "fsync)",
+        "per use; there is no counter of database thread hops, and every hop (one per "
+        "transaction where a repository runs on storage.Database, one per statement where it "
+        "uses aiosqlite) hands work to the connection's thread and wakes the caller again, so "
+        "these include the hops (and every other blocking wait: locks, sockets, fsync)",
         "fsyncs = fsync + fdatasync calls of each service counted by strace -f -c attached to "
         f"it, in separate windows of {config.traced_seconds:g} s at the lowest and the highest "
         "level after the measured ones (tracing slows the services, so those windows count "

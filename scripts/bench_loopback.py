@@ -58,7 +58,7 @@ PHONES = "phones"
 #: What the cosigner process's CPU per signature over the network includes.
 COSIGNER_PROCESS_INCLUDES = (
     "the whole cosigner process (all threads): TLS, HTTP/2 and gRPC stream handling, protobuf, "
-    "the FROST cosigner core, and the SQLite work per signature through aiosqlite's thread (the "
+    "the FROST cosigner core, and the SQLite work per signature on the database's thread (the "
     "signing recorded in a durable commit before the share leaves, its unique index catching "
     "replays; its signature attached in a second durable commit on the report, written in the "
     "background); "
