@@ -413,6 +413,16 @@ def _grant(c: sqlite3.Connection, grant_id: str, now: float) -> GrantRow | None:
     )
 
 
+def nodes_query(count: int) -> str:
+    """The query for ``count`` (level, index) pairs: a join on the primary key, one lookup per
+    pair (``(level, idx) IN (VALUES ...)`` scans the whole table instead)."""
+    values = ",".join("(?, ?)" for _ in range(count))
+    return (
+        f"SELECT t.level, t.idx, t.hash FROM (VALUES {values}) AS wanted"  # noqa: S608 (placeholders only)
+        " JOIN tree_nodes AS t ON t.level = wanted.column1 AND t.idx = wanted.column2"
+    )
+
+
 def _read_nodes(
     c: sqlite3.Connection, wanted: Sequence[tuple[int, int]]
 ) -> dict[tuple[int, int], bytes]:
@@ -420,11 +430,7 @@ def _read_nodes(
     unique = sorted(set(wanted))
     for start in range(0, len(unique), _CHECK_BATCH):
         chunk = unique[start : start + _CHECK_BATCH]
-        values = ",".join("(?, ?)" for _ in chunk)
-        rows = c.execute(
-            f"SELECT level, idx, hash FROM tree_nodes WHERE (level, idx) IN (VALUES {values})",  # noqa: S608 (placeholders only)
-            [v for node in chunk for v in node],
-        )
+        rows = c.execute(nodes_query(len(chunk)), [v for node in chunk for v in node])
         for row in rows:
             found[(row["level"], row["idx"])] = bytes(row["hash"])
     return found

@@ -486,3 +486,17 @@ async def test_a_cancelled_caller_does_not_undo_its_use(path: Path) -> None:
         assert (record.state, record.entry_index) == ("logged", 0)
     finally:
         await again.close()
+
+
+async def test_proofs_read_nodes_by_the_primary_key(ledger: Ledger, path: Path) -> None:
+    # A scan of every node per proof made each use slower as the log grew.
+    connection = sqlite3.connect(path)
+    try:
+        plan = connection.execute(
+            "EXPLAIN QUERY PLAN " + ledger_module.nodes_query(3), [0, 1, 1, 0, 2, 0]
+        ).fetchall()
+    finally:
+        connection.close()
+    details = [row[-1] for row in plan]
+    assert "SEARCH t USING PRIMARY KEY (level=? AND idx=?)" in details, details
+    assert not any(d in ("SCAN t", "SCAN tree_nodes") for d in details), details
