@@ -27,8 +27,8 @@ from mobilesign.storage.database import Database
 MAX_PROOF_HASHES = 128
 #: Largest tree size the witness stores (SQLite integers are signed 64-bit).
 MAX_TREE_SIZE = 2**63 - 1
-#: Roots of signed checkpoints kept in memory (the authorisations name recent ones).
-KEPT_ROOTS = 4096
+#: Roots of signed checkpoints kept in memory: authorisations name the latest few.
+KEPT_ROOTS = 64
 
 _MIGRATIONS = (
     """
