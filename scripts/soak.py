@@ -11,7 +11,7 @@ over time after the warm-up, in KiB per minute, and whether it is flat: ``|slope
 ``--flat-kib-per-minute`` (default 256). The exit status is 1 when any operation failed or any
 slope is not flat.
 
-    python -m scripts.soak [--minutes 5] [--clients 64] [--interval 10] [--warmup-minutes 1]
+    python -m scripts.soak [--minutes 8] [--clients 64] [--interval 10] [--warmup-minutes 3]
 """
 
 from __future__ import annotations
@@ -42,10 +42,12 @@ SETUP_PARALLELISM = 8
 class SoakConfig:
     """How long, how many, how often, and what counts as flat."""
 
-    minutes: float = 5.0
+    # Five measured minutes after three of warm-up, in which bounded caches fill (SQLite keeps
+    # up to 2 MiB of pages per connection; a database passes that within the first minutes).
+    minutes: float = 8.0
     clients: int = 64
     interval_seconds: float = 10.0
-    warmup_minutes: float = 1.0
+    warmup_minutes: float = 3.0
     flat_kib_per_minute: float = 256.0
 
 
