@@ -6,6 +6,7 @@ that stores the key, so a ticket enrols at most one key even under concurrent at
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 
@@ -72,14 +73,17 @@ async def enrol(
             "the device key did not sign the enrolment",
         )
     key_id = package.group_public_key.hex()
+    # Two independent calls to the HSM proxy: side by side, not one after the other.
+    sealed_key_package, sealed_pin_verifier = await asyncio.gather(
+        cosigner.sealer.seal(package.to_bytes(), key_package_aad(key_id)),
+        cosigner.sealer.seal(start.pin_verifier, pin_verifier_aad(key_id)),
+    )
     stored = StoredKey(
         key_id=key_id,
         user_id=claims.user_id,
         scheme=scheme.value,
-        sealed_key_package=await cosigner.sealer.seal(package.to_bytes(), key_package_aad(key_id)),
-        sealed_pin_verifier=await cosigner.sealer.seal(
-            start.pin_verifier, pin_verifier_aad(key_id)
-        ),
+        sealed_key_package=sealed_key_package,
+        sealed_pin_verifier=sealed_pin_verifier,
         device_public_key=start.device_public_key,
         failed_pin_attempts=0,
         locked=False,
