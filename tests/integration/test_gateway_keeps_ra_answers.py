@@ -9,11 +9,13 @@ import signal
 from collections import Counter
 from collections.abc import Iterator
 
+import grpc
 import pytest
 
 import client
+from mobilesign.rpc.status import reason_of
 from mobilesign.testing import Deployment
-from mobilesign.v1 import gateway_pb2, ra_pb2
+from mobilesign.v1 import gateway_pb2, ra_pb2, ra_pb2_grpc
 from tests.integration import escrow
 
 pytestmark = pytest.mark.integration
@@ -114,3 +116,17 @@ async def test_after_the_ra_is_killed_nothing_kept_is_used(deployment: Deploymen
         assert await _refused_with(phone, organisation, grant.grant_id) == "GRANT_REVOKED"
     finally:
         await phone.close()
+
+
+@pytest.mark.parametrize("identity", ["cosigner", "hsm-proxy", "admin"])
+async def test_only_the_gateway_may_watch_the_ras_changes(
+    deployment: Deployment, identity: str
+) -> None:
+    """Another service's credentials (or an administrator's) open no change feed."""
+    async with deployment.channel("ra", identity) as channel:
+        call = ra_pb2_grpc.RegistrationServiceStub(channel).WatchChanges(timeout=10)
+        await call.write(ra_pb2.WatchChangesRequest(acknowledged=0))
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await call.read()
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert reason_of(caught.value) == "CALLER_NOT_AUTHORISED"
