@@ -8,11 +8,13 @@ export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: setup proto lint test demo run bench soak fuzz clean
 
-setup: $(VENV)/.installed $(BUF) .softhsm2
+setup: $(VENV)/.installed $(BUF) .debian-packages
 
-# Debian's softhsm2 provides the PKCS#11 module the HSM proxy loads (installed when missing).
-.softhsm2:
-	@scripts/ensure-debian-packages.sh softhsm2 openssl
+# Debian's softhsm2 provides the PKCS#11 module the HSM proxy loads; postgresql the server the
+# tests, `make demo-postgres` and `make bench` start in a temporary directory (installed when
+# missing; the machine's own PostgreSQL service is neither started nor used).
+.debian-packages:
+	@scripts/ensure-debian-packages.sh softhsm2 openssl postgresql
 	@touch $@
 
 $(VENV)/.installed: pyproject.toml
@@ -57,4 +59,4 @@ soak: setup
 	$(PY) -m scripts.soak $(SOAK_ARGS)
 
 clean:
-	rm -rf $(VENV) .tools/node_modules .softhsm2 var demo-out .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .tools/node_modules .debian-packages var demo-out .mypy_cache .ruff_cache .pytest_cache

@@ -13,6 +13,7 @@ from cosigner.hsm_proxy_client import Sealer
 from cosigner.ra_client import Registry
 from cosigner.repository import KeyStore
 from mobilesign.hosting import devpki, entrypoint, logs, serve
+from mobilesign.hosting.stores import store_location
 from mobilesign.rpc import channels
 from mobilesign.v1 import cosigner_pb2_grpc
 
@@ -23,7 +24,7 @@ async def _main(
     cfg = cosigner_config.load(document)
     logs.configure("cosigner", cfg.log_level)
     credential = devpki.credential(state, "cosigner")
-    store = await KeyStore.open(state / "cosigner" / "cosigner.db")
+    store = await KeyStore.open(store_location(cfg.database, state / "cosigner", "cosigner"))
     resources.push_async_callback(store.close)
     hsm_channel = channels.mutual_tls(cfg.hsm_proxy, credential, "hsm-proxy")
     resources.push_async_callback(hsm_channel.close)

@@ -35,6 +35,10 @@ class CosignerConfig:
     #: Calls in flight from one address (IPv4, or IPv6 /64) on the public listener; beyond it
     #: RESOURCE_EXHAUSTED TOO_MANY_RPCS_FROM_PEER.
     public_max_rpcs_per_peer: int = 32
+    #: Where the service keeps its state: empty for SQLite files under the state directory, or
+    #: a ``postgresql://`` URL for a database of its own (each store a schema in it; replicas
+    #: of the service may share it).
+    database: str = ""
     grace_seconds: float = 5.0
     log_level: str = "info"
 

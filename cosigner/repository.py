@@ -1,5 +1,7 @@
 """The cosigner's repository: enrolled keys (shares sealed by the HSM), PIN failure counts,
-consumed tickets, and every signing the cosigner took part in. SQLite, durable commits.
+consumed tickets, and every signing the cosigner took part in. Durable commits, on SQLite or
+PostgreSQL; several cosigners may share one PostgreSQL store (every check is one statement or
+one transaction in it, never a copy in memory).
 
 Each method is one function on the database's thread (one hop); the signings of every session
 share commits (group commit: one fsync per batch). A statement's rows are fetched to the end:
@@ -8,14 +10,14 @@ one still in progress would keep its autocommit transaction open past the functi
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
-from pathlib import Path
 
+from mobilesign.storage.connection import Connection, IntegrityError
 from mobilesign.storage.database import Database
 from mobilesign.storage.group_commit import GroupCommit
+from mobilesign.storage.schema import Location, Schema
 
-_MIGRATIONS = (
+_SQLITE = (
     """
     CREATE TABLE keys (
         key_id TEXT PRIMARY KEY,
@@ -45,6 +47,34 @@ _MIGRATIONS = (
     CREATE INDEX signings_by_key ON signings(key_id)
     """,
 )
+_POSTGRESQL = (
+    """
+    CREATE TABLE keys (
+        key_id TEXT PRIMARY KEY,
+        user_id TEXT NOT NULL,
+        scheme TEXT NOT NULL,
+        sealed_key_package BYTEA NOT NULL,
+        sealed_pin_verifier BYTEA NOT NULL,
+        device_public_key BYTEA NOT NULL,
+        failed_pin_attempts BIGINT NOT NULL DEFAULT 0,
+        locked BIGINT NOT NULL DEFAULT 0,
+        ticket_id TEXT NOT NULL UNIQUE,
+        created_at BIGINT NOT NULL
+    );
+    CREATE TABLE signings (
+        signing_id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        key_id TEXT NOT NULL REFERENCES keys(key_id),
+        message_sha256 BYTEA NOT NULL,
+        phone_commitment BYTEA NOT NULL UNIQUE,
+        commitments BYTEA NOT NULL,
+        signature BYTEA,
+        created_at BIGINT NOT NULL,
+        completed_at BIGINT
+    );
+    CREATE INDEX signings_by_key ON signings(key_id)
+    """,
+)
+SCHEMA = Schema(sqlite=_SQLITE, postgresql=_POSTGRESQL)
 
 
 class TicketAlreadyUsed(Exception):
@@ -95,9 +125,9 @@ class KeyStore:
         self._signings = GroupCommit(db)
 
     @classmethod
-    async def open(cls, path: Path) -> KeyStore:
-        """Open (creating) the database at ``path``."""
-        return cls(await Database.open(path, _MIGRATIONS))
+    async def open(cls, where: Location) -> KeyStore:
+        """Open (creating or upgrading) the store."""
+        return cls(await Database.open(where, SCHEMA))
 
     async def close(self) -> None:
         """Finish the signings being written, then close the database."""
@@ -124,7 +154,7 @@ class KeyStore:
                     ),
                 )
             )
-        except sqlite3.IntegrityError as exc:
+        except IntegrityError as exc:
             if "ticket_id" in str(exc):
                 raise TicketAlreadyUsed from None
             raise KeyExists from None
@@ -164,7 +194,7 @@ class KeyStore:
         rows = await self._db.run(
             lambda c: c.execute(
                 "UPDATE keys SET failed_pin_attempts = failed_pin_attempts + 1"
-                " WHERE key_id = ? AND NOT locked AND failed_pin_attempts < ?"
+                " WHERE key_id = ? AND locked = 0 AND failed_pin_attempts < ?"
                 " RETURNING failed_pin_attempts",
                 (key_id, max_attempts),
             ).fetchall()
@@ -182,7 +212,7 @@ class KeyStore:
         await self._db.run(
             lambda c: c.execute(
                 "UPDATE keys SET failed_pin_attempts = 0"
-                " WHERE key_id = ? AND failed_pin_attempts > 0 AND NOT locked",
+                " WHERE key_id = ? AND failed_pin_attempts > 0 AND locked = 0",
                 (key_id,),
             )
         )
@@ -205,14 +235,14 @@ class KeyStore:
         ``commitments`` is D1 || E1 || D2 || E2; :class:`CommitmentReplayed` if D1 was used.
         """
 
-        def record(c: sqlite3.Connection) -> int:
+        def record(c: Connection) -> int:
             try:
                 (row,) = c.execute(
                     "INSERT INTO signings (key_id, message_sha256, phone_commitment, commitments,"
                     " created_at) VALUES (?, ?, ?, ?, ?) RETURNING signing_id",
                     (key_id, message_sha256, commitments[:32], commitments, now),
                 ).fetchall()
-            except sqlite3.IntegrityError:
+            except IntegrityError:
                 raise CommitmentReplayed from None
             return int(row[0])
 

@@ -14,6 +14,7 @@ from hsm_proxy.authorisation import AuthorisationChecker
 from hsm_proxy.uses import UseStore
 from hsm_proxy.witness import Witness
 from mobilesign.hosting import devpki, entrypoint, logs, serve
+from mobilesign.hosting.stores import store_location
 from mobilesign.v1 import hsm_pb2_grpc
 
 
@@ -36,13 +37,13 @@ async def _main(
     # Sealing keys exist before anyone may seal: concurrent first seals cannot create two.
     for caller in sorted(servicer.POLICY.rules["Seal"]):
         await servicer.run_in_token(pool, functools.partial(keys.ensure_sealing_key, caller=caller))
-    uses = await UseStore.open(hsm_dir / "authorisations.db")
+    uses = await UseStore.open(store_location(cfg.database, hsm_dir, "authorisations"))
     resources.push_async_callback(uses.close)
     log_key = await servicer.run_in_token(
         pool, lambda s: keys.ensure(s, cfg.log_key_label, keys.Purpose.LOG, keys.Algorithm.EC_P256)
     )
     witness = await Witness.open(
-        hsm_dir / "witness.db",
+        store_location(cfg.database, hsm_dir, "witness"),
         cfg.log_origin,
         log_key.spki,
         lambda digest: servicer.run_in_token(

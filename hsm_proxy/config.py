@@ -37,6 +37,10 @@ class HsmProxyConfig:
     queue_size: int = 256
     max_message_bytes: int = 64 * 1024
     max_concurrent_rpcs: int = 1024
+    #: Where the service keeps its state: empty for SQLite files under the state directory, or
+    #: a ``postgresql://`` URL for a database of its own (each store a schema in it; replicas
+    #: of the service may share it).
+    database: str = ""
     grace_seconds: float = 5.0
     log_level: str = "info"
 

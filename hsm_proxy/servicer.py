@@ -383,7 +383,7 @@ class HsmServicer(hsm_pb2_grpc.HsmServiceServicer):
     async def GetLogState(
         self, request: hsm_pb2.GetLogStateRequest, context: _Context
     ) -> hsm_pb2.GetLogStateResponse:
-        state = self._witness.state
+        state = await self._witness.state()
         return hsm_pb2.GetLogStateResponse(
             public_key_spki=self._witness.public_key_spki,
             origin=self._witness.origin,

@@ -3,10 +3,12 @@ authorisation is good once), each grant's uses (in total and per UTC day, agains
 quotas), the revocations the RA recorded, and the one certificate request each organisation key
 signed.
 
-One SQLite connection serves every caller. Each method is one function on the database's thread
-(one hop, however many statements), and those functions run one after the other, so statements
-of different transactions never interleave on the connection; ``BEGIN IMMEDIATE`` takes the
-write lock before the first read, so a quota is checked and counted with nothing in between.
+One connection (SQLite, or PostgreSQL) serves every caller. Each method is one function on the
+database's thread (one hop, however many statements), and those functions run one after the
+other, so statements of different transactions never interleave on the connection; on SQLite
+``BEGIN IMMEDIATE`` takes the write lock before the first read, and on PostgreSQL (where several
+proxies may share the store) each count is one upsert that locks its row, so a quota is checked
+and counted with nothing in between.
 A statement's rows are fetched to the end: one still in progress would keep its implicit
 transaction open past the function.
 """
@@ -14,22 +16,21 @@ transaction open past the function.
 from __future__ import annotations
 
 import enum
-import json
 import logging
-import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from hsm_proxy.errors import HsmProxyError
 from mobilesign.errors import Kind
+from mobilesign.storage.connection import Connection, IntegrityError
 from mobilesign.storage.database import Database, transaction
+from mobilesign.storage.schema import Location, Schema
 
 _log = logging.getLogger("mobilesign.hsm")
 
 #: The database's schema, one script per version. The first is the schema of the proxy before
 #: grants were counted here, kept verbatim so that its databases upgrade in place.
-MIGRATIONS = (
+_SQLITE = (
     """
     CREATE TABLE used_records (
         record_id TEXT PRIMARY KEY,
@@ -64,6 +65,43 @@ MIGRATIONS = (
     )
     """,
 )
+_POSTGRESQL = (
+    """
+    CREATE TABLE used_records (
+        record_id TEXT PRIMARY KEY,
+        key_id TEXT NOT NULL,
+        used_at BIGINT NOT NULL,
+        grant_id TEXT
+    );
+    CREATE TABLE grant_uses (
+        grant_id TEXT PRIMARY KEY,
+        used_total BIGINT NOT NULL CHECK (used_total >= 0)
+    );
+    CREATE TABLE grant_days (
+        grant_id TEXT NOT NULL,
+        day BIGINT NOT NULL,
+        used BIGINT NOT NULL CHECK (used >= 0),
+        PRIMARY KEY (grant_id, day)
+    );
+    CREATE TABLE revocations (
+        kind TEXT NOT NULL CHECK (kind IN ('grant', 'certificate', 'organisation_key')),
+        subject TEXT NOT NULL,
+        revoked_at BIGINT NOT NULL,
+        PRIMARY KEY (kind, subject)
+    );
+    CREATE TABLE certificate_requests (
+        key_id TEXT PRIMARY KEY,
+        subject BYTEA NOT NULL,
+        csr BYTEA NOT NULL,
+        made_at BIGINT NOT NULL
+    )
+    """,
+)
+SCHEMA = Schema(sqlite=_SQLITE, postgresql=_POSTGRESQL)
+
+
+#: Grant ids per query in :meth:`UseStore.usage`.
+_IDS_PER_QUERY = 500
 
 
 def utc_day(now: int) -> int:
@@ -115,9 +153,9 @@ class UseStore:
         self._db = db
 
     @classmethod
-    async def open(cls, path: Path) -> UseStore:
-        """Open (creating or upgrading) the database at ``path``."""
-        return cls(await Database.open(path, MIGRATIONS))
+    async def open(cls, where: Location) -> UseStore:
+        """Open (creating or upgrading) the store."""
+        return cls(await Database.open(where, SCHEMA))
 
     async def close(self) -> None:
         """Close the database."""
@@ -155,21 +193,28 @@ class UseStore:
 
     async def usage(self, grant_ids: Sequence[str], now: int) -> list[GrantUsage]:
         """Each grant's uses, in total and on ``now``'s UTC day (zero when never used)."""
-        # The ids travel as one JSON array parameter: no statement is built from them.
-        wanted = json.dumps(sorted(set(grant_ids)))
+        wanted = sorted(set(grant_ids))
 
-        def read(c: sqlite3.Connection) -> tuple[dict[str, int], dict[str, int]]:
-            totals = c.execute(
-                "SELECT grant_id, used_total FROM grant_uses"
-                " WHERE grant_id IN (SELECT value FROM json_each(?))",
-                (wanted,),
-            ).fetchall()
-            today = c.execute(
-                "SELECT grant_id, used FROM grant_days"
-                " WHERE day = ? AND grant_id IN (SELECT value FROM json_each(?))",
-                (utc_day(now), wanted),
-            ).fetchall()
-            return {r[0]: int(r[1]) for r in totals}, {r[0]: int(r[1]) for r in today}
+        def read(c: Connection) -> tuple[dict[str, int], dict[str, int]]:
+            totals: dict[str, int] = {}
+            today: dict[str, int] = {}
+            for start in range(0, len(wanted), _IDS_PER_QUERY):
+                chunk = wanted[start : start + _IDS_PER_QUERY]
+                # Placeholders only: no statement is built from the ids themselves.
+                marks = ",".join("?" * len(chunk))
+                for r in c.execute(
+                    "SELECT grant_id, used_total FROM grant_uses"  # noqa: S608 (placeholders only)
+                    f" WHERE grant_id IN ({marks})",
+                    chunk,
+                ).fetchall():
+                    totals[r[0]] = int(r[1])
+                for r in c.execute(
+                    "SELECT grant_id, used FROM grant_days"  # noqa: S608 (placeholders only)
+                    f" WHERE day = ? AND grant_id IN ({marks})",
+                    (utc_day(now), *chunk),
+                ).fetchall():
+                    today[r[0]] = int(r[1])
+            return totals, today
 
         totals, today = await self._db.run(read)
         return [GrantUsage(totals.get(g, 0), today.get(g, 0)) for g in grant_ids]
@@ -184,7 +229,7 @@ class UseStore:
         """Store the key's certificate request unless it has one already; on disk when this
         returns. Returns the subject and request stored (the earlier ones if there were)."""
 
-        def keep(c: sqlite3.Connection) -> tuple[bytes, bytes] | None:
+        def keep(c: Connection) -> tuple[bytes, bytes] | None:
             c.execute(
                 "INSERT INTO certificate_requests (key_id, subject, csr, made_at)"
                 " VALUES (?, ?, ?, ?) ON CONFLICT (key_id) DO NOTHING",
@@ -197,7 +242,7 @@ class UseStore:
         return stored
 
 
-def _revocation(c: sqlite3.Connection, use: Use) -> HsmProxyError | None:
+def _revocation(c: Connection, use: Use) -> HsmProxyError | None:
     rows = c.execute(
         "SELECT kind FROM revocations WHERE (kind = 'grant' AND subject = ?)"
         " OR (kind = 'certificate' AND subject = ?)"
@@ -221,7 +266,7 @@ def _revocation(c: sqlite3.Connection, use: Use) -> HsmProxyError | None:
     return None
 
 
-def _consume(c: sqlite3.Connection, use: Use, now: int) -> None:
+def _consume(c: Connection, use: Use, now: int) -> None:
     # Runs inside ``transaction``: a refusal raised here rolls back what came before it.
     refusal = _revocation(c, use)
     if refusal is not None:
@@ -231,13 +276,13 @@ def _consume(c: sqlite3.Connection, use: Use, now: int) -> None:
             "INSERT INTO used_records (record_id, key_id, used_at, grant_id) VALUES (?, ?, ?, ?)",
             (use.record_id, use.key_id, now, use.grant_id),
         )
-    except sqlite3.IntegrityError:
+    except IntegrityError:
         raise HsmProxyError(
             Kind.DENIED, "AUTHORISATION_REPLAYED", "this record was already used"
         ) from None
     (total,) = c.execute(
         "INSERT INTO grant_uses (grant_id, used_total) VALUES (?, 1)"
-        " ON CONFLICT (grant_id) DO UPDATE SET used_total = used_total + 1"
+        " ON CONFLICT (grant_id) DO UPDATE SET used_total = grant_uses.used_total + 1"
         " RETURNING used_total",
         (use.grant_id,),
     ).fetchall()
@@ -245,14 +290,14 @@ def _consume(c: sqlite3.Connection, use: Use, now: int) -> None:
         raise _quota_exceeded("total")
     (today,) = c.execute(
         "INSERT INTO grant_days (grant_id, day, used) VALUES (?, ?, 1)"
-        " ON CONFLICT (grant_id, day) DO UPDATE SET used = used + 1 RETURNING used",
+        " ON CONFLICT (grant_id, day) DO UPDATE SET used = grant_days.used + 1 RETURNING used",
         (use.grant_id, utc_day(now)),
     ).fetchall()
     if today[0] > use.quota_daily:
         raise _quota_exceeded("daily")
 
 
-def _release(c: sqlite3.Connection, record_id: str) -> None:
+def _release(c: Connection, record_id: str) -> None:
     rows = c.execute(
         "DELETE FROM used_records WHERE record_id = ? RETURNING grant_id, used_at", (record_id,)
     ).fetchall()
@@ -267,7 +312,7 @@ def _release(c: sqlite3.Connection, record_id: str) -> None:
         )
 
 
-def _certificate_request(c: sqlite3.Connection, key_id: str) -> tuple[bytes, bytes] | None:
+def _certificate_request(c: Connection, key_id: str) -> tuple[bytes, bytes] | None:
     rows = c.execute(
         "SELECT subject, csr FROM certificate_requests WHERE key_id = ?", (key_id,)
     ).fetchall()

@@ -12,7 +12,6 @@ import asyncio
 import hashlib
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from cachetools import LRUCache
 from cryptography.hazmat.primitives import serialization
@@ -21,7 +20,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from hsm_proxy.errors import HsmProxyError
 from mobilesign import auditlog
 from mobilesign.errors import Kind
-from mobilesign.storage.database import Database
+from mobilesign.storage.connection import Connection
+from mobilesign.storage.database import Database, exclusive, transaction
+from mobilesign.storage.schema import Location, Schema
 
 #: Longest consistency proof between trees of at most 2**64 entries (2 * 64 hashes).
 MAX_PROOF_HASHES = 128
@@ -30,14 +31,25 @@ MAX_TREE_SIZE = 2**63 - 1
 #: Roots of signed checkpoints kept in memory: authorisations name the latest few.
 KEPT_ROOTS = 64
 
-_MIGRATIONS = (
-    """
-    CREATE TABLE signed_checkpoints (
-        tree_size INTEGER PRIMARY KEY,
-        root_hash BLOB NOT NULL,
-        signed_at INTEGER NOT NULL
-    )
-    """,
+SCHEMA = Schema(
+    sqlite=(
+        """
+        CREATE TABLE signed_checkpoints (
+            tree_size INTEGER PRIMARY KEY,
+            root_hash BLOB NOT NULL,
+            signed_at INTEGER NOT NULL
+        )
+        """,
+    ),
+    postgresql=(
+        """
+        CREATE TABLE signed_checkpoints (
+            tree_size BIGINT PRIMARY KEY,
+            root_hash BYTEA NOT NULL,
+            signed_at BIGINT NOT NULL
+        )
+        """,
+    ),
 )
 
 
@@ -79,34 +91,24 @@ class Witness:
     @classmethod
     async def open(
         cls,
-        path: Path,
+        where: Location,
         origin: str,
         public_key_spki: bytes,
         sign_digest: Callable[[bytes], Awaitable[bytes]],
     ) -> Witness:
         """Open (creating) the witness's database and read the last signed checkpoint."""
         auditlog.Checkpoint(origin, 0, auditlog.EMPTY_ROOT)  # refuses an unusable origin
-        db = await Database.open(path, _MIGRATIONS)
-        rows = await db.run(
-            lambda c: c.execute(
-                "SELECT tree_size, root_hash FROM signed_checkpoints"
-                " ORDER BY tree_size DESC LIMIT 1"
-            ).fetchall()
-        )
-        state = (
-            LogState(int(rows[0]["tree_size"]), bytes(rows[0]["root_hash"]))
-            if rows
-            else LogState(0, auditlog.EMPTY_ROOT)
-        )
+        db = await Database.open(where, SCHEMA)
+        state = await db.run(_stored_state)
         return cls(db, origin, public_key_spki, sign_digest, state)
 
     async def close(self) -> None:
         """Close the database."""
         await self._db.close()
 
-    @property
-    def state(self) -> LogState:
-        """The last checkpoint signed."""
+    async def state(self) -> LogState:
+        """The last checkpoint signed (by this proxy, or another sharing its store)."""
+        self._state = await self._db.run(_stored_state)
         return self._state
 
     async def _sign_and_store(
@@ -140,14 +142,19 @@ class Witness:
             body = auditlog.Checkpoint(self.origin, tree_size, root_hash).to_body()
             signature = await self._sign_digest(hashlib.sha256(body).digest())
             if tree_size != last.tree_size:
-                # One statement in autocommit mode: on disk before the note is released.
-                await self._db.run(
-                    lambda c: c.execute(
-                        "INSERT INTO signed_checkpoints (tree_size, root_hash, signed_at)"
-                        " VALUES (?, ?, ?)",
-                        (tree_size, root_hash, now),
-                    )
+                # On disk before the note is released, and only if no other proxy sharing the
+                # store signed since: of two signatures extending one checkpoint, one is kept
+                # and the other never leaves.
+                moved = await self._db.run(
+                    lambda c: transaction(c, lambda c: _store(c, last, tree_size, root_hash, now))
                 )
+                if moved is not None:
+                    self._state = moved
+                    raise HsmProxyError(
+                        Kind.PRECONDITION,
+                        "WITNESS_STATE_STALE",
+                        "the last signed checkpoint has another size",
+                    )
                 self._state = LogState(tree_size, root_hash)
         return body, signature
 
@@ -200,3 +207,28 @@ class Witness:
             return signature
 
         return auditlog.sign_note(body, [auditlog.NoteSigner(self.origin, self._public, signed)])
+
+
+def _stored_state(c: Connection) -> LogState:
+    rows = c.execute(
+        "SELECT tree_size, root_hash FROM signed_checkpoints ORDER BY tree_size DESC LIMIT 1"
+    ).fetchall()
+    if not rows:
+        return LogState(0, auditlog.EMPTY_ROOT)
+    return LogState(int(rows[0]["tree_size"]), bytes(rows[0]["root_hash"]))
+
+
+def _store(
+    c: Connection, last: LogState, tree_size: int, root_hash: bytes, now: int
+) -> LogState | None:
+    """Inside a transaction: keep the checkpoint if ``last`` is still the latest stored; else
+    the latest, untouched."""
+    exclusive(c, "witness")
+    latest = _stored_state(c)
+    if latest != last:
+        return latest
+    c.execute(
+        "INSERT INTO signed_checkpoints (tree_size, root_hash, signed_at) VALUES (?, ?, ?)",
+        (tree_size, root_hash, now),
+    )
+    return None

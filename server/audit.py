@@ -17,6 +17,9 @@ from server.errors import GatewayError
 from server.hsm_proxy_client import HsmClient
 from server.ledger import Ledger
 
+#: Tries at a witness signature when other gateways keep moving the witness on.
+_WITNESS_ATTEMPTS = 5
+
 
 class AuditLog:
     """Checkpoints and proofs over the ledger's Merkle tree."""
@@ -44,7 +47,10 @@ class AuditLog:
     async def checkpoint(self, covering: int = 0) -> tuple[int, bytes]:
         """(tree size, signed note) for the current tree, signed by the HSM proxy; with
         ``covering``, the latest checkpoint already signed will do if its tree has at least
-        that many entries (so that uses logged together share one witness signature)."""
+        that many entries (so that uses logged together share one witness signature). Without
+        it, the tree is first brought up to date with what other gateways appended."""
+        if not covering:
+            await self._ledger.refresh()
         async with self._lock:
             latest = self._latest
             if latest is not None and (covering and latest[0] >= covering):
@@ -52,14 +58,17 @@ class AuditLog:
             size = self._ledger.size
             if latest is not None and latest[0] == size:
                 return latest
-            try:
-                note = await self._witness(size)
-            except GatewayError as exc:
-                if exc.reason != "WITNESS_STATE_STALE":
-                    raise
-                # Another sequencer (or a restart) moved the proxy on: ask where it is, once.
+            for attempt in range(_WITNESS_ATTEMPTS):
+                try:
+                    note = await self._witness(size)
+                    break
+                except GatewayError as exc:
+                    if exc.reason != "WITNESS_STATE_STALE" or attempt == _WITNESS_ATTEMPTS - 1:
+                        raise
+                # Another gateway (or a restart) moved the proxy on: ask where it is, and sign
+                # the tree as it is now, which extends that.
                 self._witnessed = (await self._hsm.log_state()).tree_size
-                note = await self._witness(size)
+                size = await self._ledger.refresh()
             self._witnessed = size
             self._latest = (size, note)
             return self._latest
@@ -70,7 +79,10 @@ class AuditLog:
         proof = await self._ledger.consistency_proof(old, size) if 0 < old < size else []
         return await self._hsm.sign_checkpoint(old, size, await self._ledger.root(size), proof)
 
-    def _check_sizes(self, *sizes: int) -> None:
+    async def _check_sizes(self, *sizes: int) -> None:
+        # A size beyond this gateway's view may have been appended by another gateway.
+        if any(size > self._ledger.size for size in sizes):
+            await self._ledger.refresh()
         if any(size > self._ledger.size for size in sizes):
             raise GatewayError(
                 Kind.OUT_OF_RANGE, "TREE_SIZE_TOO_LARGE", "the log is not that large"
@@ -79,6 +91,8 @@ class AuditLog:
     async def entry(self, index: int) -> bytes:
         """Log entry ``index``; indices are checked against the tree before storage is asked
         (any uint64 may come in, SQLite integers stop at 2**63 - 1)."""
+        if index >= self._ledger.size:
+            await self._ledger.refresh()
         if not 0 <= index < self._ledger.size:
             raise GatewayError(Kind.OUT_OF_RANGE, "ENTRY_OUT_OF_RANGE", "no such entry")
         entry = await self._ledger.entry(index)
@@ -87,7 +101,7 @@ class AuditLog:
 
     async def inclusion_proof(self, index: int, size: int) -> list[bytes]:
         """Inclusion proof of an entry in the tree of ``size`` entries."""
-        self._check_sizes(size)
+        await self._check_sizes(size)
         if not 0 <= index < size:
             raise GatewayError(
                 Kind.OUT_OF_RANGE, "ENTRY_OUT_OF_RANGE", "no such entry in that tree"
@@ -96,7 +110,7 @@ class AuditLog:
 
     async def consistency_proof(self, old_size: int, new_size: int) -> list[bytes]:
         """Consistency proof between two tree sizes (``0 < old_size <= new_size``)."""
-        self._check_sizes(new_size)
+        await self._check_sizes(new_size)
         if not 0 < old_size <= new_size:
             raise GatewayError(
                 Kind.INVALID,

@@ -21,17 +21,17 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TypeVar
 
 from mobilesign import auditlog
-from mobilesign.storage.database import Database
+from mobilesign.storage.connection import Connection, IntegrityError
+from mobilesign.storage.database import Database, exclusive
+from mobilesign.storage.schema import Location, Schema
 
-_MIGRATIONS = (
+_SQLITE = (
     """
     CREATE TABLE grants (
         grant_id TEXT PRIMARY KEY,
@@ -87,6 +87,57 @@ _MIGRATIONS = (
     ) WITHOUT ROWID
     """,
 )
+_POSTGRESQL = (
+    """
+    CREATE TABLE grants (
+        grant_id TEXT PRIMARY KEY,
+        user_id TEXT NOT NULL,
+        key_id TEXT NOT NULL,
+        operations TEXT NOT NULL,
+        not_before BIGINT NOT NULL,
+        not_after BIGINT NOT NULL,
+        quota_total BIGINT NOT NULL,
+        quota_daily BIGINT NOT NULL,
+        purpose TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        revoked_at BIGINT,
+        used_total BIGINT NOT NULL DEFAULT 0,
+        signed_grant BYTEA NOT NULL
+    );
+    CREATE INDEX grants_by_user ON grants(user_id);
+    CREATE TABLE grant_days (
+        grant_id TEXT NOT NULL REFERENCES grants(grant_id),
+        day BIGINT NOT NULL,
+        used BIGINT NOT NULL,
+        PRIMARY KEY (grant_id, day)
+    );
+    CREATE TABLE records (
+        record_id TEXT PRIMARY KEY,
+        user_id TEXT NOT NULL,
+        user_key_id TEXT NOT NULL,
+        grant_id TEXT NOT NULL REFERENCES grants(grant_id),
+        record BYTEA NOT NULL,
+        state TEXT NOT NULL CHECK (state IN ('prepared', 'logged', 'done', 'failed')),
+        entry_index BIGINT,
+        user_signature BYTEA,
+        result BYTEA,
+        reason TEXT,
+        created_at BIGINT NOT NULL
+    );
+    CREATE TABLE log_entries (
+        entry_index BIGINT PRIMARY KEY,
+        entry BYTEA NOT NULL,
+        created_at BIGINT NOT NULL
+    );
+    CREATE TABLE tree_nodes (
+        level BIGINT NOT NULL,
+        idx BIGINT NOT NULL,
+        hash BYTEA NOT NULL,
+        PRIMARY KEY (level, idx)
+    )
+    """,
+)
+SCHEMA = Schema(sqlite=_SQLITE, postgresql=_POSTGRESQL)
 
 T = TypeVar("T")
 #: Nodes compared or written per statement while the tree is checked at start.
@@ -182,10 +233,10 @@ class Ledger:
         self.batches = 0  # committed batches (for tests and measurements)
 
     @classmethod
-    async def open(cls, path: Path) -> Ledger:
+    async def open(cls, where: Location) -> Ledger:
         """Open the ledger, recompute the Merkle tree from the stored entries and check (or,
         after an upgrade, write) the stored nodes against it."""
-        ledger = cls(await Database.open(path, _MIGRATIONS))
+        ledger = cls(await Database.open(where, SCHEMA))
         try:
             ledger._range = await ledger._db.run(_checked_tree)
         except BaseException:
@@ -206,7 +257,7 @@ class Ledger:
         Written only when it is new here or newly revoked: a write is a commit, and a use asks
         twice."""
 
-        def remember(c: sqlite3.Connection) -> GrantRow:
+        def remember(c: Connection) -> GrantRow:
             found = _grant(c, grant.grant_id, now)
             if found is not None and (found.revoked or not grant.revoked):
                 return found
@@ -239,7 +290,7 @@ class Ledger:
     async def signed_grant(self, grant_id: str) -> bytes:
         """The RA's signed bytes of a grant the ledger keeps."""
 
-        def read(c: sqlite3.Connection) -> bytes:
+        def read(c: Connection) -> bytes:
             row = c.execute(
                 "SELECT signed_grant FROM grants WHERE grant_id = ?", (grant_id,)
             ).fetchone()
@@ -255,7 +306,7 @@ class Ledger:
     async def record(self, record_id: str) -> RecordRow | None:
         """A record and its state, or None."""
 
-        def read(c: sqlite3.Connection) -> RecordRow | None:
+        def read(c: Connection) -> RecordRow | None:
             row = c.execute("SELECT * FROM records WHERE record_id = ?", (record_id,)).fetchone()
             if row is None:
                 return None
@@ -330,7 +381,7 @@ class Ledger:
                 if not future.done():
                     future.set_exception(exc)
             return
-        self._range = grown
+        self._adopt(grown)
         self.batches += 1
         for (_, future), outcome in zip(batch, outcomes, strict=True):
             if future.done():
@@ -340,11 +391,24 @@ class Ledger:
             else:
                 future.set_result(outcome)
 
+    def _adopt(self, grown: auditlog.CompactRange) -> None:
+        # Any two trees of the same log agree on their common prefix: the larger is the newer.
+        if grown.size > self._range.size:
+            self._range = grown
+
     # Log ---------------------------------------------------------------------------------
     @property
     def size(self) -> int:
-        """Entries in the log (committed)."""
+        """Entries in the log (committed), as far as this ledger has seen."""
         return self._range.size
+
+    async def refresh(self) -> int:
+        """Take in the entries other gateways sharing the store appended since this ledger last
+        looked; returns the size."""
+        grown = copy.deepcopy(self._range)
+        await self._db.run(lambda c: _catch_up(c, grown))
+        self._adopt(grown)
+        return self.size
 
     async def _with_nodes(self, compute: Callable[[auditlog.MerkleTree], T]) -> T:
         """Run ``compute`` over the stored tree: which nodes a proof needs depends only on the
@@ -376,7 +440,7 @@ class Ledger:
     async def entry(self, index: int) -> bytes | None:
         """One entry's bytes, or None."""
 
-        def read(c: sqlite3.Connection) -> bytes | None:
+        def read(c: Connection) -> bytes | None:
             row = c.execute("SELECT entry FROM log_entries WHERE entry_index = ?", (index,))
             found = row.fetchone()
             return bytes(found["entry"]) if found else None
@@ -387,7 +451,7 @@ class Ledger:
 # On the database's thread ------------------------------------------------------------------
 
 
-def _grant(c: sqlite3.Connection, grant_id: str, now: float) -> GrantRow | None:
+def _grant(c: Connection, grant_id: str, now: float) -> GrantRow | None:
     row = c.execute(
         "SELECT g.*, COALESCE(d.used, 0) AS used_today FROM grants g"
         " LEFT JOIN grant_days d ON d.grant_id = g.grant_id AND d.day = ?"
@@ -423,9 +487,7 @@ def nodes_query(count: int) -> str:
     )
 
 
-def _read_nodes(
-    c: sqlite3.Connection, wanted: Sequence[tuple[int, int]]
-) -> dict[tuple[int, int], bytes]:
+def _read_nodes(c: Connection, wanted: Sequence[tuple[int, int]]) -> dict[tuple[int, int], bytes]:
     found: dict[tuple[int, int], bytes] = {}
     unique = sorted(set(wanted))
     for start in range(0, len(unique), _CHECK_BATCH):
@@ -436,7 +498,7 @@ def _read_nodes(
     return found
 
 
-def _checked_tree(c: sqlite3.Connection) -> auditlog.CompactRange:
+def _checked_tree(c: Connection) -> auditlog.CompactRange:
     """The tree of the stored entries, its stored nodes checked against it (or written, after
     an upgrade from a version that kept it in memory only)."""
     tree = auditlog.CompactRange()
@@ -461,9 +523,7 @@ def _checked_tree(c: sqlite3.Connection) -> auditlog.CompactRange:
     return tree
 
 
-def _check_nodes(
-    c: sqlite3.Connection, computed: list[tuple[int, int, bytes]], backfill: bool
-) -> None:
+def _check_nodes(c: Connection, computed: list[tuple[int, int, bytes]], backfill: bool) -> None:
     if not computed:
         return
     if backfill:
@@ -474,8 +534,12 @@ def _check_nodes(
         raise TreeMismatch("a stored tree node is missing or not the hash of the entries")
 
 
+#: What undoes one request of a batch and not the rest.
+_REFUSED: tuple[type[Exception], ...] = (QuotaExceeded, RecordExists, *IntegrityError)
+
+
 def _write_batch(
-    c: sqlite3.Connection, items: list[_Use | _Outcome], grown: auditlog.CompactRange
+    c: Connection, items: list[_Use | _Outcome], grown: auditlog.CompactRange
 ) -> list[int | Exception]:
     """One transaction for the batch, each item in its own savepoint; ``grown`` takes each
     entry appended. Returns each item's entry index, or the refusal that undid only it."""
@@ -483,11 +547,15 @@ def _write_batch(
     nodes: list[tuple[int, int, bytes]] = []
     c.execute("BEGIN IMMEDIATE")
     try:
+        # One sequencer at a time: gateways sharing a PostgreSQL store take turns, each batch
+        # appending after whatever the others appended before it.
+        exclusive(c, "log")
+        _catch_up(c, grown)
         for item in items:
             c.execute("SAVEPOINT one")
             try:
                 index = _apply(c, item, grown.size)
-            except (QuotaExceeded, RecordExists, sqlite3.IntegrityError) as refused:
+            except _REFUSED as refused:
                 # This request only: the rest of the batch goes ahead.
                 c.execute("ROLLBACK TO one")
                 outcomes.append(refused)
@@ -503,7 +571,20 @@ def _write_batch(
     return outcomes
 
 
-def _apply(c: sqlite3.Connection, item: _Use | _Outcome, index: int) -> int:
+def _catch_up(c: Connection, tree: auditlog.CompactRange) -> None:
+    """Append to ``tree`` the entries stored beyond it (by another gateway sharing the store);
+    their nodes are in the store already."""
+    rows = c.execute(
+        "SELECT entry_index, entry FROM log_entries WHERE entry_index >= ? ORDER BY entry_index",
+        (tree.size,),
+    ).fetchall()
+    for row in rows:
+        if row["entry_index"] != tree.size:
+            raise RuntimeError(f"audit log entry {tree.size} is missing")
+        tree.append(auditlog.leaf_hash(bytes(row["entry"])))
+
+
+def _apply(c: Connection, item: _Use | _Outcome, index: int) -> int:
     """One request's statements, inside its savepoint; the entry goes at ``index``."""
     if isinstance(item, _Use):
         # The grant is checked again here, in the transaction: a revocation or the end of its
@@ -518,7 +599,7 @@ def _apply(c: sqlite3.Connection, item: _Use | _Outcome, index: int) -> int:
             raise QuotaExceeded
         used = c.execute(
             "INSERT INTO grant_days (grant_id, day, used) VALUES (?, ?, 1)"
-            " ON CONFLICT (grant_id, day) DO UPDATE SET used = used + 1"
+            " ON CONFLICT (grant_id, day) DO UPDATE SET used = grant_days.used + 1"
             " RETURNING used",
             (item.grant_id, utc_day(item.now)),
         ).fetchone()
@@ -539,7 +620,7 @@ def _apply(c: sqlite3.Connection, item: _Use | _Outcome, index: int) -> int:
                     int(item.now),
                 ),
             )
-        except sqlite3.IntegrityError:
+        except IntegrityError:
             raise RecordExists from None
     else:
         c.execute(

@@ -1,11 +1,13 @@
-"""A SQLite connection on a thread of its own, used one function at a time.
+"""A database connection (SQLite or PostgreSQL) on a thread of its own, used one function at
+a time.
 
 aiosqlite sends every statement, fetch and cursor close to its thread and back: a transaction of
 ten statements costs ten round trips between threads, each two context switches and a turn of
 the GIL. :meth:`Database.run` sends one whole function instead, which runs its statements with
 the plain :mod:`sqlite3` connection and returns its result: one round trip per transaction.
 Functions run one after the other, so a function that begins a transaction commits or rolls it
-back before the next one starts.
+back before the next one starts. A PostgreSQL store runs the same functions on a psycopg
+connection (:mod:`mobilesign.storage.postgres`).
 """
 
 from __future__ import annotations
@@ -18,12 +20,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from mobilesign.storage import postgres
+from mobilesign.storage.connection import Connection
+from mobilesign.storage.schema import Location, PostgresStore, Schema
 from mobilesign.storage.sqlite import PRAGMAS
 
 T = TypeVar("T")
 
 
-def _connect(path: Path, migrations: Sequence[str]) -> sqlite3.Connection:
+def _connect_sqlite(path: Path, migrations: Sequence[str]) -> sqlite3.Connection:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     connection = sqlite3.connect(path, isolation_level=None)
     try:
@@ -42,29 +47,42 @@ def _connect(path: Path, migrations: Sequence[str]) -> sqlite3.Connection:
 
 
 class Database:
-    """One SQLite connection (WAL, ``synchronous=FULL``: a commit that returned is on disk) and
-    the one thread that uses it.
+    """One connection and the one thread that uses it: SQLite (WAL, ``synchronous=FULL``) or
+    PostgreSQL (``synchronous_commit`` as the server has it, ``on`` by default); either way a
+    commit that returned is durable.
 
     The thread takes functions from a queue and hands each result back to the caller's event
     loop (as aiosqlite does per statement; an executor's futures cost about twice as much per
-    call). A function whose caller was cancelled before it started is not run.
+    call). A function whose caller was cancelled before it started is not run. A PostgreSQL
+    connection found broken (the server restarted, the network dropped) is opened again
+    before the next function; the function that met the break gets its error.
     """
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, connect: Callable[[], Connection]) -> None:
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
-        self._connection: sqlite3.Connection | None = None
+        self._connect = connect
+        self._connection: Connection | None = None
         # A daemon: a process whose start failed half way must not wait for it to exit.
         self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
 
     @classmethod
-    async def open(cls, path: Path, migrations: Sequence[str]) -> Database:
-        """Open (creating) ``path`` and bring its schema up to date: ``migrations[i]`` moves
-        ``user_version`` from i to i + 1."""
-        db = cls(f"sqlite-{path.stem}")
+    async def open(cls, where: Location, schema: Schema | Sequence[str]) -> Database:
+        """Open (creating) the store and bring its tables up to date: a SQLite file (its
+        ``user_version`` counts the migrations applied) or a schema in PostgreSQL. A bare
+        sequence of migrations is a store that exists only as SQLite."""
+        if isinstance(where, PostgresStore):
+            if not isinstance(schema, Schema):
+                raise ValueError("this store has no PostgreSQL schema")
+            store, pg_migrations = where, schema.postgresql
+            db = cls(f"pg-{store.schema}", lambda: postgres.connect(store, pg_migrations))
+        else:
+            path = where
+            migrations = schema.sqlite if isinstance(schema, Schema) else tuple(schema)
+            db = cls(f"sqlite-{path.stem}", lambda: _connect_sqlite(path, migrations))
         db._thread.start()
 
-        def connect(_: sqlite3.Connection | None) -> None:
-            db._connection = _connect(path, migrations)
+        def connect(_: Connection | None) -> None:
+            db._connection = db._connect()
 
         try:
             await db._submit(connect)
@@ -79,6 +97,11 @@ class Database:
             if future.cancelled():
                 continue
             try:
+                if isinstance(self._connection, postgres.PostgresConnection) and (
+                    self._connection.raw.broken
+                ):
+                    self._connection = None
+                    self._connection = self._connect()
                 result = function(self._connection)
             except BaseException as exc:  # handed to the caller, whatever it is
                 loop.call_soon_threadsafe(_set_exception, future, exc)
@@ -91,14 +114,19 @@ class Database:
         self._queue.put((loop, future, function))
         return await future
 
-    async def run(self, function: Callable[[sqlite3.Connection], T]) -> T:
+    async def run(self, function: Callable[[Any], T]) -> T:
         """``function(connection)`` on the database's thread, after every function sent
         before it."""
         return await self._submit(function)
 
     async def close(self) -> None:
         """Wait for the functions sent so far, then close the connection and stop the thread."""
-        await self.run(sqlite3.Connection.close)
+
+        def close(connection: Connection | None) -> None:
+            if connection is not None:
+                connection.close()  # type: ignore[attr-defined]
+
+        await self.run(close)
         self._queue.put(None)
         self._thread.join()
 
@@ -116,7 +144,7 @@ def _set_exception(future: asyncio.Future[Any], exc: BaseException) -> None:
         future.set_exception(exc)
 
 
-def transaction(connection: sqlite3.Connection, body: Callable[[sqlite3.Connection], T]) -> T:
+def transaction(connection: Connection, body: Callable[[Any], T]) -> T:
     """``body(connection)`` inside ``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back if it
     raises."""
     connection.execute("BEGIN IMMEDIATE")
@@ -127,3 +155,12 @@ def transaction(connection: sqlite3.Connection, body: Callable[[sqlite3.Connecti
         raise
     connection.execute("COMMIT")
     return result
+
+
+def exclusive(connection: Connection, name: str) -> None:
+    """Inside a transaction: wait until no other transaction holds ``name``, and hold it to the
+    end of this one. On SQLite ``BEGIN IMMEDIATE`` already keeps every writer apart; on
+    PostgreSQL this is a transaction-scoped advisory lock, freed by the server when the
+    transaction ends or its connection drops (a killed holder frees it at once)."""
+    if isinstance(connection, postgres.PostgresConnection):
+        connection.execute("SELECT pg_advisory_xact_lock(?)", (postgres.lock_key(name),))

@@ -5,11 +5,9 @@ and each call is one hop to the database's thread."""
 
 from __future__ import annotations
 
-import contextlib
 import secrets
 import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
-from pathlib import Path
 from typing import TypeVar
 
 import pytest
@@ -23,14 +21,16 @@ from cosigner.repository import (
     TicketAlreadyUsed,
 )
 from mobilesign.storage.database import Database
+from mobilesign.storage.schema import Location
+from tests.conftest import peek
 
 T = TypeVar("T")
 NOW = 1_790_000_000
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[KeyStore]:
-    opened = await KeyStore.open(tmp_path / "cosigner.db")
+async def store(where: Callable[[str], Location]) -> AsyncIterator[KeyStore]:
+    opened = await KeyStore.open(where("cosigner"))
     yield opened
     await opened.close()
 
@@ -52,8 +52,8 @@ def _key(**changes: str) -> StoredKey:
     )
 
 
-def _attempts(path: Path, key_id: str) -> tuple[int, int]:
-    with contextlib.closing(sqlite3.connect(path)) as other:
+def _attempts(where: Location, key_id: str) -> tuple[int, int]:
+    with peek(where) as other:
         row = other.execute(
             "SELECT failed_pin_attempts, locked FROM keys WHERE key_id = ?", (key_id,)
         ).fetchone()
@@ -75,11 +75,11 @@ async def test_a_key_and_its_ticket_are_stored_once(store: KeyStore) -> None:
 
 
 async def test_pin_attempts_count_to_the_limit_and_a_lock_stops_them(
-    tmp_path: Path, store: KeyStore
+    where: Callable[[str], Location], store: KeyStore
 ) -> None:
     key = _key()
     await store.add(key)
-    path = tmp_path / "cosigner.db"
+    path = where("cosigner")
     assert [await store.reserve_pin_attempt(key.key_id, 3) for _ in range(4)] == [1, 2, 3, None]
     # Counted on disk when the call returns: a crash cannot give an attempt back.
     assert _attempts(path, key.key_id) == (3, 0)
@@ -100,7 +100,7 @@ async def test_pin_attempts_count_to_the_limit_and_a_lock_stops_them(
 
 
 async def test_signings_are_recorded_with_unique_commitments(
-    tmp_path: Path, store: KeyStore
+    where: Callable[[str], Location], store: KeyStore
 ) -> None:
     key = _key()
     await store.add(key)
@@ -115,8 +115,11 @@ async def test_signings_are_recorded_with_unique_commitments(
         Signing(one, key.key_id, b"m" * 32, first, b"signature", NOW),
         Signing(two, key.key_id, b"n" * 32, second, None, NOW + 1),
     ]
-    with contextlib.closing(sqlite3.connect(tmp_path / "cosigner.db")) as other:
-        assert other.execute("SELECT signing_id FROM signings").fetchall() == [(one,), (two,)]
+    with peek(where("cosigner")) as other:
+        assert other.execute("SELECT signing_id FROM signings ORDER BY signing_id").fetchall() == [
+            (one,),
+            (two,),
+        ]
     assert await store.signings(secrets.token_hex(16)) == []
 
 

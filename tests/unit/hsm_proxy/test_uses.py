@@ -16,9 +16,11 @@ from typing import TypeVar
 import pytest
 
 from hsm_proxy.errors import HsmProxyError
-from hsm_proxy.uses import MIGRATIONS, GrantUsage, Revoked, Use, UseStore, utc_day
+from hsm_proxy.uses import SCHEMA, GrantUsage, Revoked, Use, UseStore, utc_day
 from mobilesign.errors import Kind
 from mobilesign.storage.database import Database
+from mobilesign.storage.schema import Location
+from tests.conftest import peek
 
 T = TypeVar("T")
 
@@ -28,8 +30,8 @@ DAY = 86_400
 
 
 @pytest.fixture
-async def store(tmp_path: Path) -> AsyncIterator[UseStore]:
-    opened = await UseStore.open(tmp_path / "uses.db")
+async def store(where: Callable[[str], Location]) -> AsyncIterator[UseStore]:
+    opened = await UseStore.open(where("uses"))
     yield opened
     await opened.close()
 
@@ -207,7 +209,7 @@ FIRST_SCHEMA = """
 
 async def test_a_database_of_the_first_schema_upgrades(tmp_path: Path) -> None:
     # Deployed databases have run the first script already: it must not change.
-    assert MIGRATIONS[0] == FIRST_SCHEMA
+    assert SCHEMA.sqlite[0] == FIRST_SCHEMA
     path = tmp_path / "uses.db"
     old_record = secrets.token_hex(16)
     db = await Database.open(path, [FIRST_SCHEMA])
@@ -233,7 +235,7 @@ async def test_a_database_of_the_first_schema_upgrades(tmp_path: Path) -> None:
     finally:
         await store.close()
     with contextlib.closing(sqlite3.connect(path)) as plain:
-        assert plain.execute("PRAGMA user_version").fetchone() == (len(MIGRATIONS),)
+        assert plain.execute("PRAGMA user_version").fetchone() == (len(SCHEMA.sqlite),)
 
 
 async def test_each_call_is_one_hop_to_the_database_thread(
@@ -266,11 +268,13 @@ async def test_each_call_is_one_hop_to_the_database_thread(
         assert hops == before + 1
 
 
-async def test_a_use_is_on_disk_when_consume_returns(tmp_path: Path, store: UseStore) -> None:
+async def test_a_use_is_on_disk_when_consume_returns(
+    where: Callable[[str], Location], store: UseStore
+) -> None:
     grant = secrets.token_hex(16)
     await store.consume(_use(grant), NOW)
     await store.revoke(Revoked.CERTIFICATE, "3a", NOW)
     # Another connection sees both at once: nothing is left in an open transaction.
-    with contextlib.closing(sqlite3.connect(tmp_path / "uses.db")) as other:
+    with peek(where("uses")) as other:
         assert other.execute("SELECT used_total FROM grant_uses").fetchall() == [(1,)]
         assert other.execute("SELECT subject FROM revocations").fetchall() == [("3a",)]

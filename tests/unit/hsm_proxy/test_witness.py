@@ -5,7 +5,7 @@ that state across restarts, and changes nothing when it refuses."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -16,6 +16,7 @@ from hsm_proxy.errors import HsmProxyError
 from hsm_proxy.witness import MAX_PROOF_HASHES, MAX_TREE_SIZE, Witness
 from mobilesign import auditlog
 from mobilesign.errors import Kind
+from mobilesign.storage.schema import Location
 from tests.certificate_checks import spki_of
 
 ORIGIN = "example.invalid/witness-test"
@@ -50,8 +51,8 @@ def key() -> Key:
 
 
 @pytest.fixture
-async def witness(tmp_path: Path, key: Key) -> AsyncIterator[Witness]:
-    opened = await Witness.open(tmp_path / "witness.db", ORIGIN, key.spki, key.sign_digest)
+async def witness(where: Callable[[str], Location], key: Key) -> AsyncIterator[Witness]:
+    opened = await Witness.open(where("witness"), ORIGIN, key.spki, key.sign_digest)
     yield opened
     await opened.close()
 
@@ -61,7 +62,7 @@ def _verify(note: bytes, key: Key) -> auditlog.Checkpoint:
 
 
 async def _sign(witness: Witness, tree: auditlog.MerkleTree, size: int) -> bytes:
-    old = witness.state.tree_size
+    old = (await witness.state()).tree_size
     proof = tree.consistency_proof(old, size) if 0 < old < size else []
     return await witness.sign(
         old_size=old, tree_size=size, root_hash=tree.root(size), proof=proof, now=NOW
@@ -74,7 +75,10 @@ def _refused(exc: pytest.ExceptionInfo[HsmProxyError], kind: Kind, reason: str) 
 
 async def test_first_checkpoint_then_extensions_are_signed(witness: Witness, key: Key) -> None:
     tree = _tree(20)
-    assert (witness.state.tree_size, witness.state.root_hash) == (0, auditlog.EMPTY_ROOT)
+    assert ((await witness.state()).tree_size, (await witness.state()).root_hash) == (
+        0,
+        auditlog.EMPTY_ROOT,
+    )
     for size in (3, 3, 8, 13, 20):
         checkpoint = _verify(await _sign(witness, tree, size), key)
         assert (checkpoint.origin, checkpoint.size, checkpoint.root_hash) == (
@@ -82,7 +86,10 @@ async def test_first_checkpoint_then_extensions_are_signed(witness: Witness, key
             size,
             tree.root(size),
         )
-        assert (witness.state.tree_size, witness.state.root_hash) == (size, tree.root(size))
+        assert ((await witness.state()).tree_size, (await witness.state()).root_hash) == (
+            size,
+            tree.root(size),
+        )
 
 
 async def test_an_empty_log_can_be_witnessed(witness: Witness, key: Key) -> None:
@@ -96,11 +103,11 @@ async def test_an_empty_log_can_be_witnessed(witness: Witness, key: Key) -> None
 
 
 async def _refuses(witness: Witness, key: Key, kind: Kind, reason: str, **request: object) -> None:
-    before, signed = witness.state, len(key.signed)
+    before, signed = (await witness.state()), len(key.signed)
     with pytest.raises(HsmProxyError) as info:
         await witness.sign(**{"now": NOW, **request})  # type: ignore[arg-type]
     _refused(info, kind, reason)
-    assert witness.state == before
+    assert (await witness.state()) == before
     assert len(key.signed) == signed
 
 
@@ -211,7 +218,10 @@ async def test_the_state_survives_a_restart(tmp_path: Path, key: Key) -> None:
     await first.close()
     again = await Witness.open(tmp_path / "w.db", ORIGIN, key.spki, key.sign_digest)
     try:
-        assert (again.state.tree_size, again.state.root_hash) == (7, tree.root(7))
+        assert ((await again.state()).tree_size, (await again.state()).root_hash) == (
+            7,
+            tree.root(7),
+        )
         with pytest.raises(HsmProxyError) as info:
             await again.sign(old_size=7, tree_size=6, root_hash=tree.root(6), proof=[], now=NOW)
         _refused(info, Kind.PRECONDITION, "CHECKPOINT_INCONSISTENT")
@@ -231,7 +241,9 @@ async def test_a_note_is_released_only_once_its_state_is_stored(
     monkeypatch.setattr(witness._db, "run", failing_run)
     with pytest.raises(OSError, match="disk full"):
         await _sign(witness, tree, 4)
-    assert witness.state.tree_size == 0
+    monkeypatch.undo()
+    assert (await witness.state()).tree_size == 0
+    assert witness._state.tree_size == 0  # nor in memory
 
 
 async def test_an_unusable_origin_is_refused_at_start(tmp_path: Path, key: Key) -> None:
@@ -258,11 +270,11 @@ async def test_a_caller_that_goes_away_leaves_memory_and_disk_agreeing(
     with pytest.raises(asyncio.CancelledError):
         await caller
     await asyncio.sleep(0.1)
-    assert witness.state.tree_size == 5
+    assert witness._state.tree_size == 5  # memory, before the store is asked
     await witness.close()
     reopened = await Witness.open(tmp_path / "w.db", ORIGIN, key.spki, key.sign_digest)
     try:
-        assert reopened.state == witness.state
+        assert (await reopened.state()) == witness._state
         # The next checkpoint extends the one stored, without a conflict.
         assert _verify(await _sign(reopened, _tree(9), 9), key).size == 9
     finally:

@@ -10,12 +10,13 @@ import asyncio
 import dataclasses
 import sqlite3
 import types
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
 
 from mobilesign import auditlog
+from mobilesign.storage.schema import Location
 from server import ledger as ledger_module
 from server.ledger import GrantRow, Ledger, QuotaExceeded, RecordExists, TreeMismatch, utc_day
 
@@ -36,8 +37,8 @@ def path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-async def ledger(path: Path) -> AsyncIterator[Ledger]:
-    opened = await Ledger.open(path)
+async def ledger(where: Callable[[str], Location]) -> AsyncIterator[Ledger]:
+    opened = await Ledger.open(where("ledger"))
     yield opened
     await opened.close()
 
@@ -488,8 +489,9 @@ async def test_a_cancelled_caller_does_not_undo_its_use(path: Path) -> None:
         await again.close()
 
 
-async def test_proofs_read_nodes_by_the_primary_key(ledger: Ledger, path: Path) -> None:
+async def test_proofs_read_nodes_by_the_primary_key(path: Path) -> None:
     # A scan of every node per proof made each use slower as the log grew.
+    await (await Ledger.open(path)).close()
     connection = sqlite3.connect(path)
     try:
         plan = connection.execute(

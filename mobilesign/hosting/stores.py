@@ -1,0 +1,18 @@
+"""Where a service keeps each of its stores, from its ``database`` setting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mobilesign.hosting.config import ConfigError
+from mobilesign.storage.schema import Location, location
+
+
+def store_location(database: str, directory: Path, name: str) -> Location:
+    """``<directory>/<name>.db`` when ``database`` is empty, else the schema ``name`` in that
+    PostgreSQL database; :class:`ConfigError` for any other value (the value is not repeated:
+    a connection string may hold a password)."""
+    try:
+        return location(database, directory, name)
+    except ValueError as exc:
+        raise ConfigError(f"database: {exc}") from None
