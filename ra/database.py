@@ -5,9 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import aiosqlite
-
-from mobilesign.storage.sqlite import open_database
+from mobilesign.storage.database import Database
 
 MIGRATIONS = (
     """
@@ -61,6 +59,6 @@ MIGRATIONS = (
 )
 
 
-async def open_ra_db(path: Path) -> aiosqlite.Connection:
+async def open_ra_db(path: Path) -> Database:
     """Open (creating or upgrading) the RA database."""
-    return await open_database(path, MIGRATIONS)
+    return await Database.open(path, MIGRATIONS)

@@ -3,6 +3,8 @@ key in the HSM, and tells the HSM proxy when a grant ends.
 
 The HSM proxy checks a grant's signature next to the key and counts its uses itself, so the RA
 keeps only the signed statements and their revocation; the use so far is the proxy's count.
+The grants table is read and written one statement at a time, each one function on the
+database's thread, its rows fetched to the end (see :mod:`ra.users`).
 """
 
 from __future__ import annotations
@@ -10,11 +12,11 @@ from __future__ import annotations
 import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
-
-import aiosqlite
+from typing import Any
 
 from mobilesign import grants, records
 from mobilesign.errors import Kind
+from mobilesign.storage.database import Database
 from mobilesign.v1 import gateway_pb2, hsm_pb2
 from ra.changes import ChangeFeed
 from ra.errors import RaError
@@ -55,19 +57,27 @@ def grant_message(grant: GrantRecord, usage: hsm_pb2.GrantUsage) -> gateway_pb2.
 class GrantStore:
     """The grants table of the RA database."""
 
-    def __init__(self, db: aiosqlite.Connection) -> None:
+    def __init__(self, db: Database) -> None:
         self._db = db
 
     async def add(self, statement: grants.Statement, signed: bytes) -> None:
         """Store a newly signed grant."""
-        await self._db.execute(
-            "INSERT INTO grants (grant_id, user_id, key_id, signed_grant, created_at)"
-            " VALUES (?, ?, ?, ?, ?)",
-            (statement.grant_id, statement.user_id, statement.key_id, signed, statement.issued_at),
+        await self._db.run(
+            lambda c: c.execute(
+                "INSERT INTO grants (grant_id, user_id, key_id, signed_grant, created_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (
+                    statement.grant_id,
+                    statement.user_id,
+                    statement.key_id,
+                    signed,
+                    statement.issued_at,
+                ),
+            )
         )
 
     @staticmethod
-    def _record(row: aiosqlite.Row) -> GrantRecord:
+    def _record(row: Any) -> GrantRecord:
         # The RA's own signature was checked when it was made; the statement is read back from
         # exactly the bytes the proxy and the phone will see.
         signed = bytes(row["signed_grant"])
@@ -75,38 +85,47 @@ class GrantStore:
 
     async def get(self, grant_id: str) -> GrantRecord | None:
         """One grant, or None."""
-        async with self._db.execute(
-            "SELECT signed_grant, revoked_at FROM grants WHERE grant_id = ?", (grant_id,)
-        ) as cursor:
-            row = await cursor.fetchone()
-        return self._record(row) if row else None
+        rows = await self._db.run(
+            lambda c: c.execute(
+                "SELECT signed_grant, revoked_at FROM grants WHERE grant_id = ?", (grant_id,)
+            ).fetchall()
+        )
+        return self._record(rows[0]) if rows else None
 
     async def matching(self, user_id: str = "", key_id: str = "") -> list[GrantRecord]:
         """Grants, optionally of one user and/or one key, oldest first."""
-        async with self._db.execute(
-            "SELECT signed_grant, revoked_at FROM grants"
-            " WHERE (? = '' OR user_id = ?) AND (? = '' OR key_id = ?)"
-            " ORDER BY created_at, grant_id",
-            (user_id, user_id, key_id, key_id),
-        ) as cursor:
-            return [self._record(row) for row in await cursor.fetchall()]
+        rows = await self._db.run(
+            lambda c: c.execute(
+                "SELECT signed_grant, revoked_at FROM grants"
+                " WHERE (? = '' OR user_id = ?) AND (? = '' OR key_id = ?)"
+                " ORDER BY created_at, grant_id",
+                (user_id, user_id, key_id, key_id),
+            ).fetchall()
+        )
+        return [self._record(row) for row in rows]
 
     async def revoke(self, grant_id: str, now: int) -> bool:
         """Mark a grant revoked (keeping the first time); False when there is no such grant."""
-        # All rows in one call: a RETURNING statement still open keeps its autocommit
-        # transaction open, and another write on the connection would join it uncommitted.
-        rows = await self._db.execute_fetchall(
-            "UPDATE grants SET revoked_at = COALESCE(revoked_at, ?) WHERE grant_id = ? RETURNING 1",
-            (now, grant_id),
+        # Every row fetched in the function: a RETURNING statement still open keeps its
+        # autocommit transaction open, and another write on the connection would join it
+        # uncommitted.
+        rows = await self._db.run(
+            lambda c: c.execute(
+                "UPDATE grants SET revoked_at = COALESCE(revoked_at, ?) WHERE grant_id = ?"
+                " RETURNING 1",
+                (now, grant_id),
+            ).fetchall()
         )
         return bool(rows)
 
     async def revoked_ids(self) -> list[str]:
         """Every revoked grant's id."""
-        async with self._db.execute(
-            "SELECT grant_id FROM grants WHERE revoked_at IS NOT NULL ORDER BY revoked_at"
-        ) as cursor:
-            return [row["grant_id"] for row in await cursor.fetchall()]
+        rows = await self._db.run(
+            lambda c: c.execute(
+                "SELECT grant_id FROM grants WHERE revoked_at IS NOT NULL ORDER BY revoked_at"
+            ).fetchall()
+        )
+        return [row["grant_id"] for row in rows]
 
 
 class GrantIssuer:

@@ -1,14 +1,18 @@
-"""Organisations and their keys (the certificates are the CA's records)."""
+"""Organisations and their keys (the certificates are the CA's records).
+
+Each method is one statement in autocommit mode, one function on the database's thread, its rows
+fetched to the end (see :mod:`ra.users`).
+"""
 
 from __future__ import annotations
 
-import sqlite3
 from dataclasses import dataclass
-
-import aiosqlite
+from typing import Any
 
 from mobilesign import ids
 from mobilesign.errors import Kind
+from mobilesign.storage.connection import IntegrityError
+from mobilesign.storage.database import Database
 from mobilesign.v1 import gateway_pb2
 from ra.errors import RaError
 
@@ -40,7 +44,7 @@ class OrganisationKey:
 class OrganisationStore:
     """Queries over the organisations tables of the RA database."""
 
-    def __init__(self, db: aiosqlite.Connection) -> None:
+    def __init__(self, db: Database) -> None:
         self._db = db
 
     async def create(self, organisation_id: str, name: str, now: int) -> Organisation:
@@ -53,45 +57,49 @@ class OrganisationStore:
                 f"an organisation name is 1 to {_MAX_NAME} characters",
             )
         try:
-            await self._db.execute(
-                "INSERT INTO organisations (organisation_id, name, created_at) VALUES (?, ?, ?)",
-                (organisation_id, name, now),
+            await self._db.run(
+                lambda c: c.execute(
+                    "INSERT INTO organisations (organisation_id, name, created_at)"
+                    " VALUES (?, ?, ?)",
+                    (organisation_id, name, now),
+                )
             )
-        except sqlite3.IntegrityError:
+        except IntegrityError:
             raise RaError(Kind.CONFLICT, "ORGANISATION_EXISTS", "the id is taken") from None
         return Organisation(organisation_id, name)
 
     async def get(self, organisation_id: str) -> Organisation:
         """A registered organisation; NOT_FOUND otherwise."""
-        async with self._db.execute(
-            "SELECT organisation_id, name FROM organisations WHERE organisation_id = ?",
-            (organisation_id,),
-        ) as cursor:
-            row = await cursor.fetchone()
-        if row is None:
+        rows = await self._db.run(
+            lambda c: c.execute(
+                "SELECT organisation_id, name FROM organisations WHERE organisation_id = ?",
+                (organisation_id,),
+            ).fetchall()
+        )
+        if not rows:
             raise RaError(Kind.NOT_FOUND, "ORGANISATION_NOT_FOUND", "no such organisation")
-        return Organisation(row["organisation_id"], row["name"])
+        return Organisation(rows[0]["organisation_id"], rows[0]["name"])
 
     async def add_key(self, key: OrganisationKey, now: int) -> None:
         """Record an organisation key generated in the HSM."""
-        await self._db.execute(
-            "INSERT INTO organisation_keys (key_id, organisation_id, label, algorithm, created_at)"
-            " VALUES (?, ?, ?, ?, ?)",
-            (key.key_id, key.organisation_id, key.label, key.algorithm, now),
+        await self._db.run(
+            lambda c: c.execute(
+                "INSERT INTO organisation_keys"
+                " (key_id, organisation_id, label, algorithm, created_at) VALUES (?, ?, ?, ?, ?)",
+                (key.key_id, key.organisation_id, key.label, key.algorithm, now),
+            )
         )
 
     async def keys(self, organisation_id: str) -> list[OrganisationKey]:
         """An organisation's keys, by label."""
-        async with self._db.execute(
-            "SELECT key_id, organisation_id, label, algorithm FROM organisation_keys"
-            " WHERE organisation_id = ? ORDER BY label",
-            (organisation_id,),
-        ) as cursor:
-            rows = await cursor.fetchall()
-        return [
-            OrganisationKey(r["key_id"], r["organisation_id"], r["label"], r["algorithm"])
-            for r in rows
-        ]
+        rows = await self._db.run(
+            lambda c: c.execute(
+                "SELECT key_id, organisation_id, label, algorithm FROM organisation_keys"
+                " WHERE organisation_id = ? ORDER BY label",
+                (organisation_id,),
+            ).fetchall()
+        )
+        return [_key(r) for r in rows]
 
     async def key(self, key_id: str) -> OrganisationKey | None:
         """One organisation key by HSM key id, or None."""
@@ -102,11 +110,13 @@ class OrganisationStore:
         return await self._one("label", label)
 
     async def _one(self, column: str, value: str) -> OrganisationKey | None:
-        async with self._db.execute(_KEY_QUERIES[column], (value,)) as cursor:
-            r = await cursor.fetchone()
-        if r is None:
-            return None
-        return OrganisationKey(r["key_id"], r["organisation_id"], r["label"], r["algorithm"])
+        query = _KEY_QUERIES[column]
+        rows = await self._db.run(lambda c: c.execute(query, (value,)).fetchall())
+        return _key(rows[0]) if rows else None
+
+
+def _key(row: Any) -> OrganisationKey:
+    return OrganisationKey(row["key_id"], row["organisation_id"], row["label"], row["algorithm"])
 
 
 def key_message(

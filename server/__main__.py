@@ -21,7 +21,7 @@ from server.hsm_proxy_client import HsmClient
 from server.ledger import Ledger
 from server.operations import Operations
 from server.ra_cache import CachedRegistry
-from server.sessions import Sessions
+from server.sessions import Challenges, Sessions
 
 
 async def _main(
@@ -55,9 +55,17 @@ async def _main(
         cosigner=cosigner,
         record_key=secret_file.load_or_create(record_key_file),
     )
+    challenge_key_file = (
+        Path(cfg.challenge_key_file)
+        if cfg.challenge_key_file
+        else state / "gateway" / "challenge.key"
+    )
+    challenges = Challenges(
+        secret_file.load_or_create(challenge_key_file), cfg.session_challenge_seconds
+    )
     public_servicer = public.GatewayServicer(
         registry=registry,
-        sessions=Sessions(db, registry, cosigner, cfg.session_challenge_seconds),
+        sessions=Sessions(db, registry, cosigner, challenges),
         operations=operations,
         audit=audit,
     )

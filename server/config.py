@@ -37,6 +37,10 @@ class GatewayConfig:
     #: made at the first start); empty means ``<state>/gateway/record.key``. Gateways that
     #: share a database share this file.
     record_key_file: str = ""
+    #: File of the key that authenticates the login challenges this gateway issues (32 random
+    #: bytes, made at the first start); empty means ``<state>/gateway/challenge.key``. Gateways
+    #: that share a database share this file, so that a phone may answer at any of them.
+    challenge_key_file: str = ""
     grace_seconds: float = 5.0
     log_level: str = "info"
 

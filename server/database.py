@@ -1,13 +1,11 @@
-"""The gateway's database: one SQLite file, one schema history (sessions; the ledger is a file
-of its own)."""
+"""The gateway's database: one SQLite file, one schema history (sessions and the login
+challenges answered; the ledger is a file of its own)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-import aiosqlite
-
-from mobilesign.storage.sqlite import open_database
+from mobilesign.storage.database import Database
 
 MIGRATIONS = (
     """
@@ -54,9 +52,20 @@ MIGRATIONS = (
     DROP TABLE tickets;
     DROP TABLE users
     """,
+    # Login challenges answered (server/sessions.py), shared by the gateways that share this
+    # database: the primary key makes each challenge good for one session. ``expires_at`` is
+    # the Unix second from which no gateway takes the challenge any more.
+    """
+    CREATE TABLE used_challenges (
+        challenge_sha256 BLOB PRIMARY KEY,
+        user_key_id TEXT NOT NULL,
+        expires_at INTEGER NOT NULL
+    );
+    CREATE INDEX used_challenges_by_key ON used_challenges(user_key_id)
+    """,
 )
 
 
-async def open_gateway_db(path: Path) -> aiosqlite.Connection:
+async def open_gateway_db(path: Path) -> Database:
     """Open (creating or upgrading) the gateway database."""
-    return await open_database(path, MIGRATIONS)
+    return await Database.open(path, MIGRATIONS)

@@ -2,11 +2,14 @@
 personal certificate must be valid and unrevoked, and a short-lived bearer token results.
 
 A challenge costs the gateway no state until the device key has answered it: it is a timestamp,
-random bytes and a MAC over both and the key id, under a key that lives only in this process's
-memory (a restart invalidates the challenges outstanding, nothing else). Single use holds because
-a challenge is remembered once a device key answered it, until it would have expired anyway, and
-at most a few per key; so strangers asking for challenges, or answering them without the device
-key, cannot fill anything.
+random bytes and a MAC over both and the key id, under the challenge key (a file that every
+gateway sharing the database shares, so that a phone may answer at any gateway the challenge
+another issued, and a restart keeps the challenges outstanding). Single use holds because a
+challenge the device key answered is recorded in the gateway database (its SHA-256, until it
+would have expired anyway) in the transaction that stores the session: of two answers to one
+challenge, through one gateway or two, the primary key lets one through. At most a few are
+recorded per key, so strangers asking for challenges, or answering them without the device key,
+cannot fill anything.
 
 Tokens are 32 random bytes; the gateway stores only their SHA-256, so a copy of its database
 does not let anyone act as a user. Every call re-checks that the certificate is not revoked.
@@ -22,12 +25,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import aiosqlite
 import grpc
 from cachetools import LRUCache
 
 from mobilesign import deviceauth, ids
 from mobilesign.errors import Kind
+from mobilesign.storage.connection import Connection
+from mobilesign.storage.database import Database, transaction
 from server.cosigner_client import CosignerClient
 from server.errors import GatewayError
 from server.ra_client import KeyStatus, Registry
@@ -36,16 +40,24 @@ CHALLENGE_SECONDS = 60
 SESSION_SECONDS = 900
 #: Sessions kept in memory once read from the database.
 KNOWN_SESSIONS = 65_536
-#: A challenge: timestamp (8 bytes, big-endian nanoseconds on this process's monotonic clock),
-#: random (8 bytes), HMAC-SHA256 truncated to 16 bytes: 32 bytes in all, the length the wire
-#: format always had.
+#: Challenges kept in memory once known to be used (a replay is refused before the cosigner is
+#: asked; one not known here is looked up in the database).
+KNOWN_USED_CHALLENGES = 65_536
+#: A challenge: timestamp (8 bytes, big-endian nanoseconds since the Unix epoch), random
+#: (8 bytes), HMAC-SHA256 truncated to 16 bytes: 32 bytes in all, the length the wire format
+#: always had.
 _STAMP_BYTES = 8
 _RANDOM_BYTES = 8
 _MAC_BYTES = 16
 CHALLENGE_BYTES = _STAMP_BYTES + _RANDOM_BYTES + _MAC_BYTES
 #: Logins one key may complete within one challenge lifetime; beyond it TOO_MANY_CHALLENGES.
-#: Only the device key's holder can use them up, and they bound the memory of used challenges.
+#: Only the device key's holder can use them up, and they bound the used challenges recorded.
 MAX_LOGINS_PER_KEY = 16
+#: How far apart the clocks of the gateways sharing a database may be (NTP keeps them far
+#: closer): a challenge stamped by a gateway ahead is taken by one behind, and a used challenge
+#: is recorded that much past its expiry.
+CLOCK_SKEW_SECONDS = 2
+_SECOND = 1_000_000_000
 
 
 def _challenge_invalid() -> GatewayError:
@@ -57,27 +69,27 @@ def _challenge_invalid() -> GatewayError:
 class Challenges:
     """Issues and checks self-authenticating login challenges; keeps no state per challenge.
 
-    ``key`` (random when None) is the MAC key, ``clock`` a monotonic clock in nanoseconds.
+    ``key`` is the MAC key (the challenge key file's), ``clock`` the wall clock in nanoseconds
+    since the Unix epoch: gateways check one another's challenges, so the stamp is one they all
+    read alike.
     """
 
     def __init__(
         self,
+        key: bytes,
         lifetime_seconds: float = CHALLENGE_SECONDS,
         *,
-        key: bytes | None = None,
-        clock: Callable[[], int] = time.monotonic_ns,
+        clock: Callable[[], int] = time.time_ns,
     ) -> None:
-        # Used for nothing but these MACs, and never stored: no domain tag needed, and a
-        # restart simply invalidates the challenges outstanding.
-        self._key = key if key is not None else secrets.token_bytes(32)
+        # The key is used for nothing but these MACs: no domain tag needed.
+        self._key = key
         self._clock = clock
-        # Stamps count from this object's creation, so challenges do not tell the host's uptime.
-        self._epoch = clock()
-        self.lifetime_ns = int(lifetime_seconds * 1_000_000_000)
+        self.lifetime_ns = int(lifetime_seconds * _SECOND)
+        self._skew_ns = CLOCK_SKEW_SECONDS * _SECOND
 
     def now(self) -> int:
-        """The current stamp (nanoseconds since this object was created)."""
-        return self._clock() - self._epoch
+        """The current stamp (nanoseconds since the Unix epoch)."""
+        return self._clock()
 
     def _mac(self, user_key_id: str, stamp_and_random: bytes) -> bytes:
         # Stamp and random have fixed lengths and the key id comes last: unambiguous.
@@ -86,12 +98,11 @@ class Challenges:
 
     def issue(self, user_key_id: str) -> bytes:
         """A fresh challenge for ``user_key_id`` (whose format the caller checked)."""
-        stamp = max(self.now(), 0).to_bytes(_STAMP_BYTES, "big")
-        body = stamp + secrets.token_bytes(_RANDOM_BYTES)
+        body = self.now().to_bytes(_STAMP_BYTES, "big") + secrets.token_bytes(_RANDOM_BYTES)
         return body + self._mac(user_key_id, body)
 
     def check(self, user_key_id: str, challenge: bytes) -> int:
-        """Check that this process issued ``challenge`` for ``user_key_id`` and that it has not
+        """Check that ``challenge`` was issued under this key for ``user_key_id`` and has not
         expired; return the stamp at which it expires. Raise CHALLENGE_INVALID otherwise."""
         if len(challenge) != CHALLENGE_BYTES:
             raise _challenge_invalid()
@@ -99,61 +110,14 @@ class Challenges:
         if not hmac.compare_digest(mac, self._mac(user_key_id, body)):
             raise _challenge_invalid()
         stamp = int.from_bytes(body[:_STAMP_BYTES], "big")
-        if not 0 <= self.now() - stamp <= self.lifetime_ns:
+        if not -self._skew_ns <= self.now() - stamp <= self.lifetime_ns:
             raise _challenge_invalid()
         return stamp + self.lifetime_ns
 
-
-class UsedChallenges:
-    """The challenges a device key has answered, each until it expires, at most
-    ``per_key`` per key: what makes a challenge single use."""
-
-    def __init__(self, challenges: Challenges, per_key: int = MAX_LOGINS_PER_KEY) -> None:
-        self._challenges = challenges
-        self._per_key = per_key
-        self._used: dict[str, dict[bytes, int]] = {}
-        self._swept = challenges.now()
-
-    def _sweep(self, now: int) -> None:
-        # Every key's expired entries once per lifetime, so keys that never log in again do not
-        # keep theirs; the cost is spread over a lifetime's logins.
-        if now - self._swept < self._challenges.lifetime_ns:
-            return
-        self._swept = now
-        for key_id in list(self._used):
-            self._expire(key_id, now)
-
-    def _expire(self, key_id: str, now: int) -> dict[bytes, int]:
-        live = {c: t for c, t in self._used.get(key_id, {}).items() if t >= now}
-        if live:
-            self._used[key_id] = live
-        else:
-            self._used.pop(key_id, None)
-        return live
-
-    def seen(self, user_key_id: str, challenge: bytes) -> bool:
-        """True when ``challenge`` was already answered for ``user_key_id``."""
-        return challenge in self._used.get(user_key_id, {})
-
-    def use(self, user_key_id: str, challenge: bytes, expires: int) -> None:
-        """Record that the device key answered ``challenge``; raise CHALLENGE_INVALID when it
-        already did, TOO_MANY_CHALLENGES when the key has used up its logins for now."""
-        now = self._challenges.now()
-        self._sweep(now)
-        live = self._expire(user_key_id, now)
-        if challenge in live:
-            raise _challenge_invalid()
-        if len(live) >= self._per_key:
-            raise GatewayError(
-                Kind.EXHAUSTED,
-                "TOO_MANY_CHALLENGES",
-                f"at most {self._per_key} logins per key within "
-                f"{self._challenges.lifetime_ns / 1e9:g} s; try again shortly",
-            )
-        self._used.setdefault(user_key_id, {})[challenge] = expires
-
-    def __len__(self) -> int:
-        return sum(len(used) for used in self._used.values())
+    def forget_at(self, expires: int) -> int:
+        """The Unix second from which no gateway takes a challenge that expires at stamp
+        ``expires`` (its clock may be behind this one's): when its record may go."""
+        return (expires + self._skew_ns) // _SECOND + 1
 
 
 @dataclass(frozen=True)
@@ -166,21 +130,23 @@ class Session:
 
 
 class Sessions:
-    """Challenges (self-authenticating, single use) and session tokens (hashed, in the gateway
-    DB)."""
+    """Challenges (self-authenticating, single use across the gateways sharing the database)
+    and session tokens (hashed, in the gateway DB)."""
 
     def __init__(
         self,
-        db: aiosqlite.Connection,
+        db: Database,
         registry: Registry,
         cosigner: CosignerClient,
-        challenge_seconds: float = CHALLENGE_SECONDS,
+        challenges: Challenges,
     ) -> None:
         self._db = db
         self._registry = registry
         self._cosigner = cosigner
-        self._challenges = Challenges(challenge_seconds)
-        self._used = UsedChallenges(self._challenges)
+        self._challenges = challenges
+        # Challenges known to be used: answered here, or refused by the database. Only these
+        # (a challenge not found here may have been used through another gateway).
+        self._used: LRUCache[bytes, bool] = LRUCache(KNOWN_USED_CHALLENGES)
         # Sessions found in the database (user key, user, expiry), by token hash: a session
         # ends only by expiring, so one found stays as it was.
         self._known: LRUCache[bytes, tuple[str, str, int]] = LRUCache(KNOWN_SESSIONS)
@@ -221,8 +187,8 @@ class Sessions:
     ) -> tuple[str, int, str]:
         """Check the device's answer; return (token, expiry, user id)."""
         expires = self._challenges.check(user_key_id, challenge)
-        # Early, to spare the cosigner a call; use() below decides, after the awaits.
-        if self._used.seen(user_key_id, challenge):
+        # Early, to spare the cosigner a call; the database decides, after the awaits.
+        if challenge in self._used:
             raise _challenge_invalid()
         key = await self._cosigner.key(user_key_id)
         if key is None:
@@ -233,19 +199,33 @@ class Sessions:
             raise GatewayError(
                 Kind.UNAUTHENTICATED, "DEVICE_PROOF_INVALID", "the device key did not sign"
             )
-        # No await between the check and the record: of two concurrent answers, one wins.
-        self._used.use(user_key_id, challenge, expires)
         await self.certificate(user_key_id)
         token = secrets.token_urlsafe(32)
         now = int(time.time())
-        expires_at = now + SESSION_SECONDS
-        await self._db.execute("DELETE FROM sessions WHERE expires_at <= ?", (now,))
-        await self._db.execute(
-            "INSERT INTO sessions (token_sha256, user_key_id, user_id, expires_at)"
-            " VALUES (?, ?, ?, ?)",
-            (hashlib.sha256(token.encode()).digest(), user_key_id, key.user_id, expires_at),
+        login = _Login(
+            challenge_sha256=hashlib.sha256(challenge).digest(),
+            user_key_id=user_key_id,
+            forget_at=self._challenges.forget_at(expires),
+            challenges_now=self._challenges.now() // _SECOND,
+            token_sha256=hashlib.sha256(token.encode()).digest(),
+            user_id=key.user_id,
+            expires_at=now + SESSION_SECONDS,
+            now=now,
         )
-        return token, expires_at, key.user_id
+        try:
+            await self._db.run(lambda c: transaction(c, lambda c: _store_session(c, login)))
+        except _ChallengeUsed:
+            self._used[challenge] = True
+            raise _challenge_invalid() from None
+        except _TooManyLogins:
+            raise GatewayError(
+                Kind.EXHAUSTED,
+                "TOO_MANY_CHALLENGES",
+                f"at most {MAX_LOGINS_PER_KEY} logins per key within "
+                f"{self._challenges.lifetime_ns / 1e9:g} s; try again shortly",
+            ) from None
+        self._used[challenge] = True
+        return token, login.expires_at, key.user_id
 
     async def authenticate(self, context: grpc.aio.ServicerContext[Any, Any]) -> Session:
         """The session named by the call's ``authorization: Bearer <token>`` metadata."""
@@ -260,12 +240,14 @@ class Sessions:
         digest = hashlib.sha256(token.encode()).digest()
         known = self._known.get(digest)
         if known is None:
-            async with self._db.execute(
-                "SELECT user_key_id, user_id, expires_at FROM sessions WHERE token_sha256 = ?",
-                (digest,),
-            ) as cursor:
-                row = await cursor.fetchone()
-            if row is not None:
+            rows = await self._db.run(
+                lambda c: c.execute(
+                    "SELECT user_key_id, user_id, expires_at FROM sessions WHERE token_sha256 = ?",
+                    (digest,),
+                ).fetchall()
+            )
+            if rows:
+                row = rows[0]
                 known = (row["user_key_id"], row["user_id"], row["expires_at"])
                 self._known[digest] = known
         if known is None or known[2] <= time.time():
@@ -275,3 +257,49 @@ class Sessions:
         user_key_id, user_id, _ = known
         certificate = await self.certificate(user_key_id)
         return Session(user_id, user_key_id, certificate)
+
+
+class _ChallengeUsed(Exception):
+    """The challenge was answered before (here or through another gateway)."""
+
+
+class _TooManyLogins(Exception):
+    """The key has used up its logins for now."""
+
+
+@dataclass(frozen=True)
+class _Login:
+    """What :func:`_store_session` records of a device's valid answer."""
+
+    challenge_sha256: bytes
+    user_key_id: str
+    forget_at: int  # Unix second from which the used challenge's record may go
+    challenges_now: int  # Unix second by the challenges' clock
+    token_sha256: bytes
+    user_id: str
+    expires_at: int  # the session's, in Unix seconds
+    now: int  # Unix second by the wall clock, which sessions' expiries are on
+
+
+def _store_session(c: Connection, login: _Login) -> None:
+    # Runs inside ``transaction``: a refusal raised here rolls back the challenge's record.
+    c.execute("DELETE FROM sessions WHERE expires_at <= ?", (login.now,))
+    c.execute("DELETE FROM used_challenges WHERE expires_at <= ?", (login.challenges_now,))
+    # The primary key decides between two answers to one challenge: the second waits for the
+    # first's commit, then inserts nothing.
+    inserted = c.execute(
+        "INSERT INTO used_challenges (challenge_sha256, user_key_id, expires_at)"
+        " VALUES (?, ?, ?) ON CONFLICT (challenge_sha256) DO NOTHING RETURNING 1",
+        (login.challenge_sha256, login.user_key_id, login.forget_at),
+    ).fetchall()
+    if not inserted:
+        raise _ChallengeUsed
+    used = c.execute(
+        "SELECT COUNT(*) FROM used_challenges WHERE user_key_id = ?", (login.user_key_id,)
+    ).fetchall()[0][0]
+    if used > MAX_LOGINS_PER_KEY:
+        raise _TooManyLogins
+    c.execute(
+        "INSERT INTO sessions (token_sha256, user_key_id, user_id, expires_at) VALUES (?, ?, ?, ?)",
+        (login.token_sha256, login.user_key_id, login.user_id, login.expires_at),
+    )

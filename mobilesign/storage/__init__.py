@@ -1,8 +1,8 @@
-"""Durable storage shared by the services: SQLite through aiosqlite, WAL, synchronous commits.
+"""Durable storage shared by the services: a commit that returned is durable.
 
-Each service keeps its own repository (a small class with the queries it needs) on top of
-:func:`open_database`, or, where a transaction runs many statements on a hot path, of
-:class:`~mobilesign.storage.database.Database` (one thread hop per transaction, not per
-statement); the repositories use plain SQL so that a PostgreSQL implementation can
-stand beside them when a deployment spans machines.
+Each service keeps its own repositories (small classes with the queries they need) on top of
+:class:`~mobilesign.storage.database.Database`: every transaction is one plain function of a
+:class:`~mobilesign.storage.connection.Connection`, run on the database's own thread (one
+hop per transaction, not per statement), in the SQL that SQLite (WAL, synchronous commits) and
+PostgreSQL read alike.
 """

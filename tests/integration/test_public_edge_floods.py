@@ -3,7 +3,8 @@ the cosigner's public limit leave its internal listener to the gateway and are e
 first-message timeout; one address gets only its share of streams (health and reflection
 included); unary calls that never send their request are counted and ended too; and
 ``StartSession`` for random keys costs the gateway nothing, so real users log in at once, while
-replayed, forged, altered, expired and restarted-away challenges are refused.
+replayed, forged, altered and expired challenges are refused, and one used before a restart
+after it too (the challenge key is a file, the used challenges are in the gateway database).
 
 Every call of a plain channel here comes from 127.0.0.1. To be many peers, as a flood from many
 machines would be, streams go through :class:`Relay`, a local TCP relay whose outgoing
@@ -347,7 +348,7 @@ async def test_start_session_for_random_keys_leaves_real_logins_alone(
         await refused_login(gateway, phone, challenge)
 
 
-async def test_forged_altered_expired_and_restarted_away_challenges_are_refused(
+async def test_forged_altered_expired_and_used_challenges_are_refused_also_after_a_restart(
     deployment: Deployment, phone: escrow.Phone
 ) -> None:
     key_id = phone.keystore.key_id
@@ -378,10 +379,16 @@ async def test_forged_altered_expired_and_restarted_away_challenges_are_refused(
         await asyncio.sleep(CHALLENGE_SECONDS + 0.5)
         await refused_login(gateway, phone, old)
         outstanding = await start(gateway, key_id)
-    # A restart invalidates the challenges outstanding (the MAC key lived in memory only).
+    # A restart keeps the challenge key (an owner-only file) and the challenges used: the one
+    # outstanding logs in once, the one used before is still refused.
+    key_file = deployment.state_dir / "gateway" / "challenge.key"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    key = key_file.read_bytes()
     deployment.stop("gateway")
     deployment.start("gateway")
+    assert key_file.read_bytes() == key
     async with deployment.public_channel("gateway") as channel:
         gateway = escrow.public(channel)
+        await refused_login(gateway, phone, challenge)
+        assert (await finish(gateway, phone, outstanding)).session_token
         await refused_login(gateway, phone, outstanding)
-        assert (await finish(gateway, phone, await start(gateway, key_id))).session_token
