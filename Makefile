@@ -6,7 +6,7 @@ BUF := .tools/node_modules/.bin/buf
 PROTOS := $(wildcard protos/mobilesign/v1/*.proto)
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: setup proto lint test demo run bench soak fuzz clean
+.PHONY: setup proto lint test demo demo-postgres run bench soak fuzz clean
 
 setup: $(VENV)/.installed $(BUF) .debian-packages
 
@@ -41,6 +41,10 @@ test: setup lint
 
 demo: setup
 	$(PY) -m scripts.demo
+
+# The same flow with every service's state in PostgreSQL (a server started for it).
+demo-postgres: setup
+	$(PY) -m scripts.demo --postgres
 
 run: setup
 	$(PY) -m scripts.run_all

@@ -24,7 +24,9 @@ async def _main(
     cfg = cosigner_config.load(document)
     logs.configure("cosigner", cfg.log_level)
     credential = devpki.credential(state, "cosigner")
-    store = await KeyStore.open(store_location(cfg.database, state / "cosigner", "cosigner"))
+    store = await KeyStore.open(
+        store_location("cosigner", cfg.database, state / "cosigner", "cosigner")
+    )
     resources.push_async_callback(store.close)
     hsm_channel = channels.mutual_tls(cfg.hsm_proxy, credential, "hsm-proxy")
     resources.push_async_callback(hsm_channel.close)

@@ -37,13 +37,13 @@ async def _main(
     # Sealing keys exist before anyone may seal: concurrent first seals cannot create two.
     for caller in sorted(servicer.POLICY.rules["Seal"]):
         await servicer.run_in_token(pool, functools.partial(keys.ensure_sealing_key, caller=caller))
-    uses = await UseStore.open(store_location(cfg.database, hsm_dir, "authorisations"))
+    uses = await UseStore.open(store_location("hsm-proxy", cfg.database, hsm_dir, "authorisations"))
     resources.push_async_callback(uses.close)
     log_key = await servicer.run_in_token(
         pool, lambda s: keys.ensure(s, cfg.log_key_label, keys.Purpose.LOG, keys.Algorithm.EC_P256)
     )
     witness = await Witness.open(
-        store_location(cfg.database, hsm_dir, "witness"),
+        store_location("hsm-proxy", cfg.database, hsm_dir, "witness"),
         cfg.log_origin,
         log_key.spki,
         lambda digest: servicer.run_in_token(

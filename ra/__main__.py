@@ -11,6 +11,7 @@ import grpc
 
 from mobilesign.ca import CaSettings, CertificateAuthority
 from mobilesign.hosting import devpki, entrypoint, logs, serve
+from mobilesign.hosting.stores import store_location
 from mobilesign.rpc import channels
 from mobilesign.v1 import hsm_pb2, ra_pb2_grpc
 from ra import admin, registry
@@ -32,9 +33,10 @@ async def _main(
     cfg = ra_config.load(document)
     logs.configure("ra", cfg.log_level)
     credential = devpki.credential(state, "ra")
-    db = await open_ra_db(state / "ra" / "ra.db")
+    (state / "ra").mkdir(parents=True, exist_ok=True, mode=0o700)
+    db = await open_ra_db(store_location("ra", cfg.database, state / "ra", "ra"))
     resources.push_async_callback(db.close)
-    ca_store = await CaStore.open(state / "ra" / "ca.db")
+    ca_store = await CaStore.open(store_location("ra", cfg.database, state / "ra", "ca"))
     resources.push_async_callback(ca_store.close)
     hsm_channel = channels.mutual_tls(cfg.hsm_proxy, credential, "hsm-proxy")
     resources.push_async_callback(hsm_channel.close)

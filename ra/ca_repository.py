@@ -7,14 +7,14 @@ autocommit transaction open past the function, and a write after it would join i
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from mobilesign.ca import CertificateRecord, SerialInUse
 from mobilesign.storage.connection import IntegrityError
 from mobilesign.storage.database import Database
+from mobilesign.storage.schema import Location, Schema
 
-_MIGRATIONS = (
+_SQLITE = (
     """
     CREATE TABLE certificates (
         serial TEXT PRIMARY KEY,
@@ -38,6 +38,31 @@ _MIGRATIONS = (
     )
     """,
 )
+_POSTGRESQL = (
+    """
+    CREATE TABLE certificates (
+        serial TEXT PRIMARY KEY,
+        kind TEXT NOT NULL CHECK (kind IN ('organisation', 'personal')),
+        subject_key_id TEXT NOT NULL,
+        holder TEXT NOT NULL,
+        der BYTEA NOT NULL,
+        not_after BIGINT NOT NULL,
+        issued_at BIGINT NOT NULL,
+        revoked_at BIGINT,
+        revocation_reason TEXT
+    );
+    CREATE INDEX certificates_by_key ON certificates(subject_key_id);
+    CREATE TABLE authority (
+        singleton BIGINT PRIMARY KEY CHECK (singleton = 1),
+        ca_key_id TEXT NOT NULL,
+        root_der BYTEA NOT NULL,
+        crl_number BIGINT NOT NULL DEFAULT 0,
+        crl_der BYTEA,
+        crl_issued_at BIGINT
+    )
+    """,
+)
+SCHEMA = Schema(sqlite=_SQLITE, postgresql=_POSTGRESQL)
 
 
 def _record(row: Any) -> CertificateRecord:
@@ -61,9 +86,9 @@ class CaStore:
         self._db = db
 
     @classmethod
-    async def open(cls, path: Path) -> CaStore:
+    async def open(cls, where: Location) -> CaStore:
         """Open (creating) the CA database."""
-        return cls(await Database.open(path, _MIGRATIONS))
+        return cls(await Database.open(where, SCHEMA))
 
     async def close(self) -> None:
         """Close the database."""

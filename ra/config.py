@@ -29,6 +29,10 @@ class RaConfig:
     certificate_validity_days: int = 365
     max_message_bytes: int = 256 * 1024
     max_concurrent_rpcs: int = 1024
+    #: Where the service keeps its state: empty for SQLite files under the state directory, or
+    #: a ``postgresql://`` URL for a database of its own (each store a schema in it; replicas
+    #: of the service may share it).
+    database: str = ""
     grace_seconds: float = 5.0
     log_level: str = "info"
 

@@ -14,12 +14,18 @@ between them), then:
 
 Each artefact is verified with the ``openssl`` command. Output goes to ``demo-out/`` (or
 ``DEMO_OUT``); service state to ``var/demo`` (or ``MOBILESIGN_STATE_DIR``), started afresh.
+
+``--postgres`` (``make demo-postgres``) runs the same flow with every service's state in
+PostgreSQL: a server started for the demo in a temporary directory (unix socket only), a
+database and role per service, stopped and removed at the end.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import base64
+import contextlib
 import hashlib
 import os
 import shutil
@@ -35,6 +41,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 import client
 from mobilesign.testing import Deployment
+from mobilesign.testing.postgres import PostgresServer
 from mobilesign.v1 import gateway_pb2, gateway_pb2_grpc, ra_pb2, ra_pb2_grpc
 
 _MARKER = ".mobilesign-demo-state"
@@ -401,16 +408,31 @@ async def _flow(deployment: Deployment, out: Path) -> None:
 
 def main() -> None:
     """Run the demo; exit non-zero if any step or verification fails."""
+    parser = argparse.ArgumentParser(prog="python -m scripts.demo", description=__doc__)
+    parser.add_argument(
+        "--postgres",
+        action="store_true",
+        help="keep every service's state in a PostgreSQL server started for the demo",
+    )
+    args = parser.parse_args()
     out = Path(os.environ.get("DEMO_OUT", "demo-out")).resolve()
     out.mkdir(parents=True, exist_ok=True)
     state = _fresh_state(Path(os.environ.get("MOBILESIGN_STATE_DIR", "var/demo")).resolve())
-    deployment = Deployment(state)
-    _step(f"Starting hsm-proxy, ra, gateway and cosigner (state in {state})")
-    deployment.start_all()
-    try:
-        asyncio.run(_flow(deployment, out))
-    finally:
-        deployment.stop_all()
+    with contextlib.ExitStack() as stack:
+        postgres = None
+        if args.postgres:
+            postgres = PostgresServer()
+            _step(f"Starting PostgreSQL {postgres.version()} (socket in {postgres.socket_dir})")
+            postgres.start()
+            stack.callback(postgres.stop)
+        deployment = Deployment(state, postgres=postgres)
+        where = "a database each on PostgreSQL" if postgres else f"state in {state}"
+        _step(f"Starting hsm-proxy, ra, gateway and cosigner ({where})")
+        deployment.start_all()
+        try:
+            asyncio.run(_flow(deployment, out))
+        finally:
+            deployment.stop_all()
     _step(f"Done: artefacts in {out}")
 
 

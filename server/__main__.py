@@ -10,6 +10,7 @@ from typing import Any
 import grpc
 
 from mobilesign.hosting import devpki, entrypoint, logs, secret_file, serve
+from mobilesign.hosting.stores import store_location
 from mobilesign.rpc import channels
 from mobilesign.v1 import gateway_pb2_grpc
 from server import config as gateway_config
@@ -30,7 +31,9 @@ async def _main(
     cfg = gateway_config.load(document)
     logs.configure("gateway", cfg.log_level)
     credential = devpki.credential(state, "gateway")
-    db = await open_gateway_db(state / "gateway" / "gateway.db")
+    db = await open_gateway_db(
+        store_location("gateway", cfg.database, state / "gateway", "gateway")
+    )
     resources.push_async_callback(db.close)
     channels_to = {}
     for name, address in (("hsm-proxy", cfg.hsm_proxy), ("cosigner", cfg.cosigner), ("ra", cfg.ra)):
@@ -41,7 +44,7 @@ async def _main(
     registry = CachedRegistry(channels_to["ra"])
     watch = asyncio.create_task(registry.watch())
     resources.callback(watch.cancel)
-    ledger = await Ledger.open(state / "gateway" / "ledger.db")
+    ledger = await Ledger.open(store_location("gateway", cfg.database, state / "gateway", "ledger"))
     resources.push_async_callback(ledger.close)
     audit = AuditLog(ledger, hsm, await hsm.log_state())
     record_key_file = (

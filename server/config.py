@@ -41,6 +41,10 @@ class GatewayConfig:
     #: bytes, made at the first start); empty means ``<state>/gateway/challenge.key``. Gateways
     #: that share a database share this file, so that a phone may answer at any of them.
     challenge_key_file: str = ""
+    #: Where the service keeps its state: empty for SQLite files under the state directory, or
+    #: a ``postgresql://`` URL for a database of its own (each store a schema in it; replicas
+    #: of the service may share it).
+    database: str = ""
     grace_seconds: float = 5.0
     log_level: str = "info"
 

@@ -3,11 +3,10 @@ challenges answered; the ledger is a file of its own)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from mobilesign.storage.database import Database
+from mobilesign.storage.schema import Location, Schema
 
-MIGRATIONS = (
+_SQLITE = (
     """
     CREATE TABLE users (
         user_id TEXT PRIMARY KEY,
@@ -66,6 +65,25 @@ MIGRATIONS = (
 )
 
 
-async def open_gateway_db(path: Path) -> Database:
+_POSTGRESQL = (
+    """
+    CREATE TABLE sessions (
+        token_sha256 BYTEA PRIMARY KEY,
+        user_key_id TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        expires_at BIGINT NOT NULL
+    );
+    CREATE TABLE used_challenges (
+        challenge_sha256 BYTEA PRIMARY KEY,
+        user_key_id TEXT NOT NULL,
+        expires_at BIGINT NOT NULL
+    );
+    CREATE INDEX used_challenges_by_key ON used_challenges(user_key_id)
+    """,
+)
+SCHEMA = Schema(sqlite=_SQLITE, postgresql=_POSTGRESQL)
+
+
+async def open_gateway_db(where: Location) -> Database:
     """Open (creating or upgrading) the gateway database."""
-    return await Database.open(path, MIGRATIONS)
+    return await Database.open(where, SCHEMA)

@@ -72,7 +72,9 @@ def _credentials(credential: channels.Credential, mutual: bool) -> grpc.ServerCr
 def _write_run_file(state_dir: Path, name: str, addresses: dict[str, str]) -> Path:
     run = state_dir / "run"
     run.mkdir(parents=True, exist_ok=True)
-    path = run / f"{name}.json"
+    # Replicas of one service sharing a state directory (on one machine) name themselves.
+    instance = os.environ.get("MOBILESIGN_INSTANCE") or name
+    path = run / f"{instance}.json"
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps({"pid": os.getpid(), "listeners": addresses}))
     os.replace(tmp, path)

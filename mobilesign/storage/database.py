@@ -35,6 +35,11 @@ def _connect_sqlite(path: Path, migrations: Sequence[str]) -> sqlite3.Connection
         for pragma in PRAGMAS:
             connection.execute(pragma)
         version = int(connection.execute("PRAGMA user_version").fetchone()[0])
+        if version > len(migrations):
+            raise RuntimeError(
+                f"{path.name} is at schema version {version}, newer than this code knows"
+                f" ({len(migrations)}): upgrade the service"
+            )
         for index in range(version, len(migrations)):
             connection.executescript(
                 f"BEGIN IMMEDIATE; {migrations[index]}; PRAGMA user_version={index + 1}; COMMIT;"

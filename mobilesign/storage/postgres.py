@@ -103,7 +103,11 @@ def lock_key(name: str) -> int:
 def open_connection(store: PostgresStore, rows: RowFactory[Any] = _rows) -> psycopg.Connection[Any]:
     """A connection in autocommit mode whose ``search_path`` is the store's schema alone."""
     return psycopg.connect(
-        store.dsn, autocommit=True, row_factory=rows, options=f"-c search_path={store.schema}"
+        store.dsn,
+        autocommit=True,
+        row_factory=rows,
+        options=f"-c search_path={store.schema}",
+        application_name=store.application,
     )
 
 

@@ -30,6 +30,8 @@ class PostgresStore:
 
     dsn: str
     schema: str
+    #: What the server shows for the connection (``pg_stat_activity.application_name``).
+    application: str = "mobilesign"
 
     def __repr__(self) -> str:
         # The connection string may carry a password.
@@ -43,11 +45,16 @@ Location = Path | PostgresStore
 _POSTGRES_PREFIXES = ("postgresql://", "postgres://")
 
 
-def location(database: str, directory: Path, name: str) -> Location:
+def location(
+    database: str, directory: Path, name: str, application: str = "mobilesign"
+) -> Location:
     """Where the store ``name`` of a service lives: ``<directory>/<name>.db`` when the service's
-    ``database`` setting is empty, else the schema ``name`` in that PostgreSQL database."""
+    ``database`` setting is empty, else the schema ``name`` in that PostgreSQL database (its
+    connections named ``application``)."""
+    if not _NAME.fullmatch(name):
+        raise ValueError(f"not a usable store name: {name!r}")
     if not database:
         return directory / f"{name}.db"
     if not database.startswith(_POSTGRES_PREFIXES):
         raise ValueError("database must be empty (SQLite) or a postgresql:// URL")
-    return PostgresStore(database, name)
+    return PostgresStore(database, name, application)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -23,6 +24,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from mobilesign.hosting import devpki
 from mobilesign.rpc import channels
+from mobilesign.testing.postgres import PostgresServer
 
 ROOT = Path(__file__).resolve().parents[2]
 #: Order in which services start (and, reversed, stop): callees before callers.
@@ -67,25 +69,59 @@ class Service:
 
 @dataclass
 class Deployment:
-    """The services of one test deployment, all under one state directory."""
+    """The services of one test deployment, all under one state directory.
+
+    With ``postgres``, each service keeps its state in a database and role of its own on that
+    server (``MOBILESIGN_<SERVICE>_DATABASE``, given to that service's processes only).
+    :meth:`add_replica` adds a second process of a service (its own ports, the same state
+    directory, database and key files).
+    """
 
     state_dir: Path
     extra_env: dict[str, str] = field(default_factory=dict)
     services: dict[str, Service] = field(default_factory=dict)
     ports: dict[tuple[str, str], int] = field(default_factory=dict)
+    postgres: PostgresServer | None = None
+    #: Each service's connection string, when on PostgreSQL.
+    databases: dict[str, str] = field(default_factory=dict)
+    #: Replica name -> (service, its own environment on top of the deployment's).
+    replicas: dict[str, tuple[str, dict[str, str]]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        # Several deployments may share one server: their roles and databases are their own.
+        tag = secrets.token_hex(3)
         for name, (_, listeners) in SERVICES.items():
             for listener in listeners:
                 self.ports.setdefault((name, listener), _free_port())
+            if self.postgres is not None and name not in self.databases:
+                role = f"mobilesign_{tag}_{name.replace('-', '_')}"
+                self.databases[name] = self.postgres.create_service_database(role)
 
-    def _env(self) -> dict[str, str]:
+    def service_of(self, name: str) -> str:
+        """The service a process name (a service, or a replica of one) runs."""
+        return self.replicas[name][0] if name in self.replicas else name
+
+    def add_replica(self, replica: str, service: str, env: dict[str, str] | None = None) -> None:
+        """Declare ``replica``, a second process of ``service`` on ports of its own; ``env``
+        overrides the deployment's environment for it (e.g. which cosigner it calls)."""
+        self.replicas[replica] = (service, dict(env or {}))
+        for listener in SERVICES[service][1]:
+            self.ports.setdefault((replica, listener), _free_port())
+
+    def _env(self, name: str) -> dict[str, str]:
         env = dict(os.environ)
         env["MOBILESIGN_STATE_DIR"] = str(self.state_dir)
         env["PYTHONPATH"] = str(ROOT)
-        for (name, listener), port in self.ports.items():
+        service = self.service_of(name)
+        for listener in SERVICES[service][1]:
             key = "LISTEN" if listener == "internal" else "PUBLIC_LISTEN"
-            env[f"MOBILESIGN_{_ENV_SECTION[name]}_{key}"] = f"127.0.0.1:{port}"
+            env[f"MOBILESIGN_{_ENV_SECTION[service]}_{key}"] = (
+                f"127.0.0.1:{self.ports[(name, listener)]}"
+            )
+        if service in self.databases:
+            env[f"MOBILESIGN_{_ENV_SECTION[service]}_DATABASE"] = self.databases[service]
+        if name != service:
+            env["MOBILESIGN_INSTANCE"] = name
         internal = {name: f"127.0.0.1:{self.ports[(name, 'internal')]}" for name in SERVICES}
         env["MOBILESIGN_RA_HSM_PROXY"] = internal["hsm-proxy"]
         env["MOBILESIGN_COSIGNER_HSM_PROXY"] = internal["hsm-proxy"]
@@ -94,11 +130,12 @@ class Deployment:
         env["MOBILESIGN_GATEWAY_COSIGNER"] = internal["cosigner"]
         env["MOBILESIGN_GATEWAY_RA"] = internal["ra"]
         env.update(self.extra_env)
+        env.update(self.replicas.get(name, ("", {}))[1])
         return env
 
     def start(self, name: str, timeout: float = 30.0) -> Service:
-        """Start ``name`` (again) and wait until it reports SERVING."""
-        module = SERVICES[name][0]
+        """Start ``name`` (a service or a replica, again) and wait until it reports SERVING."""
+        module = SERVICES[self.service_of(name)][0]
         run_file = self.state_dir / "run" / f"{name}.json"
         run_file.unlink(missing_ok=True)
         log = self.state_dir / f"{name}.log"
@@ -106,7 +143,7 @@ class Deployment:
             process = subprocess.Popen(
                 [sys.executable, "-m", module],
                 cwd=ROOT,
-                env=self._env(),
+                env=self._env(name),
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
@@ -128,7 +165,7 @@ class Deployment:
         # Synchronous gRPC: start() is also called from inside async tests.
         cert, key, ca = self.credential("admin").read()
         creds = grpc.ssl_channel_credentials(ca, key, cert)
-        options = [("grpc.ssl_target_name_override", name)]
+        options = [("grpc.ssl_target_name_override", self.service_of(name))]
         with grpc.secure_channel(self.address(name), creds, options=options) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             while True:
@@ -151,7 +188,9 @@ class Deployment:
 
     def channel(self, name: str, identity: str = "admin") -> grpc.aio.Channel:
         """A mutual-TLS channel to the internal listener of ``name``, as ``identity``."""
-        return channels.mutual_tls(self.address(name), self.credential(identity), name)
+        return channels.mutual_tls(
+            self.address(name), self.credential(identity), self.service_of(name)
+        )
 
     def public_channel(self, name: str) -> grpc.aio.Channel:
         """A server-authenticated TLS channel to the public listener of ``name``."""
@@ -166,13 +205,16 @@ class Deployment:
         return process.wait(timeout)
 
     def start_all(self) -> None:
-        """Start every service."""
-        for name in START_ORDER:
+        """Start every service, then every replica."""
+        for name in (*START_ORDER, *self.replicas):
             self.start(name)
 
     def stop_all(self) -> None:
-        """Stop every service, the callers before the HSM proxy."""
-        for name in reversed(START_ORDER):
+        """Stop every service and replica, the callers before the HSM proxy."""
+        order = [*START_ORDER]
+        for replica, (service, _) in self.replicas.items():
+            order.insert(order.index(service) + 1, replica)
+        for name in reversed(order):
             if name in self.services and self.services[name].process.poll() is None:
                 try:
                     self.stop(name)

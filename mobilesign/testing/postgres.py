@@ -52,6 +52,13 @@ class PostgresServer:
     directory: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="mspg-")))
     process: subprocess.Popen[bytes] | None = None
 
+    def version(self) -> str:
+        """The server's version, as its program prints it."""
+        done = subprocess.run(
+            [str(binaries() / "postgres"), "--version"], check=True, capture_output=True, text=True
+        )
+        return done.stdout.strip().rsplit(" ", 1)[-1]
+
     @property
     def socket_dir(self) -> Path:
         """The directory of the server's unix socket."""

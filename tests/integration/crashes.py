@@ -4,10 +4,8 @@ nothing acknowledged was lost."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
-import sqlite3
 from collections.abc import Sequence
 
 import grpc
@@ -17,8 +15,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 import client
 from mobilesign import auditlog, records
 from mobilesign.rpc.status import reason_of
+from mobilesign.storage.schema import Location, PostgresStore
 from mobilesign.testing import Deployment
 from mobilesign.v1 import gateway_pb2, hsm_pb2, hsm_pb2_grpc
+from tests.conftest import peek
 from tests.integration import escrow
 
 #: How a record caught by a kill may end when executed again: completed now, or closed with a
@@ -132,6 +132,7 @@ async def check_log(
     seen: list[Acknowledged],
     grants: list[str],
     checkpoints: Sequence[bytes] = (),
+    gateway: str = "gateway",
 ) -> None:
     """The log verifies from entry 0; every acknowledged use is in it with a receipt that
     verifies; every checkpoint seen is a prefix of today's; the quotas (the RA's and the HSM
@@ -140,12 +141,12 @@ async def check_log(
     log_key = serialization.load_der_public_key(trust.log_public_key)
     assert isinstance(log_key, ec.EllipticCurvePublicKey)
     verifier = auditlog.NoteVerifier(trust.log_origin, log_key)
-    async with deployment.public_channel("gateway") as channel:
-        gateway = escrow.public(channel)
-        note = (await gateway.GetCheckpoint(gateway_pb2.GetCheckpointRequest())).checkpoint
+    async with deployment.public_channel(gateway) as channel:
+        stub = escrow.public(channel)
+        note = (await stub.GetCheckpoint(gateway_pb2.GetCheckpointRequest())).checkpoint
         final = auditlog.verify_checkpoint(note, verifier)
         entries = [
-            (await gateway.GetLogEntry(gateway_pb2.GetLogEntryRequest(entry_index=i))).entry
+            (await stub.GetLogEntry(gateway_pb2.GetLogEntryRequest(entry_index=i))).entry
             for i in range(final.size)
         ]
         # The log verifies from its first entry: the root recomputed from every entry.
@@ -163,7 +164,7 @@ async def check_log(
             assert auditlog.merkle_tree_hash(entries[: old.size]) == old.root_hash
             proof = list(
                 (
-                    await gateway.GetConsistencyProof(
+                    await stub.GetConsistencyProof(
                         gateway_pb2.GetConsistencyProofRequest(
                             old_size=old.size, new_size=final.size
                         )
@@ -192,8 +193,10 @@ async def check_log(
         assert state is not None
         assert state.used_total == expected
     # The ledger agrees: each record past 'prepared' has exactly one record entry.
-    ledger = deployment.state_dir / "gateway" / "ledger.db"
-    with contextlib.closing(sqlite3.connect(f"file:{ledger}?mode=ro", uri=True)) as db:
+    ledger: Location = deployment.state_dir / "gateway" / "ledger.db"
+    if "gateway" in deployment.databases:
+        ledger = PostgresStore(deployment.databases["gateway"], "ledger")
+    with peek(ledger) as db:
         rows = db.execute(
             "SELECT record_id, entry_index FROM records WHERE state != 'prepared'"
         ).fetchall()

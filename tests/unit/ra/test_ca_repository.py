@@ -3,9 +3,10 @@ certified again within the second its earlier certificate was revoked."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Callable
 
 from mobilesign.ca import CertificateRecord
+from mobilesign.storage.schema import Location
 from ra.ca_repository import CaStore
 
 NOW = 1_780_000_000
@@ -30,8 +31,10 @@ async def _latest(store: CaStore) -> str:
     return latest.serial if latest else ""
 
 
-async def test_the_latest_of_a_key_is_the_one_issued_after_the_revocation(tmp_path: Path) -> None:
-    store = await CaStore.open(tmp_path / "ca.db")
+async def test_the_latest_of_a_key_is_the_one_issued_after_the_revocation(
+    where: Callable[[str], Location],
+) -> None:
+    store = await CaStore.open(where("ca"))
     try:
         # Serials are random: here the later one sorts first.
         await store.add(_record("ff"))

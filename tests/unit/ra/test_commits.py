@@ -5,31 +5,29 @@ transaction open, and any other write joins it uncommitted)."""
 from __future__ import annotations
 
 import asyncio
-import sqlite3
-from pathlib import Path
+from collections.abc import Callable
 
 from mobilesign import tickets
+from mobilesign.storage.schema import Location
 from ra.database import open_ra_db
 from ra.users import UserStore
+from tests.conftest import peek
 
 NOW = 1_780_000_000
 
 
-def _visible(path: Path, user_id: str) -> bool:
-    other = sqlite3.connect(path)
-    try:
+def _visible(where: Location, user_id: str) -> bool:
+    with peek(where) as other:
         return (
             other.execute("SELECT 1 FROM users WHERE user_id = ?", (user_id,)).fetchone()
             is not None
         )
-    finally:
-        other.close()
 
 
 async def test_a_write_beside_a_returning_statement_is_committed_when_it_returns(
-    tmp_path: Path,
+    where: Callable[[str], Location],
 ) -> None:
-    path = tmp_path / "ra.db"
+    path = where("ra")
     db = await open_ra_db(path)
     try:
         users = UserStore(db)

@@ -12,7 +12,6 @@ import contextlib
 import datetime
 import hashlib
 import secrets
-import sqlite3
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from cryptography.x509.oid import NameOID
 
 from mobilesign import deviceauth
 from mobilesign.hosting.secret_file import load_or_create
+from mobilesign.storage.schema import Location
 from mobilesign.v1 import cosigner_pb2
 from server.database import open_gateway_db
 from server.errors import GatewayError
@@ -36,6 +36,7 @@ from server.sessions import (
     Challenges,
     Sessions,
 )
+from tests.conftest import peek
 
 KEY_ID = "ab" * 32
 OTHER_KEY_ID = "cd" * 32
@@ -182,14 +183,14 @@ Gateway = Callable[..., Awaitable[tuple[Sessions, _Cosigner]]]
 
 
 @pytest.fixture
-async def gateway(tmp_path: Path) -> AsyncIterator[Gateway]:
-    """Opens gateways (each its own database connection) on one database file."""
+async def gateway(where: Callable[[str], Location]) -> AsyncIterator[Gateway]:
+    """Opens gateways (each its own database connection) on one store, on each back end."""
     async with contextlib.AsyncExitStack() as opened:
 
         async def open_gateway(
             key: bytes = CHALLENGE_KEY, clock: Clock | None = None
         ) -> tuple[Sessions, _Cosigner]:
-            db = await open_gateway_db(tmp_path / "gateway.db")
+            db = await open_gateway_db(where("gateway"))
             opened.push_async_callback(db.close)
             cosigner = _Cosigner(DEVICES)
             challenges = Challenges(key, 60, clock=clock) if clock else Challenges(key, 60)
@@ -204,12 +205,10 @@ def _answer(challenge: bytes, key_id: str = KEY_ID) -> bytes:
     )
 
 
-def _used_rows(path: Path) -> list[tuple[bytes, str]]:
-    other = sqlite3.connect(path)
-    try:
-        return other.execute("SELECT challenge_sha256, user_key_id FROM used_challenges").fetchall()
-    finally:
-        other.close()
+def _used_rows(where: Location) -> list[tuple[bytes, str]]:
+    with peek(where) as other:
+        rows = other.execute("SELECT challenge_sha256, user_key_id FROM used_challenges")
+        return [(bytes(row[0]), row[1]) for row in rows.fetchall()]
 
 
 async def _refused(reason: str, attempt: Awaitable[object]) -> None:
@@ -236,12 +235,12 @@ async def test_a_wrong_answer_leaves_the_challenge_usable_and_a_right_one_uses_i
 
 
 async def test_a_used_challenge_is_recorded_by_its_digest_only(
-    gateway: Gateway, tmp_path: Path
+    gateway: Gateway, where: Callable[[str], Location]
 ) -> None:
     sessions, _ = await gateway()
     challenge = sessions.challenge(KEY_ID)
     await sessions.finish(KEY_ID, challenge, _answer(challenge))
-    assert _used_rows(tmp_path / "gateway.db") == [(hashlib.sha256(challenge).digest(), KEY_ID)]
+    assert _used_rows(where("gateway")) == [(hashlib.sha256(challenge).digest(), KEY_ID)]
 
 
 async def test_two_concurrent_answers_to_one_challenge_make_one_session(
@@ -312,7 +311,7 @@ async def test_the_challenge_key_file_is_made_owner_only_and_kept_across_a_resta
 
 
 async def test_used_challenges_are_bounded_per_key_and_deleted_when_expired(
-    gateway: Gateway, tmp_path: Path
+    gateway: Gateway, where: Callable[[str], Location]
 ) -> None:
     clock = Clock()
     sessions, _ = await gateway(clock=clock)
@@ -326,7 +325,7 @@ async def test_used_challenges_are_bounded_per_key_and_deleted_when_expired(
     # Another key is not affected by this one's logins.
     challenge = sessions.challenge(OTHER_KEY_ID)
     await sessions.finish(OTHER_KEY_ID, challenge, _answer(challenge, OTHER_KEY_ID))
-    assert len(_used_rows(tmp_path / "gateway.db")) == MAX_LOGINS_PER_KEY + 1
+    assert len(_used_rows(where("gateway"))) == MAX_LOGINS_PER_KEY + 1
     # Kept while a gateway whose clock is behind might still take them, then deleted at the
     # next login.
     clock.advance(60 + CLOCK_SKEW_SECONDS)
@@ -334,13 +333,15 @@ async def test_used_challenges_are_bounded_per_key_and_deleted_when_expired(
     await _refused("TOO_MANY_CHALLENGES", sessions.finish(KEY_ID, challenge, _answer(challenge)))
     clock.advance(1)
     await sessions.finish(KEY_ID, challenge, _answer(challenge))
-    assert len(_used_rows(tmp_path / "gateway.db")) == 1
+    assert len(_used_rows(where("gateway"))) == 1
 
 
-async def test_challenges_for_unknown_keys_cost_nothing(gateway: Gateway, tmp_path: Path) -> None:
+async def test_challenges_for_unknown_keys_cost_nothing(
+    gateway: Gateway, where: Callable[[str], Location]
+) -> None:
     sessions, _ = await gateway()
     for _ in range(20_000):
         sessions.challenge(secrets.token_hex(32))
-    assert _used_rows(tmp_path / "gateway.db") == []
+    assert _used_rows(where("gateway")) == []
     challenge = sessions.challenge(KEY_ID)
     await sessions.finish(KEY_ID, challenge, _answer(challenge))

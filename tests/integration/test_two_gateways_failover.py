@@ -1,0 +1,301 @@
+"""Two gateways and two cosigners on one PostgreSQL: phones use either gateway for any step
+(login, prepare, execute) and either cosigner for their signatures; uses through both gateways
+share one audit log and exact quotas; and when the gateway sequencing the log (the one holding
+its lock at that moment) is killed, the other goes on. Afterwards nothing acknowledged is lost,
+the log verifies from entry 0 and is consistent with every checkpoint seen, the quotas equal the
+logged records, and every receipt verifies."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import signal
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import grpc
+import psycopg
+import pytest
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+import client
+from mobilesign import deviceauth
+from mobilesign.rpc.status import reason_of
+from mobilesign.storage import postgres
+from mobilesign.testing import Deployment
+from mobilesign.testing.postgres import PostgresServer
+from mobilesign.v1 import gateway_pb2
+from tests.integration import escrow
+from tests.integration.crashes import (
+    RETRY_OUTCOMES,
+    Acknowledged,
+    InFlight,
+    check_log,
+    datum,
+    retry,
+)
+
+pytestmark = pytest.mark.integration
+GATEWAYS = ("gateway", "gateway-b")
+COSIGNERS = ("cosigner", "cosigner-b")
+#: The shared grant's quota: fewer than the uses its two workers attempt through both gateways.
+SMALL_QUOTA = 15
+
+
+@pytest.fixture(scope="module")
+def deployment(
+    tmp_path_factory: pytest.TempPathFactory, postgres_server: PostgresServer
+) -> Iterator[Deployment]:
+    """HSM proxy and RA once; two cosigners and two gateways (each gateway calls its own
+    cosigner); every service's state in its own database on one PostgreSQL server."""
+    deployment = Deployment(tmp_path_factory.mktemp("two-gateways"), postgres=postgres_server)
+    deployment.add_replica("cosigner-b", "cosigner")
+    cosigner_b = f"127.0.0.1:{deployment.ports[('cosigner-b', 'internal')]}"
+    deployment.add_replica("gateway-b", "gateway", {"MOBILESIGN_GATEWAY_COSIGNER": cosigner_b})
+    try:
+        deployment.start_all()
+        yield deployment
+    finally:
+        deployment.stop_all()
+
+
+@dataclass
+class User:
+    """A phone's session token (valid at both gateways), a channel to each gateway and a
+    signing session with each cosigner."""
+
+    phone: escrow.Phone
+    token: str
+    gateways: dict[str, grpc.aio.Channel]
+    signers: dict[str, client.SigningSession]
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str]]:
+        return (("authorization", f"Bearer {self.token}"),)
+
+    async def close(self) -> None:
+        for signer in self.signers.values():
+            signer.abort()
+        for channel in self.gateways.values():
+            await channel.close()
+        await self.phone.close()
+
+
+async def _user(
+    deployment: Deployment, organisation: escrow.Organisation, name: str, chance: random.Random
+) -> User:
+    """A phone enrolled and certified; it logs in with a challenge from one gateway answered at
+    the other, and opens a signing session with each cosigner."""
+    phone = await escrow.phone(deployment, organisation, name)
+    gateways = {g: deployment.public_channel(g) for g in GATEWAYS}
+    first, second = chance.sample(GATEWAYS, 2)
+    key_id = phone.keystore.key_id
+    started = await escrow.public(gateways[first]).StartSession(
+        gateway_pb2.StartSessionRequest(key_id=key_id), timeout=10
+    )
+    transcript = deviceauth.gateway_session_transcript(bytes.fromhex(key_id), started.challenge)
+    finished = await escrow.public(gateways[second]).FinishSession(
+        gateway_pb2.FinishSessionRequest(
+            key_id=key_id,
+            challenge=started.challenge,
+            device_signature=deviceauth.sign(phone.keystore.device_key, transcript),
+        ),
+        timeout=10,
+    )
+    signers = {}
+    for cosigner in COSIGNERS:
+        signer = client.SigningSession(
+            deployment.public_channel(cosigner), phone.keystore, escrow.PIN
+        )
+        await signer.open()
+        signers[cosigner] = signer
+    return User(phone, finished.session_token, gateways, signers)
+
+
+@dataclass
+class Traffic:
+    """What the phones saw."""
+
+    seen: list[Acknowledged]
+    in_flight: list[tuple[User, InFlight]]
+    #: Refusals of uses beyond a quota.
+    exhausted: int = 0
+    dead: frozenset[str] = frozenset()
+    #: Acknowledged uses by (gateway that prepared, gateway that executed).
+    routes: Counter[tuple[str, str]] = field(default_factory=Counter)
+
+
+async def _use(
+    user: User, grant_id: str, data: bytes, signer: str, traffic: Traffic, chance: random.Random
+) -> str:
+    """One use, its steps through gateways picked at random among the live ones: ``ok``,
+    ``exhausted`` (the quota is used up), or ``failed`` (a step's gateway died; a record
+    co-signed but not answered is kept in flight)."""
+    live = [g for g in GATEWAYS if g not in traffic.dead]
+    prepare_at, execute_at = chance.choice(live), chance.choice(live)
+    try:
+        prepared = await escrow.public(user.gateways[prepare_at]).PrepareOperation(
+            gateway_pb2.PrepareOperationRequest(
+                grant_id=grant_id, operation=gateway_pb2.OPERATION_SIGN_DIGEST, input=data
+            ),
+            metadata=user.metadata,
+            timeout=30,
+        )
+    except grpc.aio.AioRpcError as exc:
+        if reason_of(exc) == "QUOTA_EXCEEDED":
+            traffic.exhausted += 1
+            return "exhausted"
+        return "failed"
+    signature = await user.signers[signer].sign(prepared.record)
+    try:
+        executed = await escrow.public(user.gateways[execute_at]).ExecuteOperation(
+            gateway_pb2.ExecuteOperationRequest(
+                record_id=prepared.record_id,
+                record=prepared.record,
+                user_signature=signature,
+                input=data,
+            ),
+            metadata=user.metadata,
+            timeout=30,
+        )
+    except grpc.aio.AioRpcError as exc:
+        if reason_of(exc) == "QUOTA_EXCEEDED":
+            traffic.exhausted += 1
+            return "exhausted"
+        traffic.in_flight.append(
+            (user, InFlight(prepared.record_id, prepared.record, signature, data, grant_id))
+        )
+        return "failed"
+    traffic.seen.append(Acknowledged(executed.receipt, grant_id))
+    traffic.routes[(prepare_at, execute_at)] += 1
+    return "ok"
+
+
+async def _worker(
+    user: User,
+    grant_id: str,
+    signer: str,
+    index: int,
+    traffic: Traffic,
+    stop: asyncio.Event,
+) -> None:
+    """Use the key until told to stop or the quota is used up; after a failed step (its
+    gateway was killed) the next use goes through the other."""
+    chance = random.Random(index)
+    n = 0
+    while not stop.is_set():
+        n += 1
+        if await _use(user, grant_id, datum(index, n), signer, traffic, chance) == "exhausted":
+            return
+
+
+def _wait_for_the_sequencer(server: PostgresServer, database: str, deadline: float) -> str:
+    """The instance seen holding the audit log's lock in ``database`` (writing a batch)."""
+    key = postgres.lock_key("log")
+    with psycopg.connect(server.superuser_dsn("postgres"), autocommit=True) as admin:
+        while time.monotonic() < deadline:
+            row = admin.execute(
+                "SELECT a.application_name FROM pg_locks l"
+                " JOIN pg_stat_activity a ON a.pid = l.pid"
+                " WHERE l.locktype = 'advisory' AND l.granted AND l.classid = 0"
+                " AND l.objid = %s AND a.datname = %s",
+                (key, database),
+            ).fetchone()
+            holder = str(row[0]).split("/", 1)[0] if row else ""
+            if holder in GATEWAYS:
+                return holder
+    raise AssertionError("no gateway was seen holding the log's lock")
+
+
+async def test_two_gateways_share_one_log_and_quotas_and_survive_the_sequencers_death(
+    deployment: Deployment, postgres_server: PostgresServer
+) -> None:
+    chance = random.Random(20261202)
+    organisation = await escrow.organisation(deployment, "failover")
+    users = [await _user(deployment, organisation, f"fo{i}", chance) for i in range(4)]
+    grants = []
+    for i, user in enumerate(users):
+        quota = SMALL_QUOTA if i == 0 else 100_000
+        granted = await escrow.grant(
+            deployment,
+            user.phone.user_id,
+            organisation.seal,
+            [gateway_pb2.OPERATION_SIGN_DIGEST],
+            quota_total=quota,
+            quota_daily=quota,
+        )
+        grants.append(granted.grant_id)
+    traffic = Traffic([], [])
+    stop = asyncio.Event()
+    try:
+        # The small grant has two workers at once (one per cosigner session), so that its
+        # quota is raced through both gateways; every other user has one.
+        workers = [
+            asyncio.create_task(_worker(users[0], grants[0], COSIGNERS[k], 100 + k, traffic, stop))
+            for k in range(2)
+        ] + [
+            asyncio.create_task(_worker(user, grant, COSIGNERS[i % 2], i, traffic, stop))
+            for i, (user, grant) in enumerate(zip(users[1:], grants[1:], strict=True), 1)
+        ]
+        await asyncio.sleep(1.5)
+        before = len(traffic.seen)
+        # Every route was taken: prepared at one gateway, executed at the same or the other.
+        assert len(traffic.routes) == 4, traffic.routes
+        database = conninfo_to_dict(deployment.databases["gateway"])["dbname"]
+        killed = await asyncio.to_thread(
+            _wait_for_the_sequencer, postgres_server, str(database), time.monotonic() + 30
+        )
+        deployment.stop(killed, signal.SIGKILL)
+        traffic.dead = frozenset({killed})
+        survivor = next(g for g in GATEWAYS if g != killed)
+        # The survivor takes over: uses go on through it alone.
+        await asyncio.sleep(2.0)
+        after_kill = len(traffic.seen)
+        stop.set()
+        await asyncio.wait_for(asyncio.gather(*workers), timeout=60)
+        assert before > 0
+        assert after_kill > before, "no use completed after the sequencer was killed"
+        # Records caught by the kill are executed again through the survivor.
+        outcomes: list[str] = []
+        for user, flight in traffic.in_flight:
+            phone = user.phone
+            phone.gateway = client.GatewaySession(user.gateways[survivor], phone.keystore)
+            phone.gateway._token = user.token
+            await retry(phone, flight, traffic.seen, outcomes)
+        assert set(outcomes) <= RETRY_OUTCOMES, outcomes
+        # The small grant: exactly its quota used, through both gateways, and refused beyond.
+        small = [a for a in traffic.seen if a.grant_id == grants[0]]
+        assert traffic.exhausted >= 1
+        assert len(small) <= SMALL_QUOTA
+        await check_log(deployment, organisation, traffic.seen, grants, gateway=survivor)
+        state = await escrow.grant_state(deployment, grants[0])
+        assert state is not None
+        assert state.used_total == SMALL_QUOTA
+    finally:
+        stop.set()
+        for user in users:
+            await user.close()
+
+
+def test_no_service_can_reach_another_services_database(deployment: Deployment) -> None:
+    """Each service's role reaches its own database only: the gateway's credentials (the most
+    exposed service's) cannot read or change the HSM proxy's witness state and replay set, nor
+    any other service's tables; and so for every pair."""
+    names = {s: str(conninfo_to_dict(dsn)["dbname"]) for s, dsn in deployment.databases.items()}
+    for service, dsn in deployment.databases.items():
+        with psycopg.connect(dsn, autocommit=True) as own:
+            assert own.execute("SELECT current_database()").fetchone() == (names[service],)
+        for other, database in names.items():
+            if other == service:
+                continue
+            with pytest.raises(psycopg.OperationalError, match="CONNECT privilege"):
+                psycopg.connect(make_conninfo(dsn, dbname=database)).close()
+    # Inside its own database, the HSM proxy's stores are its role's alone.
+    with psycopg.connect(deployment.databases["hsm-proxy"], autocommit=True) as own:
+        owners = own.execute(
+            "SELECT DISTINCT tableowner FROM pg_tables"
+            " WHERE schemaname IN ('witness', 'authorisations')"
+        ).fetchall()
+    assert owners == [(conninfo_to_dict(deployment.databases["hsm-proxy"])["user"],)]
