@@ -33,6 +33,12 @@ class RaConfig:
     #: a ``postgresql://`` URL for a database of its own (each store a schema in it; replicas
     #: of the service may share it).
     database: str = ""
+    #: Prometheus metrics over plain HTTP (``HOST:PORT``); empty: none. Keep it on loopback or
+    #: a monitoring network: it is not authenticated.
+    metrics_listen: str = ""
+    #: A plaintext gRPC health listener (``HOST:PORT``, health service only) for probes that
+    #: present no client certificate, such as Kubernetes' ``grpc`` probe; empty: none.
+    health_listen: str = ""
     grace_seconds: float = 5.0
     log_level: str = "info"
 

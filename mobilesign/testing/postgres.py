@@ -57,7 +57,8 @@ class PostgresServer:
         done = subprocess.run(
             [str(binaries() / "postgres"), "--version"], check=True, capture_output=True, text=True
         )
-        return done.stdout.strip().rsplit(" ", 1)[-1]
+        # "postgres (PostgreSQL) 15.18 (Debian 15.18-0+deb12u1)"
+        return done.stdout.split("(PostgreSQL)", 1)[-1].split()[0]
 
     @property
     def socket_dir(self) -> Path:

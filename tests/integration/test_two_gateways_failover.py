@@ -1,9 +1,10 @@
-"""Two gateways and two cosigners on one PostgreSQL: phones use either gateway for any step
-(login, prepare, execute) and either cosigner for their signatures; uses through both gateways
-share one audit log and exact quotas; and when the gateway sequencing the log (the one holding
-its lock at that moment) is killed, the other goes on. Afterwards nothing acknowledged is lost,
-the log verifies from entry 0 and is consistent with every checkpoint seen, the quotas equal the
-logged records, and every receipt verifies."""
+"""Two gateways, two cosigners and two HSM proxies (on one SoftHSM2 token) on one PostgreSQL:
+phones use either gateway for any step (login, prepare, execute) and either cosigner for their
+signatures; each gateway and cosigner pair calls its own HSM proxy; uses through both gateways
+share one audit log, one witness state and exact quotas; and when the gateway sequencing the log
+(the one holding its lock at that moment) is killed, the other goes on. Afterwards nothing
+acknowledged is lost, the log verifies from entry 0 and is consistent with every checkpoint
+seen, the quotas equal the logged records, and every receipt verifies."""
 
 from __future__ import annotations
 
@@ -51,9 +52,23 @@ def deployment(
     """HSM proxy and RA once; two cosigners and two gateways (each gateway calls its own
     cosigner); every service's state in its own database on one PostgreSQL server."""
     deployment = Deployment(tmp_path_factory.mktemp("two-gateways"), postgres=postgres_server)
-    deployment.add_replica("cosigner-b", "cosigner")
-    cosigner_b = f"127.0.0.1:{deployment.ports[('cosigner-b', 'internal')]}"
-    deployment.add_replica("gateway-b", "gateway", {"MOBILESIGN_GATEWAY_COSIGNER": cosigner_b})
+
+    def internal(name: str) -> str:
+        return f"127.0.0.1:{deployment.ports[(name, 'internal')]}"
+
+    # A second HSM proxy on the same SoftHSM2 token and the same database.
+    deployment.add_replica("hsm-proxy-b", "hsm-proxy")
+    deployment.add_replica(
+        "cosigner-b", "cosigner", {"MOBILESIGN_COSIGNER_HSM_PROXY": internal("hsm-proxy-b")}
+    )
+    deployment.add_replica(
+        "gateway-b",
+        "gateway",
+        {
+            "MOBILESIGN_GATEWAY_COSIGNER": internal("cosigner-b"),
+            "MOBILESIGN_GATEWAY_HSM_PROXY": internal("hsm-proxy-b"),
+        },
+    )
     try:
         deployment.start_all()
         yield deployment
@@ -126,6 +141,13 @@ class Traffic:
     #: Acknowledged uses by (gateway that prepared, gateway that executed).
     routes: Counter[tuple[str, str]] = field(default_factory=Counter)
 
+    def refused(self, exc: grpc.aio.AioRpcError) -> str:
+        """``exhausted`` (counted) for a use beyond the quota, else ``failed``."""
+        if reason_of(exc) == "QUOTA_EXCEEDED":
+            self.exhausted += 1
+            return "exhausted"
+        return "failed"
+
 
 async def _use(
     user: User, grant_id: str, data: bytes, signer: str, traffic: Traffic, chance: random.Random
@@ -144,10 +166,7 @@ async def _use(
             timeout=30,
         )
     except grpc.aio.AioRpcError as exc:
-        if reason_of(exc) == "QUOTA_EXCEEDED":
-            traffic.exhausted += 1
-            return "exhausted"
-        return "failed"
+        return traffic.refused(exc)
     signature = await user.signers[signer].sign(prepared.record)
     try:
         executed = await escrow.public(user.gateways[execute_at]).ExecuteOperation(
@@ -161,13 +180,12 @@ async def _use(
             timeout=30,
         )
     except grpc.aio.AioRpcError as exc:
-        if reason_of(exc) == "QUOTA_EXCEEDED":
-            traffic.exhausted += 1
-            return "exhausted"
-        traffic.in_flight.append(
-            (user, InFlight(prepared.record_id, prepared.record, signature, data, grant_id))
-        )
-        return "failed"
+        outcome = traffic.refused(exc)
+        if outcome == "failed":
+            traffic.in_flight.append(
+                (user, InFlight(prepared.record_id, prepared.record, signature, data, grant_id))
+            )
+        return outcome
     traffic.seen.append(Acknowledged(executed.receipt, grant_id))
     traffic.routes[(prepare_at, execute_at)] += 1
     return "ok"
@@ -270,6 +288,10 @@ async def test_two_gateways_share_one_log_and_quotas_and_survive_the_sequencers_
         assert traffic.exhausted >= 1
         assert len(small) <= SMALL_QUOTA
         await check_log(deployment, organisation, traffic.seen, grants, gateway=survivor)
+        # Both HSM proxies used the organisation key (each gateway calls its own).
+        for proxy in ("hsm-proxy", "hsm-proxy-b"):
+            log = deployment.services[proxy].log.read_text()
+            assert '"method": "SignDigest"' in log, proxy
         state = await escrow.grant_state(deployment, grants[0])
         assert state is not None
         assert state.used_total == SMALL_QUOTA

@@ -13,18 +13,19 @@ from typing import TypeVar
 
 import pytest
 
-from cosigner.repository import CommitmentReplayed, KeyStore, StoredKey
+from cosigner.repository import CommitmentReplayed, KeyStore
 from hsm_proxy.errors import HsmProxyError
 from hsm_proxy.uses import Use, UseStore
 from hsm_proxy.witness import LogState, Witness
 from mobilesign import auditlog
 from mobilesign.storage.schema import PostgresStore
 from server import ledger as ledger_module
-from server.ledger import GrantRow, Ledger, QuotaExceeded
+from server.ledger import Ledger, QuotaExceeded
+from tests.unit.cosigner.test_repository import _key
 from tests.unit.hsm_proxy.test_witness import ORIGIN, Key
+from tests.unit.server.test_ledger import NOW, _grant
 
 T = TypeVar("T")
-NOW = 1_790_000_000 // 86_400 * 86_400 + 43_200
 Pair = tuple[T, T]
 
 
@@ -48,24 +49,6 @@ async def ledgers(store: PostgresStore) -> AsyncIterator[Pair[Ledger]]:
     await second.close()
 
 
-def _grant(grant_id: str, quota: int) -> GrantRow:
-    return GrantRow(
-        grant_id=grant_id,
-        user_id="alice",
-        key_id="seal",
-        operations=("sign_digest",),
-        not_before=NOW - 86_400,
-        not_after=NOW + 86_400,
-        quota_total=quota,
-        quota_daily=quota,
-        purpose="invoices",
-        revoked=False,
-        used_total=0,
-        used_today=0,
-        signed_grant=b"signed",
-    )
-
-
 async def _log(ledger: Ledger, record_id: str, grant_id: str) -> int | None:
     try:
         return await ledger.log_use(
@@ -86,8 +69,8 @@ async def test_two_ledgers_append_to_one_log_with_no_hole_and_exact_quotas(
     ledgers: Pair[Ledger],
 ) -> None:
     first, second = ledgers
-    await first.remember_grant(_grant("g", 150), NOW)
-    await second.remember_grant(_grant("g", 150), NOW)
+    await first.remember_grant(_grant("g", quota_total=150, quota_daily=150), NOW)
+    await second.remember_grant(_grant("g", quota_total=150, quota_daily=150), NOW)
     indices = await asyncio.gather(
         *(_log(ledgers[n % 2], f"r{n}", "g") for n in range(200)),
     )
@@ -120,7 +103,7 @@ async def test_a_ledger_opened_after_another_wrote_checks_the_shared_tree(
     store: PostgresStore,
 ) -> None:
     first = await Ledger.open(store)
-    await first.remember_grant(_grant("g", 10), NOW)
+    await first.remember_grant(_grant("g", quota_total=10, quota_daily=10), NOW)
     for n in range(5):
         await _log(first, f"r{n}", "g")
     later = await Ledger.open(store)
@@ -133,21 +116,6 @@ async def test_a_ledger_opened_after_another_wrote_checks_the_shared_tree(
     finally:
         await first.close()
         await later.close()
-
-
-def _key() -> StoredKey:
-    return StoredKey(
-        key_id=secrets.token_hex(16),
-        user_id="alice",
-        scheme="frost-ed25519",
-        sealed_key_package=b"p",
-        sealed_pin_verifier=b"v",
-        device_public_key=b"d",
-        failed_pin_attempts=0,
-        locked=False,
-        ticket_id=secrets.token_hex(16),
-        created_at=NOW,
-    )
 
 
 async def test_two_cosigners_share_pin_attempts_and_commitment_replays(
