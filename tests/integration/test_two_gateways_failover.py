@@ -27,8 +27,8 @@ from mobilesign.rpc.status import reason_of
 from mobilesign.storage import postgres
 from mobilesign.testing import Deployment
 from mobilesign.testing.postgres import PostgresServer
-from mobilesign.v1 import gateway_pb2
-from tests.integration import escrow
+from mobilesign.v1 import cosigner_pb2_grpc, gateway_pb2
+from tests.integration import escrow, two_party
 from tests.integration.crashes import (
     RETRY_OUTCOMES,
     Acknowledged,
@@ -41,6 +41,8 @@ from tests.integration.crashes import (
 pytestmark = pytest.mark.integration
 GATEWAYS = ("gateway", "gateway-b")
 COSIGNERS = ("cosigner", "cosigner-b")
+#: The cosigners' default.
+MAX_PIN_ATTEMPTS = 5
 #: The shared grant's quota: fewer than the uses its two workers attempt through both gateways.
 SMALL_QUOTA = 15
 
@@ -321,3 +323,42 @@ def test_no_service_can_reach_another_services_database(deployment: Deployment) 
             " WHERE schemaname IN ('witness', 'authorisations')"
         ).fetchall()
     assert owners == [(conninfo_to_dict(deployment.databases["hsm-proxy"])["user"],)]
+
+
+async def test_pin_attempts_are_counted_once_across_both_cosigners(
+    deployment: Deployment,
+) -> None:
+    """A stolen phone floods both cosigners at once with wrong PINs: the attempts are counted
+    in the shared database before each proof is checked, so at most MAX_PIN_ATTEMPTS proofs are
+    checked in all and the key is locked for both."""
+    keystore = await two_party.enrol(deployment)
+    wrong = two_party.verifier_for(keystore, "314159")
+
+    async def attempt(stub: cosigner_pb2_grpc.CosignerServiceAsyncStub) -> str:
+        call = stub.Sign()
+        try:
+            await two_party.prove(call, keystore, wrong)
+            await call.read()
+        except grpc.aio.AioRpcError as exc:
+            return reason_of(exc) or exc.code().name
+        call.cancel()
+        return "OPENED"
+
+    channels = [deployment.public_channel(c) for c in COSIGNERS]
+    try:
+        stubs = [two_party.cosigner_stub(c) for c in channels]
+        # Below the per-address cap of each public listener (32).
+        reasons = Counter(await asyncio.gather(*(attempt(stubs[n % 2]) for n in range(2 * 30))))
+    finally:
+        for channel in channels:
+            await channel.close()
+    assert reasons == {"WRONG_PIN": MAX_PIN_ATTEMPTS - 1, "KEY_LOCKED": 60 - MAX_PIN_ATTEMPTS + 1}
+    described = await two_party.get_key(deployment, keystore.key_id)
+    assert (described.failed_pin_attempts, described.locked) == (MAX_PIN_ATTEMPTS, True)
+    checked = sum(
+        deployment.services[c]
+        .log.read_text()
+        .count(f'"msg": "wrong PIN", "key_id": "{keystore.key_id}"')
+        for c in COSIGNERS
+    )
+    assert checked == MAX_PIN_ATTEMPTS
