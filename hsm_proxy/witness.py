@@ -40,6 +40,9 @@ SCHEMA = Schema(
             signed_at INTEGER NOT NULL
         )
         """,
+        # The signed note itself, so that a gateway that lost a race to another can use the
+        # winner's (NULL for checkpoints signed before it was kept).
+        "ALTER TABLE signed_checkpoints ADD COLUMN note BLOB",
     ),
     postgresql=(
         """
@@ -49,6 +52,7 @@ SCHEMA = Schema(
             signed_at BIGINT NOT NULL
         )
         """,
+        "ALTER TABLE signed_checkpoints ADD COLUMN note BYTEA",
     ),
 )
 
@@ -111,9 +115,16 @@ class Witness:
         self._state = await self._db.run(_stored_state)
         return self._state
 
+    async def latest(self) -> tuple[LogState, bytes]:
+        """The last checkpoint signed and its signed note (empty if it was signed before notes
+        were kept)."""
+        state, note = await self._db.run(_stored_latest)
+        self._state = state
+        return state, note
+
     async def _sign_and_store(
         self, old_size: int, tree_size: int, root_hash: bytes, proof: Sequence[bytes], now: int
-    ) -> tuple[bytes, bytes]:
+    ) -> bytes:
         async with self._lock:
             last = self._state
             if old_size != last.tree_size:
@@ -141,12 +152,23 @@ class Witness:
                     raise _inconsistent("the tree does not extend the last one signed") from exc
             body = auditlog.Checkpoint(self.origin, tree_size, root_hash).to_body()
             signature = await self._sign_digest(hashlib.sha256(body).digest())
+
+            def signed(text: bytes) -> bytes:
+                # The token signed exactly this text; sign_note verifies the signature again.
+                assert text == body
+                return signature
+
+            note = auditlog.sign_note(
+                body, [auditlog.NoteSigner(self.origin, self._public, signed)]
+            )
             if tree_size != last.tree_size:
                 # On disk before the note is released, and only if no other proxy sharing the
                 # store signed since: of two signatures extending one checkpoint, one is kept
                 # and the other never leaves.
                 moved = await self._db.run(
-                    lambda c: transaction(c, lambda c: _store(c, last, tree_size, root_hash, now))
+                    lambda c: transaction(
+                        c, lambda c: _store(c, last, tree_size, root_hash, note, now)
+                    )
                 )
                 if moved is not None:
                     self._state = moved
@@ -156,7 +178,7 @@ class Witness:
                         "the last signed checkpoint has another size",
                     )
                 self._state = LogState(tree_size, root_hash)
-        return body, signature
+        return note
 
     async def root_at(self, tree_size: int) -> bytes | None:
         """The root of the tree of ``tree_size`` entries, if a checkpoint of it was signed."""
@@ -197,17 +219,9 @@ class Witness:
             )
         # Shielded: a caller that goes away (its RPC cancelled) must not leave the stored state
         # ahead of the one in memory.
-        body, signature = await asyncio.shield(
+        return await asyncio.shield(
             self._sign_and_store(old_size, tree_size, root_hash, proof, now)
         )
-
-        def signed(text: bytes) -> bytes:
-            # The token signed exactly this text; sign_note verifies the signature again.
-            assert text == body
-            return signature
-
-        return auditlog.sign_note(body, [auditlog.NoteSigner(self.origin, self._public, signed)])
-
 
 def _stored_state(c: Connection) -> LogState:
     rows = c.execute(
@@ -218,8 +232,20 @@ def _stored_state(c: Connection) -> LogState:
     return LogState(int(rows[0]["tree_size"]), bytes(rows[0]["root_hash"]))
 
 
+def _stored_latest(c: Connection) -> tuple[LogState, bytes]:
+    rows = c.execute(
+        "SELECT tree_size, root_hash, note FROM signed_checkpoints"
+        " ORDER BY tree_size DESC LIMIT 1"
+    ).fetchall()
+    if not rows:
+        return LogState(0, auditlog.EMPTY_ROOT), b""
+    row = rows[0]
+    note = bytes(row["note"]) if row["note"] is not None else b""
+    return LogState(int(row["tree_size"]), bytes(row["root_hash"])), note
+
+
 def _store(
-    c: Connection, last: LogState, tree_size: int, root_hash: bytes, now: int
+    c: Connection, last: LogState, tree_size: int, root_hash: bytes, note: bytes, now: int
 ) -> LogState | None:
     """Inside a transaction: keep the checkpoint if ``last`` is still the latest stored; else
     the latest, untouched."""
@@ -228,7 +254,8 @@ def _store(
     if latest != last:
         return latest
     c.execute(
-        "INSERT INTO signed_checkpoints (tree_size, root_hash, signed_at) VALUES (?, ?, ?)",
-        (tree_size, root_hash, now),
+        "INSERT INTO signed_checkpoints (tree_size, root_hash, signed_at, note)"
+        " VALUES (?, ?, ?, ?)",
+        (tree_size, root_hash, now, note),
     )
     return None

@@ -65,13 +65,25 @@ class AuditLog:
                 except GatewayError as exc:
                     if exc.reason != "WITNESS_STATE_STALE" or attempt == _WITNESS_ATTEMPTS - 1:
                         raise
-                # Another gateway (or a restart) moved the proxy on: ask where it is, and sign
-                # the tree as it is now, which extends that.
-                self._witnessed = (await self._hsm.log_state()).tree_size
+                # Another gateway (or a restart) moved the proxy on: ask where it is. Its
+                # checkpoint will do if it covers what is asked and is of this tree; else sign
+                # the tree as it is now, which extends it.
+                state = await self._hsm.log_state()
+                self._witnessed = state.tree_size
                 size = await self._ledger.refresh()
+                if await self._theirs_will_do(state, covering):
+                    self._latest = (state.tree_size, state.checkpoint)
+                    return self._latest
             self._witnessed = size
             self._latest = (size, note)
             return self._latest
+
+    async def _theirs_will_do(self, state: hsm_pb2.GetLogStateResponse, covering: int) -> bool:
+        return (
+            bool(covering and state.checkpoint)
+            and covering <= state.tree_size <= self._ledger.size
+            and await self._ledger.root(state.tree_size) == state.root_hash
+        )
 
     async def _witness(self, size: int) -> bytes:
         old = self._witnessed

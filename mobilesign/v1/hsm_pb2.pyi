@@ -628,6 +628,7 @@ class GetLogStateResponse(_message.Message):
     ORIGIN_FIELD_NUMBER: _builtins.int
     TREE_SIZE_FIELD_NUMBER: _builtins.int
     ROOT_HASH_FIELD_NUMBER: _builtins.int
+    CHECKPOINT_FIELD_NUMBER: _builtins.int
     public_key_spki: _builtins.bytes
     """The log key (DER SubjectPublicKeyInfo, EC P-256)."""
     origin: _builtins.str
@@ -635,6 +636,11 @@ class GetLogStateResponse(_message.Message):
     tree_size: _builtins.int
     """Size and root hash of the last checkpoint signed; 0 and empty before the first."""
     root_hash: _builtins.bytes
+    checkpoint: _builtins.bytes
+    """That checkpoint's signed note (as SignCheckpointResponse.checkpoint), so that a gateway that
+    lost a race to another may use it; empty before the first, or for a checkpoint signed
+    before notes were kept.
+    """
     def __init__(
         self,
         *,
@@ -642,10 +648,11 @@ class GetLogStateResponse(_message.Message):
         origin: _builtins.str = ...,
         tree_size: _builtins.int = ...,
         root_hash: _builtins.bytes = ...,
+        checkpoint: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["origin", b"origin", "public_key_spki", b"public_key_spki", "root_hash", b"root_hash", "tree_size", b"tree_size"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["checkpoint", b"checkpoint", "origin", b"origin", "public_key_spki", b"public_key_spki", "root_hash", b"root_hash", "tree_size", b"tree_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 
 from hsm_proxy.errors import HsmProxyError
-from hsm_proxy.witness import MAX_PROOF_HASHES, MAX_TREE_SIZE, Witness
+from hsm_proxy.witness import MAX_PROOF_HASHES, MAX_TREE_SIZE, LogState, Witness
 from mobilesign import auditlog
 from mobilesign.errors import Kind
 from mobilesign.storage.schema import Location
@@ -279,3 +279,13 @@ async def test_a_caller_that_goes_away_leaves_memory_and_disk_agreeing(
         assert _verify(await _sign(reopened, _tree(9), 9), key).size == 9
     finally:
         await reopened.close()
+
+
+async def test_the_latest_signed_note_is_kept_for_the_gateways(witness: Witness, key: Key) -> None:
+    assert await witness.latest() == (LogState(0, auditlog.EMPTY_ROOT), b"")
+    tree = _tree(6)
+    note = await _sign(witness, tree, 6)
+    assert await witness.latest() == (LogState(6, tree.root(6)), note)
+    # Signing the same tree again changes nothing stored.
+    await witness.sign(old_size=6, tree_size=6, root_hash=tree.root(6), proof=[], now=NOW)
+    assert await witness.latest() == (LogState(6, tree.root(6)), note)
