@@ -12,7 +12,11 @@ Sections, in order:
 3. raw SoftHSM2 ECDSA signing through python-pkcs11 (in this process, before the services
    start), and organisation-key uses per second end to end for 1, 16 and 64 clients, as a ratio
    to it, with each process's CPU, RPCs by service, HSM operations and voluntary context
-   switches per use, and fsyncs per use counted by strace in a separate traced window.
+   switches per use, and fsyncs per use counted by strace in a separate traced window;
+4. after that deployment has stopped, the same organisation-key uses on PostgreSQL (a throwaway
+   server, every service's state in its own database), with one gateway and then with the
+   clients split between two, beside the SQLite figures of section 3, with each process's CPU
+   and the PostgreSQL server's (``--no-postgres`` skips it).
 
 Prints a table and writes ``bench-out/bench.json`` (``--out``). Nothing here asserts speed: the
 targets are reported as met or missed, and the exit status is 0 whenever the run completed.
@@ -39,7 +43,7 @@ from typing import Any
 
 from mobilesign.testing import Deployment
 from mobilesign.testing.deployment import ROOT
-from scripts import bench_common, bench_core, bench_escrow, bench_loopback
+from scripts import bench_common, bench_core, bench_escrow, bench_loopback, bench_postgres
 from scripts.bench_common import LOAD_TEST_ENV, Row, Section, Table
 
 
@@ -50,6 +54,10 @@ class BenchConfig:
     core: bench_core.CoreConfig = field(default_factory=bench_core.CoreConfig)
     loopback: bench_loopback.LoopbackConfig = field(default_factory=bench_loopback.LoopbackConfig)
     escrow: bench_escrow.EscrowConfig = field(default_factory=bench_escrow.EscrowConfig)
+    #: None: the PostgreSQL section does not run.
+    postgres: bench_postgres.PostgresConfig | None = field(
+        default_factory=bench_postgres.PostgresConfig
+    )
     #: Cosigner on the upper half of the CPUs, this process (the clients) on the lower half.
     pin: bool = True
 
@@ -223,12 +231,19 @@ def _parse_args(argv: list[str] | None) -> tuple[BenchConfig, Path]:
         "halves of the CPUs)",
     )
     parser.add_argument(
+        "--postgres-clients",
+        help="concurrency levels on PostgreSQL, comma-separated (default: 16,64; 4,16 with "
+        "--quick)",
+    )
+    parser.add_argument("--no-postgres", action="store_true", help="skip the PostgreSQL section")
+    parser.add_argument(
         "--quick", action="store_true", help="a smaller, less precise run (checks the script)"
     )
     args = parser.parse_args(argv)
-    levels = tuple(int(x) for x in args.clients.split(",") if x.strip())
-    if not levels or min(levels) < 1:
-        parser.error("--clients needs positive integers")
+    levels = _levels(parser, "--clients", args.clients)
+    postgres_levels = _levels(
+        parser, "--postgres-clients", args.postgres_clients or ("4,16" if args.quick else "16,64")
+    )
     core = bench_core.CoreConfig()
     loopback = bench_loopback.LoopbackConfig(levels=levels, level_seconds=args.seconds)
     if args.quick:
@@ -250,7 +265,43 @@ def _parse_args(argv: list[str] | None) -> tuple[BenchConfig, Path]:
         raw_seconds=0.5 if args.quick else 2.0,
         traced_seconds=0.5 if args.quick else 2.0,
     )
-    return BenchConfig(core=core, loopback=loopback, escrow=escrow, pin=not args.no_pin), args.out
+    postgres = bench_postgres.PostgresConfig(
+        levels=postgres_levels, level_seconds=loopback.level_seconds
+    )
+    config = BenchConfig(
+        core=core,
+        loopback=loopback,
+        escrow=escrow,
+        postgres=None if args.no_postgres else postgres,
+        pin=not args.no_pin,
+    )
+    return config, args.out
+
+
+def _levels(parser: argparse.ArgumentParser, flag: str, value: str) -> tuple[int, ...]:
+    levels = tuple(int(x) for x in value.split(",") if x.strip())
+    if not levels or min(levels) < 1:
+        parser.error(f"{flag} needs positive integers")
+    return levels
+
+
+def _postgres(
+    config: bench_postgres.PostgresConfig,
+    loopback: bench_loopback.LoopbackConfig,
+    sqlite_sections: list[Section],
+    affinity: dict[str, list[int]] | str,
+) -> Section:
+    """The PostgreSQL section, beside the SQLite section's figures and CPU placement."""
+    sqlite = next((s.data for s in sqlite_sections if s.key == bench_postgres.SQLITE_SECTION), None)
+    return bench_postgres.organisation_key_uses_postgres(
+        config,
+        loopback,
+        sqlite,
+        # This process is still on the clients' CPUs: the cosigner goes where it was.
+        cosigner_cpus=set(affinity["cosigner"]) if isinstance(affinity, dict) else None,
+        progress=_progress,
+        log_tails=_log_tails,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -266,6 +317,10 @@ def main(argv: list[str] | None = None) -> None:
         sections.append(in_process(config))
     loopback_sections, facts = _run_services(config)
     sections.extend(loopback_sections)
+    if config.postgres is not None:
+        sections.append(
+            _postgres(config.postgres, config.loopback, loopback_sections, facts["cpu_affinity"])
+        )
     machine.update(facts)
     seconds = time.perf_counter() - started
 

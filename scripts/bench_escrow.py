@@ -28,8 +28,9 @@ import os
 import tempfile
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import client
 from hsm_proxy import keys, token
@@ -134,10 +135,29 @@ def raw_softhsm(config: EscrowConfig) -> Section:
 
 @dataclasses.dataclass
 class _Phone:
+    keystore: client.Keystore
     gateway: client.GatewaySession
     signing: client.SigningSession
     grant_id: str
     trust: client.TrustAnchors
+
+
+async def _gateway_session(
+    env: Loopback, keystore: client.Keystore, gateway: str
+) -> client.GatewaySession:
+    """``keystore``'s device logged in at ``gateway`` (a gateway process's name), on a TLS
+    channel of its own."""
+    channel = env.deployment.public_channel(gateway)
+    env.channels.append(channel)
+    session = client.GatewaySession(channel, keystore)
+    await session.login()
+    return session
+
+
+async def at_gateway(env: Loopback, phone: _Phone, gateway: str) -> _Phone:
+    """``phone`` with a session at ``gateway`` in place of its own (the same signing session,
+    key and grant)."""
+    return dataclasses.replace(phone, gateway=await _gateway_session(env, phone.keystore, gateway))
 
 
 async def _phone(env: Loopback, index: int, key_id: str, trust: client.TrustAnchors) -> _Phone:
@@ -167,15 +187,12 @@ async def _phone(env: Loopback, index: int, key_id: str, trust: client.TrustAnch
     keystore = await client.enrol(cosigner, issued.ticket, PIN)
     signing = client.SigningSession(cosigner, keystore, PIN)
     await signing.open()
-    gateway_channel = deployment.public_channel("gateway")
-    env.channels.append(gateway_channel)
     certificates, _ = await client.request_personal_certificate(
         cosigner, signing, keystore, issued.ticket, issued.activation_code, trust.ca_certificate
     )
-    gateway = client.GatewaySession(gateway_channel, keystore)
-    await gateway.login()
+    gateway = await _gateway_session(env, keystore, "gateway")
     trust = dataclasses.replace(trust, grant_key_spki=certificates.grant_key_spki)
-    return _Phone(gateway, signing, grant.grant_id, trust)
+    return _Phone(keystore, gateway, signing, grant.grant_id, trust)
 
 
 def _rpcs(log: Path, offset: int) -> Counter[tuple[str, str]]:
@@ -259,16 +276,33 @@ class _Level:
         }
 
 
-async def _level(env: Loopback, phones: list[_Phone], use: Operation, seconds: float) -> _Level:
-    """Phones ``0 .. len(phones) - 1`` using the key for ``seconds``, everything metered."""
-    logs = {name: env.deployment.services[name].log for name in START_ORDER}
+class Meter(Protocol):
+    """What :func:`_level` reads each process's usage over its window from."""
+
+    def read(self) -> dict[str, Usage]:
+        """Each metered process's usage since the meter was created."""
+        ...
+
+
+async def _level(
+    env: Loopback,
+    phones: list[_Phone],
+    use: Operation,
+    seconds: float,
+    meter: Callable[[], Meter] | None = None,
+) -> _Level:
+    """Phones ``0 .. len(phones) - 1`` using the key for ``seconds``, everything metered: the
+    processes of ``env.processes`` (the RPCs of those that are services or replicas), or what
+    ``meter`` (created as the window starts) reads."""
+    services = [name for name in env.processes if name in env.deployment.services]
+    logs = {name: env.deployment.services[name].log for name in services}
     offsets = {name: log.stat().st_size for name, log in logs.items()}
     with counting_streams([phone.signing for phone in phones]) as counters:
-        meter = ProcessMeter(env.processes)
+        meter_in_window = meter() if meter is not None else ProcessMeter(env.processes)
         started = time.perf_counter()
         samples = await _drive(len(phones), use, seconds=seconds)
         elapsed = time.perf_counter() - started
-        usage = meter.read()
+        usage = meter_in_window.read()
     await asyncio.sleep(LOG_SETTLE_SECONDS)
     return _Level(
         clients=len(phones),
@@ -455,15 +489,9 @@ def _rows(levels: dict[int, _Level], fsyncs: dict[int, dict[str, Any] | str]) ->
     return rows
 
 
-async def organisation_key_uses(env: Loopback, config: EscrowConfig | None = None) -> Section:
-    """Section: organisation-key uses per second end to end, beside raw SoftHSM signing, with
-    each process's CPU and the RPCs, HSM operations, context switches and fsyncs per use."""
-    config = config or EscrowConfig()
-    section = Section(
-        "organisation_key_uses",
-        "Organisation-key uses end to end (co-signed record, durable log append, witnessed "
-        "checkpoint, HSM check and signature, receipt)",
-    )
+async def set_up_phones(env: Loopback, count: int, parallelism: int) -> list[_Phone]:
+    """An organisation with an EC P-256 key, and ``count`` phones enrolled, certified, granted
+    the key's use and logged in at the gateway, ``parallelism`` at a time."""
     async with env.deployment.channel("ra", "admin") as admin_channel:
         admin = ra_pb2_grpc.AdminServiceStub(admin_channel)
         await admin.CreateOrganisation(
@@ -484,10 +512,15 @@ async def organisation_key_uses(env: Loopback, config: EscrowConfig | None = Non
         log = await public.GetLogPublicKey(gateway_pb2.GetLogPublicKeyRequest())
     trust = client.TrustAnchors(ca, log.public_key_spki, log.origin)
     phones: list[_Phone] = []
-    needed = max(config.levels)
-    while len(phones) < needed:
-        batch = range(len(phones), min(needed, len(phones) + config.setup_parallelism))
+    while len(phones) < count:
+        batch = range(len(phones), min(count, len(phones) + parallelism))
         phones.extend(await asyncio.gather(*(_phone(env, i, key.key_id, trust) for i in batch)))
+    return phones
+
+
+def use_key(phones: list[_Phone]) -> Operation:
+    """The measured operation: phone ``i`` uses the organisation key once, at its gateway
+    session's gateway (a digest signed, the receipt verified)."""
     digest = hashlib.sha256(b"a business document").digest()
 
     async def use(i: int) -> None:
@@ -500,6 +533,21 @@ async def organisation_key_uses(env: Loopback, config: EscrowConfig | None = Non
             purpose="bench",
             trust=phone.trust,
         )
+
+    return use
+
+
+async def organisation_key_uses(env: Loopback, config: EscrowConfig | None = None) -> Section:
+    """Section: organisation-key uses per second end to end, beside raw SoftHSM signing, with
+    each process's CPU and the RPCs, HSM operations, context switches and fsyncs per use."""
+    config = config or EscrowConfig()
+    section = Section(
+        "organisation_key_uses",
+        "Organisation-key uses end to end (co-signed record, durable log append, witnessed "
+        "checkpoint, HSM check and signature, receipt)",
+    )
+    phones = await set_up_phones(env, max(config.levels), config.setup_parallelism)
+    use = use_key(phones)
 
     levels = {
         clients: await _level(env, phones[:clients], use, config.level_seconds)
