@@ -223,6 +223,7 @@ class Witness:
             self._sign_and_store(old_size, tree_size, root_hash, proof, now)
         )
 
+
 def _stored_state(c: Connection) -> LogState:
     rows = c.execute(
         "SELECT tree_size, root_hash FROM signed_checkpoints ORDER BY tree_size DESC LIMIT 1"
@@ -234,8 +235,7 @@ def _stored_state(c: Connection) -> LogState:
 
 def _stored_latest(c: Connection) -> tuple[LogState, bytes]:
     rows = c.execute(
-        "SELECT tree_size, root_hash, note FROM signed_checkpoints"
-        " ORDER BY tree_size DESC LIMIT 1"
+        "SELECT tree_size, root_hash, note FROM signed_checkpoints ORDER BY tree_size DESC LIMIT 1"
     ).fetchall()
     if not rows:
         return LogState(0, auditlog.EMPTY_ROOT), b""
