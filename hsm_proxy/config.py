@@ -57,9 +57,23 @@ class HsmProxyConfig:
         for candidate in _SOFTHSM_CANDIDATES:
             if Path(candidate).exists():
                 return candidate
-        raise config.ConfigError("no PKCS#11 module: install softhsm2 or set [hsm_proxy] module")
+        raise config.ConfigError(
+            "no PKCS#11 module: [hsm_proxy] module is empty and SoftHSM2 is not installed at "
+            f"{', '.join(_SOFTHSM_CANDIDATES)}: install softhsm2 or set [hsm_proxy] module"
+        )
 
 
 def load(document: dict[str, Any]) -> HsmProxyConfig:
-    """Read ``[hsm_proxy]`` from the configuration document and the environment."""
-    return config.load_section(HsmProxyConfig, "hsm_proxy", document)
+    """Read ``[hsm_proxy]`` from the configuration document and the environment; refuse the
+    SoftHSM2 initialisation with another module configured."""
+    cfg = config.load_section(HsmProxyConfig, "hsm_proxy", document)
+    if cfg.init_softhsm_token and cfg.module and "softhsm" not in Path(cfg.module).name.lower():
+        # softhsm2-util would make a token the configured module never sees: the proxy would
+        # then fail with "no token", far from the cause.
+        raise config.ConfigError(
+            f"[hsm_proxy] init_softhsm_token is true but [hsm_proxy] module is {cfg.module}, "
+            "not SoftHSM2: set init_softhsm_token = false (MOBILESIGN_HSM_PROXY_INIT_SOFTHSM_"
+            "TOKEN=false) and initialise the token with the module's own tools, or empty "
+            "module for SoftHSM2"
+        )
+    return cfg

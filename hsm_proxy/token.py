@@ -17,10 +17,15 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import pkcs11
 from pkcs11 import exceptions as p11e
+
+from mobilesign.hosting.config import StartupError
+
+if TYPE_CHECKING:
+    from pkcs11._pkcs11 import lib as Pkcs11Library
 
 T = TypeVar("T")
 
@@ -29,8 +34,9 @@ class PoolFull(Exception):
     """The queue of PKCS#11 operations is at capacity."""
 
 
-class TokenUnavailable(Exception):
-    """The token could not be found or logged into (the text never holds the PIN)."""
+class TokenUnavailable(StartupError):
+    """The module could not be loaded, or the token found or logged into (the text names the
+    setting to change and never holds the PIN)."""
 
 
 def softhsm_environment(hsm_dir: Path) -> Path:
@@ -135,16 +141,42 @@ def _initialize_for_threads(module: str) -> None:
         raise TokenUnavailable(f"C_Initialize with OS locking failed: 0x{result:08x}")
 
 
+def _load_module(module: str) -> Pkcs11Library:
+    """Load the PKCS#11 module and initialise it for threads, or say why it cannot be."""
+    where = f"the PKCS#11 module {module} ([hsm_proxy] module)"
+    if not Path(module).is_file():
+        raise TokenUnavailable(f"cannot load {where}: no such file")
+    try:
+        lib = pkcs11.lib(module)
+    except (p11e.PKCS11Error, RuntimeError, OSError) as exc:
+        # python-pkcs11 quotes the loader's reason (not a PKCS#11 library, missing symbol).
+        raise TokenUnavailable(f"cannot load {where}: {exc}") from exc
+    _initialize_for_threads(module)
+    return lib
+
+
+def _token_labels(lib: Pkcs11Library) -> str:
+    """The labels of the tokens present in the module's slots, for a message."""
+    try:
+        labels = [slot.get_token().label for slot in lib.get_slots(token_present=True)]
+    except (p11e.PKCS11Error, RuntimeError):
+        return "cannot be listed"
+    # An uninitialised token has an empty label: not one the setting could name.
+    return ", ".join(repr(label) for label in labels if label) or "none"
+
+
 class SessionPool:
     """Worker threads, each with its own PKCS#11 session, behind a bounded queue."""
 
     def __init__(self, module: str, token_label: str, pin: str, workers: int, queue_size: int):
+        lib = _load_module(module)
         try:
-            lib = pkcs11.lib(module)
-            _initialize_for_threads(module)
             self._token = lib.get_token(token_label=token_label)
         except (p11e.PKCS11Error, RuntimeError) as exc:
-            raise TokenUnavailable(f"token {token_label!r} not found in {module}") from exc
+            raise TokenUnavailable(
+                f"no token labelled {token_label!r} ([hsm_proxy] token_label) in the PKCS#11 "
+                f"module {module}; its tokens: {_token_labels(lib)}"
+            ) from exc
         try:
             self._login = self._token.open(rw=True, user_pin=pin)
         except p11e.PinIncorrect as exc:

@@ -152,6 +152,10 @@ class TreeMismatch(RuntimeError):
     """The stored tree nodes are not the tree of the stored entries."""
 
 
+class EntryMissing(RuntimeError):
+    """The stored log has a hole: an entry between the first and the last is not there."""
+
+
 class RecordExists(Exception):
     """The record was logged already (by a concurrent execution of it)."""
 
@@ -507,7 +511,7 @@ def _checked_tree(c: Connection) -> auditlog.CompactRange:
     computed: list[tuple[int, int, bytes]] = []
     for row in c.execute("SELECT entry_index, entry FROM log_entries ORDER BY entry_index"):
         if row["entry_index"] != expected:
-            raise RuntimeError(f"audit log entry {expected} is missing")
+            raise EntryMissing(f"audit log entry {expected} is missing")
         computed.extend(tree.append(auditlog.leaf_hash(bytes(row["entry"]))))
         expected += 1
         if len(computed) >= _CHECK_BATCH:
@@ -580,7 +584,7 @@ def _catch_up(c: Connection, tree: auditlog.CompactRange) -> None:
     ).fetchall()
     for row in rows:
         if row["entry_index"] != tree.size:
-            raise RuntimeError(f"audit log entry {tree.size} is missing")
+            raise EntryMissing(f"audit log entry {tree.size} is missing")
         tree.append(auditlog.leaf_hash(bytes(row["entry"])))
 
 
