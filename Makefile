@@ -8,22 +8,24 @@ export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: setup proto lint test demo demo-postgres run bench soak fuzz clean
 
-setup: $(VENV)/.installed $(BUF) .debian-packages
+setup: .debian-packages $(VENV)/.installed $(BUF)
 
-# Debian's softhsm2 provides the PKCS#11 module the HSM proxy loads; postgresql the server the
-# tests, `make demo-postgres` and `make bench` start in a temporary directory (installed when
-# missing; the machine's own PostgreSQL service is neither started nor used).
-.debian-packages:
-	@scripts/ensure-debian-packages.sh softhsm2 openssl postgresql
+# What set-up and the services need from Debian, installed first when missing (apt-get, as
+# root or through sudo): python3-venv for the virtual environment, nodejs and npm for buf,
+# softhsm2 for the PKCS#11 module the HSM proxy loads, openssl, and postgresql for the server
+# the tests, `make demo-postgres` and `make bench` start in a temporary directory (the
+# machine's own PostgreSQL service is neither started nor used).
+.debian-packages: scripts/ensure-debian-packages.sh
+	@scripts/ensure-debian-packages.sh python3-venv nodejs npm softhsm2 openssl postgresql
 	@touch $@
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml | .debian-packages
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[dev]'
 	@touch $@
 
-$(BUF): .tools/package.json
+$(BUF): .tools/package.json | .debian-packages
 	cd .tools && npm ci --silent --no-fund --no-audit
 	@touch $@
 
@@ -46,6 +48,8 @@ demo: setup
 demo-postgres: setup
 	$(PY) -m scripts.demo --postgres
 
+# Every service in the foreground, configured as they document it: MOBILESIGN_CONFIG and any
+# MOBILESIGN_<SECTION>_<KEY>, in the environment or on make's command line, reach them.
 run: setup
 	$(PY) -m scripts.run_all
 

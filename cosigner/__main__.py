@@ -12,10 +12,15 @@ from cosigner.context import Cosigner
 from cosigner.hsm_proxy_client import Sealer
 from cosigner.ra_client import Registry
 from cosigner.repository import KeyStore
-from mobilesign.hosting import devpki, entrypoint, logs, serve
+from mobilesign.hosting import devpki, entrypoint, health, logs, metrics, serve, tracing
 from mobilesign.hosting.stores import store_location
 from mobilesign.rpc import channels
+from mobilesign.storage.connection import Connection
 from mobilesign.v1 import cosigner_pb2_grpc
+
+
+def _locked_keys(connection: Connection) -> int:
+    return int(connection.execute("SELECT COUNT(*) FROM keys WHERE locked <> 0").fetchone()[0])
 
 
 async def _main(
@@ -23,6 +28,9 @@ async def _main(
 ) -> None:
     cfg = cosigner_config.load(document)
     logs.configure("cosigner", cfg.log_level)
+    stop_tracing = tracing.configure("cosigner")
+    if stop_tracing is not None:
+        resources.callback(stop_tracing)
     credential = devpki.credential(state, "cosigner")
     store = await KeyStore.open(
         store_location("cosigner", cfg.database, state / "cosigner", "cosigner")
@@ -39,6 +47,11 @@ async def _main(
         step_timeout=cfg.step_timeout_seconds,
         max_pin_attempts=cfg.max_pin_attempts,
     )
+
+    async def check_store() -> None:
+        # The database check counts the locked keys too: one query, and the gauge stays as
+        # fresh as the health status without a task of its own.
+        metrics.LOCKED_KEYS.set(await store._db.run(_locked_keys))
 
     await serve.serve(
         name="cosigner",
@@ -61,6 +74,12 @@ async def _main(
         credential=credential,
         limits=serve.Limits(cfg.max_message_bytes, cfg.max_concurrent_rpcs, cfg.grace_seconds),
         state_dir=state,
+        peers=[
+            health.grpc_peer("hsm-proxy", hsm_channel, "mobilesign.v1.HsmService"),
+            health.Peer("database", check_store),
+        ],
+        health_listen=cfg.health_listen,
+        metrics_listen=cfg.metrics_listen,
     )
 
 

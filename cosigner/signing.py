@@ -20,6 +20,7 @@ from cosigner.repository import CommitmentReplayed, StoredKey
 from cosigner.stream import StepStream
 from mobilesign import deviceauth, ids, twoparty
 from mobilesign.errors import Kind
+from mobilesign.hosting import metrics
 from mobilesign.rpc import wire
 from mobilesign.v1 import cosigner_pb2 as pb
 
@@ -84,8 +85,10 @@ async def _authenticate(
             raise _locked()
         if not deviceauth.check_pin_proof(verifier, transcript, request.proof.pin_proof):
             _log.warning("wrong PIN", extra={"fields": {"key_id": key.key_id, "failures": attempt}})
+            metrics.PIN_FAILURES.inc()
             if attempt >= limit:
                 await cosigner.store.lock(key.key_id)
+                metrics.KEY_LOCKOUTS.inc()
                 raise _locked()
             left = limit - attempt
             raise CosignerError(
@@ -99,6 +102,11 @@ async def _authenticate(
 
 async def sign(cosigner: Cosigner, stream: StepStream[pb.SignRequest, pb.SignResponse]) -> None:
     """Run one signing session until the phone closes it."""
+    with metrics.SIGNING_SESSIONS.track_inprogress():
+        await _session(cosigner, stream)
+
+
+async def _session(cosigner: Cosigner, stream: StepStream[pb.SignRequest, pb.SignResponse]) -> None:
     _, request = await stream.read("open")
     scheme = wire.scheme_from_proto(request.open.scheme)
     key = await _key(cosigner, request.open.key_id, scheme)

@@ -13,7 +13,7 @@ from hsm_proxy import keys, servicer, token
 from hsm_proxy.authorisation import AuthorisationChecker
 from hsm_proxy.uses import UseStore
 from hsm_proxy.witness import Witness
-from mobilesign.hosting import devpki, entrypoint, logs, serve
+from mobilesign.hosting import devpki, entrypoint, health, logs, metrics, serve, tracing
 from mobilesign.hosting.stores import store_location
 from mobilesign.v1 import hsm_pb2_grpc
 
@@ -23,6 +23,9 @@ async def _main(
 ) -> None:
     cfg = hsm_config.load(document)
     logs.configure("hsm-proxy", cfg.log_level)
+    stop_tracing = tracing.configure("hsm-proxy")
+    if stop_tracing is not None:
+        resources.callback(stop_tracing)
     hsm_dir = state / "hsm"
     hsm_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     pin_file = Path(cfg.user_pin_file) if cfg.user_pin_file else hsm_dir / "user.pin"
@@ -33,28 +36,37 @@ async def _main(
     )
     # Closed last: finishes queued operations, then logs out of the token.
     resources.push_async_callback(asyncio.to_thread, pool.close)
+    metrics.HSM_QUEUE_CAPACITY.set(cfg.workers + cfg.queue_size)
 
     # Sealing keys exist before anyone may seal: concurrent first seals cannot create two.
     for caller in sorted(servicer.POLICY.rules["Seal"]):
-        await servicer.run_in_token(pool, functools.partial(keys.ensure_sealing_key, caller=caller))
+        await servicer.run_in_token(
+            pool, functools.partial(keys.ensure_sealing_key, caller=caller), name="ensure_key"
+        )
     uses = await UseStore.open(store_location("hsm-proxy", cfg.database, hsm_dir, "authorisations"))
     resources.push_async_callback(uses.close)
     log_key = await servicer.run_in_token(
-        pool, lambda s: keys.ensure(s, cfg.log_key_label, keys.Purpose.LOG, keys.Algorithm.EC_P256)
+        pool,
+        lambda s: keys.ensure(s, cfg.log_key_label, keys.Purpose.LOG, keys.Algorithm.EC_P256),
+        name="ensure_key",
     )
     witness = await Witness.open(
         store_location("hsm-proxy", cfg.database, hsm_dir, "witness"),
         cfg.log_origin,
         log_key.spki,
         lambda digest: servicer.run_in_token(
-            pool, lambda s: keys.sign_digest(s, log_key, keys.SignMechanism.ECDSA_SHA256, digest)
+            pool,
+            lambda s: keys.sign_digest(s, log_key, keys.SignMechanism.ECDSA_SHA256, digest),
+            name="sign_checkpoint",
         ),
     )
     resources.push_async_callback(witness.close)
     checker = AuthorisationChecker(
-        lambda purpose: servicer.run_in_token(pool, lambda s: keys.list_keys(s, purpose)),
+        lambda purpose: servicer.run_in_token(
+            pool, lambda s: keys.list_keys(s, purpose), name="list_keys"
+        ),
         lambda sealed, aad: servicer.run_in_token(
-            pool, lambda s: keys.unseal(s, "cosigner", sealed, aad)
+            pool, lambda s: keys.unseal(s, "cosigner", sealed, aad), name="unseal"
         ),
         uses,
         witness.root_at,
@@ -70,6 +82,11 @@ async def _main(
         credential=devpki.credential(state, "hsm-proxy"),
         limits=serve.Limits(cfg.max_message_bytes, cfg.max_concurrent_rpcs, cfg.grace_seconds),
         state_dir=state,
+        # The token itself needs no watcher: a failing token fails its operations, each with
+        # HSM_UNAVAILABLE. The authorisation store is what every use needs.
+        peers=[health.database_peer(uses._db)],
+        health_listen=cfg.health_listen,
+        metrics_listen=cfg.metrics_listen,
     )
 
 

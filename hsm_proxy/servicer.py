@@ -23,7 +23,7 @@ from hsm_proxy.uses import Revoked, UseStore
 from hsm_proxy.witness import Witness
 from mobilesign import ids, pkix, records
 from mobilesign.errors import Kind
-from mobilesign.hosting import access
+from mobilesign.hosting import access, metrics, tracing
 from mobilesign.v1 import hsm_pb2, hsm_pb2_grpc
 
 T = TypeVar("T")
@@ -138,10 +138,33 @@ def _check_key_user(record: keys.KeyRecord) -> None:
     )
 
 
-async def run_in_token(pool: SessionPool, operation: Callable[[pkcs11.Session], T]) -> T:
-    """Run ``operation`` on the pool, PKCS#11 failures mapped to statuses with stable reasons."""
+async def run_in_token(
+    pool: SessionPool, operation: Callable[[pkcs11.Session], T], *, name: str
+) -> T:
+    """Run ``operation`` on the pool, PKCS#11 failures mapped to statuses with stable reasons.
+
+    ``name`` (a fixed word: ``sign``, ``unseal``, ...) labels its metrics and its span: the
+    time it waited for a worker, the time it ran in the token, and the queue it stood in."""
+    submitted = time.perf_counter()
+
+    def timed(session: pkcs11.Session) -> T:
+        # On the worker thread: the wait ends, and the token's own time begins, here.
+        started = time.perf_counter()
+        metrics.HSM_QUEUE_WAIT_SECONDS.observe(started - submitted)
+        outcome = "error"
+        try:
+            result = operation(session)
+            outcome = "ok"
+            return result
+        finally:
+            metrics.HSM_OPERATION_SECONDS.labels(name, outcome).observe(
+                time.perf_counter() - started
+            )
+
+    metrics.HSM_QUEUE_DEPTH.inc()
     try:
-        return await pool.run(operation)
+        with tracing.span(f"hsm.{name}"):
+            return await pool.run(timed)
     except PoolFull:
         raise HsmProxyError(Kind.EXHAUSTED, "HSM_QUEUE_FULL", "the HSM queue is full") from None
     except (p11e.MechanismInvalid, p11e.KeyTypeInconsistent, p11e.KeyHandleInvalid):
@@ -166,6 +189,8 @@ async def run_in_token(pool: SessionPool, operation: Callable[[pkcs11.Session], 
     except p11e.PKCS11Error as exc:
         _log.error("PKCS#11 failure", extra={"fields": {"error": type(exc).__name__}})
         raise HsmProxyError(Kind.INTERNAL, "HSM_ERROR", "the HSM failed") from None
+    finally:
+        metrics.HSM_QUEUE_DEPTH.dec()
 
 
 class _TokenSigner:
@@ -188,7 +213,7 @@ class _TokenSigner:
     async def sign(self, data: bytes) -> bytes:
         digest = hashlib.sha256(data).digest()
         return await self._servicer._run(
-            lambda s: keys.sign_digest(s, self._record, self._mechanism, digest)
+            "sign", lambda s: keys.sign_digest(s, self._record, self._mechanism, digest)
         )
 
 
@@ -212,24 +237,24 @@ class HsmServicer(hsm_pb2_grpc.HsmServiceServicer):
         # Key pairs are never deleted or changed, so a description read once stays true.
         record = self._records.get(key_id)
         if record is None:
-            record = await self._run(lambda s: keys.describe(s, key_id))
+            record = await self._run("describe", lambda s: keys.describe(s, key_id))
             self._records[key_id] = record
         return record
 
     async def _authorised(
-        self, record_id: str, operation: Callable[[pkcs11.Session], bytes]
+        self, record_id: str, name: str, operation: Callable[[pkcs11.Session], bytes]
     ) -> bytes:
         """Run an organisation-key operation for a checked record; a failure before the token
         acted (queue full, token unavailable) frees the record for a retry."""
         try:
-            return await self._run(operation)
+            return await self._run(name, operation)
         except HsmProxyError as exc:
             if exc.kind in _NOT_ACTED:
                 await self._checker.failed_before_use(record_id)
             raise
 
-    async def _run(self, operation: Callable[[pkcs11.Session], T]) -> T:
-        return await run_in_token(self._pool, operation)
+    async def _run(self, name: str, operation: Callable[[pkcs11.Session], T]) -> T:
+        return await run_in_token(self._pool, operation, name=name)
 
     async def GenerateKeyPair(
         self, request: hsm_pb2.GenerateKeyPairRequest, context: _Context
@@ -240,7 +265,9 @@ class HsmServicer(hsm_pb2_grpc.HsmServiceServicer):
         if purpose is keys.Purpose.LOG:
             raise _log_key_reserved()
         async with self._generate_lock:
-            record = await self._run(lambda s: keys.generate(s, request.label, purpose, algorithm))
+            record = await self._run(
+                "generate", lambda s: keys.generate(s, request.label, purpose, algorithm)
+            )
         _log.info(
             "key generated",
             extra={
@@ -259,7 +286,7 @@ class HsmServicer(hsm_pb2_grpc.HsmServiceServicer):
         purpose = None
         if request.purpose != hsm_pb2.KEY_PURPOSE_UNSPECIFIED:
             purpose = _enum(_PURPOSES, request.purpose, "PURPOSE_INVALID", "a known purpose")
-        records = await self._run(lambda s: keys.list_keys(s, purpose))
+        records = await self._run("list_keys", lambda s: keys.list_keys(s, purpose))
         return hsm_pb2.ListKeysResponse(keys=[_key_info(r) for r in records])
 
     async def GetPublicKey(
@@ -290,7 +317,7 @@ class HsmServicer(hsm_pb2_grpc.HsmServiceServicer):
                 key_id, operation, request.digest, request.authorisation
             )
             signature = await self._authorised(
-                record_id, lambda s: keys.sign_digest(s, record, mechanism, request.digest)
+                record_id, "sign", lambda s: keys.sign_digest(s, record, mechanism, request.digest)
             )
             return hsm_pb2.SignDigestResponse(signature=signature)
         if request.HasField("authorisation"):
@@ -300,7 +327,7 @@ class HsmServicer(hsm_pb2_grpc.HsmServiceServicer):
                 "only organisation keys take an authorisation",
             )
         signature = await self._run(
-            lambda s: keys.sign_digest(s, record, mechanism, request.digest)
+            "sign", lambda s: keys.sign_digest(s, record, mechanism, request.digest)
         )
         return hsm_pb2.SignDigestResponse(signature=signature)
 
@@ -360,14 +387,14 @@ class HsmServicer(hsm_pb2_grpc.HsmServiceServicer):
             request.authorisation,
         )
         plaintext = await self._authorised(
-            record_id, lambda s: keys.decrypt_oaep(s, record, request.ciphertext)
+            record_id, "decrypt", lambda s: keys.decrypt_oaep(s, record, request.ciphertext)
         )
         return hsm_pb2.DecryptResponse(plaintext=plaintext)
 
     async def Seal(self, request: hsm_pb2.SealRequest, context: _Context) -> hsm_pb2.SealResponse:
         caller = _caller()
         sealed = await self._run(
-            lambda s: keys.seal(s, caller, request.plaintext, request.associated_data)
+            "seal", lambda s: keys.seal(s, caller, request.plaintext, request.associated_data)
         )
         return hsm_pb2.SealResponse(sealed=sealed)
 
@@ -376,19 +403,20 @@ class HsmServicer(hsm_pb2_grpc.HsmServiceServicer):
     ) -> hsm_pb2.UnsealResponse:
         caller = _caller()
         plaintext = await self._run(
-            lambda s: keys.unseal(s, caller, request.sealed, request.associated_data)
+            "unseal", lambda s: keys.unseal(s, caller, request.sealed, request.associated_data)
         )
         return hsm_pb2.UnsealResponse(plaintext=plaintext)
 
     async def GetLogState(
         self, request: hsm_pb2.GetLogStateRequest, context: _Context
     ) -> hsm_pb2.GetLogStateResponse:
-        state = await self._witness.state()
+        state, note = await self._witness.latest()
         return hsm_pb2.GetLogStateResponse(
             public_key_spki=self._witness.public_key_spki,
             origin=self._witness.origin,
             tree_size=state.tree_size,
             root_hash=state.root_hash,
+            checkpoint=note,
         )
 
     async def SignCheckpoint(

@@ -10,7 +10,7 @@ from typing import Any
 import grpc
 
 from mobilesign.ca import CaSettings, CertificateAuthority
-from mobilesign.hosting import devpki, entrypoint, logs, serve
+from mobilesign.hosting import devpki, entrypoint, health, logs, serve, tracing
 from mobilesign.hosting.stores import store_location
 from mobilesign.rpc import channels
 from mobilesign.v1 import hsm_pb2, ra_pb2_grpc
@@ -32,6 +32,9 @@ async def _main(
 ) -> None:
     cfg = ra_config.load(document)
     logs.configure("ra", cfg.log_level)
+    stop_tracing = tracing.configure("ra")
+    if stop_tracing is not None:
+        resources.callback(stop_tracing)
     credential = devpki.credential(state, "ra")
     (state / "ra").mkdir(parents=True, exist_ok=True, mode=0o700)
     db = await open_ra_db(store_location("ra", cfg.database, state / "ra", "ra"))
@@ -116,6 +119,12 @@ async def _main(
         credential=credential,
         limits=serve.Limits(cfg.max_message_bytes, cfg.max_concurrent_rpcs, cfg.grace_seconds),
         state_dir=state,
+        peers=[
+            health.grpc_peer("hsm-proxy", hsm_channel, "mobilesign.v1.HsmService"),
+            health.database_peer(db),
+        ],
+        health_listen=cfg.health_listen,
+        metrics_listen=cfg.metrics_listen,
     )
 
 

@@ -9,7 +9,16 @@ from typing import Any
 
 import grpc
 
-from mobilesign.hosting import devpki, entrypoint, logs, secret_file, serve
+from mobilesign.hosting import (
+    devpki,
+    entrypoint,
+    health,
+    logs,
+    metrics,
+    secret_file,
+    serve,
+    tracing,
+)
 from mobilesign.hosting.stores import store_location
 from mobilesign.rpc import channels
 from mobilesign.v1 import gateway_pb2_grpc
@@ -30,6 +39,9 @@ async def _main(
 ) -> None:
     cfg = gateway_config.load(document)
     logs.configure("gateway", cfg.log_level)
+    stop_tracing = tracing.configure("gateway")
+    if stop_tracing is not None:
+        resources.callback(stop_tracing)
     credential = devpki.credential(state, "gateway")
     db = await open_gateway_db(
         store_location("gateway", cfg.database, state / "gateway", "gateway")
@@ -47,6 +59,7 @@ async def _main(
     ledger = await Ledger.open(store_location("gateway", cfg.database, state / "gateway", "ledger"))
     resources.push_async_callback(ledger.close)
     audit = AuditLog(ledger, hsm, await hsm.log_state())
+    metrics.observe_audit_log(lambda: ledger.size, lambda: ledger.batches)
     record_key_file = (
         Path(cfg.record_key_file) if cfg.record_key_file else state / "gateway" / "record.key"
     )
@@ -95,6 +108,12 @@ async def _main(
         credential=credential,
         limits=serve.Limits(cfg.max_message_bytes, cfg.max_concurrent_rpcs, cfg.grace_seconds),
         state_dir=state,
+        peers=[
+            health.grpc_peer("hsm-proxy", channels_to["hsm-proxy"], "mobilesign.v1.HsmService"),
+            health.database_peer(db),
+        ],
+        health_listen=cfg.health_listen,
+        metrics_listen=cfg.metrics_listen,
     )
 
 

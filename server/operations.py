@@ -31,6 +31,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from mobilesign import grants, ids, records
 from mobilesign.errors import Kind
+from mobilesign.hosting import metrics
 from mobilesign.v1 import gateway_pb2, hsm_pb2
 from server.audit import AuditLog
 from server.cosigner_client import CosignerClient
@@ -326,6 +327,7 @@ class Operations:
             raise GatewayError(
                 Kind.EXHAUSTED, "QUOTA_EXCEEDED", "the grant's quota is used up"
             ) from None
+        metrics.AUDIT_APPENDS.labels("use").inc()
         return index
 
     async def _authorisation(
@@ -387,11 +389,13 @@ class Operations:
             await self._ledger.log_outcome(
                 record.record_id, outcome.encode(), False, None, exc.reason
             )
+            metrics.AUDIT_APPENDS.labels("outcome").inc()
             raise exc from None
         outcome = records.OutcomeEntry(record.record_id, True, "", hashlib.sha256(result).digest())
         # A signature is kept so that a retry gets it again; a plaintext never is.
         kept = result if record.operation.is_sign else None
         await self._ledger.log_outcome(record.record_id, outcome.encode(), True, kept, "")
+        metrics.AUDIT_APPENDS.labels("outcome").inc()
         return result
 
     async def _receipt(

@@ -1,5 +1,6 @@
-"""One server interceptor for every mobilesign service: request ids, access control, logging and
-the translation of :class:`mobilesign.errors.Error` into a status with details.
+"""One server interceptor for every mobilesign service: request ids, access control, logging,
+metrics, tracing and the translation of :class:`mobilesign.errors.Error` into a status with
+details.
 
 Only the service's own methods are wrapped; health and reflection pass through untouched. On a
 public listener it also bounds the calls in flight from one peer address.
@@ -21,7 +22,7 @@ from urllib.parse import unquote
 import grpc
 
 from mobilesign.errors import Error, Kind
-from mobilesign.hosting import access, logs
+from mobilesign.hosting import access, logs, metrics, tracing
 from mobilesign.rpc import status
 from mobilesign.rpc.wire import malformed_request, message_too_large
 
@@ -223,8 +224,10 @@ def _counted(
     return handler
 
 
-def _request_id(context: grpc.aio.ServicerContext[Any, Any]) -> str:
-    for key, value in context.invocation_metadata() or ():
+def _request_id(metadata: Any) -> str:
+    """The caller's ``x-request-id`` when it is well formed (it goes into logs and onward
+    calls), or a fresh one."""
+    for key, value in metadata or ():
         if key == "x-request-id" and isinstance(value, str) and _REQUEST_ID.fullmatch(value):
             return value
     return uuid.uuid4().hex
@@ -278,6 +281,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             # from the call's start and can stop waiting for the request.
             return grpc.stream_unary_rpc_method_handler(
                 self._wrap(
+                    service,
                     method,
                     policy,
                     _request_read_first(
@@ -290,27 +294,44 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             )
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                self._wrap(method, policy, cast(Behavior, handler.unary_unary), unary=True),
+                self._wrap(
+                    service, method, policy, cast(Behavior, handler.unary_unary), unary=True
+                ),
                 request_deserializer=deserializer,
                 response_serializer=handler.response_serializer,
             )
         if handler.stream_stream is not None:
             return grpc.stream_stream_rpc_method_handler(
-                self._wrap(method, policy, cast(Behavior, handler.stream_stream), unary=False),
+                self._wrap(
+                    service, method, policy, cast(Behavior, handler.stream_stream), unary=False
+                ),
                 request_deserializer=deserializer,
                 response_serializer=handler.response_serializer,
             )
         raise TypeError(f"{full}: only unary and bidirectional-streaming RPCs are served")
 
     def _wrap(
-        self, method: str, policy: access.AccessPolicy, behavior: Behavior, *, unary: bool
+        self,
+        service: str,
+        method: str,
+        policy: access.AccessPolicy,
+        behavior: Behavior,
+        *,
+        unary: bool,
     ) -> Behavior:
         if inspect.isasyncgenfunction(behavior):
             raise TypeError(f"{method}: streaming handlers must use context.read()/write()")
 
         async def wrapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            rid = _request_id(context)
+            metadata = context.invocation_metadata()
+            rid = _request_id(metadata)
             logs.request_id.set(rid)
+            with tracing.server_span(service, method, metadata) as span:
+                return await served(request, context, rid, span)
+
+        async def served(
+            request: Any, context: grpc.aio.ServicerContext[Any, Any], rid: str, span: Any
+        ) -> Any:
             identity = access.peer_identity(context)
             access.caller.set(identity)
             started = time.perf_counter()
@@ -346,6 +367,10 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             except grpc.aio.AbortError:
                 outcome = "ABORTED_BY_HANDLER"
                 raise
+            except asyncio.CancelledError:
+                # The caller went away (or cancelled): counted as such, not as a success.
+                outcome = "CANCELLED"
+                raise
             except Exception:
                 outcome, reason = "INTERNAL", "INTERNAL"
                 _log.exception("unexpected failure", extra={"fields": {"method": method}})
@@ -359,6 +384,9 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             finally:
                 if peer is not None and self._peers is not None:
                     self._peers.release(peer)
+                seconds = time.perf_counter() - started
+                metrics.rpc_done(service, method, outcome, reason, seconds)
+                tracing.end_server_span(span, outcome, reason)
                 _log.info(
                     "rpc",
                     extra={
@@ -367,7 +395,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
                             "caller": identity,
                             "code": outcome,
                             "reason": reason,
-                            "ms": round((time.perf_counter() - started) * 1000, 2),
+                            "ms": round(seconds * 1000, 2),
                         }
                     },
                 )

@@ -6,15 +6,19 @@ Log records carry fields, not formatted secrets: callers pass identifiers, codes
 
 from __future__ import annotations
 
-import contextvars
 import datetime
 import json
 import logging
 import sys
 from typing import Any
 
-#: Request id of the RPC the current task serves ("-" outside a call).
-request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+from opentelemetry import trace
+
+from mobilesign.rpc import channels
+
+#: Request id of the RPC the current task serves (None outside a call, logged as "-"); the
+#: internal channels forward it on the calls the task makes.
+request_id = channels.request_id
 
 
 class _JsonFormatter(logging.Formatter):
@@ -30,9 +34,14 @@ class _JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "service": self._service,
             "logger": record.name,
-            "request_id": request_id.get(),
+            "request_id": request_id.get() or "-",
             "msg": record.getMessage(),
         }
+        if channels.tracing_enabled():
+            # The span the line was logged in, so that a trace leads to its log lines.
+            context = trace.get_current_span().get_span_context()
+            if context.is_valid:
+                entry["trace_id"] = format(context.trace_id, "032x")
         fields = getattr(record, "fields", None)
         if isinstance(fields, dict):
             entry.update(fields)

@@ -7,6 +7,10 @@ the public edge cannot use up the capacity the internal callers need; a listener
 the calls in flight from one peer address.
 Once bound, the actual addresses are written to ``<state_dir>/run/<name>.json`` so that a
 supervisor (or the test harness) that asked for port 0 learns the ports without racing.
+Optionally, a plaintext health listener (``health``) and a Prometheus endpoint (``metrics``)
+are bound too, and listed in that file beside the others. One health servicer answers on every
+listener; a watcher (:mod:`mobilesign.hosting.health`) turns a service NOT_SERVING while a
+peer it needs fails its check.
 On SIGTERM or SIGINT, health turns NOT_SERVING, then in-flight calls get ``grace`` seconds.
 """
 
@@ -26,7 +30,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from mobilesign.hosting import access
+from mobilesign.hosting import access, health, metrics
 from mobilesign.hosting.interceptor import TRANSPORT_FACTOR, ServiceInterceptor
 from mobilesign.rpc import channels
 
@@ -86,7 +90,8 @@ def _server(
     services: Mapping[str, access.AccessPolicy],
     register: Callable[[grpc.aio.Server], None],
     limits: Limits,
-) -> tuple[grpc.aio.Server, health_aio.HealthServicer]:
+    health_servicer: health_aio.HealthServicer,
+) -> grpc.aio.Server:
     """One listener's server: the services, health and reflection, within its own limits."""
     server = grpc.aio.server(
         interceptors=[
@@ -101,11 +106,10 @@ def _server(
         maximum_concurrent_rpcs=listener.max_concurrent_rpcs or limits.max_concurrent_rpcs,
     )
     register(server)
-    health = health_aio.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     health_name = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
     reflection.enable_server_reflection((*services, health_name, reflection.SERVICE_NAME), server)
-    return server, health
+    return server
 
 
 async def serve(
@@ -117,15 +121,23 @@ async def serve(
     credential: channels.Credential,
     limits: Limits,
     state_dir: Path,
+    peers: Sequence[health.Peer] = (),
+    health_listen: str = "",
+    metrics_listen: str = "",
 ) -> None:
     """Serve ``services`` (name: access policy) until SIGTERM/SIGINT, then shut down gracefully.
 
     ``register`` adds the service implementations to a server; it is called once per listener.
+    ``peers`` are checked while serving (see :func:`health.watch`); ``health_listen`` and
+    ``metrics_listen`` (``HOST:PORT``, empty: none) add the plaintext health listener and the
+    Prometheus endpoint.
     """
-    servers: list[tuple[grpc.aio.Server, health_aio.HealthServicer]] = []
+    # One servicer for every listener, so that they all tell the same story.
+    health_servicer = health_aio.HealthServicer()
+    servers: list[grpc.aio.Server] = []
     bound: dict[str, str] = {}
     for listener in listeners:
-        server, health = _server(listener, services, register, limits)
+        server = _server(listener, services, register, limits, health_servicer)
         host = listener.address.rsplit(":", 1)[0]
         port = server.add_secure_port(
             listener.address, _credentials(listener.credential or credential, listener.mutual)
@@ -133,11 +145,22 @@ async def serve(
         if port == 0:
             raise OSError(f"cannot listen on {listener.address}")
         bound[listener.name] = f"{host}:{port}"
-        servers.append((server, health))
-    for server, health in servers:
+        servers.append(server)
+    for svc in ("", *services):
+        await health_servicer.set(svc, health_pb2.HealthCheckResponse.SERVING)
+    for server in servers:
         await server.start()
-        for svc in ("", *services):
-            await health.set(svc, health_pb2.HealthCheckResponse.SERVING)
+    plaintext: grpc.aio.Server | None = None
+    if health_listen:
+        plaintext, port = await health.serve_plaintext(health_listen, health_servicer)
+        bound["health"] = f"{health_listen.rsplit(':', 1)[0]}:{port}"
+    exporter: metrics.MetricsServer | None = None
+    if metrics_listen:
+        exporter = metrics.start(metrics_listen)
+        bound["metrics"] = f"{metrics_listen.rsplit(':', 1)[0]}:{exporter.port}"
+    watcher = (
+        asyncio.create_task(health.watch(health_servicer, list(services), peers)) if peers else None
+    )
     run_file = _write_run_file(state_dir, name, bound)
     _log.info("serving", extra={"fields": {"listeners": bound}})
 
@@ -148,9 +171,14 @@ async def serve(
     await stop.wait()
 
     _log.info("stopping", extra={"fields": {"grace_seconds": limits.grace_seconds}})
-    for _, health in servers:
-        await health.enter_graceful_shutdown()
+    if watcher is not None:
+        watcher.cancel()
+    await health_servicer.enter_graceful_shutdown()
     # Together, so that the grace period is the whole service's and not one per listener.
-    await asyncio.gather(*(server.stop(limits.grace_seconds) for server, _ in servers))
+    await asyncio.gather(*(server.stop(limits.grace_seconds) for server in servers))
+    if plaintext is not None:
+        await plaintext.stop(None)
+    if exporter is not None:
+        exporter.close()
     run_file.unlink(missing_ok=True)
     _log.info("stopped")
