@@ -1,4 +1,4 @@
-"""One retry, after a pause, for an idempotent call whose callee was unreachable; no retry
+"""A few retries, with pauses, for an idempotent call whose callee was unreachable; no retry
 for any other failure."""
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ import grpc
 import pytest
 
 from mobilesign.rpc import retry
+from mobilesign.rpc.channels import RECONNECT_OPTIONS
 
 
 def _failure(code: grpc.StatusCode) -> grpc.aio.AioRpcError:
@@ -25,18 +26,32 @@ class _Callee:
         return "answer"
 
 
-async def test_unavailable_once_is_retried() -> None:
-    callee = _Callee(grpc.StatusCode.UNAVAILABLE)
+@pytest.fixture
+def no_pause(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Retries without their pauses."""
+    monkeypatch.setattr(retry, "PAUSE_SECONDS", 0.0)
+
+
+@pytest.mark.usefixtures("no_pause")
+async def test_unavailable_is_retried_until_it_answers() -> None:
+    callee = _Callee(*[grpc.StatusCode.UNAVAILABLE] * (retry.TRIES - 1))
     assert await retry.idempotent(callee) == "answer"
-    assert callee.calls == 2
+    assert callee.calls == retry.TRIES
 
 
-async def test_unavailable_twice_propagates() -> None:
-    callee = _Callee(grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.UNAVAILABLE)
+@pytest.mark.usefixtures("no_pause")
+async def test_unavailable_on_every_try_propagates() -> None:
+    callee = _Callee(*[grpc.StatusCode.UNAVAILABLE] * retry.TRIES)
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await retry.idempotent(callee)
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
-    assert callee.calls == 2
+    assert callee.calls == retry.TRIES
+
+
+def test_the_retries_outlast_the_longest_reconnection_back_off() -> None:
+
+    longest = dict(RECONNECT_OPTIONS)["grpc.max_reconnect_backoff_ms"] / 1000
+    assert longest * 1.2 < (retry.TRIES - 1) * retry.PAUSE_SECONDS
 
 
 @pytest.mark.parametrize(
