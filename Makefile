@@ -32,11 +32,21 @@ $(BUF): .tools/package.json | .debian-packages
 proto: $(VENV)/.installed
 	$(PY) -m scripts.gen_protos
 
+# buf breaking compares protos/ with the commit before it: HEAD's when protos/ has changes not
+# yet committed, else HEAD~1's (a clean clone checks its last commit). Without that commit (a
+# single commit, a shallow clone, no git) it says so and skips.
 lint: setup
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy .
 	$(BUF) lint protos
+	@if [ -n "$$(git status --porcelain -- protos 2>/dev/null)" ]; then ref=HEAD; else ref=HEAD~1; fi; \
+	if git rev-parse --quiet --verify "$$ref^{commit}" >/dev/null 2>&1; then \
+	  echo "$(BUF) breaking protos --against '.git#ref=$$ref,subdir=protos'"; \
+	  $(BUF) breaking protos --against ".git#ref=$$ref,subdir=protos"; \
+	else \
+	  echo "buf breaking: skipped, no commit $$ref to compare protos/ with"; \
+	fi
 
 test: setup lint
 	$(PY) -m pytest -q

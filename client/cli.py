@@ -19,7 +19,7 @@ from typing import Any, NoReturn
 import grpc
 
 from mobilesign.errors import Error
-from mobilesign.rpc.status import reason_of
+from mobilesign.rpc.status import message_of, reason_of
 
 #: Prefix of an enrolment ticket in text form (the admin tool prints it, as text and as a QR code).
 TICKET_PREFIX = "mobilesign-ticket:v1:"
@@ -142,7 +142,7 @@ def run(prog: str, parser: argparse.ArgumentParser, argv: Sequence[str] | None) 
         fail(prog, str(exc))
     except grpc.aio.AioRpcError as exc:
         reason = reason_of(exc) or exc.code().name
-        fail(prog, f"{reason}: {exc.details() or exc.code().name}")
+        fail(prog, f"{reason}: {message_of(exc) or exc.code().name}")
     except FileNotFoundError as exc:
         fail(prog, f"no such file: {exc.filename}")
     except OSError as exc:

@@ -19,7 +19,7 @@ from client.keystore import Keystore
 from mobilesign import deviceauth, twoparty
 from mobilesign.errors import Kind
 from mobilesign.rpc import wire
-from mobilesign.rpc.status import kind_of, reason_in, reason_of
+from mobilesign.rpc.status import kind_of, message_in, reason_in, reason_of, retry_delay_in
 from mobilesign.v1 import cosigner_pb2 as pb
 from mobilesign.v1 import cosigner_pb2_grpc
 
@@ -77,8 +77,14 @@ async def _ended(call: Any, when: str) -> ClientError:
     code = await call.code()
     if code == grpc.StatusCode.OK:
         return _stream_ended(when)
-    reason = reason_in(await call.trailing_metadata())
-    return ClientError(reason or code.name, await call.details() or "", kind_of(code))
+    trailing = await call.trailing_metadata()
+    reason = reason_in(trailing)
+    return ClientError(
+        reason or code.name,
+        message_in(reason, await call.details()),
+        kind_of(code),
+        retry_delay_in(trailing),
+    )
 
 
 async def enrol(

@@ -5,14 +5,18 @@ NOT_SERVING while it fails, SERVING again once it passes.
 The whole-server status (service ``""``) is left alone: it says the process is up and answering
 (a liveness check), while a service name says whether that service can do its work (a readiness
 check). Restarting a caller because its callee is down would only add a second outage.
+
+The servicer also answers ``List``; a listener that offers only some of the services (the
+public edge) answers through :class:`Offered`, which knows only those names.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Collection, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -67,6 +71,65 @@ def database_peer(*databases: Database) -> Peer:
             await database.run(_select_one)
 
     return Peer("database", check)
+
+
+class HealthServicer(health_aio.HealthServicer):  # type: ignore[misc]
+    """grpcio-health-checking's servicer with ``List``, which its proto (and so reflection)
+    advertises but its servicer answers UNIMPLEMENTED (grpcio-health-checking 1.85)."""
+
+    async def List(
+        self, request: health_pb2.HealthListRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> health_pb2.HealthListResponse:
+        """Every name with a status (the server's ``""`` too), as a snapshot."""
+        return _listed(self._server_status.items())
+
+
+def _listed(statuses: Iterable[tuple[str, Any]]) -> health_pb2.HealthListResponse:
+    return health_pb2.HealthListResponse(
+        statuses={name: health_pb2.HealthCheckResponse(status=status) for name, status in statuses}
+    )
+
+
+class Offered(health_pb2_grpc.HealthServicer):  # type: ignore[misc]
+    """``health`` as seen on a listener that offers only the services ``names``: any other name
+    is unknown there (NOT_FOUND, SERVICE_UNKNOWN, left out of ``List``), as if not served. The
+    server's own ``""`` is always known."""
+
+    def __init__(self, health: HealthServicer, names: Collection[str]) -> None:
+        self._health = health
+        self._names = frozenset(("", *names))
+
+    async def Check(
+        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> health_pb2.HealthCheckResponse:
+        """The status of an offered name, NOT_FOUND for any other."""
+        if request.service not in self._names:
+            await context.abort(grpc.StatusCode.NOT_FOUND)
+        return await self._health.Check(request, context)
+
+    async def Watch(
+        self, request: health_pb2.HealthCheckRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> None:
+        """The statuses of an offered name as they change; SERVICE_UNKNOWN, once, for any other,
+        with the stream left open (as the library does for a name it has not been told)."""
+        if request.service not in self._names:
+            await context.write(
+                health_pb2.HealthCheckResponse(
+                    status=health_pb2.HealthCheckResponse.SERVICE_UNKNOWN
+                )
+            )
+            await asyncio.Event().wait()  # until the caller goes: the name never appears here
+            return
+        await self._health.Watch(request, context)
+
+    async def List(
+        self, request: health_pb2.HealthListRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> health_pb2.HealthListResponse:
+        """The offered names with a status."""
+        listed = await self._health.List(request, context)
+        return _listed(
+            (name, reply.status) for name, reply in listed.statuses.items() if name in self._names
+        )
 
 
 async def _passes(peer: Peer) -> bool:

@@ -149,9 +149,14 @@ def _request_read_first(behavior: Behavior, timeout: float) -> Behavior:
 
 
 async def _abort(context: grpc.aio.ServicerContext[Any, Any], exc: Error) -> NoReturn:
+    """End the call with ``exc`` as its status: the code of its kind, its reason and metadata in
+    the ``ErrorInfo``, and a ``RetryInfo`` when it is worth trying again."""
     code = status.code_of(exc.kind)
+    message = status.wire_message(exc.reason, exc.message)
     await context.abort(
-        code, exc.message, trailing_metadata=status.status_metadata(code, exc.reason, exc.message)
+        code,
+        message,
+        trailing_metadata=status.status_metadata(code, exc.reason, message, exc.metadata),
     )
 
 
@@ -355,15 +360,8 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
                     raise request.error
                 return await behavior(request, context)
             except Error as exc:
-                code = status.code_of(exc.kind)
-                outcome, reason = code.name, exc.reason
-                await context.abort(
-                    code,
-                    exc.message,
-                    trailing_metadata=status.status_metadata(
-                        code, exc.reason, exc.message, exc.metadata
-                    ),
-                )
+                outcome, reason = status.code_of(exc.kind).name, exc.reason
+                await _abort(context, exc)
             except grpc.aio.AbortError:
                 outcome = "ABORTED_BY_HANDLER"
                 raise
@@ -374,13 +372,7 @@ class ServiceInterceptor(grpc.aio.ServerInterceptor):
             except Exception:
                 outcome, reason = "INTERNAL", "INTERNAL"
                 _log.exception("unexpected failure", extra={"fields": {"method": method}})
-                await context.abort(
-                    grpc.StatusCode.INTERNAL,
-                    "internal error",
-                    trailing_metadata=status.status_metadata(
-                        grpc.StatusCode.INTERNAL, "INTERNAL", "internal error"
-                    ),
-                )
+                await _abort(context, Error(Kind.INTERNAL, "INTERNAL", "internal error"))
             finally:
                 if peer is not None and self._peers is not None:
                     self._peers.release(peer)
