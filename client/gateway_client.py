@@ -101,6 +101,18 @@ def _checked_key(
     )
 
 
+@dataclass(frozen=True)
+class Approved:
+    """A record the user co-signed for an approval, kept to fetch its result later."""
+
+    record_id: str
+    encoded: bytes
+    signature: bytes
+    digest: bytes
+    record: records.ServiceRecord
+    key: OrganisationKey
+
+
 class GatewaySession:
     """A device-authenticated session with the gateway's public edge."""
 
@@ -234,10 +246,25 @@ class GatewaySession:
         statement = self._statement(await self._grant(grant_id), trust)
         key = await self.organisation_key(statement.key_id, trust.ca_certificate)
         key.operation_for(operation)  # refuse what this key cannot do before asking for it
+        prepared, record = await self._prepare(statement, key, operation, data, purpose)
+        user_signature = await signing.sign(prepared.record)
+        return await self._execute(
+            prepared.record_id, prepared.record, user_signature, data, record, key, trust
+        )
+
+    async def _prepare(
+        self,
+        statement: Statement,
+        key: OrganisationKey,
+        operation: gateway_pb2.Operation.ValueType,
+        data: bytes,
+        purpose: str,
+    ) -> tuple[gateway_pb2.PrepareOperationResponse, records.ServiceRecord]:
+        """The gateway's record for the operation, checked to be exactly what was asked."""
         try:
             prepared = await self._stub.PrepareOperation(
                 gateway_pb2.PrepareOperationRequest(
-                    grant_id=grant_id, operation=operation, input=data, purpose=purpose
+                    grant_id=statement.grant_id, operation=operation, input=data, purpose=purpose
                 ),
                 metadata=self._metadata,
                 timeout=30,
@@ -245,21 +272,34 @@ class GatewaySession:
         except grpc.aio.AioRpcError as exc:
             raise ClientError.from_rpc(exc) from None
         record = self._check_record(prepared.record, statement, key, operation, data, purpose)
-        user_signature = await signing.sign(prepared.record)
+        return prepared, record
+
+    async def _execute(
+        self,
+        record_id: str,
+        encoded: bytes,
+        user_signature: bytes,
+        data: bytes,
+        record: records.ServiceRecord,
+        key: OrganisationKey,
+        trust: TrustAnchors,
+    ) -> Use:
+        """Execute a co-signed record (or fetch the result of one executed before) and verify
+        its receipt."""
         try:
             executed = await self._stub.ExecuteOperation(
                 gateway_pb2.ExecuteOperationRequest(
-                    record_id=prepared.record_id,
+                    record_id=record_id,
                     user_signature=user_signature,
                     input=data,
-                    record=prepared.record,
+                    record=encoded,
                 ),
                 metadata=self._metadata,
                 timeout=30,
             )
         except grpc.aio.AioRpcError as exc:
             raise ClientError.from_rpc(exc) from None
-        if executed.receipt.record != prepared.record:
+        if executed.receipt.record != encoded:
             raise ClientError("RECEIPT_MISMATCH", "the receipt is for another record")
         try:
             verify_receipt(
@@ -268,3 +308,79 @@ class GatewaySession:
         except VerificationFailed as exc:
             raise ClientError(exc.reason, str(exc)) from None
         return Use(executed.result, executed.receipt, record, key)
+
+    # Approvals (signatures a registered application asked for through the CSC endpoint) ----
+    async def approvals(self) -> list[gateway_pb2.Approval]:
+        """The user's pending approvals, oldest first."""
+        try:
+            reply = await self._stub.ListApprovals(
+                gateway_pb2.ListApprovalsRequest(), metadata=self._metadata, timeout=10
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise ClientError.from_rpc(exc) from None
+        return list(reply.approvals)
+
+    async def approve(
+        self, signing: SigningSession, approval: gateway_pb2.Approval, *, trust: TrustAnchors
+    ) -> list[Approved]:
+        """Approve ``approval``: one record per digest, each checked as :meth:`use_key` checks
+        its record (the grant as the RA signed it, the key and its certificate, signing, the
+        digest and the approval's purpose), co-signed, and handed to the gateway. The
+        application's signHash then executes them; :meth:`result_of` fetches each result and
+        its receipt."""
+        statement = self._statement(await self._grant(approval.grant_id), trust)
+        key = await self.organisation_key(statement.key_id, trust.ca_certificate)
+        sign = gateway_pb2.OPERATION_SIGN_DIGEST
+        key.operation_for(sign)
+        prepared = [
+            await self._prepare(statement, key, sign, digest, approval.purpose)
+            for digest in approval.digests
+        ]
+        signatures = await signing.sign_many([p.record for p, _ in prepared])
+        approved = [
+            Approved(p.record_id, p.record, signature, digest, record, key)
+            for (p, record), signature, digest in zip(
+                prepared, signatures, approval.digests, strict=True
+            )
+        ]
+        try:
+            await self._stub.Approve(
+                gateway_pb2.ApproveRequest(
+                    approval_id=approval.approval_id,
+                    records=[
+                        gateway_pb2.CoSignedRecord(
+                            record_id=a.record_id, record=a.encoded, user_signature=a.signature
+                        )
+                        for a in approved
+                    ],
+                ),
+                metadata=self._metadata,
+                timeout=30,
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise ClientError.from_rpc(exc) from None
+        return approved
+
+    async def decline(self, approval_id: str) -> None:
+        """Refuse an approval."""
+        try:
+            await self._stub.Decline(
+                gateway_pb2.DeclineRequest(approval_id=approval_id),
+                metadata=self._metadata,
+                timeout=10,
+            )
+        except grpc.aio.AioRpcError as exc:
+            raise ClientError.from_rpc(exc) from None
+
+    async def result_of(self, approved: Approved, *, trust: TrustAnchors) -> Use:
+        """The signature of an approved record with its verified receipt (executing the record
+        if the application has not yet)."""
+        return await self._execute(
+            approved.record_id,
+            approved.encoded,
+            approved.signature,
+            approved.digest,
+            approved.record,
+            approved.key,
+            trust,
+        )

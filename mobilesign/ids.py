@@ -94,6 +94,13 @@ ORGANISATION_KEY_ID = IdFormat(
 #: A user's personal key: the joint (FROST group) Ed25519 public key, 32 bytes, in hex.
 USER_KEY_ID = IdFormat("user key id", _hex(64), "MALFORMED_KEY_ID", "a key id is 64 hex digits")
 
+#: A request for signatures awaiting a user's approval (CSC): 16 random bytes, in hex.
+APPROVAL_ID = IdFormat(
+    "approval id", _hex(32), "MALFORMED_APPROVAL_ID", "an approval id is 32 hex digits"
+)
+#: An application registered for the CSC endpoint (its OAuth 2.0 client_id): 16 random bytes.
+CLIENT_ID = IdFormat("client id", _hex(32), "MALFORMED_CLIENT_ID", "a client id is 32 hex digits")
+
 #: Every format, by name.
 ALL: Mapping[str, IdFormat] = MappingProxyType(
     {
@@ -108,6 +115,8 @@ ALL: Mapping[str, IdFormat] = MappingProxyType(
             TICKET_ID,
             ORGANISATION_KEY_ID,
             USER_KEY_ID,
+            APPROVAL_ID,
+            CLIENT_ID,
         )
     }
 )

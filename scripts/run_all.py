@@ -29,7 +29,8 @@ def _addresses(document: dict[str, object]) -> dict[str, str]:
             continue
         settings = importlib.import_module(module).load(document)
         for key, value in vars(settings).items():
-            if key in ("listen", "public_listen") or key in config.SECTIONS:
+            # An empty csc_listen (the default) turns the CSC endpoint off here too.
+            if key in ("listen", "public_listen", "csc_listen") or key in config.SECTIONS:
                 pinned[f"{config.ENV_PREFIX}{section.upper()}_{key.upper()}"] = value
     return pinned
 

@@ -21,11 +21,15 @@ from mobilesign.hosting import (
 )
 from mobilesign.hosting.stores import store_location
 from mobilesign.rpc import channels
-from mobilesign.v1 import gateway_pb2_grpc
+from mobilesign.v1 import csc_pb2_grpc, gateway_pb2_grpc
 from server import config as gateway_config
 from server import public
 from server.audit import AuditLog
 from server.cosigner_client import CosignerClient
+from server.csc import admin as csc_admin
+from server.csc import api as csc_api
+from server.csc.applications import Applications
+from server.csc.approvals import Approvals
 from server.database import open_gateway_db
 from server.hsm_proxy_client import HsmClient
 from server.ledger import Ledger
@@ -79,19 +83,49 @@ async def _main(
     challenges = Challenges(
         secret_file.load_or_create(challenge_key_file), cfg.session_challenge_seconds
     )
+    sessions = Sessions(db, registry, cosigner, challenges)
+    approvals = Approvals(
+        db=db,
+        registry=registry,
+        sessions=sessions,
+        operations=operations,
+        approval_seconds=cfg.csc_approval_seconds,
+        sad_seconds=cfg.csc_sad_seconds,
+        max_signatures=cfg.csc_max_signatures,
+    )
+    applications = Applications(db, registry, cfg.csc_token_seconds)
     public_servicer = public.GatewayServicer(
         registry=registry,
-        sessions=Sessions(db, registry, cosigner, challenges),
+        sessions=sessions,
         operations=operations,
         audit=audit,
+        approvals=approvals,
     )
+    admin_servicer = csc_admin.CscAdminServicer(applications)
 
     def register(server: grpc.aio.Server) -> None:
         gateway_pb2_grpc.add_GatewayServiceServicer_to_server(public_servicer, server)
+        csc_pb2_grpc.add_CscAdminServiceServicer_to_server(admin_servicer, server)
+
+    sidecars: list[serve.Sidecar] = []
+    if cfg.csc_listen:
+        settings = csc_api.Settings(cfg.csc_wait_seconds, cfg.csc_max_request_bytes)
+        endpoint = csc_api.Endpoint(
+            applications=applications, approvals=approvals, registry=registry, settings=settings
+        )
+        edge = devpki.credential(state, "gateway-public")
+        sidecars.append(
+            csc_api.HttpsListener(
+                csc_api.application(endpoint, settings),
+                cfg.csc_listen,
+                csc_api.tls_context(str(edge.cert), str(edge.key)),
+                cfg.grace_seconds,
+            )
+        )
 
     await serve.serve(
         name="gateway",
-        services={public.SERVICE: public.POLICY},
+        services={public.SERVICE: public.POLICY, csc_admin.SERVICE: csc_admin.POLICY},
         register=register,
         listeners=[
             serve.Listener("internal", cfg.listen, mutual=True),
@@ -114,6 +148,7 @@ async def _main(
         ],
         health_listen=cfg.health_listen,
         metrics_listen=cfg.metrics_listen,
+        sidecars=sidecars,
     )
 
 

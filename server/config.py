@@ -31,6 +31,22 @@ class GatewayConfig:
     #: Seconds a call on the public listener may wait for its request message; then
     #: DEADLINE_EXCEEDED FIRST_MESSAGE_TIMEOUT.
     first_message_timeout_seconds: float = 5.0
+    #: The CSC API v2 endpoint (HTTPS, ``HOST:PORT``) for registered applications; empty:
+    #: none. It presents the public listener's certificate.
+    csc_listen: str = ""
+    #: Seconds ``credentials/authorize`` waits for the user's answer before it answers 202
+    #: with a ``responseID`` to poll (``credentials/authorizeCheck``).
+    csc_wait_seconds: float = 30.0
+    #: Seconds the user has to approve a request on the phone.
+    csc_approval_seconds: int = 120
+    #: Longest lifetime of a SAD, in seconds (never beyond its records' lifetime).
+    csc_sad_seconds: int = 60
+    #: Lifetime of an OAuth 2.0 access token, in seconds.
+    csc_token_seconds: int = 3600
+    #: Most hashes one authorisation may name (``multisign``).
+    csc_max_signatures: int = 16
+    #: Largest CSC request body, in bytes.
+    csc_max_request_bytes: int = 64 * 1024
     #: Seconds a login challenge (StartSession) may be answered (FinishSession).
     session_challenge_seconds: int = 60
     #: File of the key that authenticates the records this gateway prepares (32 random bytes,

@@ -1,5 +1,6 @@
-"""The gateway's database: one SQLite file, one schema history (sessions and the login
-challenges answered; the ledger is a file of its own)."""
+"""The gateway's database: one SQLite file, one schema history (sessions, the login
+challenges answered, and the CSC endpoint's applications and approvals; the ledger is a file of
+its own)."""
 
 from __future__ import annotations
 
@@ -62,6 +63,41 @@ _SQLITE = (
     );
     CREATE INDEX used_challenges_by_key ON used_challenges(user_key_id)
     """,
+    # The CSC endpoint (server/csc/): registered applications (secrets and tokens as SHA-256),
+    # and approvals with the co-signed records they keep until signHash runs them.
+    """
+    CREATE TABLE csc_applications (
+        client_id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        secret_sha256 BLOB NOT NULL,
+        grant_ids TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        revoked INTEGER NOT NULL
+    );
+    CREATE TABLE csc_tokens (
+        token_sha256 BLOB PRIMARY KEY,
+        client_id TEXT NOT NULL,
+        expires_at INTEGER NOT NULL
+    );
+    CREATE TABLE approvals (
+        approval_id TEXT PRIMARY KEY,
+        client_id TEXT NOT NULL,
+        application TEXT NOT NULL,
+        grant_id TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        digests TEXT NOT NULL,
+        purpose TEXT NOT NULL,
+        label TEXT NOT NULL,
+        state TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        records TEXT,
+        user_key_id TEXT,
+        sad_sha256 BLOB UNIQUE,
+        sad_expires_at INTEGER
+    );
+    CREATE INDEX approvals_by_user ON approvals(user_id, state)
+    """,
 )
 
 
@@ -79,6 +115,39 @@ _POSTGRESQL = (
         expires_at BIGINT NOT NULL
     );
     CREATE INDEX used_challenges_by_key ON used_challenges(user_key_id)
+    """,
+    """
+    CREATE TABLE csc_applications (
+        client_id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        secret_sha256 BYTEA NOT NULL,
+        grant_ids TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        revoked BIGINT NOT NULL
+    );
+    CREATE TABLE csc_tokens (
+        token_sha256 BYTEA PRIMARY KEY,
+        client_id TEXT NOT NULL,
+        expires_at BIGINT NOT NULL
+    );
+    CREATE TABLE approvals (
+        approval_id TEXT PRIMARY KEY,
+        client_id TEXT NOT NULL,
+        application TEXT NOT NULL,
+        grant_id TEXT NOT NULL,
+        user_id TEXT NOT NULL,
+        digests TEXT NOT NULL,
+        purpose TEXT NOT NULL,
+        label TEXT NOT NULL,
+        state TEXT NOT NULL,
+        created_at BIGINT NOT NULL,
+        expires_at BIGINT NOT NULL,
+        records TEXT,
+        user_key_id TEXT,
+        sad_sha256 BYTEA UNIQUE,
+        sad_expires_at BIGINT
+    );
+    CREATE INDEX approvals_by_user ON approvals(user_id, state)
     """,
 )
 SCHEMA = Schema(sqlite=_SQLITE, postgresql=_POSTGRESQL)

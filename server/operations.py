@@ -234,6 +234,42 @@ class Operations:
         return record
 
     @staticmethod
+    def _verify(
+        session: Session, record: records.ServiceRecord, encoded: bytes, user_signature: bytes
+    ) -> None:
+        """Refuse a record past its lifetime, or not signed with the session user's key."""
+        if time.time() * 1000 - record.time_ms > RECORD_LIFETIME_SECONDS * 1000:
+            raise GatewayError(Kind.PRECONDITION, "RECORD_EXPIRED", "prepare the operation again")
+        user_key = session.certificate.parsed.public_key()
+        assert isinstance(user_key, ed25519.Ed25519PublicKey)
+        try:
+            user_key.verify(user_signature, encoded)
+        except InvalidSignature:
+            raise GatewayError(
+                Kind.DENIED,
+                "USER_SIGNATURE_INVALID",
+                "the signature on the record is not the user's",
+            ) from None
+
+    def check_cosigned(
+        self,
+        session: Session,
+        *,
+        record_id: str,
+        record: bytes,
+        data: bytes,
+        user_signature: bytes,
+    ) -> records.ServiceRecord:
+        """The record, when a gateway sharing this one's record key prepared it for the
+        session's key, for ``data``, and the user signed it in its lifetime: what
+        :meth:`execute` checks before it logs anything, without logging anything."""
+        ids.RECORD_ID.check(record_id)
+        prepared = self._prepared(session, record_id, record)
+        self._check_input(prepared, data)
+        self._verify(session, prepared, record, user_signature)
+        return prepared
+
+    @staticmethod
     def _check_input(record: records.ServiceRecord, data: bytes) -> None:
         if hashlib.sha256(data).digest() != record.input_sha256:
             raise GatewayError(
@@ -295,18 +331,7 @@ class Operations:
         encoded: bytes,
         user_signature: bytes,
     ) -> int:
-        if time.time() * 1000 - record.time_ms > RECORD_LIFETIME_SECONDS * 1000:
-            raise GatewayError(Kind.PRECONDITION, "RECORD_EXPIRED", "prepare the operation again")
-        user_key = session.certificate.parsed.public_key()
-        assert isinstance(user_key, ed25519.Ed25519PublicKey)
-        try:
-            user_key.verify(user_signature, encoded)
-        except InvalidSignature:
-            raise GatewayError(
-                Kind.DENIED,
-                "USER_SIGNATURE_INVALID",
-                "the signature on the record is not the user's",
-            ) from None
+        self._verify(session, record, encoded, user_signature)
         name = "sign" if record.operation.is_sign else "decrypt"
         await self._usable_grant(record.grant_id, session, name)
         entry = records.RecordEntry(encoded, user_signature).encode()

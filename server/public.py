@@ -1,6 +1,6 @@
-"""The gateway's public RPCs (``mobilesign.v1.GatewayService``): phone sessions, service records
-and the audit log, and the RA's certificates, CRL and organisation keys republished as the RA
-gave them."""
+"""The gateway's public RPCs (``mobilesign.v1.GatewayService``): phone sessions, service records,
+the approvals registered applications ask for, and the audit log, and the RA's certificates, CRL
+and organisation keys republished as the RA gave them."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from mobilesign.errors import Kind
 from mobilesign.hosting import access
 from mobilesign.v1 import gateway_pb2, gateway_pb2_grpc
 from server.audit import AuditLog
+from server.csc.approvals import Approvals
 from server.errors import GatewayError
 from server.operations import Operations
 from server.ra_client import Registry
@@ -38,6 +39,9 @@ POLICY = access.AccessPolicy(
         "GetConsistencyProof": access.ANYONE,
         "GetLogEntry": access.ANYONE,
         "GetLogPublicKey": access.ANYONE,
+        "ListApprovals": access.ANYONE,
+        "Approve": access.ANYONE,
+        "Decline": access.ANYONE,
     }
 )
 
@@ -45,7 +49,8 @@ _Context = grpc.aio.ServicerContext[Any, Any]
 
 
 class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
-    """Sessions, the prepare/execute exchange, the log, and the RA's public documents."""
+    """Sessions, the prepare/execute exchange, approvals, the log, and the RA's public
+    documents."""
 
     def __init__(
         self,
@@ -54,11 +59,13 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         sessions: Sessions,
         operations: Operations,
         audit: AuditLog,
+        approvals: Approvals,
     ) -> None:
         self._registry = registry
         self._sessions = sessions
         self._operations = operations
         self._audit = audit
+        self._approvals = approvals
 
     async def GetPersonalCertificate(
         self, request: gateway_pb2.GetPersonalCertificateRequest, context: _Context
@@ -181,3 +188,23 @@ class GatewayServicer(gateway_pb2_grpc.GatewayServiceServicer):
         return gateway_pb2.GetLogPublicKeyResponse(
             public_key_spki=self._audit.public_key_spki, origin=self._audit.origin
         )
+
+    async def ListApprovals(
+        self, request: gateway_pb2.ListApprovalsRequest, context: _Context
+    ) -> gateway_pb2.ListApprovalsResponse:
+        session = await self._sessions.authenticate(context)
+        return gateway_pb2.ListApprovalsResponse(approvals=await self._approvals.pending(session))
+
+    async def Approve(
+        self, request: gateway_pb2.ApproveRequest, context: _Context
+    ) -> gateway_pb2.ApproveResponse:
+        session = await self._sessions.authenticate(context)
+        await self._approvals.approve(session, request.approval_id, list(request.records))
+        return gateway_pb2.ApproveResponse()
+
+    async def Decline(
+        self, request: gateway_pb2.DeclineRequest, context: _Context
+    ) -> gateway_pb2.DeclineResponse:
+        session = await self._sessions.authenticate(context)
+        await self._approvals.decline(session, request.approval_id)
+        return gateway_pb2.DeclineResponse()

@@ -35,7 +35,7 @@ SERVICES: dict[str, tuple[str, tuple[str, ...]]] = {
     "hsm-proxy": ("hsm_proxy", ("internal",)),
     "ra": ("ra", ("internal",)),
     "cosigner": ("cosigner", ("internal", "public")),
-    "gateway": ("server", ("internal", "public")),
+    "gateway": ("server", ("internal", "public", "csc")),
 }
 _ENV_SECTION = {"hsm-proxy": "HSM_PROXY", "ra": "RA", "cosigner": "COSIGNER", "gateway": "GATEWAY"}
 
@@ -49,6 +49,8 @@ DEFAULT_PORTS = {
     ("gateway", "internal"): 50053,
     ("gateway", "public"): 8443,
 }
+#: The configuration key of each listener (``MOBILESIGN_<SECTION>_<KEY>``).
+_LISTEN_KEYS = {"internal": "LISTEN", "public": "PUBLIC_LISTEN", "csc": "CSC_LISTEN"}
 
 
 def _free_port() -> int:
@@ -114,8 +116,7 @@ class Deployment:
         env["PYTHONPATH"] = str(ROOT)
         service = self.service_of(name)
         for listener in SERVICES[service][1]:
-            key = "LISTEN" if listener == "internal" else "PUBLIC_LISTEN"
-            env[f"MOBILESIGN_{_ENV_SECTION[service]}_{key}"] = (
+            env[f"MOBILESIGN_{_ENV_SECTION[service]}_{_LISTEN_KEYS[listener]}"] = (
                 f"127.0.0.1:{self.ports[(name, listener)]}"
             )
         if service in self.databases:

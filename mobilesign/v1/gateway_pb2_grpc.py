@@ -113,6 +113,21 @@ class GatewayServiceStub:
                 request_serializer=mobilesign_dot_v1_dot_gateway__pb2.GetLogPublicKeyRequest.SerializeToString,
                 response_deserializer=mobilesign_dot_v1_dot_gateway__pb2.GetLogPublicKeyResponse.FromString,
                 _registered_method=True)
+        self.ListApprovals = channel.unary_unary(
+                '/mobilesign.v1.GatewayService/ListApprovals',
+                request_serializer=mobilesign_dot_v1_dot_gateway__pb2.ListApprovalsRequest.SerializeToString,
+                response_deserializer=mobilesign_dot_v1_dot_gateway__pb2.ListApprovalsResponse.FromString,
+                _registered_method=True)
+        self.Approve = channel.unary_unary(
+                '/mobilesign.v1.GatewayService/Approve',
+                request_serializer=mobilesign_dot_v1_dot_gateway__pb2.ApproveRequest.SerializeToString,
+                response_deserializer=mobilesign_dot_v1_dot_gateway__pb2.ApproveResponse.FromString,
+                _registered_method=True)
+        self.Decline = channel.unary_unary(
+                '/mobilesign.v1.GatewayService/Decline',
+                request_serializer=mobilesign_dot_v1_dot_gateway__pb2.DeclineRequest.SerializeToString,
+                response_deserializer=mobilesign_dot_v1_dot_gateway__pb2.DeclineResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServiceServicer:
@@ -234,6 +249,30 @@ class GatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListApprovals(self, request, context):
+        """ListApprovals lists the session user's pending approvals: signatures a registered
+        application asked for through the CSC endpoint (credentials/authorize), oldest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Approve(self, request, context):
+        """Approve answers an approval with one co-signed service record per digest, each prepared
+        with PrepareOperation for the approval's grant, digest and purpose. Nothing is executed
+        yet: the application's signatures/signHash does that, within the records' lifetime.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Decline(self, request, context):
+        """Decline refuses an approval; the application's authorisation fails.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -311,6 +350,21 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.GetLogPublicKey,
                     request_deserializer=mobilesign_dot_v1_dot_gateway__pb2.GetLogPublicKeyRequest.FromString,
                     response_serializer=mobilesign_dot_v1_dot_gateway__pb2.GetLogPublicKeyResponse.SerializeToString,
+            ),
+            'ListApprovals': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListApprovals,
+                    request_deserializer=mobilesign_dot_v1_dot_gateway__pb2.ListApprovalsRequest.FromString,
+                    response_serializer=mobilesign_dot_v1_dot_gateway__pb2.ListApprovalsResponse.SerializeToString,
+            ),
+            'Approve': grpc.unary_unary_rpc_method_handler(
+                    servicer.Approve,
+                    request_deserializer=mobilesign_dot_v1_dot_gateway__pb2.ApproveRequest.FromString,
+                    response_serializer=mobilesign_dot_v1_dot_gateway__pb2.ApproveResponse.SerializeToString,
+            ),
+            'Decline': grpc.unary_unary_rpc_method_handler(
+                    servicer.Decline,
+                    request_deserializer=mobilesign_dot_v1_dot_gateway__pb2.DeclineRequest.FromString,
+                    response_serializer=mobilesign_dot_v1_dot_gateway__pb2.DeclineResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -722,6 +776,87 @@ class GatewayService:
             '/mobilesign.v1.GatewayService/GetLogPublicKey',
             mobilesign_dot_v1_dot_gateway__pb2.GetLogPublicKeyRequest.SerializeToString,
             mobilesign_dot_v1_dot_gateway__pb2.GetLogPublicKeyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListApprovals(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mobilesign.v1.GatewayService/ListApprovals',
+            mobilesign_dot_v1_dot_gateway__pb2.ListApprovalsRequest.SerializeToString,
+            mobilesign_dot_v1_dot_gateway__pb2.ListApprovalsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Approve(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mobilesign.v1.GatewayService/Approve',
+            mobilesign_dot_v1_dot_gateway__pb2.ApproveRequest.SerializeToString,
+            mobilesign_dot_v1_dot_gateway__pb2.ApproveResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Decline(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/mobilesign.v1.GatewayService/Decline',
+            mobilesign_dot_v1_dot_gateway__pb2.DeclineRequest.SerializeToString,
+            mobilesign_dot_v1_dot_gateway__pb2.DeclineResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -80,6 +80,17 @@ class GatewayServiceStub:
     """GetLogEntry returns one log entry's bytes."""
     GetLogPublicKey: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.GetLogPublicKeyRequest, _gateway_pb2.GetLogPublicKeyResponse]
     """GetLogPublicKey returns the log key (checkpoint signatures) and the log's origin."""
+    ListApprovals: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ListApprovalsRequest, _gateway_pb2.ListApprovalsResponse]
+    """ListApprovals lists the session user's pending approvals: signatures a registered
+    application asked for through the CSC endpoint (credentials/authorize), oldest first.
+    """
+    Approve: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.ApproveRequest, _gateway_pb2.ApproveResponse]
+    """Approve answers an approval with one co-signed service record per digest, each prepared
+    with PrepareOperation for the approval's grant, digest and purpose. Nothing is executed
+    yet: the application's signatures/signHash does that, within the records' lifetime.
+    """
+    Decline: _grpc.UnaryUnaryMultiCallable[_gateway_pb2.DeclineRequest, _gateway_pb2.DeclineResponse]
+    """Decline refuses an approval; the application's authorisation fails."""
 
 @_typing.type_check_only
 class GatewayServiceAsyncStub(GatewayServiceStub):
@@ -133,6 +144,17 @@ class GatewayServiceAsyncStub(GatewayServiceStub):
     """GetLogEntry returns one log entry's bytes."""
     GetLogPublicKey: _aio.UnaryUnaryMultiCallable[_gateway_pb2.GetLogPublicKeyRequest, _gateway_pb2.GetLogPublicKeyResponse]  # type: ignore[assignment]
     """GetLogPublicKey returns the log key (checkpoint signatures) and the log's origin."""
+    ListApprovals: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ListApprovalsRequest, _gateway_pb2.ListApprovalsResponse]  # type: ignore[assignment]
+    """ListApprovals lists the session user's pending approvals: signatures a registered
+    application asked for through the CSC endpoint (credentials/authorize), oldest first.
+    """
+    Approve: _aio.UnaryUnaryMultiCallable[_gateway_pb2.ApproveRequest, _gateway_pb2.ApproveResponse]  # type: ignore[assignment]
+    """Approve answers an approval with one co-signed service record per digest, each prepared
+    with PrepareOperation for the approval's grant, digest and purpose. Nothing is executed
+    yet: the application's signatures/signHash does that, within the records' lifetime.
+    """
+    Decline: _aio.UnaryUnaryMultiCallable[_gateway_pb2.DeclineRequest, _gateway_pb2.DeclineResponse]  # type: ignore[assignment]
+    """Decline refuses an approval; the application's authorisation fails."""
 
 class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
     """GatewayService is the gateway's public interface for phones and relying parties (public
@@ -273,5 +295,34 @@ class GatewayServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_gateway_pb2.GetLogPublicKeyResponse, _abc.Awaitable[_gateway_pb2.GetLogPublicKeyResponse]]:
         """GetLogPublicKey returns the log key (checkpoint signatures) and the log's origin."""
+
+    @_abc_1.abstractmethod
+    def ListApprovals(
+        self,
+        request: _gateway_pb2.ListApprovalsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.ListApprovalsResponse, _abc.Awaitable[_gateway_pb2.ListApprovalsResponse]]:
+        """ListApprovals lists the session user's pending approvals: signatures a registered
+        application asked for through the CSC endpoint (credentials/authorize), oldest first.
+        """
+
+    @_abc_1.abstractmethod
+    def Approve(
+        self,
+        request: _gateway_pb2.ApproveRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.ApproveResponse, _abc.Awaitable[_gateway_pb2.ApproveResponse]]:
+        """Approve answers an approval with one co-signed service record per digest, each prepared
+        with PrepareOperation for the approval's grant, digest and purpose. Nothing is executed
+        yet: the application's signatures/signHash does that, within the records' lifetime.
+        """
+
+    @_abc_1.abstractmethod
+    def Decline(
+        self,
+        request: _gateway_pb2.DeclineRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_gateway_pb2.DeclineResponse, _abc.Awaitable[_gateway_pb2.DeclineResponse]]:
+        """Decline refuses an approval; the application's authorisation fails."""
 
 def add_GatewayServiceServicer_to_server(servicer: GatewayServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

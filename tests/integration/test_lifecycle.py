@@ -30,7 +30,7 @@ _SERVICES = {
     "hsm-proxy": ("mobilesign.v1.HsmService",),
     "ra": ("mobilesign.v1.AdminService", "mobilesign.v1.RegistrationService"),
     "cosigner": ("mobilesign.v1.CosignerService",),
-    "gateway": ("mobilesign.v1.GatewayService",),
+    "gateway": ("mobilesign.v1.GatewayService", "mobilesign.v1.CscAdminService"),
 }
 
 

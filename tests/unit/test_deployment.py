@@ -40,7 +40,7 @@ DEPLOY = ROOT / "deploy"
 CONTAINERFILE = DEPLOY / "Containerfile"
 
 #: Configuration field of each listener.
-_LISTEN_FIELD = {"internal": "listen", "public": "public_listen"}
+_LISTEN_FIELD = {"internal": "listen", "public": "public_listen", "csc": "csc_listen"}
 _REPLICAS: dict[str, Callable[[int], bool]] = {
     "gateway": lambda n: n >= 2,
     "cosigner": lambda n: n >= 2,

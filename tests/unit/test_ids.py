@@ -86,6 +86,8 @@ CASES: dict[str, tuple[ids.IdFormat, list[str], list[str]]] = {
     "ticket id": (ids.TICKET_ID, *_HEX32),
     "organisation key id": (ids.ORGANISATION_KEY_ID, *_HEX32),
     "user key id": (ids.USER_KEY_ID, *_HEX64),
+    "approval id": (ids.APPROVAL_ID, *_HEX32),
+    "client id": (ids.CLIENT_ID, *_HEX32),
 }
 
 #: The reasons and messages the services have always answered with (tests of the RPCs
@@ -103,6 +105,8 @@ DEFAULTS = {
     "ticket id": ("MALFORMED_TICKET_ID", "a ticket id is 32 hex digits"),
     "organisation key id": ("MALFORMED_KEY_ID", "a key id is 32 hex digits"),
     "user key id": ("MALFORMED_KEY_ID", "a key id is 64 hex digits"),
+    "approval id": ("MALFORMED_APPROVAL_ID", "an approval id is 32 hex digits"),
+    "client id": ("MALFORMED_CLIENT_ID", "a client id is 32 hex digits"),
 }
 
 
