@@ -1,7 +1,8 @@
 """The administrator's tool (``mobilesign-admin``): organisations and their keys and
 certificates (S1), users, enrolment tickets (text and a terminal QR code for the phone), grants,
-revocation of certificates and grants, unlocking a user key locked after wrong PINs, and the audit
-log (entries decoded, a record's receipt verified, consistency with a saved checkpoint).
+revocation of certificates and grants, unlocking a user key locked after wrong PINs, the
+applications that may call the gateway's CSC endpoint, and the audit log (entries decoded, a
+record's receipt verified, consistency with a saved checkpoint).
 
 It calls the services' internal listeners over mutual TLS as the ``admin`` identity: by default
 the certificate of the state directory's development PKI, or the files given with ``--cert``,
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime
+import json
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -34,6 +36,8 @@ from mobilesign.rpc import channels
 from mobilesign.v1 import (
     cosigner_pb2,
     cosigner_pb2_grpc,
+    csc_pb2,
+    csc_pb2_grpc,
     gateway_pb2,
     gateway_pb2_grpc,
     hsm_pb2,
@@ -112,6 +116,14 @@ def _ra(args: argparse.Namespace, method: str, request: Any) -> Any:
         return await getattr(ra_pb2_grpc.AdminServiceStub(channel), method)(request, timeout=30)
 
     return _call(args, "ra", call)
+
+
+def _csc_admin(args: argparse.Namespace, method: str, request: Any) -> Any:
+    async def call(channel: grpc.aio.Channel) -> Any:
+        stub = csc_pb2_grpc.CscAdminServiceStub(channel)
+        return await getattr(stub, method)(request, timeout=30)
+
+    return _call(args, "gateway", call)
 
 
 def _gateway(args: argparse.Namespace, method: str, request: Any) -> Any:
@@ -243,6 +255,54 @@ def _ticket_issue(args: argparse.Namespace) -> None:
     if not args.no_qr:
         segno.make(text, error="m").terminal(out=sys.stdout, compact=True)
     print(text)
+
+
+# Applications of the CSC endpoint
+
+
+def _app_line(app: csc_pb2.Application) -> str:
+    state = "revoked" if app.revoked else "active"
+    return (
+        f"{app.client_id}  {app.name!r}  credentials {','.join(app.grant_ids)}  "
+        f"registered {_when(app.created_unix)}  {state}"
+    )
+
+
+def _app_register(args: argparse.Namespace) -> None:
+    reply = _csc_admin(
+        args,
+        "RegisterApplication",
+        csc_pb2.RegisterApplicationRequest(name=args.name, grant_ids=args.grant),
+    )
+    app = reply.application
+    print(
+        f"application {app.client_id} ({app.name!r}) may use the grants {', '.join(app.grant_ids)}"
+    )
+    document = json.dumps({"client_id": app.client_id, "client_secret": reply.client_secret})
+    if args.out:
+        # The secret is shown this once: kept in a file only its owner can read, not printed.
+        out = Path(args.out)
+        out.touch(mode=0o600, exist_ok=False)
+        out.write_text(document + "\n")
+        print(f"client_id and client_secret written to {out} (mode 600); the gateway keeps a hash")
+    else:
+        print(f"client_id     {app.client_id}")
+        print(f"client_secret {reply.client_secret}  (shown once; the gateway keeps a hash)")
+
+
+def _app_list(args: argparse.Namespace) -> None:
+    apps = _csc_admin(args, "ListApplications", csc_pb2.ListApplicationsRequest()).applications
+    if not apps:
+        print("no applications")
+    for app in apps:
+        print(_app_line(app))
+
+
+def _app_revoke(args: argparse.Namespace) -> None:
+    _csc_admin(
+        args, "RevokeApplication", csc_pb2.RevokeApplicationRequest(client_id=args.client_id)
+    )
+    print(f"application {args.client_id} revoked: its tokens and pending approvals are void")
 
 
 # Grants and revocation
@@ -622,6 +682,20 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--key-id", default="", help="only this organisation key's")
     p = commands.command(grant, "revoke", "end a grant", _grant_revoke)
     p.add_argument("grant_id")
+
+    app = commands.group(
+        commands.command(groups, "app", "applications of the CSC endpoint (OAuth clients)"),
+        "command",
+    )
+    p = commands.command(app, "register", "register an application for some grants", _app_register)
+    p.add_argument("--name", required=True, help="shown on the phone with every approval")
+    p.add_argument(
+        "--grant", action="append", required=True, help="a grant it may use (repeat for more)"
+    )
+    p.add_argument("--out", help="write client_id and client_secret to this new file (mode 600)")
+    p = commands.command(app, "list", "list the registered applications", _app_list)
+    p = commands.command(app, "revoke", "end an application's access", _app_revoke)
+    p.add_argument("client_id")
 
     certificate = commands.group(
         commands.command(groups, "certificate", "personal and organisation certificates"),

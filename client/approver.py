@@ -16,14 +16,15 @@ from client.sdk import SigningSession
 from client.verifier import TrustAnchors
 from mobilesign.v1 import gateway_pb2
 
-#: What the user says to an approval: True approves, False declines.
-Decide = Callable[[gateway_pb2.Approval], bool | Awaitable[bool]]
+#: What the user says to an approval: True approves, False declines, None leaves it pending.
+Decide = Callable[[gateway_pb2.Approval], bool | None | Awaitable[bool | None]]
 
 
 class Approver:
     """Looks for the user's pending approvals every ``poll_seconds`` and answers each once, as
-    ``decide`` says; the records approved are kept in :attr:`approved` (to fetch results and
-    receipts with :meth:`GatewaySession.result_of`), refusals of an answer in :attr:`failed`."""
+    ``decide`` says; the approvals given are kept in :attr:`given` and their records in
+    :attr:`approved` (to fetch results and receipts with :meth:`GatewaySession.result_of`),
+    refusals of an answer in :attr:`failed`."""
 
     def __init__(
         self,
@@ -39,6 +40,7 @@ class Approver:
         self._decide = decide
         self._poll = poll_seconds
         self._seen: set[str] = set()
+        self.given: list[gateway_pb2.Approval] = []
         self.approved: list[Approved] = []
         self.failed: list[ClientError] = []
 
@@ -48,14 +50,17 @@ class Approver:
         for approval in await self._session.approvals():
             if approval.approval_id in self._seen:
                 continue
-            self._seen.add(approval.approval_id)
             verdict = self._decide(approval)
             yes = await verdict if inspect.isawaitable(verdict) else verdict
+            if yes is None:
+                continue
+            self._seen.add(approval.approval_id)
             try:
                 if yes:
                     self.approved.extend(
                         await self._session.approve(self._signing, approval, trust=self._trust)
                     )
+                    self.given.append(approval)
                 else:
                     await self._session.decline(approval.approval_id)
             except ClientError as exc:  # expired or withdrawn meanwhile: the next one

@@ -18,14 +18,17 @@ import base64
 import datetime
 import hashlib
 import json
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from client.approver import Approver
 from client.certificates import request_personal_certificate
 from client.cli import Commands, Shared, UsageError, default_state_dir, parse_ticket, read_pin, run
 from client.gateway_client import GatewaySession
@@ -82,6 +85,12 @@ class PhoneTrust:
     grant_key_spki: bytes
     log_public_key: bytes = b""
     log_origin: str = ""
+
+    def anchors(self) -> TrustAnchors:
+        """What the SDK checks grants, keys and receipts against."""
+        return TrustAnchors(
+            self.ca_certificate, self.log_public_key, self.log_origin, self.grant_key_spki
+        )
 
     @staticmethod
     def path(keystore: Path) -> Path:
@@ -231,6 +240,23 @@ def _choose_grant(grants: list[gateway_pb2.Grant], operation: int) -> str:
     return usable[0]
 
 
+async def _pinned(gateway: grpc.aio.Channel, trust_file: PhoneTrust) -> PhoneTrust:
+    """The phone's trust with the log's key and origin pinned (asked of the gateway the first
+    time, kept after)."""
+    if trust_file.log_public_key:
+        return trust_file
+    log = await gateway_pb2_grpc.GatewayServiceStub(gateway).GetLogPublicKey(
+        gateway_pb2.GetLogPublicKeyRequest(), timeout=10
+    )
+    return PhoneTrust(
+        trust_file.certificate,
+        trust_file.ca_certificate,
+        trust_file.grant_key_spki,
+        log.public_key_spki,
+        log.origin,
+    )
+
+
 def _cmd_use(args: argparse.Namespace) -> None:
     path = Path(args.keystore)
     keystore = _keystore(args)
@@ -247,24 +273,8 @@ def _cmd_use(args: argparse.Namespace) -> None:
             channels.server_tls(args.gateway, tls_ca) as gateway,
             channels.server_tls(args.cosigner, tls_ca) as cosigner,
         ):
-            pinned = trust_file
-            if not pinned.log_public_key:
-                log = await gateway_pb2_grpc.GatewayServiceStub(gateway).GetLogPublicKey(
-                    gateway_pb2.GetLogPublicKeyRequest(), timeout=10
-                )
-                pinned = PhoneTrust(
-                    trust_file.certificate,
-                    trust_file.ca_certificate,
-                    trust_file.grant_key_spki,
-                    log.public_key_spki,
-                    log.origin,
-                )
-            trust = TrustAnchors(
-                pinned.ca_certificate,
-                pinned.log_public_key,
-                pinned.log_origin,
-                pinned.grant_key_spki,
-            )
+            pinned = await _pinned(gateway, trust_file)
+            trust = pinned.anchors()
             session = GatewaySession(gateway, keystore)
             await session.login()
             grant_id = args.grant or _choose_grant(await session.grants(), operation)
@@ -290,6 +300,94 @@ def _cmd_use(args: argparse.Namespace) -> None:
     print(f"{args.operation} with {label}: record {record_id}, log entry {receipt.entry_index}")
     print(f"result: {out}")
     print(f"receipt: {receipt_path}")
+
+
+def _approval_lines(approval: gateway_pb2.Approval) -> list[str]:
+    """An approval as the phone shows it: who asks, why, for which document, what it signs."""
+    count = len(approval.digests)
+    return [
+        f"{approval.approval_id}  from {approval.application!r}, answer by "
+        f"{_when(approval.expires_unix)}",
+        f"  purpose  {approval.purpose!r}",
+        f"  document {approval.label or '(no label)'!r}",
+        f"  {count} signature{'s' if count != 1 else ''} with grant {approval.grant_id}, of "
+        + ", ".join(d.hex() for d in approval.digests),
+    ]
+
+
+def _cmd_approvals(args: argparse.Namespace) -> None:
+    keystore = _keystore(args)
+
+    async def go() -> list[gateway_pb2.Approval]:
+        async with channels.server_tls(args.gateway, _tls_ca(args)) as channel:
+            session = GatewaySession(channel, keystore)
+            await session.login()
+            return await session.approvals()
+
+    approvals = asyncio.run(go())
+    if not approvals:
+        print("nothing to approve")
+    for approval in approvals:
+        print("\n".join(_approval_lines(approval)))
+
+
+def _cmd_approve(args: argparse.Namespace) -> None:
+    path = Path(args.keystore)
+    keystore = _keystore(args)
+    trust_file = PhoneTrust.load(path)
+    wanted = set(args.approval_ids)
+    if not wanted and not args.all:
+        raise UsageError("name the approvals to give, or --all (see `approvals`)")
+    pin = read_pin(args.pin_file)
+    tls_ca = _tls_ca(args)
+
+    def decide(approval: gateway_pb2.Approval) -> bool | None:
+        if not (args.all or approval.approval_id in wanted):
+            return None  # not this one: it stays pending
+        print("\n".join(["approving", *_approval_lines(approval)]), flush=True)
+        return True
+
+    async def go() -> tuple[int, PhoneTrust]:
+        async with (
+            channels.server_tls(args.gateway, tls_ca) as gateway,
+            channels.server_tls(args.cosigner, tls_ca) as cosigner,
+        ):
+            pinned = await _pinned(gateway, trust_file)
+            session = GatewaySession(gateway, keystore)
+            await session.login()
+            async with SigningSession(cosigner, keystore, pin) as signing:
+                approver = Approver(session, signing, pinned.anchors(), decide)
+                deadline = time.monotonic() + args.wait
+                while True:
+                    await approver.answer_pending()
+                    if (wanted and wanted <= {a.approval_id for a in approver.given}) or (
+                        time.monotonic() >= deadline
+                    ):
+                        break
+                    await asyncio.sleep(0.2)
+            if approver.failed:
+                raise approver.failed[0]
+            return len(approver.approved), pinned
+
+    records, pinned = asyncio.run(go())
+    if pinned is not trust_file:
+        pinned.save(path)
+    if not records:
+        raise UsageError("nothing was approved (no such pending approval; see `approvals`)")
+    print(f"approved: {records} record{'s' if records != 1 else ''} co-signed for the gateway")
+
+
+def _cmd_decline(args: argparse.Namespace) -> None:
+    keystore = _keystore(args)
+
+    async def go() -> None:
+        async with channels.server_tls(args.gateway, _tls_ca(args)) as channel:
+            session = GatewaySession(channel, keystore)
+            await session.login()
+            await session.decline(args.approval_id)
+
+    asyncio.run(go())
+    print(f"declined {args.approval_id}")
 
 
 def _cmd_sign(args: argparse.Namespace) -> None:
@@ -402,6 +500,22 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--purpose", default="", help="why (goes into the record; default: the grant's)")
     p.add_argument("--out", help="result file (default: FILE.sig or FILE.decrypted)")
     p.add_argument("--receipt", help="receipt file (default: FILE.receipt.json)")
+    p = commands.command(
+        group, "approvals", "list what applications ask the user to approve", _cmd_approvals
+    )
+    keystore_option(p)
+    p = commands.command(
+        group, "approve", "approve applications' requests: co-sign their records", _cmd_approve
+    )
+    keystore_option(p)
+    p.add_argument("approval_ids", nargs="*", metavar="APPROVAL_ID", help="what to approve")
+    p.add_argument("--all", action="store_true", help="approve every pending request")
+    p.add_argument(
+        "--wait", type=float, default=0.0, help="seconds to wait for requests to come in"
+    )
+    p = commands.command(group, "decline", "decline an application's request", _cmd_decline)
+    keystore_option(p)
+    p.add_argument("approval_id")
     p = commands.command(
         group, "sign", "sign files jointly with the cosigner; writes FILE.sig", _cmd_sign
     )
