@@ -18,8 +18,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
+from asn1crypto import x509 as asn1_x509
+from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 from pyhanko.pdf_utils import generic
 from pyhanko.pdf_utils.incremental_writer import IncrementalPdfFileWriter
+from pyhanko.pdf_utils.reader import PdfFileReader
 from pyhanko.pdf_utils.writer import PageObject, PdfFileWriter
 from pyhanko.sign import fields, signers
 from pyhanko.sign.signers.csc_signer import (
@@ -30,6 +34,11 @@ from pyhanko.sign.signers.csc_signer import (
     CSCSigner,
     fetch_certs_in_csc_credential,
 )
+from pyhanko.sign.validation import async_validate_pdf_signature
+from pyhanko.sign.validation.status import PdfSignatureStatus
+from pyhanko_certvalidator import ValidationContext
+
+DER = Encoding.DER
 
 SHA256 = "2.16.840.1.101.3.4.2.1"
 
@@ -168,6 +177,22 @@ async def seal_pdf(
     )
     out = await signers.PdfSigner(meta, signer=signer).async_sign_pdf(writer)
     return bytes(out.getbuffer())
+
+
+async def validate(pdf: bytes, ca: bytes, *, crl: bytes) -> PdfSignatureStatus:
+    """pyHanko's verdict on the PDF's one signature: trust only the CA certificate ``ca``, and
+    take revocation from ``crl`` alone, failing hard without it (nothing fetched); both PEM or
+    DER."""
+    ca_der = x509.load_pem_x509_certificate(ca).public_bytes(DER) if ca.startswith(b"-----") else ca
+    crl_der = x509.load_pem_x509_crl(crl).public_bytes(DER) if crl.startswith(b"-----") else crl
+    context = ValidationContext(
+        trust_roots=[asn1_x509.Certificate.load(ca_der)],
+        crls=[crl_der],
+        allow_fetching=False,
+        revocation_mode="hard-fail",
+    )
+    (signature,) = PdfFileReader(io.BytesIO(pdf)).embedded_signatures
+    return await async_validate_pdf_signature(signature, context)
 
 
 def one_page_pdf(text: str) -> bytes:

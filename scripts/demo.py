@@ -10,7 +10,14 @@ between them), then:
 2. S2: registers a user, issues an enrolment ticket, enrols the user's phone with the cosigner
    (two-party DKG), signs a message jointly (``joint.pub.pem``, ``hello.txt``, ``hello.sig``),
    and gets the personal certificate for the joint key with a co-signed CSR (``user-csr.pem``,
-   ``user.pem``); the current CRL is written to ``crl.pem``.
+   ``user.pem``); the current CRL is written to ``crl.pem``;
+3. S3 to S5: grants alice the organisation keys; her phone signs a document and decrypts a
+   message with them, each use a record she co-signs, logged and checked by the HSM proxy
+   (``document.sig``, ``receipt.json``), verified offline with the log's consistency;
+4. CSC: registers an application, which seals ``contract.pdf`` through the gateway's CSC
+   endpoint with pyHanko's ``CSCSigner`` while alice approves on her phone
+   (``contract-sealed.pdf``, validated by the ``pyhanko`` command against ``ca.pem``;
+   ``contract-receipt.json``, verified offline).
 
 Each artefact is verified with the ``openssl`` command. Output goes to ``demo-out/`` (or
 ``DEMO_OUT``); service state to ``var/demo`` (or ``MOBILESIGN_STATE_DIR``), started afresh.
@@ -43,6 +50,7 @@ import client
 from mobilesign.testing import Deployment
 from mobilesign.testing.postgres import PostgresServer
 from mobilesign.v1 import gateway_pb2, gateway_pb2_grpc, ra_pb2, ra_pb2_grpc
+from scripts.demo_seal import seal_contract
 
 _MARKER = ".mobilesign-demo-state"
 DEMO_PIN = "246810"
@@ -223,8 +231,9 @@ async def escrowed_use(
     certificates: client.Certificates,
     seal: gateway_pb2.OrganisationKey,
     encryption: gateway_pb2.OrganisationKey,
-) -> None:
-    """S3 to S5: grants, co-signed service records, HSM-checked use, receipts, the log."""
+) -> tuple[dict[str, str], client.TrustAnchors]:
+    """S3 to S5: grants, co-signed service records, HSM-checked use, receipts, the log; returns
+    the grants (by key label) and what alice's phone trusts."""
     _step("S3/S4: the administrator grants alice the organisation keys")
     now = int(time.time())
     async with deployment.channel("ra", "admin") as channel:
@@ -387,6 +396,7 @@ async def escrowed_use(
         "--origin",
         log_key.origin,
     )
+    return grants, trust
 
 
 def _run_client(*args: str) -> None:
@@ -403,7 +413,18 @@ def _run_client(*args: str) -> None:
 async def _flow(deployment: Deployment, out: Path) -> None:
     seal, encryption = await organisation_certificate(deployment, out)
     keystore, certificates = await joint_signature(deployment, out)
-    await escrowed_use(deployment, out, keystore, certificates, seal, encryption)
+    grants, trust = await escrowed_use(deployment, out, keystore, certificates, seal, encryption)
+    await seal_contract(deployment, out, keystore, trust, grants["acme-seal"], DEMO_PIN, _step)
+    _step("The receipt of the seal verifies offline like any other")
+    _run_client(
+        "verify-receipt",
+        "--receipt",
+        str(out / "contract-receipt.json"),
+        "--ca",
+        str(out / "ca.pem"),
+        "--log-key",
+        str(out / "log.pub.pem"),
+    )
 
 
 def main() -> None:

@@ -15,14 +15,11 @@ from typing import Any
 
 import aiohttp
 import pytest
-from asn1crypto import x509 as asn1_x509
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from pyhanko.pdf_utils.reader import PdfFileReader
-from pyhanko.sign.validation import async_validate_pdf_signature
-from pyhanko_certvalidator import ValidationContext
 
 from client import csc_seal
 from mobilesign.testing import Deployment
@@ -64,17 +61,21 @@ async def test_pyhanko_seals_a_pdf_that_pyhankos_validator_trusts(deployment: De
                 sealed = await csc_seal.seal_pdf(
                     http, found, pdf, description="seal the contract", label="contract.pdf"
                 )
-        # pyHanko's validator, against the organisation CA only.
-        reader = PdfFileReader(io.BytesIO(sealed))
-        (signature,) = reader.embedded_signatures
-        context = ValidationContext(
-            trust_roots=[asn1_x509.Certificate.load(organisation.trust.ca_certificate)]
-        )
-        status = await async_validate_pdf_signature(signature, context)
+        # pyHanko's validator, against the organisation CA only, with the RA's current CRL.
+        async with deployment.public_channel("gateway") as channel:
+            crl = (await escrow.public(channel).GetCrl(gateway_pb2.GetCrlRequest())).crl
+        status = await csc_seal.validate(sealed, organisation.trust.ca_certificate, crl=crl)
         details = status.pretty_print_details()
         assert status.intact, details
         assert status.valid, details
         assert status.trusted, details
+        (signature,) = PdfFileReader(io.BytesIO(sealed)).embedded_signatures
+        # The same check fails on a changed contract.
+        forged = sealed.replace(b"ACME and its supplier", b"ACME and its rival!!!")
+        assert forged != sealed
+        assert not (
+            await csc_seal.validate(forged, organisation.trust.ca_certificate, crl=crl)
+        ).intact
         assert status.signing_cert.dump() == organisation.seal.certificate
         # One approval, one record, one use: in the log, with a receipt the phone verifies.
         (record,) = approved
