@@ -12,11 +12,12 @@ setup: .debian-packages $(VENV)/.installed $(BUF)
 
 # What set-up and the services need from Debian, installed first when missing (apt-get, as
 # root or through sudo): python3-venv for the virtual environment, nodejs and npm for buf,
-# softhsm2 for the PKCS#11 module the HSM proxy loads, openssl, and postgresql for the server
+# softhsm2 for the PKCS#11 module the HSM proxy loads, openssl, postgresql for the server
 # the tests, `make demo-postgres` and `make bench` start in a temporary directory (the
-# machine's own PostgreSQL service is neither started nor used).
+# machine's own PostgreSQL service is neither started nor used), and curl and jq for the
+# README's CSC example (which a test runs).
 .debian-packages: scripts/ensure-debian-packages.sh
-	@scripts/ensure-debian-packages.sh python3-venv nodejs npm softhsm2 openssl postgresql
+	@scripts/ensure-debian-packages.sh python3-venv nodejs npm softhsm2 openssl postgresql curl jq
 	@touch $@
 
 $(VENV)/.installed: pyproject.toml | .debian-packages

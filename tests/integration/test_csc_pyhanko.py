@@ -15,9 +15,10 @@ from typing import Any
 
 import aiohttp
 import pytest
+from asn1crypto import algos
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
 from pyhanko.pdf_utils.reader import PdfFileReader
 
@@ -30,6 +31,7 @@ pytestmark = pytest.mark.integration
 
 SIGN = gateway_pb2.OPERATION_SIGN_DIGEST
 ECDSA_SHA256 = "1.2.840.10045.4.3.2"
+RSASSA_PSS = "1.2.840.113549.1.1.10"
 #: SADs live this long here, so that one can be seen to expire.
 SAD_SECONDS = 4
 
@@ -403,4 +405,54 @@ async def test_the_asynchronous_form_answers_at_once_and_the_client_polls(
         400,
         "invalid_request",
         "SAD_ALREADY_ISSUED",
+    )
+
+
+def _pss_params(salt: int) -> str:
+    params = algos.RSASSAPSSParams(
+        {
+            "hash_algorithm": {"algorithm": "sha256"},
+            "mask_gen_algorithm": {"algorithm": "mgf1", "parameters": {"algorithm": "sha256"}},
+            "salt_length": salt,
+        }
+    )
+    return csc.b64(params.dump())
+
+
+async def test_an_rsa_key_signs_rsassa_pss_with_the_parameters_it_uses(setting: Setting) -> None:
+    rsa_grant = await escrow.grant(
+        setting.deployment, setting.phone.user_id, setting.organisation.encryption, [SIGN]
+    )
+    app = await csc.register(setting.deployment, "RSA desk", [rsa_grant.grant_id])
+    token = await csc_seal.access_token(setting.http, app.base_url, app.client_id, app.secret)
+    rsa_setting = dataclasses.replace(setting, grant=rsa_grant, app=app, token=token)
+    status, info = await rsa_setting.post("credentials/info", {"credentialID": rsa_grant.grant_id})
+    assert status == 200, info
+    assert (info["key"]["algo"], info["key"]["len"]) == ([RSASSA_PSS], 2048)
+    sad = await rsa_setting.authorised([DIGEST])
+    before = await rsa_setting.counted()
+    for algorithm, params, reason in (
+        (RSASSA_PSS, _pss_params(20), "SIGN_ALGORITHM_UNSUPPORTED"),  # another salt length
+        (RSASSA_PSS, None, "MALFORMED_REQUEST"),  # PSS without its parameters
+        ("1.2.840.113549.1.1.11", None, "SIGN_ALGORITHM_UNSUPPORTED"),  # PKCS#1 v1.5
+    ):
+        body = rsa_setting.sign_body(sad, [DIGEST], signAlgo=algorithm)
+        if params is not None:
+            body["signAlgoParams"] = params
+        _refused(
+            await rsa_setting.post("signatures/signHash", body), 400, "invalid_request", reason
+        )
+    assert await rsa_setting.counted() == before
+    body = rsa_setting.sign_body(sad, [DIGEST], signAlgo=RSASSA_PSS, signAlgoParams=_pss_params(32))
+    status, answer = await rsa_setting.post("signatures/signHash", body)
+    assert status == 200, answer
+    public_key = x509.load_der_x509_certificate(
+        setting.organisation.encryption.certificate
+    ).public_key()
+    assert isinstance(public_key, rsa.RSAPublicKey)
+    public_key.verify(
+        base64.b64decode(answer["signatures"][0]),
+        DIGEST,
+        padding.PSS(padding.MGF1(hashes.SHA256()), 32),
+        Prehashed(hashes.SHA256()),
     )
