@@ -28,6 +28,7 @@ from asn1crypto import algos
 from cryptography import x509
 
 from mobilesign.errors import Error, Kind
+from mobilesign.hosting import metrics
 from mobilesign.rpc.status import retry_delay
 from mobilesign.v1 import gateway_pb2
 from server.csc.applications import Application, Applications
@@ -42,6 +43,8 @@ SHA256 = "2.16.840.1.101.3.4.2.1"
 ECDSA_SHA256 = "1.2.840.10045.4.3.2"
 RSASSA_PSS = "1.2.840.113549.1.1.10"
 P256 = "1.2.840.10045.3.1.7"
+#: The ``service`` label of the endpoint's requests in ``mobilesign_rpc_requests_total``.
+METRICS_SERVICE = "csc.v2"
 METHODS = (
     "credentials/list",
     "credentials/info",
@@ -49,6 +52,8 @@ METHODS = (
     "credentials/authorizeCheck",
     "signatures/signHash",
 )
+
+_PATHS = frozenset({"/oauth2/token", f"{PREFIX}/info", *(f"{PREFIX}/{m}" for m in METHODS)})
 
 #: The one mapping from an error's kind to the HTTP status and the CSC (OAuth 2.0) error code.
 HTTP: dict[Kind, tuple[int, str]] = {
@@ -84,21 +89,28 @@ class Settings:
     base_url: str = ""
 
 
+class _Refusal(web.Response):
+    """A CSC error response that remembers its stable reason (for the log and metrics)."""
+
+    reason_code = ""
+
+
 def _error_response(error: Error) -> web.Response:
     status, code = HTTP[error.kind]
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else {}
     delay = retry_delay(error.kind, error.reason)
     if delay is not None:  # the gRPC API's RetryInfo, as HTTP has it
         headers["Retry-After"] = str(math.ceil(delay))
-    return web.json_response(
-        {
-            "error": _CODES.get(error.reason, code),
-            "error_description": error.message,
-            "reason": error.reason,
-        },
-        status=status,
-        headers=headers,
+    body = {
+        "error": _CODES.get(error.reason, code),
+        "error_description": error.message,
+        "reason": error.reason,
+    }
+    response = _Refusal(
+        text=json.dumps(body), status=status, headers=headers, content_type="application/json"
     )
+    response.reason_code = error.reason
+    return response
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -130,13 +142,19 @@ async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
             extra={"fields": {"path": request.path, "error": type(exc).__name__}},
         )
         response = _error_response(GatewayError(Kind.INTERNAL, "INTERNAL", "internal error"))
+    seconds = time.perf_counter() - started
+    reason = getattr(response, "reason_code", "")
+    # Counted with the RPCs: the method is the CSC path, the code the HTTP status.
+    method = request.path if request.path in _PATHS else "unknown"
+    metrics.rpc_done(METRICS_SERVICE, method, str(response.status), reason, seconds)
     _log.info(
         "csc",
         extra={
             "fields": {
-                "path": request.path,
+                "path": method,
                 "status": response.status,
-                "ms": round((time.perf_counter() - started) * 1000, 2),
+                "reason": reason,
+                "ms": round(seconds * 1000, 2),
             }
         },
     )

@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import io
 import secrets
+import urllib.request
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -38,10 +39,13 @@ SAD_SECONDS = 4
 
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    """Four services with the CSC endpoint on, and short-lived SADs."""
+    """Four services with the CSC endpoint on, short-lived SADs, and the gateway's metrics."""
     deployment = Deployment(
         tmp_path_factory.mktemp("csc"),
-        extra_env={"MOBILESIGN_GATEWAY_CSC_SAD_SECONDS": str(SAD_SECONDS)},
+        extra_env={
+            "MOBILESIGN_GATEWAY_CSC_SAD_SECONDS": str(SAD_SECONDS),
+            "MOBILESIGN_GATEWAY_METRICS_LISTEN": "127.0.0.1:0",
+        },
     )
     deployment.start_all()
     yield deployment
@@ -456,3 +460,27 @@ async def test_an_rsa_key_signs_rsassa_pss_with_the_parameters_it_uses(setting: 
         padding.PSS(padding.MGF1(hashes.SHA256()), 32),
         Prehashed(hashes.SHA256()),
     )
+
+
+def _scrape(deployment: Deployment) -> str:
+    address = deployment.address("gateway", "metrics")
+    with urllib.request.urlopen(f"http://{address}/metrics", timeout=10) as reply:
+        return str(reply.read().decode())
+
+
+async def test_the_endpoint_counts_its_requests_by_path_status_and_reason(
+    setting: Setting,
+) -> None:
+    _refused(
+        await setting.post("signatures/signHash", setting.sign_body("s" * 43, [DIGEST])),
+        403,
+        "access_denied",
+        "SAD_INVALID",
+    )
+    scraped = await asyncio.to_thread(_scrape, setting.deployment)
+    assert (
+        'mobilesign_rpc_requests_total{code="403",method="/csc/v2/signatures/signHash",'
+        'reason="SAD_INVALID",service="csc.v2"}'
+    ) in scraped
+    assert 'method="/oauth2/token",reason="",service="csc.v2"}' in scraped
+    assert setting.token not in scraped
