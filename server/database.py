@@ -96,7 +96,11 @@ _SQLITE = (
         sad_sha256 BLOB UNIQUE,
         sad_expires_at INTEGER
     );
-    CREATE INDEX approvals_by_user ON approvals(user_id, state)
+    CREATE INDEX approvals_by_user ON approvals(user_id, state);
+    CREATE TABLE approval_records (
+        record_id TEXT PRIMARY KEY,
+        approval_id TEXT NOT NULL
+    )
     """,
 )
 
@@ -147,7 +151,11 @@ _POSTGRESQL = (
         sad_sha256 BYTEA UNIQUE,
         sad_expires_at BIGINT
     );
-    CREATE INDEX approvals_by_user ON approvals(user_id, state)
+    CREATE INDEX approvals_by_user ON approvals(user_id, state);
+    CREATE TABLE approval_records (
+        record_id TEXT PRIMARY KEY,
+        approval_id TEXT NOT NULL
+    )
     """,
 )
 SCHEMA = Schema(sqlite=_SQLITE, postgresql=_POSTGRESQL)

@@ -29,7 +29,7 @@ from typing import Any
 from mobilesign import grants, ids, records
 from mobilesign.errors import Kind
 from mobilesign.storage.connection import Connection
-from mobilesign.storage.database import Database
+from mobilesign.storage.database import Database, transaction
 from mobilesign.v1 import gateway_pb2
 from server.csc.applications import Application
 from server.errors import GatewayError
@@ -93,6 +93,10 @@ def _row(r: Any) -> _Row:
 
 def _printable(value: str, limit: int) -> bool:
     return len(value) <= limit and value.isprintable()
+
+
+class _RecordTaken(Exception):
+    """A co-signed record already answers another approval (rolls its transaction back)."""
 
 
 def _not_found() -> GatewayError:
@@ -191,25 +195,34 @@ class Approvals:
         purpose = f"{application.name}: {description}" if description else application.name
         approval_id = secrets.token_hex(16)
         now = int(time.time())
-        await self._db.run(
+        values = (
+            approval_id,
+            application.client_id,
+            application.name,
+            grant.grant_id,
+            grant.user_id,
+            json.dumps([d.hex() for d in digests]),
+            purpose,
+            label,
+            now,
+            now + self._approval_seconds,
+            application.client_id,
+        )
+        # Only while the application is registered: a revocation that commits first wins.
+        inserted = await self._db.run(
             lambda c: c.execute(
                 "INSERT INTO approvals (approval_id, client_id, application, grant_id, user_id,"
                 " digests, purpose, label, state, created_at, expires_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?)",
-                (
-                    approval_id,
-                    application.client_id,
-                    application.name,
-                    grant.grant_id,
-                    grant.user_id,
-                    json.dumps([d.hex() for d in digests]),
-                    purpose,
-                    label,
-                    now,
-                    now + self._approval_seconds,
-                ),
-            )
+                " SELECT ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?"
+                " WHERE EXISTS (SELECT 1 FROM csc_applications"
+                " WHERE client_id = ? AND revoked = 0) RETURNING 1",
+                values,
+            ).fetchall()
         )
+        if not inserted:
+            raise GatewayError(
+                Kind.UNAUTHENTICATED, "TOKEN_INVALID", "the application has been revoked"
+            )
         return approval_id
 
     async def _find(self, approval_id: str) -> _Row | None:
@@ -238,13 +251,19 @@ class Approvals:
             )
 
         changed = await self._db.run(change)
-        if changed and approval_id in self._answered:
-            self._answered[approval_id].set()
+        if changed:
+            self._wake(approval_id)
         return changed
+
+    def _wake(self, approval_id: str) -> None:
+        """Wake this process's waiter on the approval, if any."""
+        if approval_id in self._answered:
+            self._answered[approval_id].set()
 
     # The phone ------------------------------------------------------------------------------
     async def pending(self, session: Session) -> list[gateway_pb2.Approval]:
-        """The session user's approvals still open, oldest first."""
+        """The session user's approvals still open, oldest first (not those whose grant was
+        revoked meanwhile)."""
         now = int(time.time())
         rows = await self._db.run(
             lambda c: c.execute(
@@ -253,6 +272,12 @@ class Approvals:
                 (session.user_id, now),
             ).fetchall()
         )
+        pending = []
+        for row in map(_row, rows):
+            grant = await self._registry.grant(row.grant_id)
+            if grant is None or grant.revoked:
+                continue  # it could no longer be given: the phone is not asked
+            pending.append(row)
         return [
             gateway_pb2.Approval(
                 approval_id=row.approval_id,
@@ -263,7 +288,7 @@ class Approvals:
                 label=row.label,
                 expires_unix=row.expires_at,
             )
-            for row in map(_row, rows)
+            for row in pending
         ]
 
     async def _open(self, session: Session, approval_id: str) -> _Row:
@@ -310,14 +335,36 @@ class Approvals:
                     "a record is not for the approval's grant, purpose and signing",
                 )
         kept = json.dumps([[c.record_id, c.record.hex(), c.user_signature.hex()] for c in cosigned])
-        if not await self._change(
-            approval_id,
-            "state = 'approved', records = ?, user_key_id = ?",
-            (kept, session.user_key_id),
-            "pending",
-        ):
+        record_ids = [c.record_id for c in cosigned]
+
+        def store(c: Connection) -> bool:
+            # A record answers one approval: the same co-signed record cannot also stand for
+            # another request with the same digest and purpose.
+            for record_id in record_ids:
+                if not c.execute(
+                    "INSERT INTO approval_records (record_id, approval_id) VALUES (?, ?)"
+                    " ON CONFLICT (record_id) DO NOTHING RETURNING 1",
+                    (record_id, approval_id),
+                ).fetchall():
+                    raise _RecordTaken
+            return bool(
+                c.execute(
+                    "UPDATE approvals SET state = 'approved', records = ?, user_key_id = ?"
+                    " WHERE approval_id = ? AND state = 'pending' RETURNING 1",
+                    (kept, session.user_key_id, approval_id),
+                ).fetchall()
+            )
+
+        try:
+            changed = await self._db.run(lambda c: transaction(c, store))
+        except _RecordTaken:
+            raise GatewayError(
+                Kind.INVALID, "APPROVAL_MISMATCH", "a record already answers another approval"
+            ) from None
+        if not changed:
             await self._open(session, approval_id)  # says why
             raise _not_found()
+        self._wake(approval_id)
 
     async def decline(self, session: Session, approval_id: str) -> None:
         """Refuse the approval."""

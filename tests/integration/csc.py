@@ -10,13 +10,16 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
+import grpc
 
 from client import csc_seal
 from client.approver import Approver
 from client.gateway_client import Approved
+from client.sdk import SigningSession
+from mobilesign import deviceauth
 from mobilesign.hosting import devpki
 from mobilesign.testing import Deployment
-from mobilesign.v1 import csc_pb2, csc_pb2_grpc
+from mobilesign.v1 import csc_pb2, csc_pb2_grpc, gateway_pb2, gateway_pb2_grpc
 from tests.integration import escrow
 
 
@@ -74,3 +77,104 @@ async def approving(
     async with approver.running():
         yield approver.approved
     assert approver.failed == []
+
+
+async def authorize_later(
+    session: aiohttp.ClientSession,
+    app: App,
+    token: str,
+    grant_id: str,
+    digests: list[bytes],
+    description: str = "",
+) -> str:
+    """Ask for signatures of ``digests`` in the asynchronous form; the approval's id (the
+    responseID that credentials/authorizeCheck takes)."""
+    body = {
+        "credentialID": grant_id,
+        "numSignatures": len(digests),
+        "hashes": [b64(d) for d in digests],
+        "hashAlgorithmOID": csc_seal.SHA256,
+        "operationMode": "A",
+        "description": description,
+    }
+    status, answer = await post(session, app, "credentials/authorize", body, token)
+    assert status == 202, answer
+    return str(answer["responseID"])
+
+
+@dataclasses.dataclass(frozen=True)
+class ByHand:
+    """A phone's calls to the gateway as a test builds them: the public stub, the phone's
+    session token and its signing session (which co-signs whatever it is given)."""
+
+    stub: gateway_pb2_grpc.GatewayServiceAsyncStub
+    token: str
+    signing: SigningSession
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str]]:
+        """The session's call metadata."""
+        return (("authorization", f"Bearer {self.token}"),)
+
+    async def cosigned(
+        self, grant_id: str, digest: bytes, purpose: str
+    ) -> gateway_pb2.CoSignedRecord:
+        """A record the gateway prepares for signing ``digest``, co-signed by the user."""
+        prepared = await self.stub.PrepareOperation(
+            gateway_pb2.PrepareOperationRequest(
+                grant_id=grant_id,
+                operation=gateway_pb2.OPERATION_SIGN_DIGEST,
+                input=digest,
+                purpose=purpose,
+            ),
+            metadata=self.metadata,
+            timeout=30,
+        )
+        return gateway_pb2.CoSignedRecord(
+            record_id=prepared.record_id,
+            record=prepared.record,
+            user_signature=await self.signing.sign(prepared.record),
+        )
+
+    async def approve(
+        self, approval_id: str, cosigned: list[gateway_pb2.CoSignedRecord]
+    ) -> gateway_pb2.ApproveResponse:
+        """Answer ``approval_id`` with ``cosigned`` as they are."""
+        return await self.stub.Approve(
+            gateway_pb2.ApproveRequest(approval_id=approval_id, records=cosigned),
+            metadata=self.metadata,
+            timeout=30,
+        )
+
+    async def decline(self, approval_id: str) -> gateway_pb2.DeclineResponse:
+        """Refuse ``approval_id``."""
+        return await self.stub.Decline(
+            gateway_pb2.DeclineRequest(approval_id=approval_id),
+            metadata=self.metadata,
+            timeout=10,
+        )
+
+    async def pending(self) -> list[str]:
+        """The ids of the user's pending approvals."""
+        listed = await self.stub.ListApprovals(
+            gateway_pb2.ListApprovalsRequest(), metadata=self.metadata, timeout=10
+        )
+        return [a.approval_id for a in listed.approvals]
+
+
+async def by_hand(channel: grpc.aio.Channel, phone: escrow.Phone) -> ByHand:
+    """``phone``'s calls by hand over ``channel`` (the gateway's public listener), in a session
+    of their own opened with the phone's device key."""
+    stub = gateway_pb2_grpc.GatewayServiceStub(channel)
+    key_id = phone.keystore.key_id
+    started = await stub.StartSession(gateway_pb2.StartSessionRequest(key_id=key_id), timeout=10)
+    transcript = deviceauth.gateway_session_transcript(bytes.fromhex(key_id), started.challenge)
+    finished = await stub.FinishSession(
+        gateway_pb2.FinishSessionRequest(
+            key_id=key_id,
+            challenge=started.challenge,
+            device_signature=deviceauth.sign(phone.keystore.device_key, transcript),
+        ),
+        timeout=10,
+    )
+    return ByHand(stub, finished.session_token, phone.signing)
