@@ -13,7 +13,11 @@ Sections, in order:
    start), and organisation-key uses per second end to end for 1, 16 and 64 clients, as a ratio
    to it, with each process's CPU, RPCs by service, HSM operations and voluntary context
    switches per use, and fsyncs per use counted by strace in a separate traced window;
-4. after that deployment has stopped, the same organisation-key uses on PostgreSQL (a throwaway
+4. in the same deployment, CSC ``signatures/signHash`` calls per second at 1 and 16 clients, each
+   authorised (asynchronous ``credentials/authorize``, ``authorizeCheck`` polled) and approved
+   on a simulated phone, beside the same phones' gRPC organisation-key uses measured alongside,
+   as ratios; the approval round trip alone without polling; fsyncs per signature (strace);
+5. after that deployment has stopped, the same organisation-key uses on PostgreSQL (a throwaway
    server, every service's state in its own database), with one gateway and then with the
    clients split between two, beside the SQLite figures of section 3, with each process's CPU
    and the PostgreSQL server's (``--no-postgres`` skips it).
@@ -43,7 +47,14 @@ from typing import Any
 
 from mobilesign.testing import Deployment
 from mobilesign.testing.deployment import ROOT
-from scripts import bench_common, bench_core, bench_escrow, bench_loopback, bench_postgres
+from scripts import (
+    bench_common,
+    bench_core,
+    bench_csc,
+    bench_escrow,
+    bench_loopback,
+    bench_postgres,
+)
 from scripts.bench_common import LOAD_TEST_ENV, Row, Section, Table
 
 
@@ -54,6 +65,7 @@ class BenchConfig:
     core: bench_core.CoreConfig = field(default_factory=bench_core.CoreConfig)
     loopback: bench_loopback.LoopbackConfig = field(default_factory=bench_loopback.LoopbackConfig)
     escrow: bench_escrow.EscrowConfig = field(default_factory=bench_escrow.EscrowConfig)
+    csc: bench_csc.CscConfig = field(default_factory=bench_csc.CscConfig)
     #: None: the PostgreSQL section does not run.
     postgres: bench_postgres.PostgresConfig | None = field(
         default_factory=bench_postgres.PostgresConfig
@@ -114,6 +126,7 @@ def _run_services(config: BenchConfig) -> tuple[list[Section], dict[str, Any]]:
                     [
                         *LOOPBACK_SECTIONS,
                         lambda env: bench_escrow.organisation_key_uses(env, config.escrow),
+                        lambda env: bench_csc.csc_sign_hash(env, config.csc),
                     ],
                 )
             )
@@ -265,6 +278,12 @@ def _parse_args(argv: list[str] | None) -> tuple[BenchConfig, Path]:
         raw_seconds=0.5 if args.quick else 2.0,
         traced_seconds=0.5 if args.quick else 2.0,
     )
+    csc = bench_csc.CscConfig(
+        level_seconds=loopback.level_seconds,
+        warmup_seconds=0.1 if args.quick else 0.3,
+        traced_seconds=escrow.traced_seconds,
+        direct_samples=10 if args.quick else 30,
+    )
     postgres = bench_postgres.PostgresConfig(
         levels=postgres_levels, level_seconds=loopback.level_seconds
     )
@@ -272,6 +291,7 @@ def _parse_args(argv: list[str] | None) -> tuple[BenchConfig, Path]:
         core=core,
         loopback=loopback,
         escrow=escrow,
+        csc=csc,
         postgres=None if args.no_postgres else postgres,
         pin=not args.no_pin,
     )

@@ -44,6 +44,11 @@ MAX_LABEL = 128
 #: A SAD is given no later than this many seconds before its records' lifetime ends, so that
 #: signHash has time to run them.
 SAD_MARGIN_SECONDS = 10
+#: Approvals (and which records answered them) are kept this long after they were asked for:
+#: far past any record's lifetime, after which neither could be used again.
+KEEP_SECONDS = 86_400
+#: Seconds between two purges of older approvals by one gateway.
+PURGE_EVERY_SECONDS = 60
 #: How often a waiting authorisation looks at the database (the phone may answer through
 #: another gateway).
 POLL_SECONDS = 0.2
@@ -95,6 +100,16 @@ def _printable(value: str, limit: int) -> bool:
     return len(value) <= limit and value.isprintable()
 
 
+def _purge(c: Connection, before: int) -> None:
+    """Forget the approvals asked for before ``before`` (a Unix second)."""
+    c.execute(
+        "DELETE FROM approval_records WHERE approval_id IN"
+        " (SELECT approval_id FROM approvals WHERE created_at < ?)",
+        (before,),
+    )
+    c.execute("DELETE FROM approvals WHERE created_at < ?", (before,))
+
+
 class _RecordTaken(Exception):
     """A co-signed record already answers another approval (rolls its transaction back)."""
 
@@ -138,6 +153,7 @@ class Approvals:
         self.max_signatures = max_signatures
         # Waiters of this process, woken when the phone's answer lands here.
         self._answered: dict[str, asyncio.Event] = {}
+        self._purged_at = 0.0
 
     async def grant_for(self, application: Application, credential_id: str) -> gateway_pb2.Grant:
         """The grant behind a credential of ``application``, usable for signing now."""
@@ -208,6 +224,9 @@ class Approvals:
             now + self._approval_seconds,
             application.client_id,
         )
+        if time.monotonic() - self._purged_at > PURGE_EVERY_SECONDS:
+            self._purged_at = time.monotonic()
+            await self._db.run(lambda c: transaction(c, lambda c: _purge(c, now - KEEP_SECONDS)))
         # Only while the application is registered: a revocation that commits first wins.
         inserted = await self._db.run(
             lambda c: c.execute(
@@ -428,7 +447,7 @@ class Approvals:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(event.wait(), max(remaining, 0))
                 found = await self._find(row.approval_id)
-                assert found is not None  # approvals are never deleted
+                assert found is not None  # kept a day, far longer than anyone waits
                 row = found
         finally:
             self._answered.pop(row.approval_id, None)

@@ -20,6 +20,7 @@ from mobilesign.errors import Error, Kind
 from mobilesign.storage.database import Database
 from mobilesign.storage.schema import Location, PostgresStore
 from mobilesign.v1 import gateway_pb2
+from server.csc import approvals as approvals_module
 from server.csc.applications import MAX_GRANTS, MAX_NAME, Application, Applications
 from server.csc.approvals import Approvals
 from server.database import open_gateway_db
@@ -377,3 +378,26 @@ async def test_a_request_after_the_revocation_is_refused_and_stores_nothing(
     )
     rows = _rows(store, "SELECT approval_id, state FROM approvals")
     assert rows == [(kept, "withdrawn")]
+
+
+async def test_old_approvals_are_purged(
+    applications: Applications, db: Database, store: Location, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    application, _ = await applications.register("Desk", KNOWN[:1], NOW)
+    approvals = _approvals(db, KNOWN[:1])
+    digest = hashlib.sha256(b"doc").digest()
+
+    async def ask() -> str:
+        return await approvals.request(
+            application, credential_id=KNOWN[0], digests=[digest], description="", label=""
+        )
+
+    kept = await ask()
+    await ask()  # within the minute: no purge
+    assert len(_rows(store, "SELECT approval_id FROM approvals")) == 2
+    # As if a day had passed: the next request, a minute later, forgets both.
+    monkeypatch.setattr(approvals_module, "KEEP_SECONDS", -60)
+    monkeypatch.setattr(approvals_module, "PURGE_EVERY_SECONDS", -1)
+    latest = await ask()
+    assert _rows(store, "SELECT approval_id FROM approvals") == [(latest,)]
+    assert kept != latest
