@@ -39,7 +39,6 @@ from typing import Any
 
 import aiohttp
 
-import client
 from client import csc_seal
 from client.approver import Approver
 from mobilesign.hosting import devpki
@@ -48,10 +47,6 @@ from mobilesign.testing.deployment import START_ORDER
 from mobilesign.v1 import (
     csc_pb2,
     csc_pb2_grpc,
-    gateway_pb2,
-    gateway_pb2_grpc,
-    ra_pb2,
-    ra_pb2_grpc,
 )
 from scripts import bench_common, bench_loopback
 from scripts.bench_common import (
@@ -65,8 +60,13 @@ from scripts.bench_common import (
     ms,
     ratio,
 )
-from scripts.bench_escrow import LOG_SETTLE_SECONDS, _gateway_session, _Phone, use_key
-from scripts.bench_loopback import PHONES, PIN, Loopback, Operation, Run, _drive, _measure
+from scripts.bench_escrow import (
+    LOG_SETTLE_SECONDS,
+    _Phone,
+    set_up_phones,
+    use_key,
+)
+from scripts.bench_loopback import PHONES, Loopback, Operation, Run, _drive, _measure
 
 ECDSA_SHA256 = "1.2.840.10045.4.3.2"
 #: The parts of one CSC signature, timed separately.
@@ -156,76 +156,14 @@ class _Client:
             raise RuntimeError("signHash did not give one signature")
 
 
-async def _phone(env: Loopback, index: int, key_id: str, trust: client.TrustAnchors) -> _Phone:
-    """A user of its own, enrolled, certified, granted the key's signing and logged in."""
-    deployment = env.deployment
-    user_id = f"csc-bench-{index:03d}"
-    async with deployment.channel("ra", "admin") as admin_channel:
-        admin = ra_pb2_grpc.AdminServiceStub(admin_channel)
-        await admin.CreateUser(ra_pb2.CreateUserRequest(user_id=user_id))
-        issued = await admin.IssueEnrolmentTicket(
-            ra_pb2.IssueEnrolmentTicketRequest(user_id=user_id, ttl_seconds=600)
-        )
-        now = int(time.time())
-        grant = (
-            await admin.CreateGrant(
-                ra_pb2.CreateGrantRequest(
-                    user_id=user_id,
-                    key_id=key_id,
-                    operations=[gateway_pb2.OPERATION_SIGN_DIGEST],
-                    not_before_unix=now - 60,
-                    not_after_unix=now + 3600,
-                    quota_total=1_000_000,
-                    quota_daily=1_000_000,
-                )
-            )
-        ).grant
-    cosigner = env.channel(len(env.channels))
-    keystore = await client.enrol(cosigner, issued.ticket, PIN)
-    signing = client.SigningSession(cosigner, keystore, PIN)
-    await signing.open()
-    certificates, _ = await client.request_personal_certificate(
-        cosigner, signing, keystore, issued.ticket, issued.activation_code, trust.ca_certificate
-    )
-    gateway = await _gateway_session(env, keystore, "gateway")
-    trust = dataclasses.replace(trust, grant_key_spki=certificates.grant_key_spki)
-    return _Phone(keystore, gateway, signing, grant.grant_id, trust)
-
-
-async def _phones(env: Loopback, count: int, parallelism: int) -> list[_Phone]:
-    """An organisation of its own with an EC P-256 key, and ``count`` phones for it."""
-    async with env.deployment.channel("ra", "admin") as admin_channel:
-        admin = ra_pb2_grpc.AdminServiceStub(admin_channel)
-        await admin.CreateOrganisation(
-            ra_pb2.CreateOrganisationRequest(organisation_id="bench-csc", name="Bench CSC")
-        )
-        key = (
-            await admin.CreateOrganisationKey(
-                ra_pb2.CreateOrganisationKeyRequest(
-                    organisation_id="bench-csc",
-                    label="csc-seal",
-                    algorithm=gateway_pb2.ORGANISATION_KEY_ALGORITHM_EC_P256,
-                )
-            )
-        ).key
-    async with env.deployment.channel("gateway", "admin") as gateway_channel:
-        public = gateway_pb2_grpc.GatewayServiceStub(gateway_channel)
-        ca = (await public.GetCaCertificate(gateway_pb2.GetCaCertificateRequest())).certificate
-        log = await public.GetLogPublicKey(gateway_pb2.GetLogPublicKeyRequest())
-    trust = client.TrustAnchors(ca, log.public_key_spki, log.origin)
-    phones: list[_Phone] = []
-    while len(phones) < count:
-        batch = range(len(phones), min(count, len(phones) + parallelism))
-        phones.extend(await asyncio.gather(*(_phone(env, i, key.key_id, trust) for i in batch)))
-    return phones
-
-
 @contextlib.asynccontextmanager
 async def _clients(env: Loopback, config: CscConfig) -> AsyncIterator[list[_Client]]:
     """One application per phone, registered for its grant, with a token; HTTP clients closed
     and signing sessions ended afterwards."""
     deployment = env.deployment
-    phones = await _phones(env, max(config.levels), config.setup_parallelism)
+    phones = await set_up_phones(
+        env, max(config.levels), config.setup_parallelism, name="bench-csc"
+    )
     base_url = f"https://{deployment.address('gateway', 'csc')}"
     ca_pem = str(devpki.ensure(deployment.state_dir) / "ca.pem")
     clients: list[_Client] = []

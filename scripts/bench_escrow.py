@@ -160,9 +160,17 @@ async def at_gateway(env: Loopback, phone: _Phone, gateway: str) -> _Phone:
     return dataclasses.replace(phone, gateway=await _gateway_session(env, phone.keystore, gateway))
 
 
-async def _phone(env: Loopback, index: int, key_id: str, trust: client.TrustAnchors) -> _Phone:
+async def _phone(
+    env: Loopback,
+    index: int,
+    key_id: str,
+    trust: client.TrustAnchors,
+    prefix: str = "escrow-bench",
+) -> _Phone:
+    """A user of its own (``<prefix>-<index>``), enrolled, certified, granted the key's signing
+    and logged in."""
     deployment = env.deployment
-    user_id = f"escrow-bench-{index:03d}"
+    user_id = f"{prefix}-{index:03d}"
     async with deployment.channel("ra", "admin") as admin_channel:
         admin = ra_pb2_grpc.AdminServiceStub(admin_channel)
         await admin.CreateUser(ra_pb2.CreateUserRequest(user_id=user_id))
@@ -489,19 +497,21 @@ def _rows(levels: dict[int, _Level], fsyncs: dict[int, dict[str, Any] | str]) ->
     return rows
 
 
-async def set_up_phones(env: Loopback, count: int, parallelism: int) -> list[_Phone]:
-    """An organisation with an EC P-256 key, and ``count`` phones enrolled, certified, granted
-    the key's use and logged in at the gateway, ``parallelism`` at a time."""
+async def set_up_phones(
+    env: Loopback, count: int, parallelism: int, name: str = "bench"
+) -> list[_Phone]:
+    """An organisation (``name``) with an EC P-256 key, and ``count`` phones enrolled,
+    certified, granted the key's use and logged in at the gateway, ``parallelism`` at a time."""
     async with env.deployment.channel("ra", "admin") as admin_channel:
         admin = ra_pb2_grpc.AdminServiceStub(admin_channel)
         await admin.CreateOrganisation(
-            ra_pb2.CreateOrganisationRequest(organisation_id="bench", name="Bench Org")
+            ra_pb2.CreateOrganisationRequest(organisation_id=name, name=name.title())
         )
         key = (
             await admin.CreateOrganisationKey(
                 ra_pb2.CreateOrganisationKeyRequest(
-                    organisation_id="bench",
-                    label="bench-seal",
+                    organisation_id=name,
+                    label=f"{name}-seal",
                     algorithm=gateway_pb2.ORGANISATION_KEY_ALGORITHM_EC_P256,
                 )
             )
@@ -511,10 +521,13 @@ async def set_up_phones(env: Loopback, count: int, parallelism: int) -> list[_Ph
         ca = (await public.GetCaCertificate(gateway_pb2.GetCaCertificateRequest())).certificate
         log = await public.GetLogPublicKey(gateway_pb2.GetLogPublicKeyRequest())
     trust = client.TrustAnchors(ca, log.public_key_spki, log.origin)
+    prefix = "escrow-bench" if name == "bench" else f"{name}-user"
     phones: list[_Phone] = []
     while len(phones) < count:
         batch = range(len(phones), min(count, len(phones) + parallelism))
-        phones.extend(await asyncio.gather(*(_phone(env, i, key.key_id, trust) for i in batch)))
+        phones.extend(
+            await asyncio.gather(*(_phone(env, i, key.key_id, trust, prefix) for i in batch))
+        )
     return phones
 
 

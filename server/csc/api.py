@@ -393,13 +393,7 @@ class Endpoint:
             raise GatewayError(
                 Kind.INVALID, "MALFORMED_REQUEST", "certificates is none, single or chain"
             )
-        if credential_id not in application.grant_ids:
-            raise GatewayError(
-                Kind.DENIED, "CREDENTIAL_NOT_ALLOWED", "the application has no such credential"
-            )
-        grant = await self._registry.grant(credential_id)
-        if grant is None:
-            raise GatewayError(Kind.NOT_FOUND, "NO_GRANT", "the grant no longer exists")
+        grant = await self._approvals.credential(application, credential_id)
         return web.json_response(await self._describe(grant, certificates))
 
     def _authorised(self, authorised: Authorised | None, approval_id: str) -> web.Response:

@@ -155,8 +155,8 @@ class Approvals:
         self._answered: dict[str, asyncio.Event] = {}
         self._purged_at = 0.0
 
-    async def grant_for(self, application: Application, credential_id: str) -> gateway_pb2.Grant:
-        """The grant behind a credential of ``application``, usable for signing now."""
+    async def credential(self, application: Application, credential_id: str) -> gateway_pb2.Grant:
+        """The grant behind a credential of ``application`` (revoked or not)."""
         if credential_id not in application.grant_ids:
             raise GatewayError(
                 Kind.DENIED, "CREDENTIAL_NOT_ALLOWED", "the application has no such credential"
@@ -164,6 +164,11 @@ class Approvals:
         grant = await self._registry.grant(credential_id)
         if grant is None:
             raise GatewayError(Kind.NOT_FOUND, "NO_GRANT", "the grant no longer exists")
+        return grant
+
+    async def grant_for(self, application: Application, credential_id: str) -> gateway_pb2.Grant:
+        """The grant behind a credential of ``application``, usable for signing now."""
+        grant = await self.credential(application, credential_id)
         now = time.time()
         if grant.revoked:
             raise GatewayError(Kind.DENIED, "GRANT_REVOKED", "the grant has been revoked")
