@@ -17,7 +17,7 @@ from client.verifier import TrustAnchors
 from mobilesign.v1 import gateway_pb2
 
 #: What the user says to an approval: True approves, False declines, None leaves it pending.
-Decide = Callable[[gateway_pb2.Approval], bool | None | Awaitable[bool | None]]
+Decide = Callable[[gateway_pb2.Approval], bool | Awaitable[bool | None] | None]
 
 
 class Approver:
