@@ -109,7 +109,9 @@ async def _main(
 
     sidecars: list[serve.Sidecar] = []
     if cfg.csc_listen:
-        settings = csc_api.Settings(cfg.csc_wait_seconds, cfg.csc_max_request_bytes)
+        settings = csc_api.Settings(
+            cfg.csc_wait_seconds, cfg.csc_max_request_bytes, cfg.csc_max_requests_per_peer
+        )
         endpoint = csc_api.Endpoint(
             applications=applications, approvals=approvals, registry=registry, settings=settings
         )

@@ -47,6 +47,9 @@ class GatewayConfig:
     csc_max_signatures: int = 16
     #: Largest CSC request body, in bytes.
     csc_max_request_bytes: int = 64 * 1024
+    #: CSC requests in flight from one address (IPv4, or IPv6 /64); beyond it HTTP 429
+    #: TOO_MANY_RPCS_FROM_PEER. Behind a balancer every request comes from its address.
+    csc_max_requests_per_peer: int = 32
     #: Seconds a login challenge (StartSession) may be answered (FinishSession).
     session_challenge_seconds: int = 60
     #: File of the key that authenticates the records this gateway prepares (32 random bytes,

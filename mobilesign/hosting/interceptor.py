@@ -79,11 +79,18 @@ def peer_address(peer: str) -> str:
     scheme, _, rest = peer.partition(":")
     if scheme not in ("ipv4", "ipv6") or not rest:
         return peer
-    host = unquote(rest).rsplit(":", 1)[0].strip("[]").split("%", 1)[0]
+    host = unquote(rest).rsplit(":", 1)[0].strip("[]")
+    counted = host_address(host)
+    return peer if counted is None else counted
+
+
+def host_address(host: str) -> str | None:
+    """The address a client at IP address ``host`` counts against (see :func:`peer_address`),
+    or None when ``host`` is no IP address."""
     try:
-        address = ipaddress.ip_address(host)
+        address = ipaddress.ip_address(host.split("%", 1)[0])
     except ValueError:
-        return peer
+        return None
     if isinstance(address, ipaddress.IPv6Address):
         if address.ipv4_mapped is not None:
             return str(address.ipv4_mapped)

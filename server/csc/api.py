@@ -24,11 +24,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from asn1crypto import algos
 from cryptography import x509
 
 from mobilesign.errors import Error, Kind
 from mobilesign.hosting import metrics
+from mobilesign.hosting.interceptor import PeerCounter, host_address
 from mobilesign.rpc.status import retry_delay
 from mobilesign.v1 import gateway_pb2
 from server.csc.applications import Application, Applications
@@ -85,6 +87,9 @@ class Settings:
     wait_seconds: float
     #: Largest request body accepted, in bytes.
     max_request_bytes: int
+    #: Requests in flight from one address (IPv4, or IPv6 /64); beyond it 429
+    #: ``TOO_MANY_RPCS_FROM_PEER``.
+    max_requests_per_peer: int = 32
     #: The ``oauth2`` base URI ``info`` names (empty: this endpoint's own).
     base_url: str = ""
 
@@ -454,9 +459,30 @@ class Endpoint:
         )
 
 
+def _per_peer(limit: int) -> Middleware:
+    """A middleware bounding the requests in flight from one address, as the gRPC public
+    listener does (one counter per endpoint)."""
+    counter = PeerCounter(limit)
+
+    @web.middleware
+    async def limit_peer(request: web.Request, handler: Handler) -> web.StreamResponse:
+        remote = request.remote or ""
+        peer = host_address(remote) or remote
+        counter.acquire(peer)  # TOO_MANY_RPCS_FROM_PEER, answered by _errors
+        try:
+            return await handler(request)
+        finally:
+            counter.release(peer)
+
+    return limit_peer
+
+
 def application(endpoint: Endpoint, settings: Settings) -> web.Application:
     """The aiohttp application serving ``endpoint``."""
-    app = web.Application(middlewares=[_errors], client_max_size=settings.max_request_bytes)
+    app = web.Application(
+        middlewares=[_errors, _per_peer(settings.max_requests_per_peer)],
+        client_max_size=settings.max_request_bytes,
+    )
     app.router.add_post("/oauth2/token", endpoint.token)
     app.router.add_post(f"{PREFIX}/info", endpoint.info)
     app.router.add_post(f"{PREFIX}/credentials/list", endpoint.credentials_list)

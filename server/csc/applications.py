@@ -135,16 +135,6 @@ class Applications:
         if not await self._db.run(lambda c: transaction(c, revoke)):
             raise GatewayError(Kind.NOT_FOUND, "NO_APPLICATION", "no such application")
 
-    async def _find(self, client_id: str) -> Application | None:
-        rows = await self._db.run(
-            lambda c: c.execute(
-                "SELECT client_id, name, grant_ids, created_at, revoked FROM csc_applications"
-                " WHERE client_id = ?",
-                (client_id,),
-            ).fetchall()
-        )
-        return _application(rows[0]) if rows else None
-
     async def token(self, client_id: str, client_secret: str, now: int) -> tuple[str, int]:
         """An access token for a client that proves its secret; returns (token, lifetime)."""
         if not ids.CLIENT_ID.matches(client_id) or len(client_secret) > 128:
@@ -176,16 +166,17 @@ class Applications:
         rows = (
             await self._db.run(
                 lambda c: c.execute(
-                    "SELECT client_id FROM csc_tokens WHERE token_sha256 = ? AND expires_at > ?",
+                    "SELECT a.client_id, a.name, a.grant_ids, a.created_at, a.revoked"
+                    " FROM csc_tokens t JOIN csc_applications a ON a.client_id = t.client_id"
+                    " WHERE t.token_sha256 = ? AND t.expires_at > ? AND a.revoked = 0",
                     (_digest(token), now),
                 ).fetchall()
             )
             if 0 < len(token) <= 128
             else []
         )
-        application = await self._find(rows[0]["client_id"]) if rows else None
-        if application is None or application.revoked:
+        if not rows:
             raise GatewayError(
                 Kind.UNAUTHENTICATED, "TOKEN_INVALID", "the access token is unknown or expired"
             )
-        return application
+        return _application(rows[0])
