@@ -142,6 +142,8 @@ async def first_request(context: grpc.aio.ServicerContext[Any, Any], seconds: fl
             f"no request message within {seconds:g} s of the call's start",
         ) from None
     if request is grpc.aio.EOF:
+        if context.cancelled():  # the caller went away before sending: not a bad request
+            raise asyncio.CancelledError
         raise malformed_request()
     if isinstance(request, Malformed):
         raise request.error

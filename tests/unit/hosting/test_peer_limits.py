@@ -112,13 +112,22 @@ async def test_the_first_message_never_waits_longer_than_a_step() -> None:
 class _UnaryContext:
     """A unary call served as a stream: its one request (or EOF) after a delay."""
 
-    def __init__(self, delay: float, message: Any) -> None:
+    def __init__(self, delay: float, message: Any, cancelled: bool = False) -> None:
         self._delay = delay
         self._message = message
+        self._cancelled = cancelled
 
     async def read(self) -> Any:
         await asyncio.sleep(self._delay)
         return self._message
+
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+
+async def test_a_call_cancelled_before_its_request_counts_as_cancelled_not_malformed() -> None:
+    with pytest.raises(asyncio.CancelledError):
+        await first_request(_UnaryContext(0.0, grpc.aio.EOF, cancelled=True), 0.05)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize(
