@@ -47,7 +47,7 @@ RECORD_LIFETIME_SECONDS = 240
 _RETRYABLE = frozenset({Kind.EXHAUSTED, Kind.UNAVAILABLE})
 
 
-def _row(grant: gateway_pb2.Grant) -> GrantRow:
+def grant_row(grant: gateway_pb2.Grant) -> GrantRow:
     """The RA's grant as the ledger keeps it (its own counts start at zero)."""
     return GrantRow(
         grant_id=grant.grant_id,
@@ -64,6 +64,21 @@ def _row(grant: gateway_pb2.Grant) -> GrantRow:
         used_today=0,
         signed_grant=grant.signed_grant,
     )
+
+
+def check_usable(grant: GrantRow, operation: str, now: float) -> None:
+    """Refuse a grant that is revoked, outside its validity window at ``now``, or that does not
+    allow ``operation`` (its quota is the ledger's to count)."""
+    if grant.revoked:
+        raise GatewayError(Kind.DENIED, "GRANT_REVOKED", "the grant has been revoked")
+    if now < grant.not_before:
+        raise GatewayError(Kind.DENIED, "GRANT_NOT_YET_VALID", "the grant is not valid yet")
+    if now >= grant.not_after:
+        raise GatewayError(Kind.DENIED, "GRANT_EXPIRED", "the grant has expired")
+    if operation not in grant.operations:
+        raise GatewayError(
+            Kind.DENIED, "OPERATION_NOT_GRANTED", "the grant does not allow this operation"
+        )
 
 
 @dataclass(frozen=True)
@@ -106,17 +121,8 @@ class Operations:
         if grant is None or grant.user_id != session.user_id:
             raise GatewayError(Kind.DENIED, "NO_GRANT", "the user has no such grant")
         now = time.time()
-        row = await self._ledger.remember_grant(_row(grant), now)
-        if row.revoked:
-            raise GatewayError(Kind.DENIED, "GRANT_REVOKED", "the grant has been revoked")
-        if now < row.not_before:
-            raise GatewayError(Kind.DENIED, "GRANT_NOT_YET_VALID", "the grant is not valid yet")
-        if now >= row.not_after:
-            raise GatewayError(Kind.DENIED, "GRANT_EXPIRED", "the grant has expired")
-        if operation not in row.operations:
-            raise GatewayError(
-                Kind.DENIED, "OPERATION_NOT_GRANTED", "the grant does not allow this operation"
-            )
+        row = await self._ledger.remember_grant(grant_row(grant), now)
+        check_usable(row, operation, now)
         if row.used_total >= row.quota_total or row.used_today >= row.quota_daily:
             raise GatewayError(Kind.EXHAUSTED, "QUOTA_EXCEEDED", "the grant's quota is used up")
         return row

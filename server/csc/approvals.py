@@ -26,14 +26,20 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from mobilesign import grants, ids, records
+from mobilesign import ids, records
 from mobilesign.errors import Kind
 from mobilesign.storage.connection import Connection
 from mobilesign.storage.database import Database, transaction
 from mobilesign.v1 import gateway_pb2
 from server.csc.applications import Application
 from server.errors import GatewayError
-from server.operations import RECORD_LIFETIME_SECONDS, Executed, Operations
+from server.operations import (
+    RECORD_LIFETIME_SECONDS,
+    Executed,
+    Operations,
+    check_usable,
+    grant_row,
+)
 from server.ra_client import Registry
 from server.sessions import Session, Sessions
 
@@ -169,17 +175,7 @@ class Approvals:
     async def grant_for(self, application: Application, credential_id: str) -> gateway_pb2.Grant:
         """The grant behind a credential of ``application``, usable for signing now."""
         grant = await self.credential(application, credential_id)
-        now = time.time()
-        if grant.revoked:
-            raise GatewayError(Kind.DENIED, "GRANT_REVOKED", "the grant has been revoked")
-        if now < grant.not_before_unix:
-            raise GatewayError(Kind.DENIED, "GRANT_NOT_YET_VALID", "the grant is not valid yet")
-        if now >= grant.not_after_unix:
-            raise GatewayError(Kind.DENIED, "GRANT_EXPIRED", "the grant has expired")
-        if "sign" not in {grants.operation_name(op) for op in grant.operations}:
-            raise GatewayError(
-                Kind.DENIED, "OPERATION_NOT_GRANTED", "the grant does not allow signing"
-            )
+        check_usable(grant_row(grant), "sign", time.time())
         return grant
 
     async def request(
