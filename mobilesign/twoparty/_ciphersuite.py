@@ -94,6 +94,11 @@ class Ciphersuite(Protocol):
         """DeserializeElement with every RFC 9591 validation; raises ProtocolError."""
         ...
 
+    def deserialize_multiplicand(self, buf: object) -> Element:
+        """DeserializeElement for an element used only in :meth:`mult`, which then makes the
+        validations (refusing with ProtocolError) instead of this call."""
+        ...
+
     # Hashes.
     def h1(self, m: bytes) -> Scalar:
         """H1, binding factors."""

@@ -13,6 +13,7 @@ import hmac
 
 from nacl import bindings as _na
 from nacl.exceptions import BadSignatureError
+from nacl.exceptions import RuntimeError as NaclRuntimeError
 
 from mobilesign.twoparty._ciphersuite import Element, RandomSource, Scalar, random_bytes
 from mobilesign.twoparty._errors import ProtocolError, Reason
@@ -87,11 +88,19 @@ class Ed25519Sha512:
         return Element(_na.crypto_scalarmult_ed25519_base_noclamp(k))
 
     def mult(self, k: Scalar, p: Element) -> Element:
-        # Every Element here is validated or derived from validated ones, hence in the
-        # prime-order subgroup: a non-zero scalar below L cannot map it to the identity.
-        if _is_zero(k) or p == _IDENTITY:
+        # libsodium refuses a p that is non-canonical, off the curve, of small order or
+        # outside the prime-order subgroup (the checks of deserialize_element), which is what
+        # lets deserialize_multiplicand leave them to this call. From a p in the subgroup, a
+        # non-zero scalar below L cannot reach the identity.
+        if p == _IDENTITY:
             return _IDENTITY
-        return Element(_na.crypto_scalarmult_ed25519_noclamp(k, p))
+        if _is_zero(k):
+            self._check_point(p)
+            return _IDENTITY
+        try:
+            return Element(_na.crypto_scalarmult_ed25519_noclamp(k, p))
+        except NaclRuntimeError:
+            raise ProtocolError(Reason.INVALID_ELEMENT, detail="invalid group element") from None
 
     def add(self, p: Element, q: Element) -> Element:
         return Element(_na.crypto_core_ed25519_add(p, q))
@@ -110,12 +119,28 @@ class Ed25519Sha512:
         buf = bytes(buf)
         if buf == _IDENTITY:
             raise ProtocolError(Reason.IDENTITY_ELEMENT, detail="element is the identity")
+        self._check_point(buf)
+        return Element(buf)
+
+    def deserialize_multiplicand(self, buf: object) -> Element:
+        """``deserialize_element`` for an element whose only use is :meth:`mult` (and
+        hashing its encoding): the same refusals, but the point checks are the
+        multiplication's own, so that they are not paid twice (a peer's binding
+        commitment). The caller multiplies it before anything derived from it is released."""
+        if not isinstance(buf, bytes) or len(buf) != 32:
+            raise ProtocolError(Reason.MALFORMED_MESSAGE, detail="element must be 32 bytes")
+        buf = bytes(buf)
+        if buf == _IDENTITY:
+            raise ProtocolError(Reason.IDENTITY_ELEMENT, detail="element is the identity")
+        return Element(buf)
+
+    @staticmethod
+    def _check_point(buf: bytes) -> None:
         # is_valid_point rejects: y >= p (non-canonical), every small-order encoding
         # (identity included, canonical or not, either sign bit), points off the curve
         # and points outside the prime-order subgroup ([L]P != identity).
         if not _na.crypto_core_ed25519_is_valid_point(buf):
             raise ProtocolError(Reason.INVALID_ELEMENT, detail="invalid group element")
-        return Element(buf)
 
     # Hashes (RFC 9591 section 6.1) -------------------------------------------------------
     @staticmethod

@@ -63,6 +63,9 @@ class _Recent:
         self._members: set[bytes] = set()
         self._order: deque[bytes] = deque()
 
+    def __contains__(self, item: bytes) -> bool:
+        return item in self._members
+
     def add(self, item: bytes) -> bool:
         """Remember ``item``; False if it was already there."""
         if item in self._members:
@@ -124,8 +127,12 @@ class _Signer:
         return sign_share(self._cs, ctx, self._id, self._share, self._lambda, pair)
 
     def _peer_commitment(self, hiding: object, binding: object) -> Commitment:
-        decode = self._cs.deserialize_element
-        return Commitment(self._peer, decode(hiding), decode(binding))
+        # The binding commitment's only use is its multiplication by the binding factor,
+        # which validates it (before any share is computed from it).
+        cs = self._cs
+        return Commitment(
+            self._peer, cs.deserialize_element(hiding), cs.deserialize_multiplicand(binding)
+        )
 
 
 def _commitment_list(a: Commitment, b: Commitment) -> list[Commitment]:
@@ -265,7 +272,7 @@ class CosignerSigner(_Signer):
         if not isinstance(request.message, bytes):
             raise _malformed("message must be bytes")
         peer = self._peer_commitment(request.hiding_commitment, request.binding_commitment)
-        if not self._phone_commitments.add(peer.hiding):
+        if peer.hiding in self._phone_commitments:
             raise ProtocolError(Reason.REPLAYED_MESSAGE, detail="nonce commitment reused")
         nonces, own = self._new_nonces()
         try:
@@ -273,6 +280,8 @@ class CosignerSigner(_Signer):
             share = self._sign(ctx, nonces)
         finally:
             wipe(nonces)
+        # Remembered only once the request proved valid: a refused one changes nothing.
+        self._phone_commitments.add(peer.hiding)
         self._pending = _CosignerPending(bytes(request.message), ctx.group_commitment)
         return SignResponse(
             hiding_commitment=cs.serialize_element(own.hiding),

@@ -253,6 +253,24 @@ def random_valid_point() -> bytes:
     return bytes(CS.base_mult(CS.random_scalar(secrets.token_bytes)))
 
 
+def _multiplied(scalar: int) -> Callable[[object], Element]:
+    """deserialize_multiplicand followed by the multiplication that validates what it left."""
+
+    def decode(buf: object) -> Element:
+        return CS.mult(CS.scalar_from_int(scalar), CS.deserialize_multiplicand(buf))
+
+    return decode
+
+
+#: Every way an element from a peer is decoded: alone, or by its multiplication (by a
+#: non-zero scalar, and by zero, where libsodium would not look at the point).
+DECODERS = pytest.mark.parametrize(
+    "decode",
+    [CS.deserialize_element, _multiplied(12345), _multiplied(0)],
+    ids=["deserialize", "multiplicand-mult", "multiplicand-mult-zero"],
+)
+
+
 def test_valid_points_round_trip() -> None:
     for _ in range(20):
         p = random_valid_point()
@@ -270,54 +288,61 @@ def test_identity_is_rejected() -> None:
 
 
 @pytest.mark.parametrize("index", range(8))
-def test_small_order_points_are_rejected(index: int) -> None:
+@DECODERS
+def test_small_order_points_are_rejected(index: int, decode: Callable[[object], Element]) -> None:
     point = torsion_points()[index]
     for encoding in (point, bytes(point[:31]) + bytes([point[31] ^ 0x80])):
         with pytest.raises(ProtocolError) as e:
-            CS.deserialize_element(encoding)
+            decode(encoding)
         expected = Reason.IDENTITY_ELEMENT if encoding == IDENTITY else Reason.INVALID_ELEMENT
         assert e.value.reason is expected
 
 
 @pytest.mark.parametrize("index", range(1, 8))
-def test_mixed_order_points_are_rejected(index: int) -> None:
+@DECODERS
+def test_mixed_order_points_are_rejected(index: int, decode: Callable[[object], Element]) -> None:
     """P + T with T a non-trivial torsion point: on the curve, outside the subgroup."""
     mixed = na.crypto_core_ed25519_add(random_valid_point(), torsion_points()[index - 1])
     with pytest.raises(ProtocolError) as e:
-        CS.deserialize_element(mixed)
+        decode(mixed)
     assert e.value.reason is Reason.INVALID_ELEMENT
 
 
 @pytest.mark.parametrize("offset", range(19))
 @pytest.mark.parametrize("sign", [0, 1])
-def test_non_canonical_encodings_are_rejected(offset: int, sign: int) -> None:
+@DECODERS
+def test_non_canonical_encodings_are_rejected(
+    offset: int, sign: int, decode: Callable[[object], Element]
+) -> None:
     """y = p + offset (y >= p) is never canonical, even where y - p is a valid point."""
     with pytest.raises(ProtocolError) as e:
-        CS.deserialize_element(point_with_y(FIELD_P + offset, sign))
+        decode(point_with_y(FIELD_P + offset, sign))
     assert e.value.reason is Reason.INVALID_ELEMENT
 
 
-def test_off_curve_encodings_are_rejected() -> None:
+@DECODERS
+def test_off_curve_encodings_are_rejected(decode: Callable[[object], Element]) -> None:
     off = [y for y in range(2, 60) if not y_on_curve(y)]
     assert len(off) > 10
     for y in off:
         for sign_bit in (0, 1):
             with pytest.raises(ProtocolError) as e:
-                CS.deserialize_element(point_with_y(y, sign_bit))
+                decode(point_with_y(y, sign_bit))
             assert e.value.reason is Reason.INVALID_ELEMENT
 
 
-def test_negative_zero_x_is_rejected() -> None:
+@DECODERS
+def test_negative_zero_x_is_rejected(decode: Callable[[object], Element]) -> None:
     """x = 0 with the sign bit set (RFC 8032 5.1.3 step 4): encodings of y = 1 and y = -1."""
     for y in (1, FIELD_P - 1):
         with pytest.raises(ProtocolError) as e:
-            CS.deserialize_element(point_with_y(y, 1))
+            decode(point_with_y(y, 1))
         assert e.value.reason is Reason.INVALID_ELEMENT
 
 
 @pytest.mark.parametrize("bad", [b"", bytes(31), bytes(33), "a" * 32, None, bytearray(32), 5])
 def test_wrong_length_or_type_is_malformed(bad: object) -> None:
-    for decode in (CS.deserialize_element, CS.deserialize_scalar):
+    for decode in (CS.deserialize_element, CS.deserialize_multiplicand, CS.deserialize_scalar):
         with pytest.raises(ProtocolError) as e:
             decode(bad)
         assert e.value.reason is Reason.MALFORMED_MESSAGE

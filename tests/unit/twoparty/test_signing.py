@@ -33,6 +33,11 @@ from mobilesign.twoparty import (
 ORDER = 2**252 + 27742317777372353535851937790883648493
 IDENTITY = b"\x01" + bytes(31)
 ORDER8 = bytes.fromhex("26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05")
+# A point of the prime-order subgroup plus one of order 8: on the curve, not of small order,
+# outside the subgroup (only the [L]P check refuses it).
+MIXED = na.crypto_core_ed25519_add(
+    na.crypto_scalarmult_ed25519_base_noclamp((7).to_bytes(32, "little")), ORDER8
+)
 
 
 def drbg(seed: bytes) -> Callable[[int], bytes]:
@@ -212,6 +217,12 @@ def test_malformed_response(keys: Keys, field: str, bad: Any, reason: Reason) ->
         ("hiding_commitment", IDENTITY, Reason.IDENTITY_ELEMENT),
         ("hiding_commitment", bytes(32), Reason.INVALID_ELEMENT),
         ("binding_commitment", ORDER8, Reason.INVALID_ELEMENT),
+        ("binding_commitment", IDENTITY, Reason.IDENTITY_ELEMENT),
+        ("binding_commitment", bytes(32), Reason.INVALID_ELEMENT),
+        ("binding_commitment", (2**255 - 19 + 3).to_bytes(32, "little"), Reason.INVALID_ELEMENT),
+        ("binding_commitment", (2).to_bytes(32, "little"), Reason.INVALID_ELEMENT),
+        ("binding_commitment", MIXED, Reason.INVALID_ELEMENT),
+        ("hiding_commitment", MIXED, Reason.INVALID_ELEMENT),
         ("binding_commitment", point()[:16], Reason.MALFORMED_MESSAGE),
         ("message", "text", Reason.MALFORMED_MESSAGE),
     ],
@@ -221,6 +232,17 @@ def test_malformed_request(keys: Keys, field: str, bad: Any, reason: Reason) -> 
     tampered = dataclasses.replace(phone.request(b"m"), **{field: bad})
     expect(reason, 1, lambda: cosigner.receive_request(tampered))
     assert not cosigner.pending
+
+
+def test_a_refused_request_leaves_no_trace(keys: Keys) -> None:
+    """The binding commitment is validated by its multiplication: a request refused there
+    must not have been remembered, so the same hiding commitment with a valid binding one
+    is still answered (and then, once, remembered)."""
+    phone, cosigner = keys.signers()
+    request = phone.request(b"m")
+    tampered = dataclasses.replace(request, binding_commitment=MIXED)
+    expect(Reason.INVALID_ELEMENT, 1, lambda: cosigner.receive_request(tampered))
+    phone.receive_response(cosigner.receive_request(request))
 
 
 @pytest.mark.parametrize("signature", [b"", bytes(63), bytes(65), "x" * 64, None])
