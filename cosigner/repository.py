@@ -10,6 +10,7 @@ one still in progress would keep its autocommit transaction open past the functi
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from mobilesign.storage.connection import Connection, IntegrityError
@@ -249,14 +250,17 @@ class KeyStore:
         # Signings of every session share commits: one fsync per batch, not per signature.
         return await self._signings.run(record)
 
-    async def complete_signing(self, signing_id: int, signature: bytes, now: int) -> None:
-        """Attach the final signature the phone reported."""
-        await self._signings.run(
-            lambda c: c.execute(
+    def complete_signing(self, signing_id: int, signature: bytes, now: int) -> asyncio.Future[None]:
+        """Attach the final signature the phone reported, in the next batch of signings; the
+        future is done once it is durable."""
+
+        def complete(c: Connection) -> None:
+            c.execute(
                 "UPDATE signings SET signature = ?, completed_at = ? WHERE signing_id = ?",
                 (signature, now, signing_id),
             )
-        )
+
+        return self._signings.submit(complete)
 
     async def signings(self, key_id: str) -> list[Signing]:
         """Every signing recorded for a key, oldest first."""

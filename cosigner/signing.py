@@ -122,7 +122,7 @@ async def _session(cosigner: Cosigner, stream: StepStream[pb.SignRequest, pb.Sig
     # is ever pending (the next report waits for the one before it), so a long session keeps
     # no task per signature, and the last is on disk before the session closes (or ends in
     # error).
-    completion: asyncio.Task[None] | None = None
+    completion: asyncio.Future[None] | None = None
     try:
         while True:
             step, request = await stream.read("commit", "report", "close")
@@ -172,10 +172,8 @@ async def _session(cosigner: Cosigner, stream: StepStream[pb.SignRequest, pb.Sig
                     # Done by now almost always: a whole round trip went by since it started.
                     previous, completion = completion, None
                     await previous
-                completion = asyncio.create_task(
-                    cosigner.store.complete_signing(
-                        signing_id, cosigned.signature, int(time.time())
-                    )
+                completion = cosigner.store.complete_signing(
+                    signing_id, cosigned.signature, int(time.time())
                 )
                 recorded += 1
     finally:

@@ -39,7 +39,9 @@ class StepStream(Generic[Req, Resp]):
         first = None if first is None else min(first, self._timeout)
         timeout = self._timeout if first is None else first
         try:
-            message = await asyncio.wait_for(self._context.read(), timeout)
+            # asyncio.timeout, not wait_for: no task per read (two reads per signature).
+            async with asyncio.timeout(timeout):
+                message = await self._context.read()
         except TimeoutError:
             if first is not None:
                 raise CosignerError(

@@ -33,12 +33,18 @@ class GroupCommit:
 
     async def run(self, function: Callable[[sqlite3.Connection], T]) -> T:
         """``function(connection)`` in the next batch; its result once the batch is durable."""
+        # A caller that goes away does not stop its batch: the writer is its own task.
+        return await asyncio.shield(self.submit(function))
+
+    def submit(self, function: Callable[[sqlite3.Connection], T]) -> asyncio.Future[T]:
+        """``function(connection)`` in the next batch, without waiting: the future is done
+        once the batch is durable (a task of its own is not needed to write in the
+        background; cancelling the future does not take the function out of its batch)."""
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
         self._queue.append((function, future))
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write_batches())
-        # A caller that goes away does not stop its batch: the writer is its own task.
-        return await asyncio.shield(future)
+        return future
 
     async def drain(self) -> None:
         """Wait for the batch being written (before the database is closed)."""

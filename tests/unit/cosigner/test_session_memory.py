@@ -32,9 +32,16 @@ class _Store:
         self.begun += 1
         return self.begun
 
-    async def complete_signing(self, signing_id: int, *_: object) -> None:
-        await asyncio.sleep(0)
-        self.completed.append(signing_id)
+    def complete_signing(self, signing_id: int, *_: object) -> asyncio.Future[None]:
+        # Done on a later turn of the loop, as a batch's commit would be.
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        def done() -> None:
+            self.completed.append(signing_id)
+            future.set_result(None)
+
+        asyncio.get_running_loop().call_soon(done)
+        return future
 
 
 class _Sealer:
