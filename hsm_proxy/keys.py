@@ -23,7 +23,7 @@ from pkcs11 import exceptions as p11e
 from pkcs11.types import DecryptMixin, EncryptMixin, PublicKey, SecretKey, SignMixin
 from pkcs11.util.ec import encode_ec_public_key, encode_named_curve_parameters
 
-from hsm_proxy import oaep
+from hsm_proxy import handles, oaep
 from hsm_proxy.errors import HsmProxyError
 from mobilesign import domains, ids
 from mobilesign.errors import Kind
@@ -199,13 +199,16 @@ _M = TypeVar("_M")
 
 
 def _find(session: pkcs11.Session, key_id: bytes, cls: ObjectClass, kind: type[_M]) -> _M:
-    try:
-        key = session.get_key(object_class=cls, id=key_id)
-    except (p11e.NoSuchKey, p11e.MultipleObjectsReturned):
-        raise HsmProxyError(Kind.NOT_FOUND, "KEY_NOT_FOUND", "no such key") from None
-    if not isinstance(key, kind):
+    def lookup() -> pkcs11.Object | None:
+        try:
+            return session.get_key(object_class=cls, id=key_id)
+        except (p11e.NoSuchKey, p11e.MultipleObjectsReturned):
+            return None
+
+    held = handles.kept(session, ("key", cls, key_id), lookup)
+    if held is None or held[1] != key_id or not isinstance(held[0], kind):
         raise HsmProxyError(Kind.NOT_FOUND, "KEY_NOT_FOUND", "no such key")
-    return key
+    return held[0]
 
 
 def describe(session: pkcs11.Session, key_id: bytes) -> KeyRecord:
@@ -310,17 +313,24 @@ def _disable_native_oaep() -> None:
 
 def _sealing_key(
     session: pkcs11.Session, caller: str, key_id: bytes | None = None
-) -> SecretKey | None:
-    """The caller's sealing key: the one with ``key_id`` when given (a blob names the key it
-    was sealed with), else the first by id."""
+) -> tuple[SecretKey, bytes] | None:
+    """The caller's sealing key and its id: the one with ``key_id`` when given (a blob names
+    the key it was sealed with), else the first by id."""
     template = {Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.LABEL: f"seal:{caller}"}
     if key_id is not None:
         template[Attribute.ID] = key_id
-    found = sorted(
-        (k for k in session.get_objects(template) if isinstance(k, SecretKey)),
-        key=lambda k: bytes(k[Attribute.ID]),
-    )
-    return found[0] if found else None
+
+    def lookup() -> pkcs11.Object | None:
+        found = sorted(
+            (k for k in session.get_objects(template) if isinstance(k, SecretKey)),
+            key=handles.object_id,
+        )
+        return found[0] if found else None
+
+    held = handles.kept(session, ("seal", caller, key_id), lookup)
+    if held is None or not isinstance(held[0], SecretKey):
+        return None
+    return held[0], held[1]
 
 
 def ensure_sealing_key(session: pkcs11.Session, caller: str) -> None:
@@ -364,9 +374,10 @@ def seal(session: pkcs11.Session, caller: str, plaintext: bytes, associated_data
         raise HsmProxyError(
             Kind.INVALID, "PLAINTEXT_LENGTH", f"a sealed secret is 1 to {MAX_SEAL_BYTES} bytes"
         )
-    key = _sealing_key(session, caller)
-    if key is None:
+    held = _sealing_key(session, caller)
+    if held is None:
         raise HsmProxyError(Kind.INTERNAL, "UNSUPPORTED_KEY", "no sealing key")
+    key, key_id = held
     encryptor = _capable(key, EncryptMixin)
     iv = os.urandom(_GCM_IV_BYTES)
     ciphertext = encryptor.encrypt(
@@ -374,7 +385,7 @@ def seal(session: pkcs11.Session, caller: str, plaintext: bytes, associated_data
         mechanism=Mechanism.AES_GCM,
         mechanism_param=pkcs11.GCMParams(iv, _seal_aad(caller, associated_data), 128),
     )
-    return _SEAL_VERSION + bytes(key[Attribute.ID]) + iv + _output(ciphertext)
+    return _SEAL_VERSION + key_id + iv + _output(ciphertext)
 
 
 def unseal(session: pkcs11.Session, caller: str, sealed: bytes, associated_data: bytes) -> bytes:
@@ -385,9 +396,10 @@ def unseal(session: pkcs11.Session, caller: str, sealed: bytes, associated_data:
         raise refused
     if len(sealed) > header + _GCM_TAG_BYTES + MAX_SEAL_BYTES:
         raise refused
-    key = _sealing_key(session, caller, sealed[1 : 1 + _KEY_ID_BYTES])
-    if key is None:
+    held = _sealing_key(session, caller, sealed[1 : 1 + _KEY_ID_BYTES])
+    if held is None:
         raise refused
+    key = held[0]
     iv = sealed[1 + _KEY_ID_BYTES : header]
     decryptor = _capable(key, DecryptMixin)
     try:
