@@ -40,6 +40,10 @@ async def enrol(
     if len(start.pin_verifier) != deviceauth.PIN_VERIFIER_BYTES:
         raise CosignerError(Kind.INVALID, "PIN_VERIFIER_INVALID", "a PIN verifier is 32 bytes")
 
+    # Both secrets are sealed in the HSM from round two on (when the key, and with it their
+    # associated data, is known), while the phone computes and answers: sealing keeps nothing,
+    # and the blobs are stored only once the phone has confirmed and proved its device key.
+    sealing: list[asyncio.Task[bytes]] = []
     machine = twoparty.CosignerKeyGen(scheme=scheme)
     try:
         own_round1 = machine.receive_round1(wire.commitment_from_proto(start.commitment))
@@ -56,28 +60,37 @@ async def enrol(
                 )
             )
         )
+        # After the answer, which they would only delay.
+        provisional = machine.provisional_key_package
+        assert provisional is not None  # round two is done
+        key_id = provisional.group_public_key.hex()
+        sealing = [
+            asyncio.create_task(cosigner.sealer.seal(start.pin_verifier, pin_verifier_aad(key_id))),
+            asyncio.create_task(
+                cosigner.sealer.seal(provisional.to_bytes(), key_package_aad(key_id))
+            ),
+        ]
         _, request = await stream.read("confirm")
         package = machine.receive_confirm(
             twoparty.DkgConfirm(group_public_key=request.confirm.group_public_key)
         )
+        transcript = deviceauth.enrol_transcript(
+            start.ticket, package.group_public_key, start.device_public_key
+        )
+        if not deviceauth.verify(device_key, request.confirm.device_signature, transcript):
+            raise CosignerError(
+                Kind.DENIED,
+                "DEVICE_PROOF_INVALID",
+                "the device key did not sign the enrolment",
+            )
+        sealed_pin_verifier, sealed_key_package = await asyncio.gather(*sealing)
     finally:
         machine.abort()
-
-    transcript = deviceauth.enrol_transcript(
-        start.ticket, package.group_public_key, start.device_public_key
-    )
-    if not deviceauth.verify(device_key, request.confirm.device_signature, transcript):
-        raise CosignerError(
-            Kind.DENIED,
-            "DEVICE_PROOF_INVALID",
-            "the device key did not sign the enrolment",
-        )
-    key_id = package.group_public_key.hex()
-    # Two independent calls to the HSM proxy: side by side, not one after the other.
-    sealed_key_package, sealed_pin_verifier = await asyncio.gather(
-        cosigner.sealer.seal(package.to_bytes(), key_package_aad(key_id)),
-        cosigner.sealer.seal(start.pin_verifier, pin_verifier_aad(key_id)),
-    )
+        for task in sealing:
+            task.cancel()
+        # A failed enrolment waits for its seals to end (their blobs are dropped), so that no
+        # call to the HSM proxy outlives it.
+        await asyncio.gather(*sealing, return_exceptions=True)
     stored = StoredKey(
         key_id=key_id,
         user_id=claims.user_id,

@@ -251,6 +251,13 @@ class CosignerKeyGen(_DkgParty):
             self._state = _State.AWAIT_CONFIRM
             return out
 
+    @property
+    def provisional_key_package(self) -> KeyPackage | None:
+        """The key package :meth:`receive_confirm` will release if the phone confirms, between
+        round two and the confirmation (else None): for work that keeps and uses nothing
+        until then, such as sealing it ahead of the confirmation."""
+        return self._key_package if self._state is _State.AWAIT_CONFIRM else None
+
     def receive_confirm(self, msg: DkgConfirm) -> KeyPackage:
         """Check the phone computed the same group key; return the cosigner's keys."""
         with self._step(_State.AWAIT_CONFIRM, self._peer):

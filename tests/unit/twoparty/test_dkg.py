@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import secrets
 from collections.abc import Callable
@@ -295,6 +296,37 @@ def test_group_key_mismatch_at_confirm() -> None:
     # The cosigner released nothing and is finished.
     assert cosigner._key_package is None
     expect(Reason.UNEXPECTED_MESSAGE, 1, lambda: cosigner.receive_confirm(DkgConfirm(point())))
+
+
+def _provisional(cosigner: CosignerKeyGen) -> KeyPackage | None:
+    # Read through a call: mypy would otherwise keep a property narrowed across the steps.
+    return cosigner.provisional_key_package
+
+
+def test_the_provisional_key_package_exists_only_while_awaiting_the_confirmation() -> None:
+    """What the cosigner may seal ahead is the package the confirmation releases, and only
+    between round two and the confirmation."""
+    phone, cosigner, r1 = started()
+    assert _provisional(cosigner) is None
+    c1 = cosigner.receive_round1(r1)
+    assert _provisional(cosigner) is None
+    c2 = cosigner.receive_round2(phone.receive_round1(c1))
+    provisional = _provisional(cosigner)
+    assert provisional is not None
+    assert provisional.group_public_key == c2.group_public_key
+    confirm, _ = phone.receive_round2(c2)
+    assert cosigner.receive_confirm(confirm) == provisional
+    assert _provisional(cosigner) is None
+    # Refused or abandoned after round two: none either.
+    for end in ("mismatch", "abort"):
+        phone, cosigner, r1 = started()
+        cosigner.receive_round2(phone.receive_round1(cosigner.receive_round1(r1)))
+        if end == "mismatch":
+            confirm_wrongly = functools.partial(cosigner.receive_confirm, DkgConfirm(point()))
+            expect(Reason.GROUP_KEY_MISMATCH, 1, confirm_wrongly)
+        else:
+            cosigner.abort()
+        assert _provisional(cosigner) is None
 
 
 def test_wrong_step_order() -> None:
