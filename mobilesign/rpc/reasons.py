@@ -56,6 +56,7 @@ REASONS: frozenset[str] = frozenset(
         "CSR_MALFORMED",
         "CSR_ORGANISATION_KEYS_ONLY",
         "CSR_SIGNATURE_INVALID",
+        "DATABASE_UNAVAILABLE",
         "DATA_INVALID",
         "DECRYPTION_FAILED",
         "DESCRIPTION_INVALID",

@@ -8,6 +8,12 @@ the plain :mod:`sqlite3` connection and returns its result: one round trip per t
 Functions run one after the other, so a function that begins a transaction commits or rolls it
 back before the next one starts. A PostgreSQL store runs the same functions on a psycopg
 connection (:mod:`mobilesign.storage.postgres`).
+
+Migrations run once, when the store is opened: a connection opened again later (after the server
+restarted) does not check the schema's version again, so that a replica of the previous release
+keeps working against a schema the next release extended during a rolling upgrade (which is why
+each release's migrations must leave the schema usable by the release before it:
+docs/deployment.md, *Database migrations*).
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from mobilesign.errors import Error, Kind
 from mobilesign.storage import postgres
 from mobilesign.storage.connection import Connection
 from mobilesign.storage.schema import Location, PostgresStore, Schema
@@ -28,12 +35,27 @@ from mobilesign.storage.sqlite import PRAGMAS
 T = TypeVar("T")
 
 
-def _connect_sqlite(path: Path, migrations: Sequence[str]) -> sqlite3.Connection:
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+class StoreError(Error):
+    """A store's refusal: ``UNAVAILABLE`` ``DATABASE_UNAVAILABLE`` while its database cannot
+    be reached (the next call tries to connect again)."""
+
+
+def _open_sqlite(path: Path) -> sqlite3.Connection:
     connection = sqlite3.connect(path, isolation_level=None)
     try:
         for pragma in PRAGMAS:
             connection.execute(pragma)
+    except BaseException:
+        connection.close()
+        raise
+    connection.row_factory = sqlite3.Row
+    return connection
+
+
+def _connect_sqlite(path: Path, migrations: Sequence[str]) -> sqlite3.Connection:
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    connection = _open_sqlite(path)
+    try:
         version = int(connection.execute("PRAGMA user_version").fetchone()[0])
         if version > len(migrations):
             raise RuntimeError(
@@ -47,7 +69,6 @@ def _connect_sqlite(path: Path, migrations: Sequence[str]) -> sqlite3.Connection
     except BaseException:
         connection.close()
         raise
-    connection.row_factory = sqlite3.Row
     return connection
 
 
@@ -60,15 +81,24 @@ class Database:
     loop (as aiosqlite does per statement; an executor's futures cost about twice as much per
     call). A function whose caller was cancelled before it started is not run. A PostgreSQL
     connection found broken (the server restarted, the network dropped) is opened again
-    before the next function; the function that met the break gets its error.
+    before the next function; the function that met the break gets its error. Each function
+    tries once: while the server cannot be reached, each fails with :class:`StoreError`
+    and the next tries again.
     """
 
-    def __init__(self, name: str, connect: Callable[[], Connection]) -> None:
+    def __init__(
+        self, name: str, connect: Callable[[], Connection], reconnect: Callable[[], Connection]
+    ) -> None:
+        """``name`` is the store's (its thread's and its errors'); ``connect`` opens the store
+        at start (migrating it), ``reconnect`` opens it again after a break, without
+        migrations."""
         self._queue: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
+        self._name = name
         self._connect = connect
+        self._reconnect = reconnect
         self._connection: Connection | None = None
         # A daemon: a process whose start failed half way must not wait for it to exit.
-        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self._thread = threading.Thread(target=self._serve, name=f"db-{name}", daemon=True)
 
     @classmethod
     async def open(cls, where: Location, schema: Schema | Sequence[str]) -> Database:
@@ -79,18 +109,24 @@ class Database:
             if not isinstance(schema, Schema):
                 raise ValueError("this store has no PostgreSQL schema")
             store, pg_migrations = where, schema.postgresql
-            db = cls(f"pg-{store.schema}", lambda: postgres.connect(store, pg_migrations))
+            db = cls(
+                store.schema,
+                lambda: postgres.connect(store, pg_migrations),
+                lambda: postgres.reconnect(store),
+            )
         else:
             path = where
             migrations = schema.sqlite if isinstance(schema, Schema) else tuple(schema)
-            db = cls(f"sqlite-{path.stem}", lambda: _connect_sqlite(path, migrations))
+            db = cls(
+                path.stem, lambda: _connect_sqlite(path, migrations), lambda: _open_sqlite(path)
+            )
         db._thread.start()
 
         def connect(_: Connection | None) -> None:
             db._connection = db._connect()
 
         try:
-            await db._submit(connect)
+            await db._submit(connect, connected=False)
         except BaseException:
             db._queue.put(None)
             raise
@@ -98,25 +134,42 @@ class Database:
 
     def _serve(self) -> None:
         while (job := self._queue.get()) is not None:
-            loop, future, function = job
+            loop, future, function, connected = job
             if future.cancelled():
                 continue
             try:
-                if isinstance(self._connection, postgres.PostgresConnection) and (
-                    self._connection.raw.broken
-                ):
-                    self._connection = None
-                    self._connection = self._connect()
-                result = function(self._connection)
+                result = function(self._usable() if connected else self._connection)
             except BaseException as exc:  # handed to the caller, whatever it is
                 loop.call_soon_threadsafe(_set_exception, future, exc)
             else:
                 loop.call_soon_threadsafe(_set_result, future, result)
 
-    async def _submit(self, function: Callable[[Any], T]) -> T:
+    def _usable(self) -> Connection:
+        """The connection, opened again first when there is none (the last try failed) or it
+        is broken; one try, whose failure is :class:`StoreError` ``DATABASE_UNAVAILABLE``."""
+        connection = self._connection
+        if connection is not None and not (
+            isinstance(connection, postgres.PostgresConnection) and connection.raw.broken
+        ):
+            return connection
+        if connection is not None:
+            self._connection = None
+            connection.close()
+        try:
+            self._connection = self._reconnect()
+        except Exception as exc:
+            # Chained for the log; the message names the store, never the connection string.
+            raise StoreError(
+                Kind.UNAVAILABLE,
+                "DATABASE_UNAVAILABLE",
+                f"the {self._name} store's database cannot be reached",
+            ) from exc
+        return self._connection
+
+    async def _submit(self, function: Callable[[Any], T], *, connected: bool = True) -> T:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._queue.put((loop, future, function))
+        self._queue.put((loop, future, function, connected))
         return await future
 
     async def run(self, function: Callable[[Any], T]) -> T:
@@ -131,12 +184,14 @@ class Database:
             if connection is not None:
                 connection.close()  # type: ignore[attr-defined]
 
-        await self.run(close)
+        # As it is: closing needs no server (a lost connection is not opened again to be closed).
+        await self._submit(close, connected=False)
         self._queue.put(None)
         self._thread.join()
 
 
-_Job = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]", Callable[[Any], Any]]
+#: The caller's loop and future, the function, and whether it needs a usable connection.
+_Job = tuple[asyncio.AbstractEventLoop, "asyncio.Future[Any]", Callable[[Any], Any], bool]
 
 
 def _set_result(future: asyncio.Future[Any], result: Any) -> None:
@@ -162,10 +217,30 @@ def transaction(connection: Connection, body: Callable[[Any], T]) -> T:
     return result
 
 
+def snapshot(connection: Connection, body: Callable[[Any], T]) -> T:
+    """``body(connection)`` inside one transaction that reads one state of the store throughout,
+    whatever other connections commit meanwhile, committed if it returns and rolled back if it
+    raises: ``BEGIN IMMEDIATE`` on SQLite (no one else writes until it ends), ``REPEATABLE
+    READ`` on PostgreSQL (where each statement of a plain transaction sees the latest commits)."""
+    if isinstance(connection, postgres.PostgresConnection):
+        connection.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
+    else:
+        connection.execute("BEGIN IMMEDIATE")
+    try:
+        result = body(connection)
+    except BaseException:
+        connection.execute("ROLLBACK")
+        raise
+    connection.execute("COMMIT")
+    return result
+
+
 def exclusive(connection: Connection, name: str) -> None:
     """Inside a transaction: wait until no other transaction holds ``name``, and hold it to the
     end of this one. On SQLite ``BEGIN IMMEDIATE`` already keeps every writer apart; on
     PostgreSQL this is a transaction-scoped advisory lock, freed by the server when the
-    transaction ends or its connection drops (a killed holder frees it at once)."""
+    transaction ends or its session does: at once when the holder's process dies, within the
+    bounds of :data:`~mobilesign.storage.postgres.SESSION_SETTINGS` when it hangs or is cut
+    off from the server."""
     if isinstance(connection, postgres.PostgresConnection):
         connection.execute("SELECT pg_advisory_xact_lock(?)", (postgres.lock_key(name),))

@@ -8,7 +8,11 @@ rewritten once per statement text from SQLite's form (``?`` placeholders, ``BEGI
 
 Each store is a schema of its own in its service's database; the connection's ``search_path``
 names only that schema. Migrations are applied at start under an advisory lock, so replicas
-starting together apply each one once.
+starting together apply each one once; a connection opened again after a break applies none.
+
+Every session is bounded (:data:`SESSION_SETTINGS`, :data:`CLIENT_SETTINGS`) so that a holder
+of the log's advisory lock that hangs or is cut off from the server loses its session, and with
+it the lock, within about half a minute rather than when the kernel gives up on its connection.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import make_conninfo
 from psycopg.rows import RowFactory, RowMaker
 
 from mobilesign.storage.connection import Cursor
@@ -26,6 +31,31 @@ from mobilesign.storage.schema import PostgresStore
 
 #: The table, in each store's schema, that records how many migrations were applied.
 _VERSION_TABLE = "schema_version"
+
+#: Server settings of every session. A transaction left open by a hung or cut-off client ends
+#: after 10 s, which frees the locks it holds (the log's advisory lock among them): the services'
+#: transactions run whole on one thread and are never idle that long. A lock wait ends after
+#: 30 s with an error instead of queueing behind a stuck holder for ever. The server's TCP
+#: keepalives and user timeout end the session of a client that vanished mid-statement (about
+#: 25 s). No ``statement_timeout``: a gateway reading its whole log at start may take longer.
+SESSION_SETTINGS = {
+    "idle_in_transaction_session_timeout": "10s",
+    "lock_timeout": "30s",
+    "tcp_keepalives_idle": "10",
+    "tcp_keepalives_interval": "5",
+    "tcp_keepalives_count": "3",
+    "tcp_user_timeout": "25000",
+}
+#: libpq's side of the same: the client notices a server that vanished within about 25 s, and
+#: gives up connecting to one that does not answer after 10 s (the store's call then fails).
+CLIENT_SETTINGS = {
+    "connect_timeout": 10,
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 25000,
+}
 
 
 class Row:
@@ -101,12 +131,14 @@ def lock_key(name: str) -> int:
 
 
 def open_connection(store: PostgresStore, rows: RowFactory[Any] = _rows) -> psycopg.Connection[Any]:
-    """A connection in autocommit mode whose ``search_path`` is the store's schema alone."""
+    """A connection in autocommit mode whose ``search_path`` is the store's schema alone, with
+    :data:`SESSION_SETTINGS` and :data:`CLIENT_SETTINGS`."""
+    settings = {"search_path": store.schema, **SESSION_SETTINGS}
     return psycopg.connect(
-        store.dsn,
+        make_conninfo(store.dsn, **CLIENT_SETTINGS),
         autocommit=True,
         row_factory=rows,
-        options=f"-c search_path={store.schema}",
+        options=" ".join(f"-c {name}={value}" for name, value in settings.items()),
         application_name=store.application,
     )
 
@@ -116,15 +148,26 @@ def connect(store: PostgresStore, migrations: Sequence[str]) -> PostgresConnecti
     it has not had yet (``migrations[i]`` moves it from version i to i + 1)."""
     raw = open_connection(store)
     try:
+        # Waiting for another replica's migrations, or for the locks a migration's DDL needs,
+        # may take longer than a bound fit for the services' own transactions.
+        raw.execute("SET lock_timeout = 0")
         raw.execute("SELECT pg_advisory_lock(%s)", (lock_key(f"migrate:{store.schema}"),))
         try:
             _migrate(raw, store.schema, migrations)
         finally:
             raw.execute("SELECT pg_advisory_unlock(%s)", (lock_key(f"migrate:{store.schema}"),))
+        raw.execute("RESET lock_timeout")  # back to SESSION_SETTINGS' value
     except BaseException:
         raw.close()
         raise
     return PostgresConnection(raw)
+
+
+def reconnect(store: PostgresStore) -> PostgresConnection:
+    """Connect to ``store``'s database again after a break, without migrations: they ran when
+    the store was opened, and a schema a newer replica has since extended is still this code's
+    (docs/deployment.md, *Database migrations*)."""
+    return PostgresConnection(open_connection(store))
 
 
 def _migrate(raw: psycopg.Connection[Any], schema: str, migrations: Sequence[str]) -> None:

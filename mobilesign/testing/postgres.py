@@ -47,7 +47,8 @@ def binaries() -> Path:
 
 @dataclass
 class PostgresServer:
-    """One PostgreSQL server in its own directory; :meth:`start`, then :meth:`stop`."""
+    """One PostgreSQL server in its own directory; :meth:`start`, then :meth:`stop` (between
+    them, :meth:`halt` and :meth:`start` again make an outage)."""
 
     directory: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="mspg-")))
     process: subprocess.Popen[bytes] | None = None
@@ -71,34 +72,12 @@ class PostgresServer:
         return "postgres" if os.geteuid() == 0 else None
 
     def start(self, timeout: float = 30.0) -> None:
-        """Create the cluster and start the server; return once it accepts connections."""
+        """Create the cluster (unless :meth:`halt` left it) and start the server; return once
+        it accepts connections."""
         bin_dir = binaries()
         data = self.directory / "data"
-        self.socket_dir.mkdir(parents=True, exist_ok=True)
-        if os.geteuid() == 0:
-            user = pwd.getpwnam("postgres")
-            for path in (self.directory, self.socket_dir):
-                os.chown(path, user.pw_uid, user.pw_gid)
-        subprocess.run(
-            [
-                str(bin_dir / "initdb"),
-                "-D",
-                str(data),
-                "-U",
-                "postgres",
-                "-A",
-                "trust",
-                "--no-sync",
-                "-E",
-                "UTF8",
-                "--locale=C",
-            ],
-            check=True,
-            capture_output=True,
-            user=self._user(),
-            group=self._user(),
-        )
-        (data / "pg_hba.conf").write_text(_HBA)
+        if not data.exists():
+            self._create(bin_dir, data)
         log = open(self.directory / "server.log", "ab")  # noqa: SIM115 (the server's whole life)
         self.process = subprocess.Popen(
             [
@@ -134,6 +113,33 @@ class PostgresServer:
                     ) from None
                 time.sleep(0.1)
 
+    def _create(self, bin_dir: Path, data: Path) -> None:
+        self.socket_dir.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            user = pwd.getpwnam("postgres")
+            for path in (self.directory, self.socket_dir):
+                os.chown(path, user.pw_uid, user.pw_gid)
+        subprocess.run(
+            [
+                str(bin_dir / "initdb"),
+                "-D",
+                str(data),
+                "-U",
+                "postgres",
+                "-A",
+                "trust",
+                "--no-sync",
+                "-E",
+                "UTF8",
+                "--locale=C",
+            ],
+            check=True,
+            capture_output=True,
+            user=self._user(),
+            group=self._user(),
+        )
+        (data / "pg_hba.conf").write_text(_HBA)
+
     def superuser_dsn(self, database: str) -> str:
         """A connection string for the superuser (no password: the socket's owner trusts it)."""
         return f"postgresql://postgres@/{database}?host={quote(str(self.socket_dir))}&port={_PORT}"
@@ -161,8 +167,9 @@ class PostgresServer:
             f"?host={quote(str(self.socket_dir))}&port={_PORT}"
         )
 
-    def stop(self) -> None:
-        """Stop the server (fast shutdown) and remove its directory."""
+    def halt(self) -> None:
+        """Stop the server (fast shutdown: its sessions end at once), keeping its files, so
+        that :meth:`start` brings it back with its databases."""
         if self.process is not None and self.process.poll() is None:
             self.process.send_signal(signal.SIGINT)  # fast shutdown: SIGTERM waits for clients
             try:
@@ -170,4 +177,8 @@ class PostgresServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+    def stop(self) -> None:
+        """Stop the server (fast shutdown) and remove its directory."""
+        self.halt()
         shutil.rmtree(self.directory, ignore_errors=True)
