@@ -1,5 +1,6 @@
-"""The RA's database: one SQLite file, one schema history, several repositories (the CA's
-certificates are in a file of their own, ``ca.db``)."""
+"""The RA's database: one store (a SQLite file, or the ``ra`` schema in the RA's PostgreSQL
+database), one schema history, several repositories (the CA's certificates are in a store of
+their own, ``ca``)."""
 
 from __future__ import annotations
 

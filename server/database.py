@@ -1,6 +1,7 @@
-"""The gateway's database: one SQLite file, one schema history (sessions, the login
-challenges answered, and the CSC endpoint's applications and approvals; the ledger is a file of
-its own)."""
+"""The gateway's database: one store (a SQLite file, or the ``gateway`` schema in the gateway's
+PostgreSQL database, shared by every gateway), one schema history (sessions, the login challenges
+answered, and the CSC endpoint's applications and approvals; the ledger is a store of its
+own)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """The gateway's ledger: its copy of the RA's grants with its count of their uses, service
 records, and the audit log.
 
-One SQLite file with its own connection and thread (each method below is one hop to it, a whole
+A store of its own (a SQLite file, or a schema in the gateway's PostgreSQL database shared by
+every gateway) with its own connection and thread (each method below is one hop to it, a whole
 transaction at a time). A record is stored only once it is co-signed: the steps that must be
 atomic for one use (consume quota, append the co-signed record to the log, keep the record as
 logged) happen together, so a crash leaves either all of them or none. Uses and outcomes are
@@ -12,9 +13,11 @@ its own result.
 
 The Merkle tree's nodes (every perfect subtree) are stored beside the entries in the same
 transaction, so proofs read O(log n) nodes from the file and memory does not grow with the log;
-the table is keyed by (level, index), which a second gateway could share. At start the tree is
-recomputed from the entries and checked against the stored nodes, every one of them (nothing
-stored is trusted; a missing, extra or changed node stops the start).
+the table is keyed by (level, index), which gateways sharing the store share. At start the tree
+is recomputed from the entries and checked against the stored nodes, every one of them (nothing
+stored is trusted; a missing, extra or changed node stops the start), all read in one snapshot,
+so that the batches other gateways commit meanwhile are neither half seen nor taken for extra
+nodes.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from typing import TypeVar
 
 from mobilesign import auditlog
 from mobilesign.storage.connection import Connection, IntegrityError
-from mobilesign.storage.database import Database, exclusive
+from mobilesign.storage.database import Database, exclusive, snapshot
 from mobilesign.storage.schema import Location, Schema
 
 _SQLITE = (
@@ -242,7 +245,7 @@ class Ledger:
         after an upgrade, write) the stored nodes against it."""
         ledger = cls(await Database.open(where, SCHEMA))
         try:
-            ledger._range = await ledger._db.run(_checked_tree)
+            ledger._range = await ledger._db.run(lambda c: snapshot(c, _checked_tree))
         except BaseException:
             await ledger.close()
             raise

@@ -146,8 +146,8 @@ async def test_revocations_refuse_and_count_nothing(store: UseStore) -> None:
     assert await store.usage([grant, other_grant], NOW) == [GrantUsage(0, 0), GrantUsage(3, 3)]
 
 
-async def test_everything_survives_a_reopen(tmp_path: Path) -> None:
-    path = tmp_path / "uses.db"
+async def test_everything_survives_a_reopen(where: Callable[[str], Location]) -> None:
+    path = where("uses")
     grant = secrets.token_hex(16)
     used = _use(grant, total=2)
     store = await UseStore.open(path)

@@ -211,12 +211,12 @@ async def test_malformed_requests_are_refused(
     )
 
 
-async def test_the_state_survives_a_restart(tmp_path: Path, key: Key) -> None:
+async def test_the_state_survives_a_restart(where: Callable[[str], Location], key: Key) -> None:
     tree = _tree(12)
-    first = await Witness.open(tmp_path / "w.db", ORIGIN, key.spki, key.sign_digest)
+    first = await Witness.open(where("w"), ORIGIN, key.spki, key.sign_digest)
     await _sign(first, tree, 7)
     await first.close()
-    again = await Witness.open(tmp_path / "w.db", ORIGIN, key.spki, key.sign_digest)
+    again = await Witness.open(where("w"), ORIGIN, key.spki, key.sign_digest)
     try:
         assert ((await again.state()).tree_size, (await again.state()).root_hash) == (
             7,
@@ -252,7 +252,7 @@ async def test_an_unusable_origin_is_refused_at_start(tmp_path: Path, key: Key) 
 
 
 async def test_a_caller_that_goes_away_leaves_memory_and_disk_agreeing(
-    tmp_path: Path, key: Key
+    where: Callable[[str], Location], key: Key
 ) -> None:
     release = asyncio.Event()
     original = key.sign_digest
@@ -261,7 +261,7 @@ async def test_a_caller_that_goes_away_leaves_memory_and_disk_agreeing(
         await release.wait()
         return await original(digest)
 
-    witness = await Witness.open(tmp_path / "w.db", ORIGIN, key.spki, slow_sign)
+    witness = await Witness.open(where("w"), ORIGIN, key.spki, slow_sign)
     tree = _tree(5)
     caller = asyncio.create_task(_sign(witness, tree, 5))
     await asyncio.sleep(0.05)
@@ -272,7 +272,7 @@ async def test_a_caller_that_goes_away_leaves_memory_and_disk_agreeing(
     await asyncio.sleep(0.1)
     assert witness._state.tree_size == 5  # memory, before the store is asked
     await witness.close()
-    reopened = await Witness.open(tmp_path / "w.db", ORIGIN, key.spki, key.sign_digest)
+    reopened = await Witness.open(where("w"), ORIGIN, key.spki, key.sign_digest)
     try:
         assert (await reopened.state()) == witness._state
         # The next checkpoint extends the one stored, without a conflict.

@@ -1,8 +1,10 @@
-"""The gateway's ledger on a temporary SQLite file: its copy of the RA's grants and its count of
+"""The gateway's ledger, on both back ends: its copy of the RA's grants and its count of
 their uses (total and daily), the steps that consume a use and append to the audit log together,
 batches that share one commit (a refused request leaves its batch alone), refusals that change
 nothing, state that survives reopening, stored tree nodes checked against the entries at start,
-and a Merkle tree that matches :mod:`mobilesign.auditlog` computed independently."""
+and a Merkle tree that matches :mod:`mobilesign.auditlog` computed independently. The stored
+log is tampered with through a second connection (:func:`tests.conftest.peek`), as anyone with
+the database's credentials could."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from mobilesign import auditlog
 from mobilesign.storage.schema import Location
 from server import ledger as ledger_module
 from server.ledger import GrantRow, Ledger, QuotaExceeded, RecordExists, TreeMismatch, utc_day
+from tests.conftest import peek
 
 #: A fixed "now" (seconds since the epoch), in the middle of a UTC day.
 NOW = 1_780_000_000 // 86_400 * 86_400 + 43_200
@@ -305,10 +308,13 @@ async def test_roots_and_proofs_match_auditlog(ledger: Ledger) -> None:
         )
 
 
-# Reopening the file ----------------------------------------------------------------------------
+# Reopening the store ---------------------------------------------------------------------------
 
 
-async def test_reopening_keeps_grants_uses_records_and_the_tree(path: Path) -> None:
+async def test_reopening_keeps_grants_uses_records_and_the_tree(
+    where: Callable[[str], Location],
+) -> None:
+    path = where("ledger")
     first = await Ledger.open(path)
     try:
         await first.remember_grant(_grant(quota_total=5, quota_daily=3), NOW)
@@ -344,25 +350,15 @@ async def test_reopening_keeps_grants_uses_records_and_the_tree(path: Path) -> N
         await again.close()
 
 
-async def test_a_missing_entry_is_found_at_start(path: Path) -> None:
-    first = await Ledger.open(path)
-    try:
-        await first.remember_grant(_grant(), NOW)
-        for n in range(3):
-            await _use(first, "g1", n)
-    finally:
-        await first.close()
-    connection = sqlite3.connect(path)
-    try:
-        connection.execute("DELETE FROM log_entries WHERE entry_index = 1")
-        connection.commit()
-    finally:
-        connection.close()
+async def test_a_missing_entry_is_found_at_start(where: Callable[[str], Location]) -> None:
+    path = where("ledger")
+    await _three_uses(path)
+    _alter(path, "DELETE FROM log_entries WHERE entry_index = 1")
     with pytest.raises(RuntimeError, match="entry 1 is missing"):
         await Ledger.open(path)
 
 
-async def _three_uses(path: Path) -> bytes:
+async def _three_uses(path: Location) -> bytes:
     first = await Ledger.open(path)
     try:
         await first.remember_grant(_grant(), NOW)
@@ -373,23 +369,25 @@ async def _three_uses(path: Path) -> bytes:
         await first.close()
 
 
-def _alter(path: Path, statement: str, *args: object) -> None:
-    connection = sqlite3.connect(path)
-    try:
-        connection.execute(statement, args)
-        connection.commit()
-    finally:
-        connection.close()
+def _alter(path: Location, statement: str, *args: object) -> None:
+    with peek(path) as other:
+        other.execute(statement, args)
+        if isinstance(other, sqlite3.Connection):
+            other.commit()
 
 
-async def test_an_entry_changed_on_disk_stops_the_start(path: Path) -> None:
+async def test_an_entry_changed_on_disk_stops_the_start(where: Callable[[str], Location]) -> None:
+    path = where("ledger")
     await _three_uses(path)
     _alter(path, "UPDATE log_entries SET entry = ? WHERE entry_index = 2", b"changed")
     with pytest.raises(TreeMismatch):
         await Ledger.open(path)
 
 
-async def test_a_tree_node_changed_on_disk_stops_the_start(path: Path) -> None:
+async def test_a_tree_node_changed_on_disk_stops_the_start(
+    where: Callable[[str], Location],
+) -> None:
+    path = where("ledger")
     await _three_uses(path)
     _alter(path, "UPDATE tree_nodes SET hash = ? WHERE level = 1 AND idx = 0", bytes(32))
     with pytest.raises(TreeMismatch):
@@ -400,21 +398,25 @@ async def test_a_tree_node_changed_on_disk_stops_the_start(path: Path) -> None:
     "statement",
     [
         "DELETE FROM tree_nodes WHERE level = 1",
-        "INSERT INTO tree_nodes (level, idx, hash) VALUES (0, 3, zeroblob(32))",
+        "INSERT INTO tree_nodes (level, idx, hash) VALUES (0, 3, ?)",
         "DELETE FROM log_entries WHERE entry_index = 2",
     ],
     ids=["node-missing", "node-beyond-the-entries", "entry-truncated"],
 )
 async def test_nodes_that_do_not_match_the_entries_stop_the_start(
-    path: Path, statement: str
+    where: Callable[[str], Location], statement: str
 ) -> None:
+    path = where("ledger")
     await _three_uses(path)
-    _alter(path, statement)
+    _alter(path, statement, *([bytes(32)] if "?" in statement else []))
     with pytest.raises(TreeMismatch):
         await Ledger.open(path)
 
 
-async def test_nodes_missing_after_an_upgrade_are_written_from_the_entries(path: Path) -> None:
+async def test_nodes_missing_after_an_upgrade_are_written_from_the_entries(
+    where: Callable[[str], Location],
+) -> None:
+    path = where("ledger")
     root = await _three_uses(path)
     _alter(path, "DELETE FROM tree_nodes")
     again = await Ledger.open(path)
@@ -430,11 +432,8 @@ async def test_nodes_missing_after_an_upgrade_are_written_from_the_entries(path:
         )
     finally:
         await again.close()
-    connection = sqlite3.connect(path)
-    try:
-        (count,) = connection.execute("SELECT COUNT(*) FROM tree_nodes").fetchone()
-    finally:
-        connection.close()
+    with peek(path) as other:
+        (count,) = other.execute("SELECT COUNT(*) FROM tree_nodes").fetchone()
     assert count == 4  # three leaves and (1, 0): the perfect subtrees of a tree of three
 
 
@@ -471,7 +470,8 @@ async def test_a_refused_use_leaves_its_batch_alone(ledger: Ledger) -> None:
     assert await ledger.record("g1-2") is None
 
 
-async def test_a_cancelled_caller_does_not_undo_its_use(path: Path) -> None:
+async def test_a_cancelled_caller_does_not_undo_its_use(where: Callable[[str], Location]) -> None:
+    path = where("ledger")
     ledger = await Ledger.open(path)
     await ledger.remember_grant(_grant(), NOW)
     task = asyncio.create_task(_use(ledger, "g1", 0))
