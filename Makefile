@@ -15,8 +15,9 @@ setup: .debian-packages $(VENV)/.installed $(BUF)
 # softhsm2 for the PKCS#11 module the HSM proxy loads, openssl, postgresql for the server
 # the tests, `make demo-postgres` and `make bench` start in a temporary directory (the
 # machine's own PostgreSQL service is neither started nor used), and curl and jq for the
-# README's CSC example (which a test runs).
-.debian-packages: scripts/ensure-debian-packages.sh
+# README's CSC example (which a test runs). The list is here, so the stamp depends on this
+# file too: a checkout whose list grew installs what it added.
+.debian-packages: scripts/ensure-debian-packages.sh Makefile
 	@scripts/ensure-debian-packages.sh python3-venv nodejs npm softhsm2 openssl postgresql curl jq
 	@touch $@
 

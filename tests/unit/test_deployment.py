@@ -5,9 +5,10 @@ every YAML document with ``yaml.safe_load_all``, the Containerfile line by line,
 configuration in the ConfigMap through the services' own configuration loaders, with the
 environment each container would have: so an unknown key, a port that differs between the
 configuration, the container, its Service and its probes, a probe that would not reach the
-internal listener, a module that does not exist, a Secret nobody defines or a file a service
-reads that no Secret provides each make a problem. The last test shows, case by case, that each
-kind of breach is caught.
+internal listener, a readiness probe that would not notice a lost database or HSM proxy, a
+module that does not exist, a Secret nobody defines or a file a service reads that no Secret
+provides each make a problem. The last test shows, case by case, that each kind of breach is
+caught.
 """
 
 from __future__ import annotations
@@ -31,6 +32,12 @@ from unittest import mock
 import pytest
 import yaml
 
+import cosigner.servicer
+import hsm_proxy.servicer
+import ra.admin
+import ra.registry
+import server.csc.admin
+import server.public
 from mobilesign.hosting import config as hosting_config
 from mobilesign.hosting import devpki, probe
 from mobilesign.testing.deployment import DEFAULT_PORTS, SERVICES
@@ -48,6 +55,14 @@ _REPLICAS: dict[str, Callable[[int], bool]] = {
     "ra": lambda n: n == 1,
 }
 _PROBE_MODULE = "mobilesign.hosting.probe"
+#: The gRPC services each server serves, whose health names turn NOT_SERVING while a peer it
+#: needs (its database, the HSM proxy) fails; the whole server's "" stays SERVING meanwhile.
+_HEALTH_NAMES = {
+    "gateway": {server.public.SERVICE, server.csc.admin.SERVICE},
+    "cosigner": {cosigner.servicer.SERVICE},
+    "ra": {ra.admin.SERVICE, ra.registry.SERVICE},
+    "hsm-proxy": {hsm_proxy.servicer.SERVICE},
+}
 _LOOPBACK = ("127.0.0.1", "localhost", "[::1]")
 _INSTRUCTIONS = {
     "FROM", "RUN", "CMD", "LABEL", "EXPOSE", "ENV", "ADD", "COPY", "ENTRYPOINT", "VOLUME",
@@ -310,7 +325,12 @@ def _installed_files(deployment: dict[str, Any], state_dir: str) -> set[str]:
 
 
 def _check_probe(
-    where: str, service: Service, command: list[str], internal_port: int, files: set[str]
+    where: str,
+    kind: str,
+    service: Service,
+    command: list[str],
+    internal_port: int,
+    files: set[str],
 ) -> list[str]:
     if command[:3] != ["python", "-m", _PROBE_MODULE]:
         return [f"{where}: the probe does not run python -m {_PROBE_MODULE}"]
@@ -327,6 +347,17 @@ def _check_probe(
         )
     if args.server_name != service.name:
         found.append(f"{where}: the probe does not check the server is {service.name}")
+    names = _HEALTH_NAMES[service.name]
+    if kind == "readinessProbe" and args.service not in names:
+        found.append(
+            f"{where}: the probe asks about {args.service!r}, not one of {sorted(names)}: the pod"
+            " would stay ready while its database or HSM proxy is lost"
+        )
+    if kind != "readinessProbe" and args.service:
+        found.append(
+            f'{where}: the probe asks about {args.service}, not the whole server (""): the'
+            " loss of a peer would fail it"
+        )
     for option in ("cert", "key", "ca"):
         if str(getattr(args, option)) not in files:
             found.append(
@@ -423,7 +454,9 @@ def _check_deployment(
         if command is None:
             found.append(f"{where}: the {kind} is not an exec probe")
             continue
-        found += _check_probe(f"{where} {kind}", service, command, expected["internal"], files)
+        found += _check_probe(
+            f"{where} {kind}", kind, service, command, expected["internal"], files
+        )
     return found, cfg
 
 
@@ -617,6 +650,16 @@ def _probe_argument(documents: list[dict[str, Any]], option: str, value: str) ->
     command[command.index(option) + 1] = value
 
 
+def _probe_service(documents: list[dict[str, Any]], name: str, kind: str, service: str) -> None:
+    """Make the probe ask about ``service`` ("": leave ``--service`` out)."""
+    command = _main(documents, name)[kind]["exec"]["command"]
+    if "--service" in command:
+        at = command.index("--service")
+        del command[at : at + 2]
+    if service:
+        command += ["--service", service]
+
+
 def _projected_items(documents: list[dict[str, Any]], name: str, secret: str) -> list[Any]:
     volume = _pod(_deployment(documents, name))["spec"]["volumes"][1]
     source = next(s for s in volume["projected"]["sources"] if s["secret"]["name"] == secret)
@@ -672,6 +715,26 @@ BREACHES: list[tuple[str, Breach, str]] = [
         "a probe with a certificate no Secret installs",
         lambda docs: _probe_argument(docs, "--cert", "/var/lib/mobilesign/pki/admin2.pem"),
         "--cert /var/lib/mobilesign/pki/admin2.pem is not installed",
+    ),
+    (
+        "a readiness probe asking about the whole server",
+        lambda docs: _probe_service(docs, "ra", "readinessProbe", ""),
+        "asks about '', not one of ['mobilesign.v1.AdminService', "
+        "'mobilesign.v1.RegistrationService']",
+    ),
+    (
+        "a readiness probe asking about a service the server does not serve",
+        lambda docs: _probe_service(
+            docs, "cosigner", "readinessProbe", "mobilesign.v1.GatewayService"
+        ),
+        "asks about 'mobilesign.v1.GatewayService', not one of ['mobilesign.v1.CosignerService']",
+    ),
+    (
+        "a liveness probe asking about a service",
+        lambda docs: _probe_service(
+            docs, "gateway", "livenessProbe", "mobilesign.v1.GatewayService"
+        ),
+        "the loss of a peer would fail it",
     ),
     (
         "a probe that is Kubernetes' own grpc probe",
