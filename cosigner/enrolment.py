@@ -34,8 +34,6 @@ async def enrol(
     start = request.start
     scheme = wire.scheme_from_proto(start.scheme)
     claims = tickets.verify(start.ticket, await cosigner.registry.ticket_key(), int(time.time()))
-    if await cosigner.store.ticket_used(claims.ticket_id):
-        raise _ticket_used()
     device_key = deviceauth.load_device_key(start.device_public_key)
     if len(start.pin_verifier) != deviceauth.PIN_VERIFIER_BYTES:
         raise CosignerError(Kind.INVALID, "PIN_VERIFIER_INVALID", "a PIN verifier is 32 bytes")
@@ -45,8 +43,14 @@ async def enrol(
     # and the blobs are stored only once the phone has confirmed and proved its device key.
     sealing: list[asyncio.Task[bytes]] = []
     machine = twoparty.CosignerKeyGen(scheme=scheme)
+    # The database answers whether the ticket was used while round one is computed (the
+    # yield hands the read to the database's thread first); nothing is sent before the answer.
+    used = asyncio.ensure_future(cosigner.store.ticket_used(claims.ticket_id))
+    await asyncio.sleep(0)
     try:
         own_round1 = machine.receive_round1(wire.commitment_from_proto(start.commitment))
+        if await used:
+            raise _ticket_used()
         await stream.write(pb.KeyGenResponse(commitment=wire.commitment_to_proto(own_round1)))
         _, request = await stream.read("secret_share")
         own_round2 = machine.receive_round2(
@@ -86,6 +90,8 @@ async def enrol(
         sealed_pin_verifier, sealed_key_package = await asyncio.gather(*sealing)
     finally:
         machine.abort()
+        used.cancel()  # when round one failed before the answer was awaited
+        await asyncio.gather(used, return_exceptions=True)
         for task in sealing:
             task.cancel()
         # A failed enrolment waits for its seals to end (their blobs are dropped), so that no
