@@ -22,6 +22,7 @@ from nacl import bindings as na
 from mobilesign.testing.dealer import secret_share_shard, trusted_dealer_keygen
 from mobilesign.twoparty import ProtocolError, Reason
 from mobilesign.twoparty._ciphersuite import Element, Scalar
+from mobilesign.twoparty._dkg import commitment_evaluate, vss_commit
 from mobilesign.twoparty._ed25519 import ED25519_SHA512 as CS
 from mobilesign.twoparty._ed25519 import ORDER
 from mobilesign.twoparty._frost import (
@@ -38,6 +39,7 @@ from mobilesign.twoparty._frost import (
     sign,
     verify_signature_share,
 )
+from mobilesign.twoparty._scheme import PARTICIPANTS
 from tests import paths
 
 VECTORS = paths.VECTORS
@@ -198,12 +200,24 @@ def test_derive_interpolating_value() -> None:
     assert derive_interpolating_value(CS, [1, 3], 3) == (-pow(2, -1, ORDER) % ORDER).to_bytes(
         32, "little"
     )
+    # The pair's: KeyPackage checks 2 * Y_1 - Y_2 == Y on these.
+    assert PARTICIPANTS == (1, 2)
     assert derive_interpolating_value(CS, [1, 2], 1) == (2).to_bytes(32, "little")
     assert derive_interpolating_value(CS, [1, 2], 2) == (ORDER - 1).to_bytes(32, "little")
     with pytest.raises(ValueError, match="invalid parameters"):
         derive_interpolating_value(CS, [1, 3], 2)
     with pytest.raises(ValueError, match="invalid parameters"):
         derive_interpolating_value(CS, [1, 1, 3], 1)
+
+
+@pytest.mark.parametrize("degree", [0, 1, 2])
+def test_commitment_evaluate_is_the_committed_polynomial_at_x(degree: int) -> None:
+    """Horner's rule with additions for x = 1 and 2 gives f(x) * G, as for other x."""
+    coefficients = [CS.random_scalar(secrets.token_bytes) for _ in range(degree + 1)]
+    commitment = vss_commit(CS, coefficients)
+    for x in range(1, 6):
+        value = sum(int.from_bytes(a, "little") * x**j for j, a in enumerate(coefficients))
+        assert commitment_evaluate(CS, x, commitment) == CS.base_mult(CS.scalar_from_int(value))
 
 
 @settings(max_examples=25, deadline=None)
