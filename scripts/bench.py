@@ -48,6 +48,7 @@ from typing import Any
 from mobilesign.testing import Deployment
 from mobilesign.testing.deployment import ROOT
 from scripts import (
+    bench_bounds,
     bench_common,
     bench_core,
     bench_csc,
@@ -342,6 +343,7 @@ def main(argv: list[str] | None = None) -> None:
             _postgres(config.postgres, config.loopback, loopback_sections, facts["cpu_affinity"])
         )
     machine.update(facts)
+    sections.append(bench_bounds.bounds(sections))
     seconds = time.perf_counter() - started
 
     targets = _targets(sections)
