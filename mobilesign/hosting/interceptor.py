@@ -134,7 +134,9 @@ async def first_request(context: grpc.aio.ServicerContext[Any, Any], seconds: fl
     """The one request message of a unary call served as a stream, within ``seconds`` of
     the call's start (DEADLINE_EXCEEDED ``FIRST_MESSAGE_TIMEOUT`` otherwise)."""
     try:
-        request = await asyncio.wait_for(context.read(), seconds)
+        # asyncio.timeout, not wait_for: no task per call.
+        async with asyncio.timeout(seconds):
+            request = await context.read()
     except TimeoutError:
         raise Error(
             Kind.TIMEOUT,
