@@ -23,7 +23,7 @@ from mobilesign.hosting.stores import store_location
 from mobilesign.rpc import channels
 from mobilesign.v1 import csc_pb2_grpc, gateway_pb2_grpc
 from server import config as gateway_config
-from server import public
+from server import public, shared_keys
 from server.audit import AuditLog
 from server.cosigner_client import CosignerClient
 from server.csc import admin as csc_admin
@@ -67,22 +67,24 @@ async def _main(
     record_key_file = (
         Path(cfg.record_key_file) if cfg.record_key_file else state / "gateway" / "record.key"
     )
+    record_key = secret_file.load_or_create(record_key_file)
+    await shared_keys.check_shared(db, "record", record_key, "[gateway] record_key_file")
     operations = Operations(
         ledger=ledger,
         audit=audit,
         hsm=hsm,
         registry=registry,
         cosigner=cosigner,
-        record_key=secret_file.load_or_create(record_key_file),
+        record_key=record_key,
     )
     challenge_key_file = (
         Path(cfg.challenge_key_file)
         if cfg.challenge_key_file
         else state / "gateway" / "challenge.key"
     )
-    challenges = Challenges(
-        secret_file.load_or_create(challenge_key_file), cfg.session_challenge_seconds
-    )
+    challenge_key = secret_file.load_or_create(challenge_key_file)
+    await shared_keys.check_shared(db, "challenge", challenge_key, "[gateway] challenge_key_file")
+    challenges = Challenges(challenge_key, cfg.session_challenge_seconds)
     sessions = Sessions(db, registry, cosigner, challenges)
     approvals = Approvals(
         db=db,

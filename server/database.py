@@ -1,7 +1,7 @@
 """The gateway's database: one store (a SQLite file, or the ``gateway`` schema in the gateway's
 PostgreSQL database, shared by every gateway), one schema history (sessions, the login challenges
-answered, and the CSC endpoint's applications and approvals; the ledger is a store of its
-own)."""
+answered, the CSC endpoint's applications and approvals, and a check of each key the gateways
+sharing it must share; the ledger is a store of its own)."""
 
 from __future__ import annotations
 
@@ -103,6 +103,12 @@ _SQLITE = (
         approval_id TEXT NOT NULL
     )
     """,
+    """
+    CREATE TABLE shared_keys (
+        name TEXT PRIMARY KEY,
+        key_check BLOB NOT NULL
+    )
+    """,
 )
 
 
@@ -156,6 +162,12 @@ _POSTGRESQL = (
     CREATE TABLE approval_records (
         record_id TEXT PRIMARY KEY,
         approval_id TEXT NOT NULL
+    )
+    """,
+    """
+    CREATE TABLE shared_keys (
+        name TEXT PRIMARY KEY,
+        key_check BYTEA NOT NULL
     )
     """,
 )

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ import pytest
 
 from hsm_proxy.config import HsmProxyConfig
 from mobilesign.hosting import config
+from mobilesign.testing import Deployment
 
 pytestmark = pytest.mark.integration
 
@@ -189,3 +191,29 @@ def test_a_token_label_not_found_names_the_label_and_setting(tmp_path: Path) -> 
         "cannot start: no token labelled 'no-such-token' ([hsm_proxy] token_label) in the "
         f"PKCS#11 module {module}; its tokens: none",
     )
+
+
+def test_a_gateway_given_another_record_key_than_its_database_knows_stops(tmp_path: Path) -> None:
+    """Gateways sharing a database must share their record key: one restarted with another key
+    file stops at start with one line naming the setting, and the right key starts it again."""
+    state = tmp_path / "state"
+    state.mkdir()
+    deployment = Deployment(state)
+    deployment.start_all()
+    try:
+        deployment.stop("gateway")
+        other = tmp_path / "other-record.key"
+        other.write_bytes(secrets.token_bytes(32))
+        other.chmod(0o600)
+        deployment.extra_env["MOBILESIGN_GATEWAY_RECORD_KEY_FILE"] = str(other)
+        with pytest.raises(RuntimeError, match="exited with 2") as refused:
+            deployment.start("gateway")
+        assert (
+            "cannot start: the record key ([gateway] record_key_file) is not the one the other "
+            "gateways on this database use"
+        ) in str(refused.value)
+        assert other.read_bytes().hex() not in str(refused.value)
+        del deployment.extra_env["MOBILESIGN_GATEWAY_RECORD_KEY_FILE"]
+        deployment.start("gateway")
+    finally:
+        deployment.stop_all()
