@@ -81,9 +81,9 @@ class Database:
     loop (as aiosqlite does per statement; an executor's futures cost about twice as much per
     call). A function whose caller was cancelled before it started is not run. A PostgreSQL
     connection found broken (the server restarted, the network dropped) is opened again
-    before the next function; the function that met the break gets its error. Each function
-    tries once: while the server cannot be reached, each fails with :class:`StoreError`
-    and the next tries again.
+    before the next function; the function that met the break fails with :class:`StoreError`
+    ``DATABASE_UNAVAILABLE`` (``UNAVAILABLE``: worth trying again). Each function tries once:
+    while the server cannot be reached, each fails so and the next tries again.
     """
 
     def __init__(
@@ -140,9 +140,27 @@ class Database:
             try:
                 result = function(self._usable() if connected else self._connection)
             except BaseException as exc:  # handed to the caller, whatever it is
-                loop.call_soon_threadsafe(_set_exception, future, exc)
+                loop.call_soon_threadsafe(_set_exception, future, self._lost(exc))
             else:
                 loop.call_soon_threadsafe(_set_result, future, result)
+
+    def _lost(self, exc: BaseException) -> BaseException:
+        """``exc``, or the store's :class:`StoreError` when the connection broke under the
+        function (the server went away mid-call): retryable, unlike a fault of the call's."""
+        connection = self._connection
+        if isinstance(connection, postgres.PostgresConnection) and connection.raw.broken:
+            lost = self._unavailable()
+            lost.__cause__ = exc
+            return lost
+        return exc
+
+    def _unavailable(self) -> StoreError:
+        # The message names the store, never the connection string.
+        return StoreError(
+            Kind.UNAVAILABLE,
+            "DATABASE_UNAVAILABLE",
+            f"the {self._name} store's database cannot be reached",
+        )
 
     def _usable(self) -> Connection:
         """The connection, opened again first when there is none (the last try failed) or it
@@ -158,12 +176,7 @@ class Database:
         try:
             self._connection = self._reconnect()
         except Exception as exc:
-            # Chained for the log; the message names the store, never the connection string.
-            raise StoreError(
-                Kind.UNAVAILABLE,
-                "DATABASE_UNAVAILABLE",
-                f"the {self._name} store's database cannot be reached",
-            ) from exc
+            raise self._unavailable() from exc  # chained for the log
         return self._connection
 
     async def _submit(self, function: Callable[[Any], T], *, connected: bool = True) -> T:
