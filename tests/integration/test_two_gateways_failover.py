@@ -22,12 +22,13 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 import client
-from mobilesign import deviceauth
+from mobilesign import deviceauth, twoparty
+from mobilesign.rpc import wire
 from mobilesign.rpc.status import reason_of
 from mobilesign.storage import postgres
 from mobilesign.testing import Deployment
 from mobilesign.testing.postgres import PostgresServer
-from mobilesign.v1 import cosigner_pb2_grpc, gateway_pb2
+from mobilesign.v1 import cosigner_pb2, cosigner_pb2_grpc, gateway_pb2
 from tests.integration import escrow, two_party
 from tests.integration.crashes import (
     RETRY_OUTCOMES,
@@ -381,3 +382,39 @@ async def test_pin_attempts_are_counted_once_across_both_cosigners(
         for c in COSIGNERS
     )
     assert checked == MAX_PIN_ATTEMPTS
+
+
+async def test_a_commitment_signed_at_one_cosigner_is_refused_at_the_other(
+    deployment: Deployment,
+) -> None:
+    """The phone's nonce commitments are unique in the shared database: one used in a
+    signature at one cosigner, replayed at the other (a new session there), gets no share."""
+    keystore = await two_party.enrol(deployment)
+    signer = twoparty.PhoneSigner(keystore.key_package)
+    verifier = two_party.verifier_for(keystore)
+    channels = [deployment.public_channel(c) for c in COSIGNERS]
+    try:
+        first, second = (two_party.cosigner_stub(c).Sign() for c in channels)
+        await two_party.until_ready(first, keystore, verifier)
+        request = signer.request(b"signed at the first cosigner")
+        await two_party.send(
+            first, cosigner_pb2.SignRequest(commit=wire.sign_commit_to_proto(request))
+        )
+        share = (await two_party.next_step(first, "share")).share
+        report = signer.receive_response(wire.sign_share_from_proto(share))
+        await two_party.send(
+            first,
+            cosigner_pb2.SignRequest(report=cosigner_pb2.SignReport(signature=report.signature)),
+        )
+        assert await two_party.close_session(first) == 1
+        await two_party.until_ready(second, keystore, verifier)
+        replay = cosigner_pb2.SignCommit(
+            message=b"another message at the second cosigner",
+            hiding_commitment=request.hiding_commitment,
+            binding_commitment=request.binding_commitment,
+        )
+        await two_party.send(second, cosigner_pb2.SignRequest(commit=replay))
+        await two_party.expect_status(second, two_party.Code.INVALID_ARGUMENT, "REPLAYED_MESSAGE")
+    finally:
+        for channel in channels:
+            await channel.close()
