@@ -37,6 +37,9 @@ GRANT = b"mobilesign/v1 grant\x00"
 #: HMAC input of the gateway's nonce in a service record it prepared (its own key, its own
 #: check: the record comes back at execution instead of being stored in between).
 PREPARED_RECORD = b"mobilesign/v1 prepared-record\x00"
+#: HMAC input of the check each gateway on a shared database makes of a key they must share,
+#: followed by the key's name (server.shared_keys).
+SHARED_KEY_CHECK = b"mobilesign/v1 shared-key-check\x00"
 #: HMAC input of the phone's proof of the activation code over its certificate application.
 CERTIFICATE_APPLICATION = b"mobilesign/v1 certificate-application\x00"
 #: HMAC input of the RA's proof of the activation code over its answer.
@@ -67,6 +70,7 @@ ALL: Mapping[str, bytes] = MappingProxyType(
         "ENROLMENT_TICKET": ENROLMENT_TICKET,
         "GRANT": GRANT,
         "PREPARED_RECORD": PREPARED_RECORD,
+        "SHARED_KEY_CHECK": SHARED_KEY_CHECK,
         "CERTIFICATE_APPLICATION": CERTIFICATE_APPLICATION,
         "CERTIFICATE_ANSWER": CERTIFICATE_ANSWER,
         "ENROLLED_KEY": ENROLLED_KEY,

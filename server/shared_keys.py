@@ -12,16 +12,15 @@ from __future__ import annotations
 import hashlib
 import hmac
 
+from mobilesign import domains
 from mobilesign.hosting.config import StartupError
 from mobilesign.storage.connection import Connection
 from mobilesign.storage.database import Database
 
-_CHECK_TEXT = b"mobilesign/v1 gateway shared key check\0"
-
 
 def key_check(name: str, key: bytes) -> bytes:
     """The value stored for ``key`` under ``name``."""
-    return hmac.new(key, _CHECK_TEXT + name.encode(), hashlib.sha256).digest()
+    return hmac.new(key, domains.SHARED_KEY_CHECK + name.encode(), hashlib.sha256).digest()
 
 
 async def check_shared(db: Database, name: str, key: bytes, setting: str) -> None:

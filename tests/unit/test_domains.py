@@ -30,6 +30,7 @@ PINNED = {
     "ENROLMENT_TICKET": b"mobilesign/v1 enrolment-ticket\x00",
     "GRANT": b"mobilesign/v1 grant\x00",
     "PREPARED_RECORD": b"mobilesign/v1 prepared-record\x00",
+    "SHARED_KEY_CHECK": b"mobilesign/v1 shared-key-check\x00",
     "CERTIFICATE_APPLICATION": b"mobilesign/v1 certificate-application\x00",
     "CERTIFICATE_ANSWER": b"mobilesign/v1 certificate-answer\x00",
     "ENROLLED_KEY": b"mobilesign/v1 enrolled-key\x00",
