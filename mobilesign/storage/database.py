@@ -220,14 +220,7 @@ def _set_exception(future: asyncio.Future[Any], exc: BaseException) -> None:
 def transaction(connection: Connection, body: Callable[[Any], T]) -> T:
     """``body(connection)`` inside ``BEGIN IMMEDIATE`` ... ``COMMIT``, rolled back if it
     raises."""
-    connection.execute("BEGIN IMMEDIATE")
-    try:
-        result = body(connection)
-    except BaseException:
-        connection.execute("ROLLBACK")
-        raise
-    connection.execute("COMMIT")
-    return result
+    return _within(connection, "BEGIN IMMEDIATE", body)
 
 
 def snapshot(connection: Connection, body: Callable[[Any], T]) -> T:
@@ -235,10 +228,13 @@ def snapshot(connection: Connection, body: Callable[[Any], T]) -> T:
     whatever other connections commit meanwhile, committed if it returns and rolled back if it
     raises: ``BEGIN IMMEDIATE`` on SQLite (no one else writes until it ends), ``REPEATABLE
     READ`` on PostgreSQL (where each statement of a plain transaction sees the latest commits)."""
-    if isinstance(connection, postgres.PostgresConnection):
-        connection.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
-    else:
-        connection.execute("BEGIN IMMEDIATE")
+    postgresql = isinstance(connection, postgres.PostgresConnection)
+    begin = "BEGIN ISOLATION LEVEL REPEATABLE READ" if postgresql else "BEGIN IMMEDIATE"
+    return _within(connection, begin, body)
+
+
+def _within(connection: Connection, begin: str, body: Callable[[Any], T]) -> T:
+    connection.execute(begin)
     try:
         result = body(connection)
     except BaseException:
